@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny random Llama-style HookedTransformer with a real (tiny) tokenizer, and the
+embedded SmolLM2-135M-Instruct loaded once per session."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tiny_tokenizer(chat: bool = True):
+    """A character-level fast tokenizer (printable ASCII + specials), built offline.
+
+    Like SmolLM2 its pad token is its end-of-turn token ``<|im_end|>``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
+    # TransformerLens re-loads tokenizers by path, so give it one on disk
+    import tempfile
+    from transformers import AutoTokenizer
+
+    directory = os.path.join(tempfile.gettempdir(), f"workbench-tiny-tokenizer-{int(chat)}-{os.getpid()}")
+    tok.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def make_tiny_model(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: bool = True,
+                    dtype: torch.dtype = torch.float32):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = make_tiny_tokenizer(chat=chat)
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=4, d_head=d_model // 4, d_mlp=2 * d_model,
+        d_vocab=len(tok), n_ctx=512, act_fn="silu", normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=d_model // 4, gated_mlp=True, final_rms=True,
+        n_key_value_heads=2, seed=seed, model_name=f"tiny-{n_layers}x{d_model}", default_prepend_bos=False,
+        tokenizer_prepends_bos=False, original_architecture="LlamaForCausalLM", dtype=dtype,
+    )
+    torch.manual_seed(seed)
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    # random init of TransformerLens is small; widen it so tiny models have non-trivial outputs
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.3)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    from workbench.model import load_model
+
+    return load_model()
