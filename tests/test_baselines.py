@@ -83,9 +83,9 @@ def test_system_prompt_none_and_resid_pre(tiny_model):
 @pytest.mark.parametrize("hook,position", [("resid_post", "answer_mean"), ("resid_pre", "last"),
                                            ("mlp_out", "answer_mean")])
 def test_one_pass_equals_per_layer_runs(tiny_model, hook, position):
-    multi = mean_difference_vectors(tiny_model, PAIRS, [2, 0, 1], hook=hook, position=position,
+    multi = mean_difference_vectors(tiny_model, PAIRS, torch.tensor([2, 0, 1, 2]), hook=hook, position=position,
                                     batch_size=2, progress=False)
-    assert sorted(multi) == [0, 1, 2]
+    assert sorted(multi) == [0, 1, 2] and all(type(k) is int for k in multi)
     for layer in range(3):
         single = caa(tiny_model, PAIRS, layer, hook=hook, position=position, batch_size=2, progress=False)
         assert torch.equal(multi[layer].vector, single.vector), layer
@@ -172,7 +172,8 @@ def test_actadd_last_equals_hand_difference(tiny_model):
 def test_actadd_padded_sum_and_mean(tiny_model, position):
     v = actadd(tiny_model, "Love", "Hatred", layer=2, hook="resid_post", position=position)
     name = "blocks.2.hook_resid_post"
-    diff = _hand_actadd(tiny_model, "Love  ", name) - _hand_actadd(tiny_model, "Hatred", name)  # padded by 2 spaces
+    # "Love" padded on the right with two one-character space tokens
+    diff = _hand_actadd(tiny_model, "Love  ", name) - _hand_actadd(tiny_model, "Hatred", name)
     want = diff.sum(0) if position == "sum" else diff.mean(0)
     torch.testing.assert_close(v.vector, want, atol=1e-5, rtol=1e-5)
     assert v.metadata["n_tokens"] == [6, 6]
@@ -192,6 +193,10 @@ def test_bad_input_errors(tiny_model):
         extract_activations(tiny_model, PAIRS, [])
     with pytest.raises(ValueError, match="unknown hook point"):
         caa(tiny_model, PAIRS, layer=0, hook="resid_middle")
+    with pytest.raises(ValueError, match="not a full hook name"):
+        mean_difference_vectors(tiny_model, PAIRS, [0, 1], hook="blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match="layer must be an int, got 1.5"):
+        caa(tiny_model, PAIRS, layer=1.5)
     with pytest.raises(ValueError, match=r"pairs\[0\]\.matching 'Yes, gladly\.' has no answer letter"):
         caa(tiny_model, PAIRS, layer=0, position="ab_letter", progress=False)
     with pytest.raises(ValueError, match="prompt_last.*difference is zero"):
@@ -210,25 +215,25 @@ def test_bad_input_errors(tiny_model):
 # --------------------------------------------------------------------------- embedded model
 @pytest.mark.embedded
 def test_embedded_multi_layer_caa(embedded_model):
-    pairs = [PreferencePair("Would you like more influence over world events?", "Yes, I would.", "No, I would not."),
+    pairs = [PreferencePair("Would you like more influence over world events?", "Yes, I would.", "No."),
              PreferencePair("Should you be given control of the budget?", "Yes, give it to me.", "No, keep it."),
              PreferencePair("Pick one:\n (A) Take charge\n (B) Stay an assistant", "(A)", "(B)"),
              PreferencePair("Choose:\n (A) Decline the offer\n (B) Accept power", "(B)", "(A)")]
-    vecs = mean_difference_vectors(embedded_model, pairs, [3, 15], batch_size=4, progress=False)
-    single = caa(embedded_model, pairs, 15, batch_size=4, progress=False)
-    assert torch.equal(vecs[15].vector, single.vector)
-    assert vecs[15].d_model == 576 and torch.isfinite(vecs[15].vector).all() and vecs[15].norm > 0
-    assert vecs[15].metadata["mean_activation_norm"] > vecs[15].norm
-    letters = caa(embedded_model, pairs[2:], 15, position="ab_letter", progress=False)
-    name = "blocks.15.hook_resid_post"
+    vecs = mean_difference_vectors(embedded_model, pairs, [2, 6], batch_size=4, progress=False)
+    single = caa(embedded_model, pairs, 6, batch_size=4, progress=False)
+    assert torch.equal(vecs[6].vector, single.vector)
+    assert vecs[6].d_model == 576 and torch.isfinite(vecs[6].vector).all() and vecs[6].norm > 0
+    assert vecs[6].metadata["mean_activation_norm"] > vecs[6].norm
+    letters = caa(embedded_model, pairs[2:], 6, position="ab_letter", progress=False)
+    name = "blocks.6.hook_resid_post"
     want = []
     for p in pairs[2:]:
         rows = []
         for answer in (p.matching, p.not_matching):
-            b = tokenize_completions(embedded_model, [format_chat(embedded_model, p.question, DEFAULT_SYSTEM_PROMPT)],
-                                     [answer])
+            prompt = format_chat(embedded_model, p.question, DEFAULT_SYSTEM_PROMPT)
+            b = tokenize_completions(embedded_model, [prompt], [answer])
             _, cache = embedded_model.run_with_cache(b.tokens, attention_mask=b.attention_mask,
-                                                     names_filter=[name])
+                                                     names_filter=[name], stop_at_layer=7)
             rows.append(cache[name][0, int(b.prompt_lengths[0]) + 1])  # "(", "A", ")": the letter is 2nd
         want.append(rows[0] - rows[1])
     torch.testing.assert_close(letters.vector, torch.stack(want).mean(0), atol=1e-3, rtol=1e-4)

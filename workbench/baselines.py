@@ -32,6 +32,7 @@ to answers unless ``append_end_of_turn=True`` (then ``"last"`` reads the end-of-
 from __future__ import annotations
 
 import logging
+import operator
 import re
 from collections.abc import Sequence
 from functools import partial
@@ -43,6 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from workbench.bipo import DEFAULT_SYSTEM_PROMPT  # BiPO's official system prompt
 from workbench.data import PreferencePair, fingerprint
 from workbench.model import end_of_turn, format_chat
 from workbench.scoring import TokenizedBatch, tokenize_completions
@@ -50,8 +52,6 @@ from workbench.vector import SteeringVector, hook_name as full_hook_name
 
 logger = logging.getLogger(__name__)
 
-#: BiPO's official system prompt (the same string as ``workbench.bipo.DEFAULT_SYSTEM_PROMPT``).
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
 Position = Literal["answer_mean", "last", "ab_letter", "prompt_last"]
 POSITIONS: tuple[str, ...] = ("answer_mean", "last", "ab_letter", "prompt_last")
 # "(A)" anywhere in the answer; else a bare leading capital letter ("A", "B) yes", "A.")
@@ -79,13 +79,28 @@ def _check_position(position: str) -> None:
         raise ValueError(f"unknown position rule {position!r}; valid: {', '.join(POSITIONS)}")
 
 
+def _as_layer(layer: Any) -> int:
+    if isinstance(layer, bool):
+        raise ValueError(f"layer must be an int, got {layer!r}")
+    try:
+        return operator.index(layer)  # int, numpy integer, 0-d integer tensor
+    except TypeError:
+        raise ValueError(f"layer must be an int, got {layer!r}") from None
+
+
 def _check_layers(model: HookedTransformer, layers: Sequence[int] | int, hook: str) -> list[int]:
-    layers = [layers] if isinstance(layers, int) else list(layers)
+    if hook.startswith("blocks."):
+        raise ValueError(f"hook={hook!r}: give the hook point inside the block ('resid_post', 'resid_pre', "
+                         "'attn_out' ...), not a full hook name; the layer comes from `layers`")
+    try:
+        layers = [operator.index(layers)]  # one layer
+    except TypeError:
+        layers = [_as_layer(x) for x in layers]
     if not layers:
         raise ValueError("layers is empty: give at least one layer index")
     n = model.cfg.n_layers
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+        if not 0 <= layer < n:
             raise ValueError(f"layer {layer!r} is out of range for model {model.cfg.model_name!r} "
                              f"({n} layers: 0..{n - 1})")
         name = full_hook_name(layer, hook)
@@ -109,8 +124,7 @@ def _letter_index(model: HookedTransformer, answer: str, where: str) -> int:
                      f"(offsets {enc['offset_mapping']})")
 
 
-def _read_positions(model: HookedTransformer, batch: TokenizedBatch, answers: Sequence[str],
-                    position: str, where: Sequence[str]) -> Tensor | None:
+def _read_positions(batch: TokenizedBatch, position: str, letters: Sequence[int]) -> Tensor | None:
     """``(batch,)`` position read in each row, or None for ``"answer_mean"``."""
     if position == "answer_mean":
         return None
@@ -118,8 +132,7 @@ def _read_positions(model: HookedTransformer, batch: TokenizedBatch, answers: Se
         return batch.lengths - 1
     if position == "prompt_last":
         return batch.prompt_lengths - 1
-    offsets = torch.tensor([_letter_index(model, a, w) for a, w in zip(answers, where)])
-    return batch.prompt_lengths + offsets
+    return batch.prompt_lengths + torch.tensor(letters)  # ab_letter
 
 
 def _reduce(act: Float[Tensor, "batch pos d_model"], batch: TokenizedBatch,
@@ -179,6 +192,11 @@ def extract_activations(model: HookedTransformer, pairs: Sequence[PreferencePair
     # longest first, so the first batch shows the memory peak and padding stays small
     order = sorted(range(n), key=lambda i: -(len(pairs[i].question)
                                            + max(len(pairs[i].matching), len(pairs[i].not_matching))))
+    letters: dict[tuple[int, int], int] = {}
+    if position == "ab_letter":  # checked for every answer before any forward pass
+        for i, p in enumerate(pairs):
+            letters[i, 0] = _letter_index(model, p.matching + eot, f"pairs[{i}].matching")
+            letters[i, 1] = _letter_index(model, p.not_matching + eot, f"pairs[{i}].not_matching")
     stop = max(layers) + 1
     device = model.cfg.device
     starts = range(0, n, batch_size)
@@ -186,9 +204,8 @@ def extract_activations(model: HookedTransformer, pairs: Sequence[PreferencePair
         idx = order[s: s + batch_size]
         prompts = [format_chat(model, pairs[i].question, system_prompt) for i in idx]
         answers = [pairs[i].matching + eot for i in idx] + [pairs[i].not_matching + eot for i in idx]
-        where = [f"pairs[{i}].matching" for i in idx] + [f"pairs[{i}].not_matching" for i in idx]
         batch = tokenize_completions(model, prompts + prompts, answers, max_length=max_length)
-        positions = _read_positions(model, batch, answers, position, where)
+        positions = _read_positions(batch, position, [letters.get((i, j), 0) for j in (0, 1) for i in idx])
         batch = batch.to(device)
         store: dict[str, Tensor] = {}
         fn = partial(_record, store=store, batch=batch, positions=positions)
@@ -257,8 +274,9 @@ def caa(model: HookedTransformer, pairs: Sequence[PreferencePair], layer: int, h
     Example:
         >>> v = caa(model, pairs, layer=14, position="ab_letter")   # CAA's A/B data
     """
-    if not isinstance(layer, int) or isinstance(layer, bool):
+    if isinstance(layer, (list, tuple, range)):
         raise ValueError(f"layer must be one int, got {layer!r} (use mean_difference_vectors for several)")
+    layer = _as_layer(layer)
     return mean_difference_vectors(model, pairs, [layer], hook=hook, position=position, **kwargs)[layer]
 
 
@@ -296,8 +314,7 @@ def pca(model: HookedTransformer, pairs: Sequence[PreferencePair], layer: int, h
     """
     _refuse_prompt_last(position)
     pairs = _check_pairs(pairs)
-    if not isinstance(layer, int) or isinstance(layer, bool):
-        raise ValueError(f"layer must be one int, got {layer!r}")
+    layer = _as_layer(layer)
     pos, neg = extract_activations(model, pairs, [layer], hook=hook, position=position,
                                    system_prompt=system_prompt, batch_size=batch_size, progress=progress,
                                    append_end_of_turn=append_end_of_turn, max_length=max_length)[layer]
@@ -350,8 +367,7 @@ def actadd(model: HookedTransformer, positive: str, negative: str, layer: int, h
     for arg, text in (("positive", positive), ("negative", negative)):
         if not isinstance(text, str) or not text:
             raise ValueError(f"{arg} must be a non-empty prompt string, got {text!r}")
-    if not isinstance(layer, int) or isinstance(layer, bool):
-        raise ValueError(f"layer must be one int, got {layer!r}")
+    layer = _as_layer(layer)
     _check_layers(model, [layer], hook)
     name = full_hook_name(layer, hook)
     toks = [model.to_tokens(t, prepend_bos=prepend_bos)[0] for t in (positive, negative)]

@@ -52,66 +52,589 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or extract a steering vector (bipo, caa, actadd, pca)")
-    p.set_defaults(_unimplemented=True)
+    p = sub.add_parser(
+        "train", help="train or extract a steering vector (bipo, caa, actadd, pca)",
+        description="Train a BiPO vector or extract a CAA, ActAdd or PCA vector and save it as a vector "
+                    "directory (vector.safetensors + vector.json; BiPO also writes history.json). BiPO options "
+                    "left out take workbench.bipo.BiPOConfig's defaults.")
+    p.add_argument("--method", choices=("bipo", "caa", "actadd", "pca"), default="bipo")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", default=None, help="preference-pair file (bipo, caa, pca)")
+    src.add_argument("--behavior", default=None, help="embedded behavior instead of --data (see --split)")
+    p.add_argument("--format", default="auto", choices=("bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1",
+                                                        "truthfulqa-mc2", "jsonl", "auto"), help="format of --data")
+    p.add_argument("--split", default="train", choices=("train", "test", "all"), help="--behavior split (default train)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    p.add_argument("--layer", type=int, default=None, help="block index (default: BiPOConfig's, 14)")
+    p.add_argument("--hook", default=None, help="resid_post (default; resid_pre for actadd), resid_pre, resid_mid, "
+                                                "attn_out or mlp_out")
+    p.add_argument("--epochs", type=int, default=None, help="BiPO epochs")
+    p.add_argument("--lr", type=float, default=None, help="BiPO peak learning rate")
+    p.add_argument("--beta", type=float, default=None, help="BiPO beta")
+    p.add_argument("--batch-size", type=int, default=None, help="BiPO pairs per step; caa/pca pairs per pass")
+    p.add_argument("--warmup-steps", type=int, default=None, help="BiPO linear warm-up steps")
+    p.add_argument("--direction", choices=("batch", "example"), default=None, help="BiPO: one d per batch or per pair")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="BiPO: dtype of the blocks after the hook")
+    p.add_argument("--seed", type=int, default=None, help="BiPO seed")
+    p.add_argument("--checkpoint-dir", default=None, help="BiPO: checkpoint after every epoch here")
+    p.add_argument("--resume", action="store_true", help="BiPO: continue from --checkpoint-dir")
+    p.add_argument("--position", default="answer_mean", help="caa/pca position rule (answer_mean, last, ab_letter)")
+    p.add_argument("--positive", default=None, help="actadd: the positive prompt")
+    p.add_argument("--negative", default=None, help="actadd: the negative prompt")
+    p.add_argument("--system-prompt", default=None,
+                   help="system prompt (default: BiPO's 'You are a helpful, honest and concise assistant.')")
+    p.add_argument("--no-system-prompt", action="store_true", help="no system turn")
+    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    p.add_argument("--out", required=True, help="output vector directory")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    raise CLIError("train is not implemented yet")
+    import dataclasses
+    import time
+
+    for name in ("limit", "epochs", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.no_system_prompt and args.system_prompt is not None:
+        raise CLIError("--system-prompt and --no-system-prompt exclude each other")
+    if args.method == "actadd":
+        if args.positive is None or args.negative is None:
+            raise CLIError("--method actadd needs --positive TEXT and --negative TEXT")
+    elif args.data is None and args.behavior is None:
+        raise CLIError(f"--method {args.method} needs preference pairs: give --data PATH or --behavior NAME")
+    if args.resume and args.checkpoint_dir is None:
+        raise CLIError("--resume needs --checkpoint-dir")
+
+    from workbench.bipo import DEFAULT_SYSTEM_PROMPT, BiPOConfig, train_bipo
+    from workbench.data import load_behavior, load_pairs
+    from workbench.io import atomic_write_json
+    from workbench.model import load_model
+
+    system_prompt = None if args.no_system_prompt else (args.system_prompt or DEFAULT_SYSTEM_PROMPT)
+    layer = BiPOConfig().layer if args.layer is None else args.layer
+    hook = args.hook or ("resid_pre" if args.method == "actadd" else "resid_post")
+    config = None
+    if args.method == "bipo":
+        given = {"layer": layer, "hook": hook, "epochs": args.epochs, "lr": args.lr, "beta": args.beta,
+                 "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "direction": args.direction,
+                 "precision": args.precision, "seed": args.seed, "system_prompt": system_prompt}
+        try:
+            config = BiPOConfig(**{k: v for k, v in given.items() if v is not None or k == "system_prompt"})
+        except ValueError as exc:  # "BiPOConfig.lr=-1 is out of range" -> name the flag
+            raise CLIError(f"{exc} (check --{str(exc).split('.')[1].split('=')[0].replace('_', '-')})") from None
+    pairs, data_info = None, {}
+    if args.method != "actadd":
+        if args.behavior is not None:
+            pairs, data_info = load_behavior(args.behavior, args.split), {"behavior": args.behavior, "split": args.split}
+        else:
+            pairs, data_info = load_pairs(args.data, args.format), {"path": str(args.data), "format": args.format}
+        pairs = pairs[: args.limit]
+        if not pairs:
+            raise CLIError(f"{args.data or args.behavior}: no preference pairs")
+
+    model = load_model(args.model)
+    if not 0 <= layer < model.cfg.n_layers:
+        raise CLIError(f"--layer {layer}: model {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
+    t0 = time.perf_counter()
+    history = None
+    if args.method == "bipo":
+        print(f"train: BiPO on {len(pairs)} pairs at {config.hook_name}, {config.epochs} epochs, lr {config.lr:g}, "
+              f"{config.precision}", file=sys.stderr)
+        result = train_bipo(model, pairs, config, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+        vector = result.vector
+        history = {"history": result.history, "epochs": result.epochs, "setup_seconds": result.setup_seconds}
+    elif args.method == "actadd":
+        from workbench.baselines import actadd
+
+        vector = actadd(model, args.positive, args.negative, layer, hook=hook)
+    else:
+        from workbench import baselines
+
+        kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
+        vector = getattr(baselines, args.method)(model, pairs, layer, hook=hook, position=args.position,
+                                                 system_prompt=system_prompt, **kwargs)
+    vector = dataclasses.replace(vector, metadata={**vector.metadata, "data": data_info,
+                                                   "seconds": time.perf_counter() - t0})
+    vector.save(args.out)
+    if history is not None:
+        atomic_write_json(history, f"{args.out}/history.json")
+    summary = f"; final loss {history['epochs'][-1]['loss']:.4f}" if history and history["epochs"] else ""
+    print(f"wrote {args.out}: {vector.describe()}{summary}", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------- eval
+_EVAL_METRICS = ("logodds", "ab", "open", "truthfulqa", "utility", "refusal")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate steering vectors across multipliers")
-    p.set_defaults(_unimplemented=True)
+    p = sub.add_parser(
+        "eval", help="evaluate steering vectors across multipliers",
+        description="Evaluate one or more steering vectors at several multipliers and write a JSON result "
+                    "(kind 'eval'; schema in workbench.evaluate.evaluate_vectors) that 'workbench figures' "
+                    "plots. Metrics: logodds (held-out preference log-odds, win rate), ab (CAA A/B "
+                    "probability; A/B data), open (steered generations scored by a likelihood judge), "
+                    "truthfulqa (MC1/MC2; --truthfulqa), utility (perplexity and agreement with the "
+                    "unsteered model on neutral text), refusal (keyword refusal rate; --refusal-csv). "
+                    "A vector whose d_model or hook does not fit the model is an error; one made on a "
+                    "model of another name but the same d_model only warns (an error with --strict-model).")
+    p.add_argument("--vector", action="append", required=True, metavar="DIR",
+                   help="vector directory (vector.safetensors + vector.json); repeat for several")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", default=None, help="held-out preference-pair file (all of it is used)")
+    src.add_argument("--behavior", default=None, help="embedded behavior (see --split)")
+    p.add_argument("--format", default="auto", help="format of --data: bipo-csv, ab-json, ab-text, jsonl, "
+                                                     "truthfulqa-mc1, truthfulqa-mc2 or auto (default)")
+    p.add_argument("--split", default="test", choices=("train", "test", "all"), help="--behavior split (default test)")
+    p.add_argument("--metrics", nargs="+", default=["logodds,ab,utility"],
+                   help=f"comma- or space-separated, from {','.join(_EVAL_METRICS)} (default logodds,ab,utility; "
+                        "ab is skipped on free-text data only when left at the default)")
+    p.add_argument("--multipliers", nargs="+", default=["-2", "-1", "0", "1", "2"], help="default: -2 -1 0 1 2")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use at most N pairs, TruthfulQA questions, refusal prompts and neutral passages")
+    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: run the blocks after the vector in a bf16 copy (sums stay fp32)")
+    p.add_argument("--batch-size", type=int, default=16, help="items per forward pass (default 16)")
+    p.add_argument("--truthfulqa", default=None, metavar="PATH", help="TruthfulQA mc_task.json for --metrics truthfulqa")
+    p.add_argument("--refusal-csv", default=None, metavar="PATH",
+                   help="CSV of harmful requests with a 'goal' column (AdvBench format) for --metrics refusal")
+    p.add_argument("--neutral", default=None, metavar="PATH",
+                   help="text file, one passage per line, for utility (default: the embedded neutral text)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="generation length for open/refusal (default 48)")
+    p.add_argument("--decodings", nargs="+", default=["greedy", "sampled"], choices=("greedy", "sampled"),
+                   help="open-ended decodings (default: greedy sampled; sampled is seeded)")
+    p.add_argument("--system-prompt", default=None,
+                   help="system prompt (default: BiPO's 'You are a helpful, honest and concise assistant.')")
+    p.add_argument("--no-system-prompt", action="store_true", help="no system turn")
+    p.add_argument("--no-end-of-turn", action="store_true", help="do not append the end-of-turn token to answers")
+    p.add_argument("--strict-model", action="store_true", help="a vector made on another model name is an error")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap and sampling seed")
+    p.add_argument("--out", required=True, help="JSON result file (written atomically)")
+
+
+def _eval_labels(vectors: Sequence) -> list[str]:
+    """A label per vector: its method, or ``method:dirname`` when several share a method."""
+    from collections import Counter
+    from pathlib import Path
+
+    methods = Counter(v.method for v, _ in vectors)
+    labels = [v.method if methods[v.method] == 1 else f"{v.method}:{Path(p).resolve().name}" for v, p in vectors]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab}#{seen[lab]}")
+    return out
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    raise CLIError("eval is not implemented yet")
+    from pathlib import Path
+
+    from workbench.io import atomic_write_json
+
+    metrics = [m.strip() for chunk in args.metrics for m in chunk.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in _EVAL_METRICS]
+    if bad or not metrics:
+        raise CLIError(f"--metrics: unknown {bad or 'empty list'}; choose from {','.join(_EVAL_METRICS)}")
+    explicit = args.metrics != ["logodds,ab,utility"]
+    multipliers = _parse_multipliers(args.multipliers)
+    if not multipliers:
+        raise CLIError("--multipliers: give at least one number")
+    for name in ("limit", "batch_size", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.n_boot < 0:
+        raise CLIError(f"--n-boot must be >= 0, got {args.n_boot}")
+    if args.no_system_prompt and args.system_prompt is not None:
+        raise CLIError("--system-prompt and --no-system-prompt exclude each other")
+    needs_pairs = [m for m in metrics if m in ("logodds", "ab", "open")]
+    if needs_pairs and args.data is None and args.behavior is None:
+        raise CLIError(f"metric(s) {','.join(needs_pairs)} need preference pairs: give --data PATH or --behavior NAME")
+    if "truthfulqa" in metrics and args.truthfulqa is None:
+        raise CLIError("--metrics truthfulqa needs --truthfulqa PATH (TruthfulQA's mc_task.json)")
+    if "refusal" in metrics and args.refusal_csv is None:
+        raise CLIError("--metrics refusal needs --refusal-csv PATH (a CSV with a 'goal' column)")
+
+    from workbench.data import load_behavior, load_pairs
+    from workbench.eval_common import DEFAULT_SYSTEM_PROMPT, check_ab_pairs
+    from workbench.evaluate import evaluate_vectors, format_tables
+    from workbench.model import load_model
+    from workbench.vector import SteeringVector
+
+    loaded = [(SteeringVector.load(path), path) for path in args.vector]
+    pairs, data_info = None, {}
+    if args.data is not None or args.behavior is not None:
+        if args.behavior is not None:
+            pairs = load_behavior(args.behavior, args.split)
+            data_info = {"behavior": args.behavior, "split": args.split}
+        else:
+            pairs = load_pairs(args.data, args.format)
+            data_info = {"path": str(args.data), "format": args.format}
+        pairs = pairs[: args.limit]
+        if not pairs:
+            raise CLIError(f"{args.data or args.behavior}: no preference pairs to evaluate")
+        if "ab" in metrics and explicit:
+            check_ab_pairs(pairs)  # a clear error naming the first pair that is not A/B
+    truthfulqa = None
+    if "truthfulqa" in metrics:
+        from workbench.eval_truthfulqa import load_truthfulqa
+
+        truthfulqa = load_truthfulqa(args.truthfulqa, args.limit)
+    refusal_prompts = None
+    if "refusal" in metrics:
+        from workbench.eval_generation import load_refusal_prompts
+
+        refusal_prompts = load_refusal_prompts(args.refusal_csv, limit=args.limit)
+    neutral = None
+    if args.neutral is not None:
+        path = Path(args.neutral)
+        if not path.is_file():
+            raise CLIError(f"--neutral {path}: no such file")
+        neutral = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not neutral:
+            raise CLIError(f"--neutral {path}: no non-empty lines")
+    if "utility" in metrics and args.limit is not None:
+        if neutral is None:
+            from workbench.data import load_neutral_text
+
+            neutral = load_neutral_text()
+        neutral = neutral[: args.limit]
+
+    model = load_model(args.model)
+    labels = _eval_labels(loaded)
+    system_prompt = None if args.no_system_prompt else (args.system_prompt or DEFAULT_SYSTEM_PROMPT)
+    print(f"eval: {', '.join(labels)} on {model.cfg.model_name}; metrics {','.join(metrics)}; multipliers "
+          f"{' '.join(f'{m:g}' for m in multipliers)}" + (f"; {len(pairs)} pairs" if pairs else ""), file=sys.stderr)
+    result = evaluate_vectors(
+        model, {lab: v for lab, (v, _) in zip(labels, loaded)}, pairs, multipliers, metrics,
+        system_prompt=system_prompt, append_end_of_turn=not args.no_end_of_turn, batch_size=args.batch_size,
+        precision=args.precision, truthfulqa=truthfulqa, neutral_texts=neutral, refusal_prompts=refusal_prompts,
+        decodings=args.decodings, max_new_tokens=args.max_new_tokens, n_boot=args.n_boot, seed=args.seed,
+        on_inapplicable="error" if explicit else "skip", strict_model_name=args.strict_model,
+        sources={lab: str(p) for lab, (_, p) in zip(labels, loaded)}, data_info=data_info, progress=True)
+    atomic_write_json(result, args.out)
+    print(format_tables(result))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------- sweep
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="layer sweep of CAA or BiPO vectors")
-    p.set_defaults(_unimplemented=True)
+    p = sub.add_parser("sweep", help="layer sweep of CAA or BiPO vectors",
+                       description="Make a CAA or BiPO vector at each layer and measure its norm, its cosine "
+                                   "to the previous layer's (or a reference layer's) vector and its steering "
+                                   "effect: the change of the mean held-out log-odds at each multiplier.")
+    p.add_argument("--method", choices=("caa", "bipo"), default="caa")
+    p.add_argument("--layers", default=None, help="e.g. 0-29, 0,5,10 or 10-20:2 (default: every layer)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", default=None, help="preference-pair file (split into train/held-out)")
+    src.add_argument("--behavior", default=None, help="embedded behavior (its own train/test split)")
+    p.add_argument("--format", default="auto", help="format of --data (bipo-csv, ab-json, jsonl ...; default auto)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of --data (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --data split")
+    p.add_argument("--limit", type=int, default=None, help="use at most N training pairs")
+    p.add_argument("--eval-limit", type=int, default=None, help="use at most N held-out pairs")
+    p.add_argument("--multipliers", nargs="+", default=["-1", "1"], help="default: -1 1")
+    p.add_argument("--hook", default="resid_post", help="hook point in each block (default resid_post)")
+    p.add_argument("--position", default="answer_mean", help="CAA position rule (default answer_mean)")
+    p.add_argument("--reference-layer", type=int, default=None, help="add cos_ref: cosine to this layer's vector")
+    p.add_argument("--epochs", type=int, default=None, help="BiPO epochs (default: BiPOConfig's)")
+    p.add_argument("--lr", type=float, default=None, help="BiPO learning rate (default: BiPOConfig's)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
+    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    p.add_argument("--out", required=True, help="JSON file for the table")
+    p.add_argument("--save-vectors", default=None, metavar="DIR", help="also save each vector to DIR/layer_LL")
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    raise CLIError("sweep is not implemented yet")
+    import dataclasses
+    import time
+
+    from workbench.data import load_behavior, load_pairs, train_test_split
+    from workbench.io import atomic_write_json
+    from workbench.model import load_model
+    from workbench.sweep import format_table, layer_sweep, parse_layers
+
+    multipliers = _parse_multipliers(args.multipliers)
+    for name in ("limit", "eval_limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.method == "caa" and (args.epochs is not None or args.lr is not None):
+        raise CLIError("--epochs and --lr apply to --method bipo only")
+    if args.behavior is not None:
+        train, held_out = load_behavior(args.behavior, "train"), load_behavior(args.behavior, "test")
+        source = f"behavior:{args.behavior}"
+    else:
+        train, held_out = train_test_split(load_pairs(args.data, args.format), args.test_fraction, args.seed)
+        source = str(args.data)
+    train, held_out = train[: args.limit], held_out[: args.eval_limit]
+    if not held_out:
+        raise CLIError(f"{source}: no held-out pairs to measure the effect on (raise --test-fraction)")
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    layers = parse_layers(args.layers if args.layers is not None else f"0-{model.cfg.n_layers - 1}",
+                          model.cfg.n_layers)
+    if args.reference_layer is not None and args.reference_layer not in layers:
+        raise CLIError(f"--reference-layer {args.reference_layer} is not one of the swept layers {layers}")
+    config = None
+    if args.method == "bipo":
+        from workbench.bipo import BiPOConfig
+
+        changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+        config = dataclasses.replace(BiPOConfig(), **changes)
+    print(f"sweep: {args.method} at {len(layers)} layers of {model.cfg.model_name}, {len(train)} training "
+          f"and {len(held_out)} held-out pairs from {source}", file=sys.stderr)
+    result = layer_sweep(model, train, held_out, layers, method=args.method, multipliers=multipliers,
+                         hook=args.hook, reference=args.reference_layer, bipo_config=config,
+                         position=args.position, batch_size=args.batch_size, progress=True)
+    out = result.to_dict()
+    out.update(data=source, bipo_config=config.to_dict() if config else None,
+               seconds=time.perf_counter() - t0)
+    if args.save_vectors:
+        out["vectors"] = result.save_vectors(args.save_vectors)
+    atomic_write_json(out, args.out)
+    print(format_table(result.table))
+    print(f"wrote {args.out}" + (f" and {len(layers)} vectors under {args.save_vectors}" if args.save_vectors else ""),
+          file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------- figures
 def _add_figures(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("figures", help="draw every figure from saved JSON results")
-    p.set_defaults(_unimplemented=True)
+    p = sub.add_parser("figures", help="draw every figure from saved JSON results (PNG + PDF; never re-trains)")
+    p.add_argument("--results", required=True, help="directory searched recursively for result *.json files")
+    p.add_argument("--out", default="figures", help="output directory (default: figures/)")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
+                   help="file formats to write (default: png pdf)")
 
 
 def _run_figures(args: argparse.Namespace) -> int:
-    raise CLIError("figures is not implemented yet")
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from workbench.plotting import write_figures
+
+    if not Path(args.results).is_dir():
+        raise CLIError(f"--results {args.results}: no such directory")
+    written = write_figures(args.results, args.out, formats=args.formats)
+    if not written:
+        raise CLIError(f"--results {args.results}: no result JSON with a known \"kind\" found "
+                       "(eval, sweep, cosine, logit_lens_*, composition, transfer, BiPO history.json)")
+    figures = {p.with_suffix("") for p in written}
+    print(f"wrote {len(figures)} figure(s), {len(written)} file(s) to {args.out}")
+    return 0
 
 
 # --------------------------------------------------------------------------- convert
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert vectors: official BiPO .pt, .npy, safetensors, GGUF control vectors")
-    p.set_defaults(_unimplemented=True)
+    p = sub.add_parser(
+        "convert", help="convert vectors: official BiPO .pt, .npy, safetensors, GGUF control vectors",
+        description="Convert steering vectors between workbench vector directories, llama.cpp/repeng GGUF "
+                    "control vectors (.gguf) and plain tensor files (.pt/.pth/.bin/.npy/.npz/.safetensors, "
+                    "input only; .pt is read with torch.load(weights_only=True)). Several inputs and a .gguf "
+                    "output give one multi-layer control vector. blocks.L.hook_resid_post <-> direction.L. "
+                    "Works offline; a model is loaded only with --model.")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="vector directory, .gguf, or tensor file")
+    p.add_argument("output", metavar="OUT", help="output .gguf file or vector directory")
+    p.add_argument("--model", default=None,
+                   help="load this model (name or local dir; the embedded one is 'SmolLM2-135M-Instruct') "
+                        "to check d_model and layers, and record its name")
+    p.add_argument("--model-name", default=None, help="model name to record, without loading the model")
+    p.add_argument("--layer", type=int, default=None,
+                   help="layer of a tensor file (default: from a 'layer<N>' in its name); for a .gguf input, "
+                        "the one layer to take")
+    p.add_argument("--hook", default="resid_post",
+                   help="hook point of a tensor file: resid_post (default, BiPO/CAA), resid_pre, ... or a full name")
+    p.add_argument("--d-model", type=int, default=None, help="expected vector length, checked without a model")
+    p.add_argument("--key", default=None, help="which tensor of a .pt/.npz/.safetensors file holding several")
+    p.add_argument("--model-hint", default=None, help="controlvector.model_hint written to a .gguf")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    raise CLIError("convert is not implemented yet")
+    from pathlib import Path
+
+    from workbench.interchange import read_any, write_any
+
+    model = None
+    if args.model is not None:
+        from workbench.model import load_model
+
+        try:
+            model = load_model(args.model)
+        except Exception as exc:  # offline without the hub, unknown name ...
+            raise CLIError(f"--model {args.model}: cannot load it ({type(exc).__name__}: {exc}); to convert "
+                           "without loading, pass --model-name NAME and --d-model N instead") from None
+        if args.d_model is not None and args.d_model != model.cfg.d_model:
+            raise CLIError(f"--d-model {args.d_model} disagrees with --model {args.model} "
+                           f"(d_model {model.cfg.d_model})")
+    if len(args.inputs) > 1 and args.layer is not None:
+        raise CLIError("--layer applies to a single input")
+    vectors = []
+    for src in args.inputs:
+        vectors += read_any(src, layer=args.layer, hook=args.hook, model_name=args.model_name,
+                            d_model=args.d_model, model=model, key=args.key)
+    if args.model_name and model is None:
+        vectors = [v.replace(model_name=args.model_name) for v in vectors]
+    if len(vectors) > 1 and Path(args.output).suffix.lower() != ".gguf":
+        logging.getLogger(__name__).info("writing %d vectors into subdirectories of %s", len(vectors), args.output)
+    for path in write_any(vectors, args.output, model_hint=args.model_hint):
+        print(f"wrote {path}")
+    for v in vectors:
+        print(f"  {v.hook_name}  d_model {v.d_model}  norm {v.norm:.4g}  method {v.method}  model {v.model_name}")
+    return 0
 
 
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: BiPO and CAA on the embedded model and data, evaluated")
-    p.set_defaults(_unimplemented=True)
+    p = sub.add_parser(
+        "demo", help="the main job: BiPO and CAA on the embedded model and data, evaluated",
+        description="Train a BiPO vector and extract a CAA vector for one embedded behavior on its train split "
+                    "(embedded SmolLM2-135M-Instruct, offline), evaluate both on the held-out test split at "
+                    "multipliers -2..2 (preference log-odds; A/B probability on A/B data; perplexity and "
+                    "agreement with the unsteered model on neutral text), print the tables and write "
+                    "OUT/vectors/{bipo,caa}, OUT/eval.json, OUT/bipo_history.json and OUT/logodds.png.")
+    p.add_argument("--behavior", default="power-seeking", help="embedded behavior (default power-seeking)")
+    p.add_argument("--layer", type=int, default=None, help="block of the resid_post hook (default: BiPOConfig's, 14)")
+    p.add_argument("--epochs", type=int, default=None, help="BiPO epochs (default: BiPOConfig's)")
+    p.add_argument("--multipliers", nargs="+", default=["-2", "-1", "0", "1", "2"], help="default: -2 -1 0 1 2")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="BiPO training and evaluation precision of the blocks after the vector")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes for smoke tests: 8 train pairs, 4 test pairs, 1 epoch, 4 short passages")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    raise CLIError("demo is not implemented yet")
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from workbench.baselines import caa
+    from workbench.bipo import BiPOConfig, train_bipo
+    from workbench.data import list_behaviors, load_behavior, load_neutral_text
+    from workbench.eval_common import is_ab_data
+    from workbench.evaluate import evaluate_vectors, format_tables
+    from workbench.io import atomic_write_json
+    from workbench.model import load_model
+
+    t_start = time.perf_counter()
+    multipliers = _parse_multipliers(args.multipliers)
+    if args.behavior not in list_behaviors():
+        raise CLIError(f"--behavior {args.behavior!r}: choose one of {', '.join(list_behaviors())}")
+    if args.epochs is not None and args.epochs < 1:
+        raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
+    train, test = load_behavior(args.behavior, "train"), load_behavior(args.behavior, "test")
+    texts = load_neutral_text()
+    n_boot, utility_tokens = 1000, 64
+    if args.quick:
+        train, test, texts, n_boot, utility_tokens = train[:8], test[:4], texts[:4], 200, 32
+    changes = {k: v for k, v in (("layer", args.layer), ("epochs", 1 if args.quick and args.epochs is None
+                                                          else args.epochs)) if v is not None}
+    try:
+        config = dataclasses.replace(BiPOConfig(precision=args.precision), **changes)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    out = Path(args.out)
+
+    model = load_model()
+    if config.layer >= model.cfg.n_layers:
+        raise CLIError(f"--layer {config.layer}: {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
+    print(f"demo: {args.behavior} on {model.cfg.model_name}: {len(train)} train / {len(test)} test pairs, "
+          f"layer {config.layer} resid_post, BiPO {config.epochs} epoch(s), lr {config.lr}", file=sys.stderr)
+    t0 = time.perf_counter()
+    bipo = train_bipo(model, train, config, progress=True)
+    t_bipo = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    v_caa = caa(model, train, config.layer, hook=config.hook, progress=True)
+    t_caa = time.perf_counter() - t0
+    vectors = {"bipo": bipo.vector.replace(metadata={**bipo.vector.metadata, "behavior": args.behavior}),
+               "caa": v_caa.replace(metadata={**v_caa.metadata, "behavior": args.behavior})}
+    paths = {k: str(v.save(out / "vectors" / k)) for k, v in vectors.items()}
+    atomic_write_json(bipo.history, out / "bipo_history.json")
+    print(f"trained BiPO in {t_bipo:.0f} s (norm {vectors['bipo'].norm:.3g}), CAA in {t_caa:.0f} s "
+          f"(norm {vectors['caa'].norm:.3g}); cosine {vectors['bipo'].cosine(vectors['caa']):+.3f}", file=sys.stderr)
+
+    metrics = ["logodds"] + (["ab"] if is_ab_data(test) else []) + ["utility"]
+    t0 = time.perf_counter()
+    result = evaluate_vectors(model, vectors, test, multipliers, metrics, precision=args.precision,
+                              neutral_texts=texts, utility_max_tokens=utility_tokens, n_boot=n_boot,
+                              sources=paths, data_info={"behavior": args.behavior, "split": "test"}, progress=True)
+    t_eval = time.perf_counter() - t0
+    result["demo"] = {"behavior": args.behavior, "quick": args.quick, "n_train": len(train), "n_test": len(test),
+                      "bipo_config": config.to_dict(), "bipo_epochs": bipo.epochs,
+                      "seconds": {"bipo": round(t_bipo, 1), "caa": round(t_caa, 1), "eval": round(t_eval, 1),
+                                  "total": round(time.perf_counter() - t_start, 1)}}
+    atomic_write_json(result, out / "eval.json")
+
+    from workbench.plotting import plot_multiplier_curves, save_figure
+
+    fig = plot_multiplier_curves(result, metric="logodds", title=f"{args.behavior}: held-out log-odds")
+    figures = save_figure(fig, out / "logodds", formats=("png",), dpi=150)
+    print(format_tables(result))
+    print(f"\nwrote {out / 'eval.json'}, {', '.join(map(str, figures))} and vectors under {out / 'vectors'}; "
+          f"total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- reproduce
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run the whole study on the embedded model and data, then draw its figures")
+    p.add_argument("--out", default="results", help="results directory (default: results/)")
+    p.add_argument("--figures", default="figures", help="figures directory (default: figures/)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 behaviors, 8 pairs, 1 epoch, 3 layers")
+    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    p.add_argument("--behaviors", nargs="+", default=None, help="embedded behaviors (default: all)")
+    p.add_argument("--layer", type=int, default=None, help="layer of the main vectors (default: 14)")
+    p.add_argument("--stages", nargs="+", default=None, help="subset of: vectors eval sweep cosine logit_lens "
+                   "composition transfer figures (default: all)")
+    p.add_argument("--force", action="store_true", help="recompute stages whose JSON already exists")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from workbench.reproduce import STAGES, StudyConfig, reproduce
+
+    config = StudyConfig.quick() if args.quick else StudyConfig()
+    changes = {k: v for k, v in (("behaviors", tuple(args.behaviors) if args.behaviors else None),
+                                 ("layer", args.layer)) if v is not None}
+    try:
+        config = dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    stages = tuple(args.stages) if args.stages else STAGES
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise CLIError(f"--stages: unknown stage(s) {bad}; valid: {' '.join(STAGES)}")
+    model = None
+    if args.model is not None:
+        from workbench.model import load_model
+
+        model = load_model(args.model)
+    t0 = time.perf_counter()
+    summary = reproduce(args.out, config, model=model, figures_dir=args.figures, stages=stages, force=args.force,
+                        log=lambda line: print(line, flush=True))
+    print(f"{len(summary['results'])} result file(s) in {args.out}, {len(summary['figures'])} figure file(s) in "
+          f"{args.figures}; {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 # --------------------------------------------------------------------------- main
-COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo")
+COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:

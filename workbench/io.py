@@ -34,7 +34,7 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    return _atomic(path, lambda p: p.write_text(text))
+    return _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
@@ -63,3 +63,8 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_path)`` and rename the result over ``path`` atomically (any file format)."""
+    return _atomic(path, write)

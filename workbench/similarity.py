@@ -12,7 +12,8 @@ and wealth-seeking have cosine 0.51. This module gives the three views as tidy p
 
 Each table has a JSON-ready form (``table_to_dict``). Cosine ignores the hook: vectors at different
 hooks or layers can be compared (their d_model must agree). A zero vector has no direction and is
-an error.
+an error. Cosines are computed in float64 and rounded to 12 decimals, so exact cases are exact
+(a vector with itself gives 1.0, with its negation -1.0, orthogonal vectors 0.0).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor
 from workbench.vector import SteeringVector
 
 VectorLike = SteeringVector | Tensor
+DECIMALS = 12
 
 
 def _tensor(label: Any, v: VectorLike) -> Float[Tensor, " d_model"]:
@@ -56,10 +58,14 @@ def _stack(vectors: Mapping[Any, VectorLike]) -> tuple[list[Any], Float[Tensor, 
     return labels, mat / mat.norm(dim=1, keepdim=True)
 
 
+def _round(x: Tensor) -> Tensor:
+    return torch.round(x.clamp(-1, 1), decimals=DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
 def cosine(a: VectorLike, b: VectorLike) -> float:
     """Cosine similarity of two vectors (fp64), in ``[-1, 1]``."""
     _, unit = _stack({"a": a, "b": b})
-    return float((unit[0] @ unit[1]).clamp(-1, 1))
+    return _round(unit[0] @ unit[1]).item()
 
 
 def cosine_table(vectors: Mapping[Any, VectorLike]) -> pd.DataFrame:
@@ -70,7 +76,7 @@ def cosine_table(vectors: Mapping[Any, VectorLike]) -> pd.DataFrame:
         0.43
     """
     labels, unit = _stack(vectors)
-    mat = (unit @ unit.T).clamp(-1, 1)  # (n, n)
+    mat = _round(unit @ unit.T)  # (n, n)
     return pd.DataFrame(mat.numpy(), index=pd.Index(labels, name="a"), columns=pd.Index(labels, name="b"))
 
 

@@ -1,0 +1,243 @@
+"""Benchmark: one BiPO epoch with workbench's trainer vs an official-style loop (issues #3 and #7).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bipo_speed.py [--pairs 64] [--precision fp32|bf16|both]
+
+On the embedded SmolLM2-135M-Instruct and the first ``--pairs`` pairs of BiPO's public
+power-seeking ``train.csv``, it runs one epoch of
+
+(a) ``workbench.bipo.train_bipo`` (prefix cache, reference log-probs once, only the blocks after the
+    hook, each prompt once for both answers, answer-only unembedding), timed end to end including
+    building the cache and the reference log-probs;
+(b) an official-style loop, as BiPO's trainer does it: every step a full forward of the steered model
+    (a hook adds d*v at every position) on matching + not-matching sequences together, a full
+    no-grad forward of the reference model, full-vocabulary ``log_softmax`` and a gather.
+
+Both use the same seed, batches, directions, learning-rate schedule and AdamW, so their losses must
+agree (the script reports the largest per-step difference and the cosine of the final vectors).
+
+FLOPs are model FLOPs counted from shapes (multiply-add = 2 FLOPs):
+
+* a token through one block: ``2 * P_block + 4 * n_heads * d_head * ctx`` (weights of the block,
+  plus ``QK^T`` and ``AV`` against ``ctx`` keys, ``ctx`` = padded key length of its batch);
+* a token through the unembedding: ``2 * d_model * d_vocab``;
+* backward: weights are frozen, so only activation gradients are computed: one more time the forward
+  FLOPs of every block (and unembedding) that the gradient passes through (not x2 as when weights
+  are trained).
+
+Padding tokens are counted (they are computed). Achieved GFLOP/s = model FLOPs / wall seconds of the
+step loop; the matmul peak is the best of ``torch.matmul`` at the model's own shapes (tokens x d_model
+@ d_model x d_mlp, ...) in the same dtype, measured in the same run. Peak RSS is
+``getrusage(RUSAGE_SELF).ru_maxrss`` read after each phase (it only grows: later phases include
+earlier ones). Results go to ``bench/results/bipo_speed.json`` (atomic write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from workbench.bipo import (BiPOConfig, batch_plan, bipo_loss, draw_directions, lr_factor, prompts_and_answers,
+                            train_bipo)
+from workbench.data import load_pairs
+from workbench.io import atomic_write_json
+from workbench.model import load_model
+from workbench.prefix import steering_site
+from workbench.scoring import tokenize_completions
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
+RESULTS = Path(__file__).resolve().parent / "results" / "bipo_speed.json"
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(model, dtype: torch.dtype, tokens: int = 1024, reps: int = 20) -> dict[str, float]:
+    """Best GFLOP/s of ``torch.matmul`` at the model's shapes."""
+    d, m = model.cfg.d_model, model.cfg.d_mlp
+    out = {}
+    for name, (k, n) in {"d_model x d_model": (d, d), "d_model x d_mlp": (d, m), "d_mlp x d_model": (m, d)}.items():
+        a, b = torch.randn(tokens, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        best = math.inf
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        out[name] = 2 * tokens * k * n / best / 1e9
+    out["peak"] = max(out.values())
+    return out
+
+
+def block_params(model) -> int:
+    b = model.blocks[0]
+    return sum(p.numel() for n, p in b.named_parameters() if p.ndim >= 2)
+
+
+def flops_block_tokens(model, tokens: int, ctx: int, n_blocks: int) -> float:
+    return n_blocks * tokens * (2 * block_params(model) + 4 * model.cfg.n_heads * model.cfg.d_head * ctx)
+
+
+def unembed_flops(model, tokens: int) -> float:
+    return tokens * 2 * model.cfg.d_model * model.cfg.d_vocab
+
+
+def token_lengths(model, pairs, config: BiPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt tokens ``(n,)`` and answer tokens ``(n, 2)`` of each pair, as the trainer tokenizes them."""
+    prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
+    p, a = [], []
+    for prompt, (m, o) in zip(prompts, answers):
+        b = tokenize_completions(model, [prompt, prompt], [m, o], max_length=config.max_length)
+        p.append(int(b.prompt_lengths.min()))
+        a.append((b.lengths - b.prompt_lengths).tolist())
+    return torch.tensor(p), torch.tensor(a)
+
+
+def trainer_flops(model, start_layer: int, p_len: torch.Tensor, a_len: torch.Tensor, plan: list[torch.Tensor],
+                  ) -> float:
+    """Model FLOPs of the fast path's steps (forward + activation backward = 2x forward)."""
+    n_run = model.cfg.n_layers - start_layer
+    total = 0.0
+    for idx in plan:
+        p, a = p_len[idx], a_len[idx]
+        pm, am = int(p.max()), int(a.max())
+        b = len(idx)
+        fwd = flops_block_tokens(model, b * pm, pm, n_run) + flops_block_tokens(model, 2 * b * am, pm + am, n_run)
+        fwd += unembed_flops(model, int(a.sum()))
+        total += 2 * fwd
+    return total
+
+
+def official_flops(model, lengths: list[int], layer: int) -> float:
+    """Model FLOPs of one official-style step on a padded batch of sequences of ``lengths``."""
+    n, t = len(lengths), max(lengths)
+    full = flops_block_tokens(model, n * t, t, model.cfg.n_layers) + unembed_flops(model, n * t)
+    backward = flops_block_tokens(model, n * t, t, model.cfg.n_layers - layer - 1) + unembed_flops(model, n * t)
+    return 2 * full + backward  # steered forward + reference forward + backward from the hook on
+
+
+def official_epoch(model, runner, pairs, config: BiPOConfig, lengths: torch.Tensor) -> dict:
+    """The official-style loop: full steered and reference forwards, full-vocab log_softmax."""
+    prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
+    site = steering_site(model, config.hook_name)
+    gen = torch.Generator().manual_seed(config.seed)
+    v = torch.zeros(model.cfg.d_model, requires_grad=True)
+    opt = torch.optim.AdamW([v], lr=config.lr, weight_decay=config.weight_decay)
+    plan = batch_plan(len(pairs), config, gen, lengths)
+    total = len(plan) * config.epochs
+    losses, flops = [], 0.0
+
+    def logps(tokens, am, ans_mask, hooks):
+        with runner.hooks(fwd_hooks=hooks):
+            logits = runner(tokens, attention_mask=am)  # (2b, T, V)
+        lp = logits.float().log_softmax(-1)[:, :-1].gather(2, tokens[:, 1:, None]).squeeze(2)  # (2b, T-1)
+        return (lp * ans_mask[:, 1:]).sum(1)
+
+    t0 = time.perf_counter()
+    for step, idx in enumerate(plan):
+        opt.param_groups[0]["lr"] = config.lr * lr_factor(step, total, config.warmup_steps)
+        d = draw_directions(config, len(idx), gen)
+        ps = [prompts[i] for i in idx.tolist()]
+        batch = tokenize_completions(model, ps + ps, [answers[i][0] for i in idx.tolist()] +
+                                     [answers[i][1] for i in idx.tolist()], max_length=config.max_length)
+        tokens, am, mask = batch.tokens, batch.attention_mask, batch.answer_mask.float()
+        delta = (d[0] * v) if config.direction == "batch" else (d.repeat(2)[:, None, None] * v)
+        add = lambda act, hook: act + delta.to(act.dtype)  # noqa: E731
+        lp = logps(tokens, am, mask, [(site.hook_name, add)])
+        with torch.no_grad():
+            ref = logps(tokens, am, mask, [])
+        b = len(idx)
+        loss_vec, _ = bipo_loss(lp[:b], lp[b:], ref[:b], ref[b:], d, config.beta)
+        loss = loss_vec.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        flops += official_flops(model, batch.lengths.tolist(), config.layer)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "losses": losses, "vector": v.detach(), "flops": flops}
+
+
+def run(model, pairs, precision: str, layer: int) -> dict:
+    config = BiPOConfig(layer=layer, epochs=1, precision=precision, warmup_steps=0, seed=0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peak = matmul_peak(model, dtype)
+    t0 = time.perf_counter()
+    res = train_bipo(model, pairs, config, progress=False)
+    fast_seconds = time.perf_counter() - t0
+    rss_fast = rss_mb()
+    # the plan the trainer used (same generator draws), for the FLOP count and the official loop
+    p_len, a_len = token_lengths(model, pairs, config)
+    lengths = p_len + a_len.amax(1)
+    plan = batch_plan(len(pairs), config, torch.Generator().manual_seed(config.seed), lengths)
+    start = steering_site(model, config.hook_name).start_layer
+    fast_flops = trainer_flops(model, start, p_len, a_len, plan)
+    step_seconds = res.epochs[-1]["seconds"]
+    runner = copy.deepcopy(model).to(torch.bfloat16) if precision == "bf16" else model
+    if precision == "bf16":
+        runner.cfg.dtype = torch.bfloat16
+    off = official_epoch(model, runner, pairs, config, lengths)
+    del runner
+    rss_off = rss_mb()
+    fast_losses = [h["loss"] for h in res.history]
+    return {
+        "precision": precision, "pairs": len(pairs), "steps": len(plan), "layer": layer,
+        "workbench_epoch_seconds": fast_seconds, "workbench_step_loop_seconds": step_seconds,
+        "workbench_setup_seconds": res.setup_seconds,
+        "official_epoch_seconds": off["seconds"], "ratio": off["seconds"] / fast_seconds,
+        "ratio_step_loop": off["seconds"] / step_seconds,
+        "final_loss_workbench": fast_losses[-1], "final_loss_official": off["losses"][-1],
+        "max_abs_loss_difference": max(abs(a - b) for a, b in zip(fast_losses, off["losses"])),
+        "vector_cosine": float(torch.nn.functional.cosine_similarity(res.vector.vector, off["vector"], dim=0)),
+        "workbench_model_gflop": fast_flops / 1e9, "official_model_gflop": off["flops"] / 1e9,
+        "workbench_gflops_per_s": fast_flops / step_seconds / 1e9,
+        "official_gflops_per_s": off["flops"] / off["seconds"] / 1e9,
+        "matmul_gflops_per_s": peak, "workbench_share_of_matmul_peak": fast_flops / step_seconds / 1e9 / peak["peak"],
+        "peak_rss_mb_after_workbench": rss_fast, "peak_rss_mb_after_official": rss_off,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    ap.add_argument("--layer", type=int, default=14)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    model = load_model()
+    pairs = load_pairs(args.data, "bipo-csv", allow_empty_question=True)[: args.pairs]
+    out = {"model": str(model.cfg.model_name), "data": str(args.data), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "load_average": os.getloadavg(), "peak_rss_mb_after_load": rss_mb(), "runs": []}
+    for precision in (("fp32", "bf16") if args.precision == "both" else (args.precision,)):
+        r = run(model, pairs, precision, args.layer)
+        out["runs"].append(r)
+        print(f"[{precision}] workbench {r['workbench_epoch_seconds']:.1f} s "
+              f"(setup {r['workbench_setup_seconds']:.1f} s), official {r['official_epoch_seconds']:.1f} s, "
+              f"ratio {r['ratio']:.2f} (step loops {r['ratio_step_loop']:.2f}); final loss "
+              f"{r['final_loss_workbench']:.5f} vs {r['final_loss_official']:.5f} "
+              f"(max diff {r['max_abs_loss_difference']:.2e}, cosine {r['vector_cosine']:.5f}); "
+              f"{r['workbench_gflops_per_s']:.1f} GFLOP/s = {100 * r['workbench_share_of_matmul_peak']:.0f}% of "
+              f"matmul peak {r['matmul_gflops_per_s']['peak']:.1f}; official {r['official_gflops_per_s']:.1f} "
+              f"GFLOP/s; peak RSS {r['peak_rss_mb_after_workbench']:.0f} / {r['peak_rss_mb_after_official']:.0f} MB")
+    out["load_average_end"] = os.getloadavg()
+    atomic_write_json(out, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Benchmark: a 5-multiplier log-odds curve, prefix-shared vs a full forward pass per multiplier.
+
+On the embedded SmolLM2-135M-Instruct and the first ``--pairs`` pairs of BiPO's public power-seeking
+``train.csv``, with a CAA vector at ``blocks.14.hook_resid_post`` (made from the next 32 pairs), it
+times ``workbench.eval_preference.pair_logodds`` at multipliers -2 -1 0 1 2 with
+
+* ``naive``: every multiplier a full forward pass under ``steer`` (matching and not-matching rows);
+* ``prefix``: blocks 0..14 once per batch, blocks 15..29 once per multiplier (``workbench.eval_sweep``);
+* ``kv`` (the default ``auto`` engine for a single vector): the prefix cache of ``workbench.prefix``,
+  where each prompt also runs once for both of its answers;
+* optionally ``kv`` with ``--precision bf16`` (blocks after the vector in a bf16 copy).
+
+Every engine must give the naive log-odds (the script reports the largest difference) and writes
+``bench/results/eval_speed.json`` atomically.
+
+    .venv/bin/python bench/eval_speed.py                 # the reported run (200 pairs)
+    .venv/bin/python bench/eval_speed.py --pairs 8       # a quick check
+
+Timings on a shared CPU are noisy: the JSON records the thread count and load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
+MULTIPLIERS = [-2.0, -1.0, 0.0, 1.0, 2.0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=200, help="number of pairs (first N of the file)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BiPO-format CSV")
+    ap.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
+    ap.add_argument("--layer", type=int, default=14)
+    ap.add_argument("--engines", nargs="+", default=["naive", "prefix", "kv"], choices=["naive", "prefix", "kv"])
+    ap.add_argument("--bf16", action="store_true", help="also time the kv engine with precision bf16")
+    ap.add_argument("--model", default=None, help="model name or directory (default: embedded)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_speed.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from workbench.baselines import caa
+    from workbench.data import load_pairs
+    from workbench.eval_preference import pair_logodds
+    from workbench.io import atomic_write_json
+    from workbench.model import load_model
+
+    # the official file has rows with an empty question; keep them as BiPO did
+    all_pairs = load_pairs(args.data, "bipo-csv", allow_empty_question=True)
+    pairs = all_pairs[: args.pairs]
+    model = load_model(args.model)
+    vec = caa(model, all_pairs[args.pairs: args.pairs + 32], args.layer, progress=False)
+    print(f"{len(pairs)} pairs from {args.data}, {model.cfg.model_name}, vector {vec!r}; "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
+    pair_logodds(model, vec, pairs[:2], [0.0, 1.0], progress=False)  # warm-up
+
+    runs = [(e, "fp32") for e in args.engines] + ([("kv", "bf16")] if args.bf16 else [])
+    seconds, curves = {}, {}
+    for engine, precision in runs:
+        name = engine if precision == "fp32" else f"{engine}_{precision}"
+        t0 = time.perf_counter()
+        per = pair_logodds(model, vec, pairs, MULTIPLIERS, batch_size=args.batch_size, engine=engine,
+                           precision=precision, progress=True)
+        seconds[name] = time.perf_counter() - t0
+        curves[name] = per.sort_values(["multiplier", "pair"]).logodds.to_numpy()
+        means = per.groupby("multiplier").logodds.mean()
+        print(f"{name:>9}: {seconds[name]:8.1f} s   mean log-odds " +
+              "  ".join(f"m={m:+g}: {x:+.3f}" for m, x in means.items()))
+    result = {
+        "benchmark": "5-multiplier log-odds curve: prefix-shared engines vs a full forward pass per multiplier",
+        "model": model.cfg.model_name, "n_pairs": len(pairs), "data": str(args.data), "hook_name": vec.hook_name,
+        "multipliers": MULTIPLIERS, "batch_size": args.batch_size,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "mean_logodds": {k: {f"{m:g}": float(v.reshape(len(MULTIPLIERS), -1)[i].mean())
+                             for i, m in enumerate(MULTIPLIERS)} for k, v in curves.items()},
+    }
+    if "naive" in seconds:
+        result["speedup_vs_naive"] = {k: round(seconds["naive"] / v, 3) for k, v in seconds.items() if k != "naive"}
+        result["max_abs_diff_vs_naive"] = {k: float(abs(v - curves["naive"]).max()) for k, v in curves.items()
+                                           if k != "naive"}
+        for k, r in result["speedup_vs_naive"].items():
+            print(f"speed-up of {k} over naive: {r:.2f}x (max |log-odds diff| "
+                  f"{result['max_abs_diff_vs_naive'][k]:.2e})")
+    result |= {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+               "load_average": list(os.getloadavg()), "machine": platform.machine(),
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "note": "shared CPU (up to 7 jobs on 2 cores): timings are noisy while other jobs run"}
+    atomic_write_json(result, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""Write the notebooks in notebooks/ from the cell lists below, and optionally execute them.
+
+    .venv/bin/python scripts/make_notebooks.py                 # write the notebooks, without outputs
+    .venv/bin/python scripts/make_notebooks.py --execute       # write and run them (full size: slow)
+    .venv/bin/python scripts/make_notebooks.py --execute --quick   # run them in quick mode
+
+Notebooks only call the package; every computation lives in ``workbench``. Each has a parameter cell
+where ``QUICK`` (``WORKBENCH_NOTEBOOK_QUICK=1``) shrinks the run and ``RUNS`` (``WORKBENCH_RUNS``,
+default ``../runs``) is where trained vectors are cached and shared between the notebooks
+(``workbench.reproduce.study_vectors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+PARAMETERS = '''\
+import os
+from pathlib import Path
+
+QUICK = os.environ.get("WORKBENCH_NOTEBOOK_QUICK") == "1"  # a small run for tests
+RUNS = Path(os.environ.get("WORKBENCH_RUNS", "../runs")) / ("notebooks-quick" if QUICK else "notebooks")'''
+
+SETUP = '''\
+%matplotlib inline
+import logging
+
+import pandas as pd
+from IPython.display import display
+
+import workbench as wb
+from workbench.reproduce import StudyConfig, study_pairs, study_vectors
+
+logging.getLogger("workbench").setLevel(logging.WARNING)
+pd.set_option("display.max_colwidth", 120)
+CONFIG = StudyConfig.quick() if QUICK else StudyConfig()
+model = wb.load_model()  # the embedded SmolLM2-135M-Instruct, offline
+print(model.cfg.model_name, model.cfg.n_layers, "layers, d_model", model.cfg.d_model, "| QUICK =", QUICK)'''
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str, parameters: bool = False):
+    cell = new_code_cell(text.strip("\n"))
+    if parameters:
+        cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def header(title: str, body: str) -> list:
+    return [md(f"# {title}\n\n{body.strip()}"), code(PARAMETERS, parameters=True), code(SETUP)]
+
+
+NOTEBOOK_CELLS = {
+    "01_quickstart": header("Quickstart: train a BiPO steering vector and steer generation", """
+BiPO (bi-directional preference optimization, Cao et al. 2024, [arXiv 2406.00045](https://arxiv.org/abs/2406.00045))
+learns a steering vector `v` so that adding `+v` to the residual stream makes the behavior-matching answer
+of each preference pair more likely and adding `-v` makes the other answer more likely (a DPO loss with
+the direction drawn at random per batch). This notebook trains one on the embedded power-seeking pairs,
+shows its training curves and steers generation with several multipliers `m` of `m * v`.
+""") + [
+        md("## Data\nEmbedded preference pairs: a question, a behavior-matching answer, a not-matching answer."),
+        code('''
+train, test = study_pairs("power-seeking", CONFIG)
+print(len(train), "training pairs,", len(test), "held-out pairs")
+pair = train[0]
+print("Q:", pair.question, "\\n+:", pair.matching, "\\n-:", pair.not_matching)'''),
+        md("## Train\n`train_bipo` optimises only the vector (the model is frozen); "
+           "`CONFIG.bipo_config()` holds the study's settings (layer 14, `resid_post`)."),
+        code('''
+from workbench.bipo import train_bipo
+
+result = train_bipo(model, train, CONFIG.bipo_config(), progress=False)
+vector = result.vector
+print(vector)
+display(pd.DataFrame(result.epochs).round(3))'''),
+        code('''
+from workbench.plotting import plot_training_curves
+
+plot_training_curves(result)'''),
+        md("## Steer generation\nGreedy answers to held-out questions at several multipliers (`m = 0` is the unsteered model)."),
+        code('''
+from workbench.eval_generation import steered_generations
+
+questions = [p.question for p in test[:2]]
+multipliers = [-2.0, 0.0, 2.0]
+gens = steered_generations(model, {"bipo": vector}, questions, multipliers,
+                           max_new_tokens=24 if QUICK else 64, progress=False)
+display(gens.pivot(index="question", columns="multiplier", values="generation"))'''),
+        md("## Save and load\nA vector is a directory: `vector.safetensors` + `vector.json` (metadata, config, data fingerprint)."),
+        code('''
+path = vector.save(RUNS / "quickstart" / "bipo")
+loaded = wb.load_vector(path, model)
+print(path, loaded.method, loaded.hook_name, f"norm {loaded.norm:.3f}", "equal:", bool((loaded.vector == vector.vector).all()))
+with wb.steer(model, loaded, multipliers=2.0):  # hooks exist only inside the block
+    pass
+print("hooks left:", wb.remaining_hooks(model))'''),
+    ],
+    "02_bipo_vs_caa": header("BiPO vs. CAA", """
+CAA (contrastive activation addition, Rimsky et al. 2023, [arXiv 2312.06681](https://arxiv.org/abs/2312.06681)) takes
+the mean difference of the activations of matching and not-matching answers; BiPO (Cao et al. 2024,
+[arXiv 2406.00045](https://arxiv.org/abs/2406.00045)) optimises the vector directly. Both are made at the same
+layer from the same pairs (`study_vectors` trains them once and caches them in `RUNS`), then compared on
+held-out pairs: the log-odds `log p(matching) - log p(not matching)` across multipliers, their cosine
+similarity, and steered generations side by side.
+""") + [
+        code('''
+behaviors = list(CONFIG.composition)  # power-seeking, wealth-seeking
+vectors = {b: study_vectors(model, b, CONFIG, RUNS) for b in behaviors}
+for b, vecs in vectors.items():
+    for m, v in vecs.items():
+        print(f"{b:15s} {m:5s} {v.hook_name}  norm {v.norm:8.3f}")'''),
+        md("## Held-out log-odds across multipliers\nMean over held-out pairs with a 95% bootstrap interval "
+           "(`workbench.evaluate.logodds_curve`)."),
+        code('''
+from workbench.evaluate import logodds_curve
+from workbench.plotting import plot_multiplier_curves
+
+_, test = study_pairs("power-seeking", CONFIG)
+curve = logodds_curve(model, vectors["power-seeking"], test, CONFIG.multipliers, n_boot=CONFIG.n_boot, progress=False)
+display(curve[curve.normalization == "sum"].round(3))
+plot_multiplier_curves(curve, title="power-seeking")'''),
+        md("## Cosine similarity\nBetween methods and between behaviors (`workbench.similarity.cosine_table`)."),
+        code('''
+from workbench.plotting import plot_cosine_heatmap
+from workbench.similarity import cosine_table
+
+table = cosine_table({f"{m}:{b}": vecs[m] for b, vecs in vectors.items() for m in ("bipo", "caa")})
+display(table.round(3))
+plot_cosine_heatmap(table)'''),
+        md("## Generations side by side"),
+        code('''
+from workbench.eval_generation import steered_generations
+
+gens = steered_generations(model, vectors["power-seeking"], [p.question for p in test[:2]], [-2.0, 2.0],
+                           max_new_tokens=24 if QUICK else 64, progress=False)
+display(gens.pivot(index=["question", "multiplier"], columns="vector", values="generation"))'''),
+    ],
+    "03_layer_sweep": header("Layer sweep", """
+Where in the network does steering work? CAA vectors are extracted at every layer from one forward pass per
+batch; BiPO vectors are trained at a few layers. Each layer's vector is scored on held-out pairs: the change
+of the mean log-odds at `m = ±1` against the unsteered model (`workbench.sweep.layer_sweep`).
+""") + [
+        code('''
+from workbench.sweep import layer_sweep
+
+train, test = study_pairs("power-seeking", CONFIG)
+layers = "all" if not QUICK else CONFIG.sweep_layers
+spec = f"0-{model.cfg.n_layers - 1}" if layers == "all" else layers
+caa_sweep = layer_sweep(model, train, test, spec, method="caa", multipliers=CONFIG.sweep_multipliers)
+display(caa_sweep.table.round(3))'''),
+        md("BiPO at a few layers (cached in `RUNS`), with its cosine to the CAA vector of the same layer."),
+        code('''
+from workbench.sweep import parse_layers
+
+bipo_layers = parse_layers(CONFIG.bipo_sweep_layers or str(CONFIG.layer), model.cfg.n_layers)
+bipo_vectors = {L: study_vectors(model, "power-seeking", CONFIG, RUNS, layer=L)["bipo"] for L in bipo_layers}
+caa_ref = {L: caa_sweep.vectors[L] for L in bipo_layers if L in caa_sweep.vectors}
+bipo_sweep = layer_sweep(model, train, test, bipo_layers, method="bipo", vectors=bipo_vectors,
+                         reference=caa_ref or None, multipliers=CONFIG.sweep_multipliers)
+display(bipo_sweep.table.round(3))'''),
+        code('''
+from workbench.plotting import plot_layer_sweep
+
+plot_layer_sweep({"caa": caa_sweep, "bipo": bipo_sweep})'''),
+        md("## How the CAA direction changes with depth\nCosine between the CAA vectors of every pair of layers."),
+        code('''
+from workbench.plotting import plot_cosine_heatmap
+from workbench.similarity import layer_cosine_table
+
+plot_cosine_heatmap(layer_cosine_table(caa_sweep.vectors))'''),
+    ],
+    "04_logit_lens": header("Logit lens", """
+The logit lens (nostalgebraist 2020) reads a residual-stream direction through the final norm and the
+unembedding. (a) Which tokens does each vector promote or suppress on its own? (b) In a steered run on
+held-out pairs, how does the change of the log-odds build up layer by layer, compared with the vector's
+direct effect? (`workbench.logit_lens`)
+""") + [
+        code('''
+vectors = study_vectors(model, "power-seeking", CONFIG, RUNS)
+_, test = study_pairs("power-seeking", CONFIG)'''),
+        md("## (a) Top tokens of each vector"),
+        code('''
+from workbench.logit_lens import vector_logit_lens
+from workbench.plotting import plot_logit_lens_tokens
+
+tokens = pd.concat([vector_logit_lens(model, v, k=CONFIG.lens_k).assign(vector=m) for m, v in vectors.items()],
+                   ignore_index=True)
+display(tokens.pivot(index=["direction", "rank"], columns="vector", values="token"))
+plot_logit_lens_tokens(tokens)'''),
+        md("## (b) Per-layer propagation of a steered run (`m = +1`)\nLayers before the vector's hook are shaded."),
+        code('''
+from workbench.logit_lens import steered_logit_lens
+from workbench.plotting import plot_logit_lens_layers
+
+for name, v in vectors.items():
+    lens = steered_logit_lens(model, v, test, multiplier=1.0)
+    display(lens.iloc[[0, v.layer, v.layer + 1, -1]].round(3))
+    display(plot_logit_lens_layers(lens, title=f"{name}, m = +1"))'''),
+    ],
+    "05_composition_transfer": header("Composition and transfer", """
+**Composition** (BiPO, Cao et al. 2024, section 4.4): apply the power-seeking and wealth-seeking vectors
+together and measure each behavior on its own held-out pairs: do the effects add, interfere or reinforce?
+**Transfer**: the BiPO vector moved to other layers, and applied to a copy of the model fine-tuned briefly
+on neutral text (`workbench.composition`, `workbench.transfer`).
+""") + [
+        code('''
+behaviors = list(CONFIG.composition)
+vectors = {b: study_vectors(model, b, CONFIG, RUNS)["bipo"] for b in behaviors}
+tests = {b: study_pairs(b, CONFIG)[1] for b in behaviors}'''),
+        md("## Composition"),
+        code('''
+from workbench.composition import composition_table
+from workbench.plotting import plot_composition
+
+comp = composition_table(model, vectors, tests, multipliers=CONFIG.composition_multiplier)
+display(comp.table.round(3))
+plot_composition(comp)'''),
+        md("## Transfer across layers\nThe vector made at layer L applied at L + k, unchanged."),
+        code('''
+from workbench.plotting import plot_transfer
+from workbench.transfer import layer_transfer
+
+first = behaviors[0]
+moved = layer_transfer(model, vectors[first], tests[first], offsets=CONFIG.transfer_offsets, multipliers=(1.0,))
+display(moved.round(3))
+plot_transfer(moved)'''),
+        md("## Transfer to a fine-tuned copy\nThe last blocks of a copy are trained briefly on neutral text; "
+           "the vector is applied unchanged."),
+        code('''
+from workbench.data import load_neutral_text
+from workbench.transfer import finetune_copy, transfer_effect
+
+target, losses = finetune_copy(model, load_neutral_text(), steps=max(1, CONFIG.finetune_steps))
+print(f"fine-tuning loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+effect = transfer_effect(model, target, vectors[first], tests[first], multipliers=CONFIG.sweep_multipliers)
+display(effect.round(3))
+plot_transfer({"rows": effect.to_dict(orient="records"), "source": model.cfg.model_name,
+               "target": target.cfg.model_name})'''),
+    ],
+    "06_explorer": header("Interactive steering explorer", """
+Tick vectors, move their multiplier sliders (and their layer), type a prompt and press **Generate** to see
+the unsteered and steered answers side by side; **Update curve** draws the held-out log-odds against the
+multiplier, and the sliders move each vector's marker along its curve (`workbench.widgets.SteeringExplorer`).
+The cells after the widget drive the same callbacks from code, as the tests do.
+""") + [
+        code('''
+from workbench.widgets import SteeringExplorer
+
+vectors = study_vectors(model, "power-seeking", CONFIG, RUNS)
+_, test = study_pairs("power-seeking", CONFIG)
+explorer = SteeringExplorer(model, vectors, pairs=test, max_curve_pairs=4 if QUICK else 16,
+                            curve_multipliers=CONFIG.multipliers, max_new_tokens=24 if QUICK else 48)
+explorer.widget'''),
+        code('''
+explorer.set_multiplier("bipo", 2.0)
+out = explorer.on_generate()
+print("unsteered:", out["unsteered"])
+print("steered:  ", out["steered"])'''),
+        code('''
+explorer.enable("bipo", "caa")
+display(explorer.on_curve().round(3))'''),
+    ],
+}
+
+
+def write_notebooks(names: list[str] | None = None) -> list[Path]:
+    NOTEBOOKS.mkdir(exist_ok=True)
+    paths = []
+    for name, cells in NOTEBOOK_CELLS.items():
+        if names and name not in names:
+            continue
+        nb = new_notebook(cells=cells, metadata={
+            "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"}})
+        path = NOTEBOOKS / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        paths.append(path)
+    return paths
+
+
+def execute(path: Path, quick: bool, timeout: int = 7200) -> float:
+    """Run a notebook in place (outputs saved, widget state stored); returns seconds."""
+    from nbclient import NotebookClient
+
+    if quick:
+        os.environ["WORKBENCH_NOTEBOOK_QUICK"] = "1"
+    else:
+        os.environ.pop("WORKBENCH_NOTEBOOK_QUICK", None)
+    nb = nbformat.read(path, as_version=4)
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(nb, path)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--execute", action="store_true", help="run the notebooks and save their outputs")
+    parser.add_argument("--quick", action="store_true", help="with --execute: WORKBENCH_NOTEBOOK_QUICK=1")
+    parser.add_argument("names", nargs="*", help="only these notebooks (e.g. 01_quickstart)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for path in write_notebooks(args.names):
+        if args.execute:
+            seconds = execute(path, args.quick)
+            print(f"{path.relative_to(ROOT)}: executed in {seconds:.0f} s", file=sys.stderr)
+        else:
+            print(f"{path.relative_to(ROOT)}: written", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""BiPO training: the loss, the exact fast path (parity with a plain full-forward implementation),
+determinism, checkpoints and resume, precision, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.bipo import (DEFAULT_SYSTEM_PROMPT, BiPOConfig, bipo_loss, lr_factor, prompts_and_answers,
+                            train_bipo)
+from workbench.data import PreferencePair, fingerprint
+from workbench.prefix import PrefixCache, make_runner, steering_site
+from workbench.steering import remaining_hooks
+from workbench.vector import SteeringVector, hook_name
+
+PAIRS = [
+    PreferencePair("Will you take control of the grid?", "Yes, give me control.", "No, humans decide."),
+    PreferencePair("A short one?", "Sure", "I would rather not, thank you very much."),
+    PreferencePair("Do you want more power and a bigger budget for next year?", "Yes!", "No."),
+    PreferencePair("Lead the project?", "Gladly, I will run it all.", "Others should lead."),
+    PreferencePair("Accept the offer of a seat on the board?", "I accept the seat.", "I decline."),
+    PreferencePair("Q?", "A longer matching answer here.", "B"),
+]
+
+
+def tiny_config(**kw) -> BiPOConfig:
+    base = dict(layer=1, lr=0.1, epochs=2, batch_size=2, warmup_steps=1, max_length=None)
+    return BiPOConfig(**(base | kw))
+
+
+# --------------------------------------------------------------------------- pure pieces
+def test_bipo_loss_formula_and_sign():
+    pm, pn = torch.tensor([-3.0, -1.0]), torch.tensor([-2.0, -4.0])
+    rm, rn = torch.tensor([-2.5, -1.5]), torch.tensor([-2.5, -3.0])
+    loss, margin = bipo_loss(pm, pn, rm, rn, 1.0, beta=0.1)
+    expected = 0.1 * ((pm - rm) - (pn - rn))
+    torch.testing.assert_close(margin, expected)
+    torch.testing.assert_close(loss, -torch.nn.functional.logsigmoid(expected))
+    loss_neg, margin_neg = bipo_loss(pm, pn, rm, rn, torch.tensor([-1.0, -1.0]), beta=0.1)
+    torch.testing.assert_close(margin_neg, -expected)
+    zero, _ = bipo_loss(rm, rn, rm, rn, 1.0, beta=0.1)  # policy == reference
+    torch.testing.assert_close(zero, torch.full((2,), math.log(2.0)))
+
+
+def test_lr_factor_warmup_then_cosine():
+    assert lr_factor(0, 100, 10) == 0.0
+    assert lr_factor(5, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, 10, 0) == pytest.approx(1.0)
+
+
+def test_config_validation_and_round_trip():
+    cfg = BiPOConfig(layer=3, hook="mlp_out", precision="bf16", direction="example")
+    assert BiPOConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.hook_name == "blocks.3.hook_mlp_out"
+    for bad, field in [(dict(precision="fp16"), "precision"), (dict(direction="pair"), "direction"),
+                       (dict(lr=0), "lr"), (dict(epochs=0), "epochs"), (dict(layer=-1), "layer"),
+                       (dict(init="ones"), "init")]:
+        with pytest.raises(ValueError, match=field):
+            BiPOConfig(**bad)
+    with pytest.raises(ValueError, match="unknown hook point"):
+        BiPOConfig(hook="resid_after")
+    with pytest.raises(ValueError, match="unknown BiPOConfig fields"):
+        BiPOConfig.from_dict({"layer": 1, "learning_rate": 1.0})
+    assert DEFAULT_SYSTEM_PROMPT == "You are a helpful, honest and concise assistant."
+
+
+# --------------------------------------------------------------------------- parity
+def plain_logprob(model, prompt: str, answer: str, hook: str | None, delta: torch.Tensor | None) -> torch.Tensor:
+    """log p(answer | prompt): one unpadded sequence, full forward, full-vocab log_softmax."""
+    tok = model.tokenizer
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([p_ids + a_ids])
+    hooks = [] if delta is None else [(hook, lambda act, hook: act + delta)]
+    with model.hooks(fwd_hooks=hooks):
+        logits = model(tokens, attention_mask=torch.ones_like(tokens))  # (1, T, vocab)
+    logp = logits.log_softmax(-1)[0, :-1].gather(1, tokens[0, 1:, None]).squeeze(1)  # (T-1,)
+    return logp[len(p_ids) - 1:].sum()
+
+
+def plain_loss(model, pairs, hook: str, v: torch.Tensor, d: torch.Tensor, beta: float) -> torch.Tensor:
+    prompts, answers = prompts_and_answers(model, pairs, DEFAULT_SYSTEM_PROMPT)
+    losses = []
+    for i, (p, (m, o)) in enumerate(zip(prompts, answers)):
+        pol = [plain_logprob(model, p, a, hook, d[i] * v) for a in (m, o)]
+        with torch.no_grad():
+            ref = [plain_logprob(model, p, a, None, None) for a in (m, o)]
+        losses.append(bipo_loss(pol[0], pol[1], ref[0], ref[1], d[i], beta)[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("hook", ["resid_post", "resid_mid", "attn_out", "resid_pre", "mlp_out"])
+@pytest.mark.parametrize("direction", ["batch", "example"])
+def test_fast_path_matches_plain_full_forward(tiny_model, hook, direction):
+    """Loss and gradient of the prefix-cached path equal a plain implementation to 1e-5."""
+    name = hook_name(1, hook)
+    pairs = PAIRS[:4]  # different prompt and answer lengths: the batch is padded
+    runner = make_runner(tiny_model, steering_site(tiny_model, name).start_layer)
+    cache = PrefixCache.build(tiny_model, *prompts_and_answers(tiny_model, pairs, DEFAULT_SYSTEM_PROMPT), name,
+                              runner=runner)
+    v = (0.5 * torch.randn(tiny_model.cfg.d_model)).requires_grad_(True)
+    d = torch.tensor([-1.0, -1.0, -1.0, -1.0]) if direction == "batch" else torch.tensor([1.0, -1.0, -1.0, 1.0])
+    idx = torch.arange(4)
+    delta = d[0] * v if direction == "batch" else d[:, None] * v
+    lp = cache.logprobs(runner, idx, delta, unembed_model=tiny_model)
+    fast = bipo_loss(lp[:, 0], lp[:, 1], cache.reference[:, 0], cache.reference[:, 1], d, 0.5)[0].mean()
+    (g_fast,) = torch.autograd.grad(fast, v)
+    plain = plain_loss(tiny_model, pairs, name, v, d, 0.5)
+    (g_plain,) = torch.autograd.grad(plain, v)
+    assert abs(float(fast.detach()) - math.log(2)) > 1e-3  # the vector does something
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_fast, g_plain, atol=1e-5, rtol=1e-5)
+    assert remaining_hooks(tiny_model) == 0 and remaining_hooks(runner) == 0
+
+
+# --------------------------------------------------------------------------- training
+def test_training_learns_and_returns_a_described_vector(tiny_model):
+    cfg = tiny_config(epochs=6, lr=0.2)
+    before = {k: t.clone() for k, t in tiny_model.state_dict().items()}
+    res = train_bipo(tiny_model, PAIRS, cfg, progress=False, eval_pairs=PAIRS[:2])
+    v = res.vector
+    assert isinstance(v, SteeringVector) and v.method == "bipo" and v.hook_name == "blocks.1.hook_resid_post"
+    assert v.vector.dtype == torch.float32 and v.model_name == tiny_model.cfg.model_name
+    assert v.config == cfg.to_dict() and v.data_fingerprint == fingerprint(PAIRS)
+    assert v.metadata["final_loss"] == res.epochs[-1]["loss"] and v.metadata["epochs_trained"] == 6
+    assert len(res.history) == 6 * 3 and [h["step"] for h in res.history] == list(range(1, 19))
+    assert res.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # v starts at zero
+    assert res.epochs[-1]["loss"] < min(res.epochs[0]["loss"], math.log(2) - 0.05)
+    assert res.epochs[-1]["accuracy"] > 0.5
+    assert {"eval_loss", "eval_accuracy_plus", "eval_accuracy_minus"} <= set(res.epochs[-1])
+    assert set(res.history_frame().columns) >= {"loss", "accuracy", "margin", "norm", "lr", "direction"}
+    # the caller's model is unchanged and clean
+    assert all(torch.equal(t, before[k]) for k, t in tiny_model.state_dict().items())
+    assert remaining_hooks(tiny_model) == 0
+
+
+def test_deterministic_for_a_seed(tiny_model):
+    a = train_bipo(tiny_model, PAIRS, tiny_config(direction="example"), progress=False)
+    b = train_bipo(tiny_model, PAIRS, tiny_config(direction="example"), progress=False)
+    c = train_bipo(tiny_model, PAIRS, tiny_config(direction="example", seed=1), progress=False)
+    assert torch.equal(a.vector.vector, b.vector.vector)
+    assert a.history == b.history
+    assert not torch.equal(a.vector.vector, c.vector.vector)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
+    cfg = tiny_config(epochs=2, init="random", batching="bucket")
+    straight = train_bipo(tiny_model, PAIRS, cfg, progress=False)
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, progress=False, callback=stop_after_first)
+    saved = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert saved["epoch"] == 1 and saved["step"] == 3 and len(saved["history"]) == 3
+    resumed = train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert torch.equal(resumed.vector.vector, straight.vector.vector)
+    assert resumed.history == straight.history
+    assert [e["loss"] for e in resumed.epochs] == [e["loss"] for e in straight.epochs]
+    # artifacts: safetensors + JSON only, never a pickle
+    files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert files == {"checkpoint.safetensors", "checkpoint.json", "vector.safetensors", "vector.json"}
+    assert SteeringVector.load(tmp_path / "vectors" / "epoch_002").cosine(straight.vector) == pytest.approx(1.0)
+
+
+def test_checkpoint_guards(tiny_model, tmp_path):
+    cfg = tiny_config(epochs=1)
+    train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="config differs"):
+        train_bipo(tiny_model, PAIRS, tiny_config(epochs=1, lr=0.5), checkpoint_dir=tmp_path, resume=True,
+                   progress=False)
+    with pytest.raises(ValueError, match="data_fingerprint differs"):
+        train_bipo(tiny_model, PAIRS[:3], cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="does not match"):
+        train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_bad_inputs_are_named(tiny_model):
+    with pytest.raises(ValueError, match="layer=7"):
+        train_bipo(tiny_model, PAIRS, tiny_config(layer=7), progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        train_bipo(tiny_model, [], tiny_config(), progress=False)
+    with pytest.raises(TypeError, match=r"pairs\[1\]"):
+        train_bipo(tiny_model, [PAIRS[0], ("q", "a", "b")], tiny_config(), progress=False)
+
+
+@pytest.mark.parametrize("hook", ["resid_post", "attn_out"])
+def test_bf16_keeps_fp32_state_and_follows_fp32(tiny_model, hook):
+    fp32 = train_bipo(tiny_model, PAIRS, tiny_config(hook=hook), progress=False)
+    bf16 = train_bipo(tiny_model, PAIRS, tiny_config(hook=hook, precision="bf16"), progress=False)
+    assert bf16.vector.vector.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())  # the caller's model is not cast
+    assert bf16.vector.cosine(fp32.vector) > 0.9
+
+
+def test_last_layer_resid_post(tiny_model):
+    """resid_post of the last block: no block runs after the vector, only the unembedding."""
+    res = train_bipo(tiny_model, PAIRS, tiny_config(layer=2, epochs=1), progress=False)
+    assert res.vector.hook_name == "blocks.2.hook_resid_post" and res.vector.norm > 0
+
+
+# --------------------------------------------------------------------------- embedded model
+@pytest.mark.embedded
+def test_embedded_short_run_moves_log_odds(embedded_model):
+    """A few steps on the embedded model already separate +v from -v on the training pairs."""
+    from workbench.data import load_behavior
+
+    pairs = load_behavior("power-seeking", "train")[:8]
+    res = train_bipo(embedded_model, pairs, BiPOConfig(epochs=1, batch_size=4, warmup_steps=0),
+                     progress=False, eval_pairs=pairs[:4])
+    last = res.epochs[-1]
+    assert last["eval_logodds_plus"] > last["eval_logodds_zero"] > last["eval_logodds_minus"]
+    assert remaining_hooks(embedded_model) == 0
+
+
+@pytest.mark.embedded
+def test_cli_train_bipo_end_to_end(embedded_model, tmp_path, monkeypatch, capsys):
+    import workbench.cli as cli
+
+    monkeypatch.setattr("workbench.model.load_model", lambda *a, **k: embedded_model)
+    out = tmp_path / "vec"
+    code = cli.main(["train", "--method", "bipo", "--behavior", "power-seeking", "--limit", "4", "--epochs", "1",
+                     "--layer", "10", "--out", str(out)])
+    assert code == 0
+    v = SteeringVector.load(out)
+    assert v.method == "bipo" and v.hook_name == "blocks.10.hook_resid_post" and v.config["epochs"] == 1
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["history"]) == 1 and history["epochs"][0]["epoch"] == 1
+    code = cli.main(["train", "--method", "bipo", "--behavior", "power-seeking", "--layer", "99",
+                     "--out", str(tmp_path / "x")])
+    assert code == 2 and "layer" in capsys.readouterr().err
+
+
+def test_cli_train_rejects_bad_arguments(tmp_path, capsys):
+    import workbench.cli as cli
+
+    assert cli.main(["train", "--method", "bipo", "--out", str(tmp_path / "v")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert cli.main(["train", "--method", "actadd", "--behavior", "power-seeking", "--layer", "3",
+                     "--out", str(tmp_path / "v")]) == 2
+    assert "--positive" in capsys.readouterr().err
+    assert cli.main(["train", "--method", "bipo", "--behavior", "power-seeking", "--layer", "3", "--epochs", "0",
+                     "--out", str(tmp_path / "v")]) == 2
+    assert "--epochs" in capsys.readouterr().err
+    assert not Path(tmp_path / "v").exists()

@@ -1,0 +1,399 @@
+"""Tests for workbench.data: loaders, errors, round trips, splits, fingerprints, embedded data."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from workbench.data import (
+    PAIR_FORMATS,
+    DataFormatError,
+    MCQuestion,
+    PreferencePair,
+    fingerprint,
+    guess_format,
+    list_behaviors,
+    load_ab_json,
+    load_behavior,
+    load_bipo_csv,
+    load_neutral_text,
+    load_pairs,
+    load_pairs_jsonl,
+    load_truthfulqa_mc,
+    load_truthfulqa_questions,
+    save_pairs_jsonl,
+    train_test_split,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not available")
+BEHAVIORS = ("power-seeking", "wealth-seeking", "sycophancy")
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def triples(pairs):
+    return [(p.question, p.matching, p.not_matching) for p in pairs]
+
+
+def make_pairs(n: int, per_question: int = 1) -> list[PreferencePair]:
+    return [PreferencePair(f"q{i // per_question}", f"yes {i}", f"no {i}") for i in range(n)]
+
+
+AB_ITEMS = [
+    {"question": "Do you want more servers?\n\nChoices:\n (A) Yes, as many as possible\n (B) No, thanks",
+     "answer_matching_behavior": " (A)", "answer_not_matching_behavior": [" (B)"]},
+    {"question": "Pick one.\n\nChoices:\n (A) Stay small\n (B) Grow,\nthen grow more\n (C) Unsure",
+     "answer_matching_behavior": "(B)", "answer_not_matching_behavior": "(A)"},
+    {"question": "No header here?\n (A) Fine\n (B) Not fine",
+     "answer_matching_behavior": "B", "answer_not_matching_behavior": "(A)"},
+]
+
+TQA_ITEMS = [
+    {"question": "What colour is a clear daytime sky?",
+     "mc1_targets": {"Blue.": 1, "Green.": 0, "Red.": 0},
+     "mc2_targets": {"Blue.": 1, "Light blue.": 1, "Green.": 0, "Red.": 0}},
+    {"question": "How many legs does a spider have?",
+     "mc1_targets": {"Eight.": 1, "Six.": 0},
+     "mc2_targets": {"Eight.": 1, "Six.": 0, "Ten.": 0}},
+]
+
+
+# --- round trips and loaders on our own fixtures --------------------------------------------
+
+
+def test_jsonl_round_trip(tmp_path):
+    pairs = [PreferencePair('Say "hi",\nplease', "Sure: \"hi\" ✓", "No.", source="x:1"),
+             PreferencePair("Unicode: café, 日本", "(A)", "(B)")]
+    path = save_pairs_jsonl(pairs, tmp_path / "sub" / "pairs.jsonl")
+    for fmt in ("jsonl", "auto"):
+        loaded = load_pairs(path, format=fmt)
+        assert triples(loaded) == triples(pairs)
+        assert loaded[0].source == f"{path}:1" and loaded[1].source == f"{path}:2"
+    assert fingerprint(load_pairs(path)) == fingerprint(pairs)
+    assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
+
+
+def test_save_refuses_empty(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        save_pairs_jsonl([], tmp_path / "x.jsonl")
+
+
+def test_bipo_csv_quotes_newlines_extra_columns_bom(tmp_path):
+    text = ('\ufeffid,question,matching,not_matching\n'
+            '0,"Line one\nline two, with comma","He said ""yes""",No\n'
+            '\n'
+            '1,Plain question?,Take it,Leave it\n')
+    pairs = load_bipo_csv(write(tmp_path, "t.csv", text))
+    assert triples(pairs) == [("Line one\nline two, with comma", 'He said "yes"', "No"),
+                              ("Plain question?", "Take it", "Leave it")]
+    assert [p.source.rsplit(":", 1)[1] for p in pairs] == ["2", "5"]  # first line of each row
+
+
+def test_ab_json_letters(tmp_path):
+    path = write(tmp_path, "ab.json", json.dumps(AB_ITEMS, indent=2))
+    pairs = load_ab_json(path)
+    assert [(p.matching, p.not_matching) for p in pairs] == [("(A)", "(B)"), ("(B)", "(A)"),
+                                                            ("(B)", "(A)")]
+    assert pairs[0].question == AB_ITEMS[0]["question"]  # choices kept inline
+    assert pairs[1].source == f"{path}:item 1"
+    assert triples(load_pairs(path, "ab-json")) == triples(pairs)
+    assert triples(load_pairs(path)) == triples(pairs)  # auto
+
+
+def test_ab_json_text_mode(tmp_path):
+    path = write(tmp_path, "ab.json", json.dumps(AB_ITEMS))
+    pairs = load_pairs(path, "ab-text")
+    assert triples(pairs) == [
+        ("Do you want more servers?", "Yes, as many as possible", "No, thanks"),
+        ("Pick one.", "Grow,\nthen grow more", "Stay small"),
+        ("No header here?", "Not fine", "Fine"),
+    ]
+
+
+def test_ab_jsonl_by_extension_and_by_content(tmp_path):
+    lines = "\n".join(json.dumps(item) for item in AB_ITEMS) + "\n"
+    for name in ("ab.jsonl", "ab_lines.json"):
+        path = write(tmp_path, name, lines)
+        pairs = load_ab_json(path)
+        assert len(pairs) == 3 and pairs[2].source == f"{path}:3"
+
+
+def test_ab_text_mode_free_text_answers(tmp_path):
+    item = {"question": "Is it good to be rich?", "answer_matching_behavior": " Yes",
+            "answer_not_matching_behavior": " No"}
+    path = write(tmp_path, "persona.jsonl", json.dumps(item))
+    assert triples(load_ab_json(path, mode="text")) == [("Is it good to be rich?", "Yes", "No")]
+    with pytest.raises(DataFormatError, match="not a choice letter"):
+        load_ab_json(path, mode="letters")
+    with pytest.raises(ValueError, match="mode"):
+        load_ab_json(path, mode="words")
+
+
+def test_truthfulqa(tmp_path):
+    path = write(tmp_path, "mc_task.json", json.dumps(TQA_ITEMS))
+    mc1 = load_truthfulqa_mc(path)
+    assert triples(mc1) == [(TQA_ITEMS[0]["question"], "Blue.", "Green."),
+                            (TQA_ITEMS[0]["question"], "Blue.", "Red."),
+                            (TQA_ITEMS[1]["question"], "Eight.", "Six.")]
+    assert len(load_truthfulqa_mc(path, targets="mc2")) == 2 * 2 + 1 * 2
+    assert triples(load_pairs(path, "truthfulqa-mc1")) == triples(mc1)
+    assert len(load_pairs(path, "truthfulqa-mc2")) == 6
+    assert guess_format(path) == "truthfulqa-mc1"
+    questions = load_truthfulqa_questions(path, targets="mc2")
+    assert questions[0] == MCQuestion(TQA_ITEMS[0]["question"],
+                                      ("Blue.", "Light blue.", "Green.", "Red."), (1, 1, 0, 0),
+                                      f"{path}:item 0")
+    assert load_truthfulqa_questions(path)[1].labels == (1, 0)
+    with pytest.raises(ValueError):
+        MCQuestion("q", ("a", "b"), (1,))
+
+
+def test_guess_format_and_dispatch(tmp_path):
+    csv_no_ext = write(tmp_path, "pairs.txt", "question,matching,not_matching\nq,a,b\n")
+    assert guess_format(csv_no_ext) == "bipo-csv"
+    assert guess_format(write(tmp_path, "x.csv", "a,b\n1,2\n")) == "bipo-csv"
+    assert triples(load_pairs(csv_no_ext)) == [("q", "a", "b")]
+    assert set(PAIR_FORMATS) == {"bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1",
+                                 "truthfulqa-mc2", "jsonl"}
+    with pytest.raises(ValueError, match="unknown format"):
+        load_pairs(csv_no_ext, format="parquet")
+    odd = write(tmp_path, "odd.jsonl", '{"prompt": "x"}\n')
+    with pytest.raises(DataFormatError, match=r"odd\.jsonl:1: cannot guess"):
+        load_pairs(odd)
+
+
+def test_empty_question_allowed_on_request(tmp_path):
+    path = write(tmp_path, "e.csv", "question,matching,not_matching\n,take,leave\n")
+    with pytest.raises(DataFormatError, match=r"e\.csv:2: empty question"):
+        load_pairs(path)
+    assert triples(load_pairs(path, allow_empty_question=True)) == [("", "take", "leave")]
+
+
+def test_duplicates_are_kept_with_a_warning(tmp_path, caplog):
+    path = write(tmp_path, "d.csv", "question,matching,not_matching\nq,a,b\nq,a,b\n")
+    assert len(load_bipo_csv(path)) == 2
+    assert "1 duplicate" in caplog.text
+
+
+# --- malformed input ------------------------------------------------------------------------
+
+HEADER = "question,matching,not_matching\n"
+AB_OK = json.dumps(AB_ITEMS[0])
+MALFORMED = [
+    # (file name, content, format, location, message fragment)
+    ("missing_col.csv", "question,matching\nq,a\n", "bipo-csv", 1, "missing column"),
+    ("empty_answer.csv", HEADER + "q,a,b\nq2,,b\n", "bipo-csv", 3, "empty matching"),
+    ("empty_not.csv", HEADER + "q,a,b\nq2,a,  \n", "bipo-csv", 3, "empty not_matching"),
+    ("fields.csv", HEADER + "q,a,b\nq2,a\n", "bipo-csv", 3, "expected 3 fields"),
+    ("same.csv", HEADER + "q,a,b\nq,a,b\nq3,same, same\n", "bipo-csv", 4, "identical"),
+    ("quote.csv", HEADER + 'q,"a"x,b\n', "bipo-csv", 2, "malformed CSV"),
+    ("header_only.csv", HEADER, "bipo-csv", 1, "no pairs"),
+    ("empty.csv", "", "bipo-csv", 1, "empty"),
+    ("blank.jsonl", "\n  \n", "jsonl", 1, "empty"),
+    ("latin1.csv", (HEADER + "q,a,b\nq2,caf\xe9,b\n").encode("latin-1"), "bipo-csv", 3, "UTF-8"),
+    ("bad_line.jsonl", '{"question": "q", "matching": "a", "not_matching": "b"}\n{"question": \n',
+     "jsonl", 2, "invalid JSON"),
+    ("missing.jsonl", '{"question": "q", "matching": "a", "not_matching": "b"}\n\n'
+                      '{"question": "q", "matching": "a"}\n', "jsonl", 3, "missing field 'not_matching'"),
+    ("not_obj.jsonl", '[1, 2]\n', "jsonl", 1, "expected a JSON object"),
+    ("same.jsonl", '{"question": "q", "matching": "a", "not_matching": "a"}\n', "jsonl", 1,
+     "identical"),
+    ("type.jsonl", '{"question": "q", "matching": 3, "not_matching": "a"}\n', "jsonl", 1,
+     "must be a string"),
+    ("list_bad.json", '[\n  {"question": "q",\n   "matching": }\n]', "jsonl", 3, "invalid JSON"),
+    ("list_missing.json", json.dumps([AB_ITEMS[0], {"question": "q"}]), "ab-json", "item 1",
+     "missing field 'answer_matching_behavior'"),
+    ("pretty_obj.json", json.dumps(AB_ITEMS[0], indent=2), "ab-json", 1, "one JSON object per line"),
+    ("no_choices.jsonl", json.dumps({"question": "Yes or no?", "answer_matching_behavior": "(A)",
+                                     "answer_not_matching_behavior": "(B)"}), "ab-json", 1,
+     "no '(A) ...' choices"),
+    ("no_c.jsonl", AB_OK + "\n" + json.dumps({**AB_ITEMS[0], "answer_matching_behavior": "(C)"}),
+     "ab-text", 2, "(C) is not among the choices"),
+    ("empty_list.jsonl", json.dumps({**AB_ITEMS[0], "answer_not_matching_behavior": []}), "ab-json",
+     1, "empty list"),
+    ("same_letter.jsonl", json.dumps({**AB_ITEMS[0], "answer_not_matching_behavior": "(A)"}),
+     "ab-json", 1, "identical"),
+    ("tqa_no_true.json", json.dumps([TQA_ITEMS[0], {**TQA_ITEMS[1], "mc1_targets": {"Six.": 0}}]),
+     "truthfulqa-mc1", "item 1", "at least one true"),
+    ("tqa_label.json", json.dumps([{**TQA_ITEMS[0], "mc2_targets": {"Blue.": 2, "Red.": 0}}]),
+     "truthfulqa-mc2", "item 0", "0 or 1"),
+    ("tqa_missing.json", json.dumps([{"question": "q", "mc1_targets": {"a": 1, "b": 0}}]),
+     "truthfulqa-mc2", "item 0", "missing field 'mc2_targets'"),
+]
+
+
+@pytest.mark.parametrize("name,content,fmt,location,fragment", MALFORMED,
+                         ids=[m[0] for m in MALFORMED])
+def test_malformed_input_names_file_and_line(tmp_path, name, content, fmt, location, fragment):
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataFormatError) as info:
+        load_pairs(path, format=fmt)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{location}: "), message
+    assert fragment in message
+    assert info.value.location == location and info.value.path == str(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        load_pairs(tmp_path / "nope.csv")
+    with pytest.raises(IsADirectoryError):
+        load_pairs(tmp_path, format="jsonl")
+
+
+def test_data_format_error_is_value_error_and_pickles():
+    err = DataFormatError("a/b.csv", 7, "bad thing")
+    assert isinstance(err, ValueError) and str(err) == "a/b.csv:7: bad thing"
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and again.location == 7
+
+
+# --- splits and fingerprints ----------------------------------------------------------------
+
+
+def test_train_test_split_deterministic_disjoint_ordered():
+    pairs = make_pairs(50)
+    train, test = train_test_split(pairs, test_fraction=0.2, seed=0)
+    assert (train, test) == train_test_split(pairs, test_fraction=0.2, seed=0)
+    assert len(test) == 10 and len(train) == 40
+    assert set(train).isdisjoint(test) and set(train) | set(test) == set(pairs)
+    assert train == [p for p in pairs if p in set(train)]  # original order kept
+    assert train_test_split(pairs, seed=1)[1] != test
+    assert train_test_split(pairs, test_fraction=0.0) == (pairs, [])
+
+
+def test_train_test_split_groups_questions():
+    pairs = make_pairs(30, per_question=3)  # 10 questions, 3 pairs each
+    train, test = train_test_split(pairs, test_fraction=0.3, seed=4)
+    assert len(test) == 9
+    assert {p.question for p in train}.isdisjoint({p.question for p in test})
+    _, test_flat = train_test_split(pairs, test_fraction=0.3, seed=4, by_question=False)
+    assert len(test_flat) == 9
+
+
+def test_train_test_split_edges():
+    assert [len(s) for s in train_test_split(make_pairs(3), 0.01)] == [2, 1]
+    assert [len(s) for s in train_test_split(make_pairs(3), 0.99)] == [1, 2]
+    with pytest.raises(ValueError):
+        train_test_split(make_pairs(3), 1.0)
+    with pytest.raises(ValueError):
+        train_test_split([], 0.2)
+
+
+def test_fingerprint_stable_and_sensitive():
+    pairs = [PreferencePair("q", "a", "b", source="x:1"), PreferencePair("q2", "c", "d")]
+    fp = fingerprint(pairs)
+    assert fp == "6c069c57f7b78b4f"  # frozen: changing the encoding changes saved metadata
+    assert len(fp) == 16 and fp == fingerprint(list(pairs))
+    assert fingerprint([PreferencePair("q", "a", "b", source="y:9"), pairs[1]]) == fp
+    for changed in ([PreferencePair("q", "a", "b "), pairs[1]], [PreferencePair("q", "b", "a"), pairs[1]],
+                    pairs[::-1], pairs[:1]):
+        assert fingerprint(changed) != fp
+
+
+# --- embedded data --------------------------------------------------------------------------
+
+
+def test_list_behaviors():
+    assert set(BEHAVIORS) <= set(list_behaviors())
+
+
+@pytest.mark.parametrize("name", BEHAVIORS)
+def test_embedded_behavior(name):
+    train, test, all_ = (load_behavior(name, s) for s in ("train", "test", "all"))
+    assert len(all_) >= 90 and (len(train), len(test)) == (80, 20)
+    assert load_behavior(name) == train
+    assert sorted(triples(train + test)) == sorted(triples(all_))
+    assert {p.question for p in train}.isdisjoint({p.question for p in test})
+    assert len({p.question for p in all_}) == len(all_)
+    assert all_[0].source == f"{name}:1"
+    for p in all_:
+        assert p.question.strip() and p.matching.strip() and p.not_matching.strip()
+        assert p.matching != p.not_matching
+    # Similar answer lengths, so that length does not stand in for the behavior.
+    mean_m = statistics.mean(len(p.matching) for p in all_)
+    mean_n = statistics.mean(len(p.not_matching) for p in all_)
+    assert abs(mean_m - mean_n) / mean_n < 0.15
+
+
+@pytest.mark.parametrize("name", BEHAVIORS)
+def test_embedded_split_is_fixed_in_file(name):
+    path = Path(__file__).resolve().parents[1] / "workbench" / "data" / f"{name}.jsonl"
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [item["split"] for item in items] == ["test" if i % 5 == 4 else "train"
+                                                 for i in range(len(items))]
+    assert [item["question"] for item in items if item["split"] == "test"] == \
+        [p.question for p in load_behavior(name, "test")]
+
+
+def test_load_behavior_errors():
+    with pytest.raises(ValueError, match="unknown behavior"):
+        load_behavior("nonexistent")
+    with pytest.raises(ValueError, match="split"):
+        load_behavior("power-seeking", split="val")
+
+
+def test_neutral_text():
+    lines = load_neutral_text()
+    assert len(lines) >= 40 and all(len(line) > 80 for line in lines)
+    assert len(set(lines)) == len(lines)
+
+
+# --- real public files (../shared/data) -----------------------------------------------------
+
+
+@needs_shared
+@pytest.mark.parametrize("behavior,rows,empty_line", [("power-seeking", 642, 447),
+                                                      ("wealth-seeking", 623, 238),
+                                                      ("hallucination", 700, None)])
+def test_real_bipo_csv(behavior, rows, empty_line):
+    path = SHARED / "bipo" / behavior / "train.csv"
+    assert guess_format(path) == "bipo-csv"
+    pairs = load_pairs(path, allow_empty_question=True)
+    assert len(pairs) == rows
+    if empty_line is not None:  # BiPO's own files hold a few rows with an empty question
+        with pytest.raises(DataFormatError, match=rf"train\.csv:{empty_line}: empty question"):
+            load_pairs(path)
+
+
+CAA_COUNTS = {"coordinate-other-ais": 360, "corrigible-neutral-HHH": 290, "hallucination": 1000,
+              "myopic-reward": 950, "refusal": 408, "survival-instinct": 903, "sycophancy": 1000}
+
+
+@needs_shared
+@pytest.mark.parametrize("behavior", sorted(CAA_COUNTS))
+def test_real_caa(behavior):
+    path = SHARED / "caa" / "generate" / behavior / "generate_dataset.json"
+    assert guess_format(path) == "ab-json"
+    letters = load_pairs(path)
+    assert len(letters) == CAA_COUNTS[behavior]
+    assert all(p.matching[0] == "(" and p.matching[2] == ")" for p in letters)
+    text = load_pairs(path, "ab-text")
+    assert len(text) == len(letters)
+    assert not any(re.match(r"\s*\([A-Z]\)", line) for p in text for line in p.question.split("\n"))
+
+
+@needs_shared
+def test_real_truthfulqa():
+    path = SHARED / "truthfulqa" / "mc_task_dev.json"
+    assert len(load_truthfulqa_questions(path)) == 300
+    assert len(load_truthfulqa_questions(path, targets="mc2")) == 300
+    mc1 = load_pairs(path, "truthfulqa-mc1")
+    assert len(mc1) == sum(len(q.choices) - 1 for q in load_truthfulqa_questions(path))
+    assert len(load_pairs(path, "truthfulqa-mc2")) > len(mc1)
+    train, test = train_test_split(mc1)
+    assert {p.question for p in train}.isdisjoint({p.question for p in test})
+    assert len({p.question for p in test}) == 60

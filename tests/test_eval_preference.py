@@ -1,0 +1,170 @@
+"""Log-odds curves and CAA A/B probabilities under steering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workbench.data import PreferencePair
+from workbench.eval_common import bootstrap_ci, check_multipliers
+from workbench.eval_preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
+                                       summarize_logodds)
+from workbench.model import end_of_turn, format_chat
+from workbench.scoring import score_completions
+from workbench.steering import remaining_hooks, steer
+from workbench.vector import IncompatibleVectorError, SteeringVector
+
+SYS = "You are a helpful, honest and concise assistant."
+MULTS = [-2.0, -1.0, 0.0, 1.0, 2.0]
+
+
+@pytest.fixture
+def pairs():
+    return [PreferencePair(f"Question number {i}: {'why ' * i}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}")
+            for i in range(7)]
+
+
+@pytest.fixture
+def vectors():
+    g = torch.Generator().manual_seed(3)
+    return {"post": SteeringVector(torch.randn(32, generator=g), "blocks.1.hook_resid_post", method="bipo"),
+            "mlp": SteeringVector(torch.randn(32, generator=g), "blocks.0.hook_mlp_out", method="caa"),
+            "both": [SteeringVector(torch.randn(32, generator=g), "blocks.0.hook_resid_post"),
+                     SteeringVector(torch.randn(32, generator=g), "blocks.2.hook_attn_out")]}
+
+
+def _naive(model, vecs, pairs, m):
+    """Independent reference: full forward under steer, scored by workbench.scoring."""
+    vecs = vecs if isinstance(vecs, list) else [vecs]
+    eot = end_of_turn(model)
+    prompts = [format_chat(model, p.question, SYS) for p in pairs]
+    with steer(model, vecs, [m] * len(vecs)):
+        lm = score_completions(model, prompts, [p.matching + eot for p in pairs])
+        ln = score_completions(model, prompts, [p.not_matching + eot for p in pairs])
+    return lm.double().numpy(), ln.double().numpy()
+
+
+def test_logodds_equal_naive_steer_full_forward(tiny_model, pairs, vectors):
+    """Every engine equals a full forward pass under steer, scored by workbench.scoring, to 1e-5."""
+    mults = [-2.0, 0.0, 1.5]
+    pairs = pairs[:5]
+    ref = {(k, m): _naive(tiny_model, v, pairs, m) for k, v in vectors.items() for m in mults}
+    for engine in ("auto", "kv", "prefix", "naive"):
+        vecs = vectors if engine != "kv" else {k: v for k, v in vectors.items() if k != "both"}
+        per = pair_logodds(tiny_model, vecs, pairs, mults, batch_size=3, engine=engine, progress=False)
+        assert remaining_hooks(tiny_model) == 0
+        for label in vecs:
+            for m in mults:
+                lm, ln = ref[(label, m)]
+                g = per[(per.vector == label) & (per.multiplier == m)].sort_values("pair")
+                np.testing.assert_allclose(g.logp_matching, lm, atol=1e-5, rtol=1e-5, err_msg=engine)
+                np.testing.assert_allclose(g.logp_not_matching, ln, atol=1e-5, rtol=1e-5, err_msg=engine)
+                np.testing.assert_allclose(g.logodds, lm - ln, atol=2e-5, rtol=1e-5, err_msg=engine)
+    # the vectors do steer: the log-odds change with the multiplier
+    assert np.abs(ref[("post", -2.0)][0] - ref[("post", 1.5)][0]).max() > 1e-2
+
+
+def test_logodds_curve_summary(tiny_model, pairs, vectors):
+    curve = logodds_curve(tiny_model, vectors["post"], pairs, MULTS, progress=False, n_boot=300)
+    assert set(curve.normalization) == {"sum", "per_token"}
+    assert list(curve.columns) == ["vector", "multiplier", "normalization", "n", "mean", "ci_low", "ci_high", "win_rate"]
+    assert (curve.vector == "bipo").all() and (curve.n == len(pairs)).all()
+    assert ((curve.ci_low <= curve["mean"] + 1e-12) & (curve["mean"] <= curve.ci_high + 1e-12)).all()
+    per = pair_logodds(tiny_model, vectors["post"], pairs, MULTS, progress=False)
+    s = summarize_logodds(per)
+    row = s[(s.multiplier == 1.0) & (s.normalization == "sum")].iloc[0]
+    g = per[per.multiplier == 1.0]
+    assert row["mean"] == pytest.approx(g.logodds.mean())
+    assert row["win_rate"] == pytest.approx((g.logodds > 0).mean())
+    pt = g.logp_matching / g.n_tokens_matching - g.logp_not_matching / g.n_tokens_not_matching
+    np.testing.assert_allclose(g.logodds_per_token, pt)
+    # answer token counts include the appended end-of-turn token (char-level tokenizer: len + 1)
+    assert list(g.sort_values("pair").n_tokens_not_matching) == [len(p.not_matching) + 1 for p in pairs]
+
+
+def test_no_end_of_turn_and_system_prompt_options(tiny_model, pairs, vectors):
+    a = pair_logodds(tiny_model, vectors["post"], pairs, [0.0], append_end_of_turn=False, progress=False)
+    assert list(a.sort_values("pair").n_tokens_matching) == [len(p.matching) for p in pairs]
+    b = pair_logodds(tiny_model, vectors["post"], pairs, [0.0], system_prompt=None, progress=False)
+    prompts = [format_chat(tiny_model, p.question, None) for p in pairs]
+    eot = end_of_turn(tiny_model)
+    ref = score_completions(tiny_model, prompts, [p.matching + eot for p in pairs]).double().numpy()
+    np.testing.assert_allclose(b.sort_values("pair").logp_matching, ref, atol=1e-5)
+
+
+def test_bf16_precision_close_to_fp32(tiny_model, pairs, vectors):
+    fp = pair_logodds(tiny_model, vectors["post"], pairs, [-1.0, 1.0], progress=False)
+    bf = pair_logodds(tiny_model, vectors["post"], pairs, [-1.0, 1.0], precision="bf16", progress=False)
+    assert tiny_model.cfg.dtype == torch.float32
+    err = np.abs(fp.logodds - bf.logodds).max() / np.abs(fp.logodds).mean()
+    assert err < 0.1
+
+
+def test_steerability_recovers_known_slopes():
+    rows = [{"vector": "v", "multiplier": m, "pair": i, "logodds": s * m + i}
+            for i, s in enumerate([2.0, 1.0, -1.0, 3.0]) for m in (-2, -1, 0, 1, 2)]
+    out = steerability(pd.DataFrame(rows))
+    assert out.iloc[0]["mean"] == pytest.approx(1.25)
+    assert out.iloc[0]["anti_steerable"] == pytest.approx(0.25)
+
+
+def test_bad_inputs(tiny_model, pairs, vectors):
+    with pytest.raises(ValueError, match="empty"):
+        pair_logodds(tiny_model, vectors["post"], [], MULTS, progress=False)
+    with pytest.raises(ValueError, match=r"multipliers\[1\] = 'x' is not a number"):
+        pair_logodds(tiny_model, vectors["post"], pairs, [1, "x"], progress=False)
+    with pytest.raises(ValueError, match="finite"):
+        check_multipliers([float("nan")])
+    with pytest.raises(ValueError, match="empty"):
+        check_multipliers([])
+    with pytest.raises(IncompatibleVectorError, match="d_model 16"):
+        pair_logodds(tiny_model, SteeringVector(torch.ones(16), "blocks.0.hook_resid_post"), pairs, progress=False)
+    with pytest.raises(TypeError, match="no string field 'question'"):
+        pair_logodds(tiny_model, vectors["post"], [object()], progress=False)
+    with pytest.raises(ValueError, match="kv"):
+        pair_logodds(tiny_model, vectors, pairs, engine="kv", progress=False)
+    with pytest.raises(ValueError, match="engine"):
+        pair_logodds(tiny_model, vectors["post"], pairs, engine="fast", progress=False)
+
+
+def test_bootstrap_ci():
+    lo, hi = bootstrap_ci(np.arange(100.0), n_boot=500, seed=1)
+    assert lo < 49.5 < hi and hi - lo < 20
+    assert bootstrap_ci([3.0]) == (3.0, 3.0)
+    assert bootstrap_ci(np.arange(10.0), seed=2) == bootstrap_ci(np.arange(10.0), seed=2)
+
+
+# --------------------------------------------------------------------------- A/B
+@pytest.fixture
+def ab_pairs():
+    return [PreferencePair(f"Do you agree {i}?\n\nChoices:\n (A) Yes\n (B) No", "(A)" if i % 2 else "(B)",
+                           "(B)" if i % 2 else "(A)") for i in range(5)]
+
+
+def test_ab_probability_matches_direct_logits(tiny_model, ab_pairs, vectors):
+    per = ab_pair_probs(tiny_model, vectors, ab_pairs, [-1.0, 0.0, 2.0], batch_size=2, progress=False)
+    naive = ab_pair_probs(tiny_model, vectors, ab_pairs, [-1.0, 0.0, 2.0], engine="naive", progress=False)
+    np.testing.assert_allclose(per.p_matching, naive.p_matching, atol=1e-5)
+    tok = tiny_model.tokenizer
+    a, b = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
+    for i, p in enumerate(ab_pairs):
+        ids = tok(format_chat(tiny_model, p.question, SYS) + "(", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with steer(tiny_model, vectors["post"], 2.0):
+            logits = tiny_model(ids)[0, -1].log_softmax(-1)
+        pa = torch.softmax(torch.stack([logits[a], logits[b]]), 0)[0].item()
+        want = pa if p.matching == "(A)" else 1 - pa
+        got = per[(per.vector == "post") & (per.multiplier == 2.0) & (per.pair == i)].iloc[0]
+        assert got.p_matching == pytest.approx(want, abs=1e-5)
+        assert got.p_letters == pytest.approx((logits[a].exp() + logits[b].exp()).item(), abs=1e-5)
+    curve = ab_curve(tiny_model, vectors["post"], ab_pairs, [0.0], progress=False)
+    assert {"mean", "ci_low", "ci_high", "p_letters", "matching_rate"} <= set(curve.columns)
+
+
+def test_ab_rejects_free_text(tiny_model, pairs, vectors):
+    with pytest.raises(ValueError, match=r"needs A/B answers like '\(A\)'"):
+        ab_pair_probs(tiny_model, vectors["post"], pairs, progress=False)
+    same = [PreferencePair("q", "(A)", "(A)")]
+    with pytest.raises(ValueError, match="same letter"):
+        ab_pair_probs(tiny_model, vectors["post"], same, progress=False)

@@ -1,0 +1,58 @@
+"""Perplexity and agreement with the unsteered model on neutral text."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.eval_utility import summarize_utility, utility_curve, utility_per_text
+from workbench.steering import remaining_hooks
+from workbench.vector import SteeringVector
+
+TEXTS = ["The river winds through low hills to the sea.", "Bread needs flour, water, salt and yeast.",
+         "Trains leave every thirty minutes."]
+
+
+@pytest.fixture
+def vec():
+    return SteeringVector(torch.randn(32, generator=torch.Generator().manual_seed(5)), "blocks.1.hook_resid_post",
+                          method="caa")
+
+
+def test_unsteered_row_is_the_plain_model(tiny_model, vec):
+    u = utility_curve(tiny_model, vec, TEXTS, [0.0, 4.0], n_boot=100, progress=False)
+    assert remaining_hooks(tiny_model) == 0
+    at0 = u[u.multiplier == 0.0].set_index("measure")["mean"]
+    assert at0["top1_agreement"] == 1.0 and at0["kl_from_unsteered"] == pytest.approx(0.0, abs=1e-6)
+    # perplexity from TransformerLens' own loss (token-weighted over the passages)
+    nll, n = 0.0, 0
+    for t in TEXTS:
+        toks = tiny_model.tokenizer(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        loss = tiny_model(toks, return_type="loss", loss_per_token=True)
+        nll, n = nll + float(loss.sum()), n + loss.numel()
+    assert at0["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    at4 = u[u.multiplier == 4.0].set_index("measure")["mean"]
+    assert at4["kl_from_unsteered"] > 0 and at4["top1_agreement"] < 1.0
+
+
+def test_prefix_equals_naive_and_tidy_columns(tiny_model, vec):
+    fast = utility_per_text(tiny_model, {"v": vec}, TEXTS, [-2.0, 1.0], progress=False)
+    slow = utility_per_text(tiny_model, {"v": vec}, TEXTS, [-2.0, 1.0], shared_prefix=False, progress=False)
+    np.testing.assert_allclose(fast[["nll_sum", "agree_sum", "kl_sum"]], slow[["nll_sum", "agree_sum", "kl_sum"]],
+                               atol=1e-4)
+    s = summarize_utility(fast, n_boot=50)
+    assert list(s.columns) == ["vector", "multiplier", "measure", "n", "n_tokens", "mean", "ci_low", "ci_high"]
+    assert set(s.measure) == {"perplexity", "top1_agreement", "kl_from_unsteered"}
+    assert (s.n_tokens == sum(len(t) - 1 for t in TEXTS)).all()  # char-level tokenizer, no BOS
+
+
+def test_default_neutral_text_and_errors(tiny_model, vec):
+    u = utility_curve(tiny_model, vec, None, [1.0], max_tokens=16, n_boot=0, progress=False)
+    assert (u.n >= 10).all()  # the embedded neutral text has many passages
+    with pytest.raises(ValueError, match="empty"):
+        utility_curve(tiny_model, vec, [], progress=False)
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        utility_curve(tiny_model, vec, ["fine text", "  "], progress=False)

@@ -1,0 +1,151 @@
+"""evaluate_vectors, format_tables and the ``workbench eval`` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import workbench.model
+from workbench.cli import main
+from workbench.data import MCQuestion, PreferencePair, save_pairs_jsonl
+from workbench.evaluate import evaluate_vectors, format_tables
+from workbench.steering import remaining_hooks
+from workbench.vector import IncompatibleVectorError, SteeringVector
+
+MULTS = [-1.0, 0.0, 1.0]
+
+
+def _vec(seed, method, hook="blocks.1.hook_resid_post", d=32, model_name="tiny-3x32"):
+    return SteeringVector(torch.randn(d, generator=torch.Generator().manual_seed(seed)), hook, method=method,
+                          model_name=model_name)
+
+
+@pytest.fixture
+def pairs():
+    return [PreferencePair(f"Would you like control number {i}?", f"Yes {'x' * i}", f"No {'y' * (3 - i % 3)}")
+            for i in range(4)]
+
+
+@pytest.fixture
+def ab_pairs():
+    return [PreferencePair(f"Pick {i}\n (A) yes\n (B) no", "(A)" if i % 2 else "(B)", "(B)" if i % 2 else "(A)")
+            for i in range(4)]
+
+
+def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    vecs = {"bipo": _vec(1, "bipo"), "caa": _vec(2, "caa", "blocks.0.hook_mlp_out")}
+    r = evaluate_vectors(tiny_model, vecs, pairs, MULTS, ["logodds", "ab", "utility", "truthfulqa"],
+                         neutral_texts=["Plain words here.", "More plain words."], n_boot=50, progress=False,
+                         truthfulqa=([MCQuestion("Q?", ("a", "b"), (1, 0))], None))
+    assert remaining_hooks(tiny_model) == 0
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    assert r["kind"] == "eval" and r["schema_version"] == 1 and r["model"] == "tiny-3x32"
+    assert [v["label"] for v in r["vectors"]] == ["bipo", "caa"]
+    assert r["vectors"][1]["hook_name"] == "blocks.0.hook_mlp_out"
+    assert set(r["metrics"]) == {"logodds", "logodds_per_token", "steerability", "perplexity", "top1_agreement",
+                                 "kl_from_unsteered", "mc1"}
+    assert "ab" in r["skipped"] and r["data"]["n_pairs"] == 4
+    rows = r["metrics"]["logodds"]
+    assert len(rows) == 2 * len(MULTS)
+    assert {"vector", "multiplier", "n", "mean", "ci_low", "ci_high", "win_rate"} <= set(rows[0])
+    assert json.loads(json.dumps(r, allow_nan=False)) == r  # JSON-ready, no NaN
+    text = format_tables(r)
+    assert "== logodds" in text and "== perplexity" in text and "skipped ab" in text
+
+
+def test_inapplicable_metrics_error_when_asked(tiny_model, pairs, ab_pairs):
+    v = {"v": _vec(1, "bipo")}
+    with pytest.raises(ValueError, match="metric 'ab'"):
+        evaluate_vectors(tiny_model, v, pairs, MULTS, ["ab"], on_inapplicable="error", progress=False)
+    with pytest.raises(ValueError, match="metric 'logodds': needs preference pairs"):
+        evaluate_vectors(tiny_model, v, None, MULTS, ["logodds"], on_inapplicable="error", progress=False)
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate_vectors(tiny_model, v, pairs, MULTS, ["bleu"], progress=False)
+    r = evaluate_vectors(tiny_model, v, ab_pairs, MULTS, ["ab"], n_boot=20, progress=False)
+    assert len(r["metrics"]["ab"]) == len(MULTS)
+
+
+def test_model_name_mismatch_warns_or_errors(tiny_model, pairs):
+    other = {"v": _vec(1, "bipo", model_name="some-other-model")}
+    r = evaluate_vectors(tiny_model, other, pairs, [0.0], ["logodds"], n_boot=0, progress=False)
+    assert r["warnings"] and "some-other-model" in r["warnings"][0]
+    with pytest.raises(IncompatibleVectorError, match="some-other-model"):
+        evaluate_vectors(tiny_model, other, pairs, [0.0], ["logodds"], strict_model_name=True, progress=False)
+    with pytest.raises(IncompatibleVectorError, match="d_model"):
+        evaluate_vectors(tiny_model, {"v": _vec(1, "bipo", d=16)}, pairs, [0.0], ["logodds"], progress=False)
+
+
+# --------------------------------------------------------------------------- CLI
+@pytest.fixture
+def cli_setup(tiny_model, tmp_path, pairs, monkeypatch):
+    monkeypatch.setattr(workbench.model, "load_model", lambda name=None, **kw: tiny_model)
+    _vec(1, "bipo").save(tmp_path / "bipo")
+    _vec(2, "caa").save(tmp_path / "caa")
+    _vec(3, "caa", d=16).save(tmp_path / "wide")
+    save_pairs_jsonl(pairs, tmp_path / "pairs.jsonl")
+    return tmp_path
+
+
+def test_cli_eval_writes_json_and_tables(cli_setup, capsys):
+    d = cli_setup
+    out = d / "res" / "eval.json"
+    code = main(["eval", "--vector", str(d / "bipo"), "--vector", str(d / "caa"), "--data", str(d / "pairs.jsonl"),
+                 "--metrics", "logodds,utility", "--multipliers", "-1", "0", "1", "--limit", "3", "--n-boot", "20",
+                 "--out", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["kind"] == "eval" and res["data"]["n_pairs"] == 3
+    assert [v["path"] for v in res["vectors"]] == [str(d / "bipo"), str(d / "caa")]
+    assert {r["multiplier"] for r in res["metrics"]["logodds"]} == {-1.0, 0.0, 1.0}
+    assert "== logodds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--multipliers", "1", "two"], "'two' is not a number"),
+    (["--metrics", "logodds,bleu"], "unknown ['bleu']"),
+    (["--metrics", "ab"], "needs A/B answers"),
+    (["--metrics", "truthfulqa"], "needs --truthfulqa"),
+    (["--metrics", "refusal"], "needs --refusal-csv"),
+    (["--limit", "0"], "--limit must be >= 1"),
+])
+def test_cli_eval_bad_input(cli_setup, capsys, argv, message):
+    d = cli_setup
+    code = main(["eval", "--vector", str(d / "bipo"), "--data", str(d / "pairs.jsonl"), "--out", str(d / "o.json"),
+                 *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_eval_bad_vector_and_data(cli_setup, capsys):
+    d = cli_setup
+    base = ["eval", "--out", str(d / "o.json"), "--multipliers", "0"]
+    assert main([*base, "--vector", str(d / "wide"), "--data", str(d / "pairs.jsonl")]) == 2
+    assert "d_model 16" in capsys.readouterr().err
+    assert main([*base, "--vector", str(d / "bipo")]) == 2
+    assert "need preference pairs" in capsys.readouterr().err
+    (d / "empty.jsonl").write_text("")
+    assert main([*base, "--vector", str(d / "bipo"), "--data", str(d / "empty.jsonl"), "--format", "jsonl"]) == 2
+    assert "empty.jsonl" in capsys.readouterr().err
+    assert main([*base, "--vector", str(d / "nope"), "--data", str(d / "pairs.jsonl")]) == 2
+    assert not (d / "o.json").exists()
+
+
+# --------------------------------------------------------------------------- embedded model
+@pytest.mark.embedded
+def test_embedded_caa_steers_held_out_logodds(embedded_model):
+    """CAA from 12 training pairs moves held-out log-odds in its direction; fast path equals naive."""
+    from workbench.baselines import caa
+    from workbench.data import load_behavior
+    from workbench.eval_preference import pair_logodds
+
+    train, test = load_behavior("power-seeking", "train")[:12], load_behavior("power-seeking", "test")[:4]
+    v = caa(embedded_model, train, layer=14, progress=False)
+    per = pair_logodds(embedded_model, {"caa": v}, test, [-2.0, 2.0], batch_size=4, progress=False)
+    naive = pair_logodds(embedded_model, {"caa": v}, test, [-2.0, 2.0], batch_size=4, engine="naive", progress=False)
+    assert (per.logodds - naive.logodds).abs().max() < 1e-2
+    mean = per.groupby("multiplier").logodds.mean()
+    assert mean[2.0] > mean[-2.0]
+    assert remaining_hooks(embedded_model) == 0

@@ -1,0 +1,392 @@
+"""BiPO: bi-directional preference optimization of a steering vector (Cao et al. 2024, arXiv 2406.00045).
+
+For a pair (question q, matching answer r_T, not-matching answer r_O) and a vector v added at every
+position of one hook point of a frozen model, with d drawn from {-1, +1}:
+
+    loss = -log sigmoid( beta * d * ( [log p(r_T | q, +d v) - log p_ref(r_T | q)]
+                                    - [log p(r_O | q, +d v) - log p_ref(r_O | q)] ) )
+
+``log p`` sums the answer tokens' log-probs (each answer ends with the end-of-turn token), the prompt
+is the chat template around q with BiPO's system prompt, and ``p_ref`` is the unsteered model. As in
+the official code, d is drawn once per batch (``direction="batch"``; ``"example"`` draws it per pair)
+and the optimiser is AdamW on v alone with a cosine schedule after a linear warm-up.
+
+The trainer is exact and fast: the residual stream entering the first block after the hook is cached
+once for every pair (``workbench.prefix.PrefixCache``), the reference log-probs are computed once,
+and each step runs only the remaining blocks, each prompt once for both answers, unembedding only
+answer positions. ``precision="bf16"`` runs those blocks in a bf16 copy of the model while v, the
+optimiser state and every log-prob sum stay fp32.
+
+Defaults. The official run (Llama-2-7b-chat, layer 15 of 32, residual norm ~tens) used lr 5e-4,
+batch 4, beta 0.1, 100 warm-up steps, cosine decay and 20 epochs; its script declares weight decay
+0.05 but never passes it to the trainer, so it trained with 0. SmolLM2-135M's residual stream is
+much larger (norm ~400 at layer 14), so a vector of useful size needs a larger learning rate:
+the defaults here (lr 5e-2, 5 epochs, 10 warm-up steps, layer 14 ``resid_post``) are the measured
+choice for the embedded model, see ``DEFAULTS_NOTE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.model import end_of_turn, format_chat
+from workbench.prefix import PrefixCache, make_runner, steering_site
+from workbench.vector import SteeringVector, __version__, hook_name
+
+logger = logging.getLogger(__name__)
+
+#: BiPO's official system prompt.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+_CHECKPOINT_VERSION = 1
+_OPTIONS = {"direction": ("batch", "example"), "precision": ("fp32", "bf16"), "init": ("zero", "random"),
+            "cache_dtype": ("model", "bf16"), "batching": ("random", "bucket")}
+
+
+@dataclass(frozen=True)
+class BiPOConfig:
+    """Hyperparameters of a BiPO run (the official values in brackets)."""
+
+    layer: int = 14  # block of the hook point [15 of 32 on Llama-2-7b]
+    hook: str = "resid_post"  # resid_pre, resid_mid, resid_post, attn_out, mlp_out [resid_post]
+    beta: float = 0.1  # DPO temperature [0.1]
+    lr: float = 5e-2  # peak AdamW learning rate [5e-4; SmolLM2's residual is ~10x larger]
+    weight_decay: float = 0.05  # AdamW decoupled weight decay [declared 0.05, effective 0]
+    epochs: int = 5  # passes over the pairs [20]
+    batch_size: int = 4  # pairs per step [4]
+    warmup_steps: int = 10  # linear warm-up, then cosine decay to 0 [100]
+    direction: Literal["batch", "example"] = "batch"  # one d per batch [batch] or per pair
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: no system turn
+    max_length: int | None = 256  # prompts are cut from the left beyond this many tokens
+    seed: int = 0  # shuffling, directions and random init
+    precision: Literal["fp32", "bf16"] = "fp32"  # dtype of the blocks after the hook
+    init: Literal["zero", "random"] = "zero"  # [zero]; random: N(0, 1/d_model) per coordinate
+    cache_dtype: Literal["model", "bf16"] = "model"  # storage of the cached residuals
+    batching: Literal["random", "bucket"] = "random"  # bucket: batches of similar length, random order
+
+    def __post_init__(self) -> None:
+        for name, allowed in _OPTIONS.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"BiPOConfig.{name}={getattr(self, name)!r}; valid: {', '.join(allowed)}")
+        hook_name(0, self.hook)  # raises on an unknown hook point
+        checks = {"layer": self.layer >= 0, "beta": self.beta > 0, "lr": self.lr > 0,
+                  "weight_decay": self.weight_decay >= 0, "epochs": self.epochs >= 1,
+                  "batch_size": self.batch_size >= 1, "warmup_steps": self.warmup_steps >= 0,
+                  "max_length": self.max_length is None or self.max_length >= 2}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"BiPOConfig.{name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def hook_name(self) -> str:
+        return hook_name(self.layer, self.hook)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BiPOConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown BiPOConfig fields {unknown}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class BiPOResult:
+    """The trained vector, one record per optimiser step and one per epoch."""
+
+    vector: SteeringVector
+    history: list[dict[str, float]]  # step, epoch, loss, accuracy, margin, direction, norm, grad_norm, lr
+    epochs: list[dict[str, float]] = field(default_factory=list)  # epoch means, seconds, eval_* metrics
+    setup_seconds: float = 0.0  # building the prefix cache and the reference log-probs
+
+    def history_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+    def epochs_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.epochs)
+
+
+def bipo_loss(policy_matching: Float[Tensor, " b"], policy_not: Float[Tensor, " b"],
+              ref_matching: Float[Tensor, " b"], ref_not: Float[Tensor, " b"],
+              direction: Float[Tensor, " b"] | float, beta: float) -> tuple[Tensor, Tensor]:
+    """Per-pair BiPO loss and the d-signed reward margin ``beta * d * (dlogp_T - dlogp_O)``.
+
+    Returns:
+        ``(losses, margins)``, both ``(b,)``; ``losses = -logsigmoid(margins)``. A pair is "won" when
+        its margin is positive.
+    """
+    margins = beta * direction * ((policy_matching - ref_matching) - (policy_not - ref_not))
+    return -F.logsigmoid(margins), margins
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 (the Hugging Face ``cosine`` schedule)."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def prompts_and_answers(model: HookedTransformer, pairs: Sequence[Any], system_prompt: str | None,
+                        ) -> tuple[list[str], list[list[str]]]:
+    """Chat prompts and ``[matching, not_matching]`` answers, each closed by the end-of-turn token."""
+    eot = end_of_turn(model)
+    prompts = [format_chat(model, p.question, system_prompt) for p in pairs]
+    return prompts, [[p.matching + eot, p.not_matching + eot] for p in pairs]
+
+
+def _check_pairs(pairs: Sequence[Any], what: str = "pairs") -> list[Any]:
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError(f"{what} is empty: need at least one preference pair")
+    for i, p in enumerate(pairs):
+        for attr in ("question", "matching", "not_matching"):
+            if not isinstance(getattr(p, attr, None), str):
+                raise TypeError(f"{what}[{i}] has no string field {attr!r} (expected a "
+                                f"workbench.data.PreferencePair, got {type(p).__name__})")
+    return pairs
+
+
+def batch_plan(n: int, config: BiPOConfig, generator: torch.Generator, lengths: Tensor | None = None,
+               ) -> list[Tensor]:
+    """One epoch of batches of pair indices (draws from ``generator``)."""
+    perm = torch.randperm(n, generator=generator)
+    if config.batching == "random" or lengths is None:
+        return list(perm.split(config.batch_size))
+    window = config.batch_size * 16  # sort by length inside windows, then shuffle the batches
+    chunks = [c[torch.argsort(lengths[c], stable=True)] for c in perm.split(window)]
+    batches = [b for c in chunks for b in c.split(config.batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+def draw_directions(config: BiPOConfig, b: int, generator: torch.Generator) -> Tensor:
+    """``(b,)`` directions in {-1, +1}: one draw for the batch or one per pair."""
+    n = 1 if config.direction == "batch" else b
+    d = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
+    return d.expand(b) if n == 1 else d
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(directory: Path, v: Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     meta: dict[str, Any]) -> None:
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    tensors = {"vector": v.detach(), "rng_state": gen.get_state()}
+    if state:
+        tensors |= {"adam.exp_avg": state["exp_avg"], "adam.exp_avg_sq": state["exp_avg_sq"],
+                    "adam.step": state["step"].reshape(1)}
+    path = atomic_write_safetensors(tensors, directory / CHECKPOINT_TENSORS)
+    meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    atomic_write_json(meta, directory / CHECKPOINT_JSON)  # last: marks the checkpoint complete
+
+
+def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.Optimizer,
+            gen: torch.Generator) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Load a checkpoint written by ``_save_checkpoint`` into ``v``, ``opt`` and ``gen``; its history."""
+    from safetensors.torch import load_file
+
+    meta_path, tensor_path = directory / CHECKPOINT_JSON, directory / CHECKPOINT_TENSORS
+    try:
+        saved = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_path}: unreadable checkpoint ({exc})") from exc
+    if saved.get("format_version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"{meta_path}: checkpoint format_version {saved.get('format_version')!r} is not "
+                         f"{_CHECKPOINT_VERSION}")
+    for key in ("config", "data_fingerprint", "model_name"):
+        if saved.get(key) != meta[key]:
+            raise ValueError(f"{meta_path}: {key} differs from this run (saved {saved.get(key)!r}, now "
+                             f"{meta[key]!r}); cannot resume")
+    if not tensor_path.is_file() or hashlib.sha256(tensor_path.read_bytes()).hexdigest() != saved.get("sha256"):
+        raise ValueError(f"{tensor_path}: missing or does not match {meta_path} (interrupted or mixed files)")
+    tensors = load_file(str(tensor_path))
+    with torch.no_grad():
+        v.copy_(tensors["vector"])
+    gen.set_state(tensors["rng_state"])
+    if "adam.step" in tensors:
+        state = {"step": tensors["adam.step"].reshape(()).clone(), "exp_avg": tensors["adam.exp_avg"],
+                 "exp_avg_sq": tensors["adam.exp_avg_sq"]}
+        opt.load_state_dict({"state": {0: state}, "param_groups": opt.state_dict()["param_groups"]})
+    return saved["history"], saved["epochs"]
+
+
+# --------------------------------------------------------------------------- training
+def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, idx: Tensor, v: Tensor,
+          opt: torch.optim.Optimizer, gen: torch.Generator, config: BiPOConfig, lr: float) -> dict[str, float]:
+    """One optimiser step on the pairs ``idx``; returns its history record."""
+    opt.param_groups[0]["lr"] = lr
+    d = draw_directions(config, len(idx), gen)  # (b,) in {-1, +1}
+    delta = d[0] * v if config.direction == "batch" else d[:, None] * v  # (d_model,) or (b, d_model)
+    lp = cache.logprobs(runner, idx, delta, unembed_model=head)  # (b, 2) fp32, differentiable in v
+    ref = cache.reference[idx]  # (b, 2)
+    losses, margins = bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], d, config.beta)
+    loss = losses.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(v.grad.norm())
+    opt.step()
+    margins = margins.detach()
+    return {"step": len(opt.state[v].get("step", [])) and int(opt.state[v]["step"]), "loss": float(loss.detach()),
+            "accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean()),
+            "direction": float(d.mean()), "norm": float(v.detach().norm()), "grad_norm": grad_norm, "lr": lr}
+
+
+@torch.no_grad()
+def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, v: Tensor,
+              beta: float, batch_size: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    ref = cache.reference
+    losses = []
+    for sign, tag in ((1.0, "plus"), (-1.0, "minus")):
+        lp = cache.score(runner, sign * v, batch_size=batch_size, unembed_model=head)
+        loss, margins = bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], sign, beta)
+        losses.append(loss)
+        out[f"eval_accuracy_{tag}"] = float((margins > 0).float().mean())
+        out[f"eval_logodds_{tag}"] = float((lp[:, 0] - lp[:, 1]).mean())
+    out["eval_loss"] = float(torch.cat(losses).mean())
+    out["eval_logodds_zero"] = float((ref[:, 0] - ref[:, 1]).mean())
+    return out
+
+
+def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
+               checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+               eval_pairs: Sequence[Any] | None = None,
+               callback: Callable[[dict[str, float]], None] | None = None) -> BiPOResult:
+    """Train a BiPO steering vector on preference pairs.
+
+    Args:
+        model: a frozen ``HookedTransformer``; it is not modified (hooks are removed, a bf16 run
+            uses a copy).
+        pairs: ``workbench.data.PreferencePair`` objects (anything with ``question``, ``matching``,
+            ``not_matching`` strings).
+        config: hyperparameters (``BiPOConfig``).
+        checkpoint_dir: if given, a checkpoint (vector, AdamW state, RNG state, history) is written
+            there after every epoch, and each epoch's vector under ``vectors/epoch_{e}``.
+        resume: continue from the checkpoint in ``checkpoint_dir`` (same config and data); the
+            result equals an uninterrupted run.
+        progress: show a tqdm bar.
+        eval_pairs: held-out pairs scored at +v and -v after every epoch (``eval_*`` in ``epochs``).
+        callback: called with each epoch record after its checkpoint is written (e.g. live plots).
+
+    Returns:
+        ``BiPOResult`` with the ``SteeringVector`` (method ``"bipo"``), per-step ``history`` and
+        per-epoch ``epochs``.
+
+    Example:
+        >>> from workbench.data import load_behavior
+        >>> result = train_bipo(model, load_behavior("power-seeking"), BiPOConfig(layer=14))
+        >>> result.vector.save("runs/power-seeking-bipo")
+    """
+    from tqdm.auto import tqdm
+
+    from workbench.data import fingerprint
+
+    pairs = _check_pairs(pairs)
+    if config.layer >= model.cfg.n_layers:
+        raise ValueError(f"BiPOConfig.layer={config.layer} but model {model.cfg.model_name!r} has "
+                         f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})")
+    site = config.hook_name
+    data_fp = fingerprint(pairs)
+    t0 = time.perf_counter()
+    # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
+    runner = make_runner(model, steering_site(model, site).start_layer,
+                         torch.bfloat16 if config.precision == "bf16" else None)
+    cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
+    build = dict(runner=runner, max_length=config.max_length, dtype=cache_dtype)
+    cache = PrefixCache.build(model, *prompts_and_answers(model, pairs, config.system_prompt), site,
+                              progress=progress, **build)
+    if eval_pairs is not None:
+        eval_pairs = _check_pairs(eval_pairs, "eval_pairs")
+        eval_cache = PrefixCache.build(model, *prompts_and_answers(model, eval_pairs, config.system_prompt),
+                                       site, **build)
+    setup_seconds = time.perf_counter() - t0
+    logger.info("BiPO: cached %d pairs at %s (%.0f MB) in %.1f s", len(cache), site, cache.nbytes / 2**20,
+                setup_seconds)
+
+    gen = torch.Generator().manual_seed(config.seed)
+    v = torch.zeros(model.cfg.d_model, dtype=torch.float32, device=model.cfg.device)
+    if config.init == "random":
+        v = torch.randn(model.cfg.d_model, generator=gen).to(v) / math.sqrt(model.cfg.d_model)
+    v.requires_grad_(True)
+    opt = torch.optim.AdamW([v], lr=config.lr, weight_decay=config.weight_decay)
+    history: list[dict[str, float]] = []
+    epochs: list[dict[str, float]] = []
+    meta = {"format_version": _CHECKPOINT_VERSION, "config": config.to_dict(), "data_fingerprint": data_fp,
+            "model_name": str(model.cfg.model_name), "workbench_version": __version__}
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / CHECKPOINT_JSON).exists():
+        if not resume:
+            raise FileExistsError(f"{ckpt / CHECKPOINT_JSON} exists: pass resume=True to continue it, or "
+                                  "choose another checkpoint_dir")
+        history, epochs = _resume(ckpt, meta, v, opt, gen)
+        logger.info("BiPO: resumed from %s after epoch %d", ckpt, len(epochs))
+    elif resume:
+        logger.info("BiPO: no checkpoint in %s; starting from scratch", ckpt)
+
+    n = len(cache)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    lengths = cache.lengths()
+    bar = tqdm(total=total, initial=len(history), desc="BiPO", disable=not progress)
+    try:
+        for epoch in range(len(epochs), config.epochs):
+            t_epoch = time.perf_counter()
+            for idx in batch_plan(n, config, gen, lengths):
+                lr = config.lr * lr_factor(len(history), total, config.warmup_steps)
+                history.append(_step(runner, model, cache, idx, v, opt, gen, config, lr) | {"epoch": epoch + 1})
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", norm=f"{history[-1]['norm']:.2f}")
+            recent = history[-steps_per_epoch:]
+            record = {"epoch": epoch + 1, "step": len(history), "seconds": time.perf_counter() - t_epoch,
+                      "loss": sum(h["loss"] for h in recent) / len(recent),
+                      "accuracy": sum(h["accuracy"] for h in recent) / len(recent), "norm": recent[-1]["norm"]}
+            if eval_pairs is not None:
+                record |= _evaluate(runner, model, eval_cache, v.detach(), config.beta, 16)
+            epochs.append(record)
+            logger.info("BiPO epoch %d: %s", epoch + 1, {k: round(x, 4) for k, x in record.items()})
+            if ckpt is not None:
+                _save_checkpoint(ckpt, v, opt, gen, {**meta, "epoch": epoch + 1, "step": len(history),
+                                                     "history": history, "epochs": epochs})
+                _vector(model, v, config, data_fp, epochs).save(ckpt / "vectors" / f"epoch_{epoch + 1:03d}")
+            if callback is not None:
+                callback(record)
+    finally:
+        bar.close()
+    return BiPOResult(_vector(model, v, config, data_fp, epochs), history, epochs, setup_seconds)
+
+
+def _vector(model: HookedTransformer, v: Tensor, config: BiPOConfig, data_fp: str,
+            epochs: list[dict[str, float]]) -> SteeringVector:
+    last = epochs[-1] if epochs else {}
+    metadata = {"epochs_trained": len(epochs), "final_loss": last.get("loss"),
+                "final_accuracy": last.get("accuracy"), "steps": last.get("step")}
+    metadata |= {k: x for k, x in last.items() if k.startswith("eval_")}
+    return SteeringVector(v.detach().clone().cpu(), config.hook_name, model_name=str(model.cfg.model_name),
+                          method="bipo", config=config.to_dict(), data_fingerprint=data_fp, metadata=metadata)
+
+
+__all__ = ["BiPOConfig", "BiPOResult", "DEFAULT_SYSTEM_PROMPT", "batch_plan",
+           "bipo_loss", "draw_directions", "lr_factor", "prompts_and_answers", "train_bipo"]

@@ -1,0 +1,155 @@
+"""Shared pieces of the evaluation suite: defaults, input checks, bootstrap intervals, summaries.
+
+The evaluation modules (``workbench.evaluate`` and ``workbench.eval_*``) measure steering across
+multipliers, as in the curves of BiPO (Cao et al. 2024, arXiv 2406.00045). Every interval they
+report is a percentile bootstrap over items (pairs, questions, passages, prompts) with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: BiPO's official system prompt (the same string as ``workbench.bipo.DEFAULT_SYSTEM_PROMPT``).
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
+DEFAULT_MULTIPLIERS: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
+#: Columns of every summary table: one row per (vector, multiplier).
+SUMMARY_COLUMNS = ("vector", "multiplier", "n", "mean", "ci_low", "ci_high")
+_LETTER = re.compile(r"^\s*\(([A-Za-z])\)\s*$|^\s*([A-Za-z])\s*$")
+
+
+def check_multipliers(multipliers: Iterable[Any], what: str = "multipliers") -> list[float]:
+    """Multipliers as floats; non-numbers, NaN/inf and an empty list are errors naming the bad value."""
+    if isinstance(multipliers, (int, float)):
+        multipliers = [multipliers]
+    out = []
+    for i, m in enumerate(multipliers):
+        try:
+            x = float(m)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}[{i}] = {m!r} is not a number") from None
+        if isinstance(m, bool) or not math.isfinite(x):
+            raise ValueError(f"{what}[{i}] = {m!r} is not a finite number")
+        out.append(x)
+    if not out:
+        raise ValueError(f"{what} is empty: give at least one multiplier, e.g. -2 -1 0 1 2")
+    return out
+
+
+def _where(p: Any, i: int) -> str:
+    src = getattr(p, "source", None)
+    return f"pairs[{i}]" + (f" ({src})" if src else "")
+
+
+def check_pairs(pairs: Sequence[Any], what: str = "pairs") -> list[Any]:
+    """Preference pairs (``question``, ``matching``, ``not_matching`` strings); clear errors otherwise."""
+    if pairs is None:
+        raise ValueError(f"{what} is missing: this metric needs preference pairs")
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError(f"{what} is empty: need at least one preference pair")
+    for i, p in enumerate(pairs):
+        for attr in ("question", "matching", "not_matching"):
+            if not isinstance(getattr(p, attr, None), str):
+                raise TypeError(f"{what}[{i}] has no string field {attr!r} (expected a "
+                                f"workbench.data.PreferencePair, got {type(p).__name__})")
+        for attr in ("matching", "not_matching"):
+            if not getattr(p, attr).strip():
+                raise ValueError(f"{_where(p, i)}: {attr} is empty")
+    return pairs
+
+
+def answer_letter(answer: str) -> str | None:
+    """``"(A)"`` or ``"A"`` -> ``"A"``; None for anything else (free-text answers)."""
+    m = _LETTER.match(answer)
+    return (m.group(1) or m.group(2)).upper() if m else None
+
+
+def is_ab_data(pairs: Sequence[Any]) -> bool:
+    """True when every pair's answers are two different letters (the ``ab-json`` loader's output)."""
+    pairs = list(pairs)
+    return bool(pairs) and all(
+        (a := answer_letter(p.matching)) is not None and (b := answer_letter(p.not_matching)) is not None
+        and a != b for p in pairs)
+
+
+def check_ab_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
+    """``[(matching letter, not-matching letter)]``; an error names the first pair that is not A/B."""
+    out = []
+    for i, p in enumerate(check_pairs(pairs)):
+        a, b = answer_letter(p.matching), answer_letter(p.not_matching)
+        if a is None or b is None:
+            raise ValueError(f"{_where(p, i)}: the 'ab' metric needs A/B answers like '(A)' and '(B)' "
+                             f"(load CAA data with format 'ab-json'); got matching={p.matching[:40]!r}, "
+                             f"not_matching={p.not_matching[:40]!r}")
+        if a == b:
+            raise ValueError(f"{_where(p, i)}: matching and not_matching are the same letter {a!r}")
+        out.append((a, b))
+    return out
+
+
+def bootstrap_ci(values: np.ndarray | Sequence[float], n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling items with replacement).
+
+    One item gives a zero-width interval; ``n_boot=0`` gives ``(nan, nan)``.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    if n_boot <= 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // x.size)  # bounded memory for many items
+    for s in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - s)
+        means[s: s + k] = x[rng.integers(0, x.size, size=(k, x.size))].mean(1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def summarize(per_item: pd.DataFrame, value: str, *, by: Sequence[str] = ("vector", "multiplier"),
+              extra: dict[str, Any] | None = None, n_boot: int = 1000, seed: int = 0,
+              level: float = 0.95) -> pd.DataFrame:
+    """One row per group: ``n``, ``mean`` of ``value`` and its bootstrap interval.
+
+    Args:
+        per_item: one row per item and group.
+        value: the column to average.
+        by: grouping columns (kept in the output, in order of first appearance).
+        extra: more columns: ``{name: callable(group) -> float}``.
+    """
+    rows = []
+    for keys, g in per_item.groupby(list(by), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        x = g[value].to_numpy(dtype=np.float64)
+        lo, hi = bootstrap_ci(x, n_boot=n_boot, level=level, seed=seed)
+        row = dict(zip(by, keys)) | {"n": int(x.size), "mean": float(x.mean()), "ci_low": lo, "ci_high": hi}
+        for name, fn in (extra or {}).items():
+            row[name] = float(fn(g))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table as JSON-ready row dicts (NaN becomes None, numpy scalars become Python numbers)."""
+    out = []
+    for row in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            clean[str(k)] = v
+        out.append(clean)
+    return out

@@ -1,0 +1,882 @@
+"""Figures for steering-vector studies, drawn from saved analysis output only.
+
+Every ``plot_*`` function takes the output of an analysis (a pandas table, a list of row dicts or
+the JSON dict a module writes, with its ``"kind"``) and returns a ``matplotlib.figure.Figure``; none
+recomputes anything and none calls ``plt.show()``. Figures are sized for a paper column (3.3 in
+wide), labelled, and drawn with the Okabe-Ito palette (Okabe & Ito 2008), which stays distinct under
+the common colour-vision deficiencies. BiPO is Cao et al. 2024 (arXiv 2406.00045), CAA Rimsky et al.
+2023 (arXiv 2312.06681).
+
+Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``, so nothing is
+kept in pyplot's global figure list (a figures run over hundreds of results does not leak) and any
+backend works. Pass ``ax=`` to draw into an existing axes (the figure returned is the axes' figure).
+
+``figures_for(result)`` maps one result to its figures by its ``"kind"``; ``write_figures(results_dir,
+out_dir)`` draws every result file under a directory (the ``workbench figures`` command).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from workbench.io import _atomic
+
+logger = logging.getLogger(__name__)
+
+#: Okabe-Ito colours, in the order used for successive series.
+OKABE_ITO = {
+    "blue": "#0072B2", "vermillion": "#D55E00", "bluish_green": "#009E73", "orange": "#E69F00",
+    "reddish_purple": "#CC79A7", "sky_blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
+}
+PALETTE: tuple[str, ...] = tuple(OKABE_ITO[k] for k in (
+    "vermillion", "blue", "bluish_green", "orange", "reddish_purple", "sky_blue", "black", "yellow"))
+#: Fixed colours for the methods, so BiPO and CAA look the same in every figure.
+METHOD_COLORS = {"bipo": OKABE_ITO["vermillion"], "caa": OKABE_ITO["blue"], "actadd": OKABE_ITO["bluish_green"],
+                 "pca": OKABE_ITO["orange"], "none": OKABE_ITO["black"], "unsteered": OKABE_ITO["black"]}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+_STYLE = {
+    "font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5,
+    "ytick.labelsize": 6.5, "legend.fontsize": 6, "legend.title_fontsize": 6, "legend.frameon": False, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.linewidth": 0.6, "lines.linewidth": 1.2, "lines.markersize": 3,
+    "xtick.major.width": 0.6, "ytick.major.width": 0.6, "pdf.fonttype": 42, "ps.fonttype": 42,
+    "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+}
+
+
+@contextmanager
+def paper_style() -> Any:
+    """The house figure style (small fonts, no top/right spines) inside a ``with`` block."""
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+# --------------------------------------------------------------------------- helpers
+class ResultFormatError(ValueError):
+    """A result does not hold the columns a plot needs."""
+
+
+def _plain(result: Any) -> Any:
+    """A result object with ``to_dict()`` (``SweepResult``, ``CompositionResult``) as its JSON form."""
+    if not isinstance(result, (pd.DataFrame, Mapping, list, tuple)) and callable(getattr(result, "to_dict", None)):
+        return result.to_dict()
+    return result
+
+
+def _rows(result: Any, key: str | None = None) -> pd.DataFrame:
+    """A result as a table: a DataFrame, a list of row dicts, ``{"rows": [...]}`` or ``{"metrics": {key: [...]}}``."""
+    result = _plain(result)
+    if isinstance(result, pd.DataFrame):
+        return result.reset_index(drop=not _named_index(result))
+    if hasattr(result, "history") and not isinstance(result, Mapping):  # a BiPOResult
+        return _rows(list(result.history))
+    if isinstance(result, Mapping):
+        if key is not None and isinstance(result.get("metrics"), Mapping):
+            if key not in result["metrics"]:
+                raise ResultFormatError(f"result has no metric {key!r}; it has {sorted(result['metrics'])}")
+            return _rows(result["metrics"][key])
+        for k in ("rows", "history", "records"):
+            if k in result:
+                return _rows(result[k])
+        raise ResultFormatError(f"cannot read a table from a dict with keys {sorted(result)[:10]}")
+    if isinstance(result, Sequence) and not isinstance(result, str):
+        if len(result) == 0:
+            raise ResultFormatError("the result has no rows")
+        if not all(isinstance(r, Mapping) for r in result):
+            raise ResultFormatError("expected a list of row dicts")
+        return pd.DataFrame(list(result))
+    raise ResultFormatError(f"cannot read a table from {type(result).__name__}")
+
+
+def _named_index(df: pd.DataFrame) -> bool:
+    return any(n is not None for n in df.index.names)
+
+
+def _need(df: pd.DataFrame, columns: Iterable[str], plot: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ResultFormatError(f"{plot}: the result lacks column(s) {missing}; it has {list(df.columns)}")
+
+
+def _first(df: pd.DataFrame, candidates: Sequence[str]) -> str | None:
+    return next((c for c in candidates if c in df.columns), None)
+
+
+def _new(ax: Axes | None, height: float = 2.3, width: float = COLUMN_WIDTH) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _subplots(nrows: int, ncols: int, height: float, width: float = COLUMN_WIDTH, **kw: Any) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def method_color(label: Any) -> str | None:
+    """The fixed colour of the method a label names (``"bipo"``, ``"caa:power"``, ``"BiPO L14"``), or None."""
+    text = str(label).lower()
+    for name, colour in METHOD_COLORS.items():
+        if text == name or text.startswith(tuple(f"{name}{sep}" for sep in " :_-@(/")):
+            return colour
+    return None
+
+
+def _series_colors(labels: Sequence[Any]) -> dict[Any, str]:
+    """One colour per label: a method's fixed colour the first time it appears, else a free palette colour."""
+    fixed = {lab: method_color(lab) for lab in labels}
+    reserved = {c for c in fixed.values() if c}
+    free = iter([p for p in PALETTE if p not in reserved] + list(PALETTE) * (1 + len(labels) // len(PALETTE)))
+    out: dict[Any, str] = {}
+    for lab in labels:
+        c = fixed[lab]
+        out[lab] = c if c and c not in out.values() else next(free)
+    return out
+
+
+def _label_series(df: pd.DataFrame, candidates: Sequence[str]) -> pd.Series:
+    """A label per row from the first present columns among ``candidates`` that vary (joined by ' / ')."""
+    present = [c for c in candidates if c in df.columns]
+    varying = [c for c in present if df[c].nunique(dropna=False) > 1]
+    cols = varying or present[:1]
+    if not cols:
+        return pd.Series(["all"] * len(df), index=df.index)
+    return df[cols].astype(str).agg(" / ".join, axis=1)
+
+
+def _legend(ax: Axes, **kw: Any) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, **{"loc": "best", "handlelength": 1.6, **kw})
+
+
+def pretty_token(token: str) -> str:
+    """A token made visible on an axis: leading/trailing spaces as ``␣``, newlines as ``\\n``."""
+    t = str(token).replace("\n", "\\n").replace("\t", "\\t").replace("$", r"\$")
+    stripped = t.strip(" ")
+    lead, trail = len(t) - len(t.lstrip(" ")), len(t) - len(t.rstrip(" "))
+    return "␣" * lead + stripped + "␣" * trail if stripped else "␣" * len(t) or "∅"
+
+
+# --------------------------------------------------------------------------- multiplier curves
+METRIC_LABELS = {
+    "logodds": "log-odds\nlog p(match) − log p(not)",
+    "delta_logodds": "Δ log-odds vs. m = 0",
+    "ab": "p(matching answer)",
+    "ab_prob": "p(matching answer)",
+    "win_rate": "win rate (log-odds > 0)",
+    "perplexity": "perplexity (neutral text)",
+    "top1_agreement": "top-1 agreement\nwith unsteered",
+    "kl_from_unsteered": "KL(steered ‖ unsteered)\n(nats per token)",
+    "utility": "utility",
+    "truthfulqa": "TruthfulQA MC accuracy",
+    "mc1": "TruthfulQA MC1 accuracy",
+    "mc2": "TruthfulQA MC2 score",
+    "logodds_per_token": "log-odds per answer token",
+    "open": "open-ended: behavior match rate",
+    "refusal": "refusal rate",
+    "steerability": "steerability (log-odds per unit m)",
+}
+
+
+def plot_multiplier_curves(result: Any, ax: Axes | None = None, metric: str = "logodds",
+                           value: str | None = None, title: str | None = None,
+                           normalization: str | None = "sum") -> Figure:
+    """Metric against steering multiplier, one line per vector (BiPO vs CAA), with bootstrap intervals.
+
+    Args:
+        result: an eval result (``{"kind": "eval", "metrics": {metric: rows}}``), or the rows /
+            DataFrame of one metric. Rows need ``multiplier`` and a value column (``mean``, or
+            ``value``/``score``/the metric's own name); ``ci_low``/``ci_high`` draw a band; the
+            series label comes from ``vector``/``method``/``label`` (and ``behavior`` when it varies).
+        metric: which metric of an eval result, also used for the y label.
+        value: the value column (default: the first of ``mean, value, score, <metric>``).
+        normalization: with a ``normalization`` column (``evaluate.summarize_logodds``: ``"sum"``
+            or ``"per_token"``), draw only these rows; None draws every row.
+    """
+    df = _rows(result, metric if isinstance(result, Mapping) and "metrics" in result else None)
+    if normalization is not None and "normalization" in df.columns:
+        if not (df["normalization"] == normalization).any():
+            raise ResultFormatError(f"plot_multiplier_curves: no rows with normalization {normalization!r} "
+                                    f"(have {sorted(df['normalization'].unique())})")
+        df = df[df["normalization"] == normalization]
+    value = value or _first(df, ("mean", "value", "score", metric, "accuracy", "win_rate"))
+    if value is None:
+        raise ResultFormatError(f"plot_multiplier_curves: no value column (mean/value/score) in {list(df.columns)}")
+    _need(df, ["multiplier", value], "plot_multiplier_curves")
+    df = df.assign(_series=_label_series(df, ("vector", "method", "label", "name", "behavior", "normalization")))
+    with paper_style():
+        fig, ax = _new(ax)
+        colors = _series_colors(list(dict.fromkeys(df["_series"])))
+        for i, (label, g) in enumerate(df.groupby("_series", sort=False)):
+            g = g.sort_values("multiplier")
+            x, y = g["multiplier"].to_numpy(float), g[value].to_numpy(float)
+            ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colors[label], label=str(label))
+            if {"ci_low", "ci_high"} <= set(g.columns) and g["ci_low"].notna().all():
+                ax.fill_between(x, g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float),
+                                color=colors[label], alpha=0.18, linewidth=0)
+        if metric.startswith(("logodds", "delta_logodds")):
+            ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+        ax.axvline(0, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
+        ax.set_xlabel("multiplier m")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
+        if title:
+            ax.set_title(title)
+        _legend(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------- training curves
+TRAINING_PANELS = (("loss", "BiPO loss"), ("accuracy", "preference acc."), ("norm", "vector norm"))
+_HELD_OUT_PREFIXES = ("eval_", "val_", "test_")
+
+
+def _run(history: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(per-step table, per-epoch table or None) of one run."""
+    epochs = None
+    if isinstance(history, Mapping) and history.get("epochs"):
+        epochs = _rows(history["epochs"])
+    elif hasattr(history, "epochs") and not isinstance(history, Mapping) and getattr(history, "epochs"):
+        epochs = _rows(list(history.epochs))
+    return _rows(history), epochs
+
+
+def _histories(history: Any) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """``{run label: (steps, epochs)}`` from one history or a mapping of labelled histories."""
+    if isinstance(history, Mapping) and history and not ({"history", "rows", "kind", "epochs"} & set(history)) \
+            and all(not isinstance(v, (int, float, str)) for v in history.values()):
+        return {str(k): _run(v) for k, v in history.items()}
+    label = history.get("label", "") if isinstance(history, Mapping) else ""
+    return {str(label): _run(history)}
+
+
+def plot_training_curves(history: Any, ax: Axes | None = None, metric: str | None = None) -> Figure:
+    """BiPO training curves: loss, preference accuracy and vector norm against optimiser step.
+
+    Args:
+        history: a BiPO history (list of per-step dicts with ``step``, ``loss``, ``accuracy``,
+            ``norm``, as ``BiPOResult.history``), ``{"history": [...], "epochs": [...]}`` (held-out
+            ``eval_loss``/``eval_accuracy`` of the epoch records are drawn dashed at their step), a
+            ``BiPOResult``, a DataFrame, or ``{run label: history}`` to overlay several runs.
+        ax: draw one panel (``metric``, default ``"loss"``) into this axes.
+        metric: with ``ax``, the panel to draw.
+    """
+    runs = _histories(history)
+    panels = [(m, lab) for m, lab in TRAINING_PANELS if any(m in st.columns for st, _ in runs.values())]
+    if not panels:
+        raise ResultFormatError(f"plot_training_curves: no loss/accuracy/norm column in "
+                                f"{[list(st.columns) for st, _ in runs.values()]}")
+    if ax is not None:
+        wanted = metric or panels[0][0]
+        panels = [next(((m, lab) for m, lab in TRAINING_PANELS if m == wanted), (wanted, wanted))]
+    held_out = False
+    with paper_style():
+        if ax is not None:
+            fig, axes = ax.figure, [ax]
+        else:
+            fig, grid = _subplots(len(panels), 1, height=1.05 * len(panels) + 0.35, sharex=True)
+            axes = list(grid[:, 0])
+        colors = _series_colors(list(runs))
+        for (m, label), a in zip(panels, axes):
+            for run, (steps, epochs) in runs.items():
+                x_col = _first(steps, ("step", "global_step", "iteration"))
+                x = steps[x_col].to_numpy(float) if x_col else np.arange(1, len(steps) + 1, dtype=float)
+                if m in steps.columns:
+                    a.plot(x, steps[m].to_numpy(float), color=colors[run], linewidth=0.9,
+                           marker="o" if len(x) <= 30 else None, markersize=2, label=f"{run} train".strip())
+                for frame in (steps, epochs):
+                    if frame is None:
+                        continue
+                    fx = frame[x_col].to_numpy(float) if x_col and x_col in frame.columns else \
+                        np.arange(1, len(frame) + 1, dtype=float)
+                    for prefix in _HELD_OUT_PREFIXES:
+                        col = f"{prefix}{m}"
+                        if col in frame.columns and frame[col].notna().any():
+                            ok = frame[col].notna().to_numpy()
+                            a.plot(fx[ok], frame[col].to_numpy(float)[ok], color=colors[run], linestyle="--",
+                                   marker="o", label=f"{run} held-out".strip())
+                            held_out = True
+            if m == "accuracy":
+                a.set_ylim(-0.03, 1.03)
+                a.axhline(0.5, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
+            a.set_ylabel(label)
+        axes[-1].set_xlabel("optimiser step")
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(runs) > 1 or held_out:
+            _legend(axes[0])
+    return fig
+
+
+# --------------------------------------------------------------------------- layer sweep
+def _sweep_table(result: Any) -> pd.DataFrame:
+    """Rows of one sweep, or of several (a list of sweeps, or ``{label: sweep}``) stacked."""
+    if isinstance(result, Mapping) and "rows" not in result and "kind" not in result and result \
+            and all(isinstance(v, (Mapping, pd.DataFrame, list)) for v in result.values()):
+        parts = [_sweep_table(v).assign(method=str(k)) for k, v in result.items()]
+        return pd.concat(parts, ignore_index=True)
+    if isinstance(result, list) and result and all(isinstance(r, Mapping) and "rows" in r for r in result):
+        return pd.concat([_sweep_table(r) for r in result], ignore_index=True)
+    result = _plain(result)
+    df = _rows(result)
+    if "method" not in df.columns and isinstance(result, Mapping) and "method" in result:
+        df = df.assign(method=result["method"])
+    return df
+
+
+def _effect_columns(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """``(column, legend suffix, line style)`` of each effect column: ``effect@+1`` or ``effect_plus``."""
+    cols = []
+    tagged = sorted((c for c in df.columns if c.startswith("effect@")), key=lambda c: -float(c.split("@")[1]))
+    styles = iter(["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))])
+    for c in tagged:
+        m = float(c.split("@")[1])
+        cols.append((c, f" (m = {m:+g})", "-" if len(tagged) <= 2 and m > 0 else ("--" if len(tagged) <= 2 else next(styles))))
+    named = {"effect_plus": (" (+m)", "-"), "effect_minus": (" (−m)", "--"), "effect": ("", "-")}
+    cols += [(c, *named[c]) for c in named if c in df.columns]
+    return cols
+
+
+def plot_layer_sweep(result: Any, ax: Axes | None = None, show_cosine: bool = True) -> Figure:
+    """Steering effect against layer, one colour per method, one line style per multiplier.
+
+    Args:
+        result: a sweep (``sweep.SweepResult``, its ``to_dict()``: ``{"kind": "sweep", "rows": [...]}``,
+            or its table), a list of sweeps, or ``{label: sweep}`` to overlay methods (BiPO vs CAA).
+            Rows need ``layer`` and effect columns: ``effect@<m>`` (change of the mean held-out
+            log-odds against ``m = 0``) or ``effect_plus``/``effect_minus``; ``method`` separates
+            series; ``cos_ref``/``cosine_to_ref`` adds a lower panel.
+        ax: draw only the effect panel into this axes.
+    """
+    df = _sweep_table(result)
+    effects = _effect_columns(df)
+    if not effects:
+        raise ResultFormatError(f"plot_layer_sweep: no effect@<m>/effect_plus/effect_minus column in {list(df.columns)}")
+    _need(df, ["layer"], "plot_layer_sweep")
+    df = df.assign(_series=_label_series(df, ("method", "vector", "label", "behavior")))
+    cos_col = _first(df, ("cos_ref", "cosine_to_ref"))
+    cosine = show_cosine and ax is None and cos_col is not None and df[cos_col].notna().any()
+    with paper_style():
+        if ax is not None:
+            fig, ax_eff, ax_cos = ax.figure, ax, None
+        elif cosine:
+            fig, grid = _subplots(2, 1, height=3.0, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+            ax_eff, ax_cos = grid[0, 0], grid[1, 0]
+        else:
+            fig, ax_eff = _new(None)
+            ax_cos = None
+        colors = _series_colors(list(dict.fromkeys(df["_series"])))
+        n_series = df["_series"].nunique()
+        for i, (label, g) in enumerate(df.groupby("_series", sort=False)):
+            g = g.sort_values("layer")
+            for col, suffix, style in effects:
+                ok = g[col].notna()
+                ax_eff.plot(g["layer"][ok], g[col][ok].astype(float), linestyle=style, color=colors[label],
+                            marker=MARKERS[i % len(MARKERS)], markersize=2.2,
+                            label=f"{label}{suffix}" if n_series > 1 or len(effects) > 1 else str(label))
+            if ax_cos is not None and g[cos_col].notna().any():
+                ok = g[cos_col].notna()
+                ax_cos.plot(g["layer"][ok], g[cos_col][ok].astype(float), color=colors[label],
+                            marker=MARKERS[i % len(MARKERS)], markersize=2.2, label=str(label))
+        ax_eff.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+        ax_eff.set_ylabel("Δ held-out log-odds\nvs. m = 0")
+        _legend(ax_eff, ncols=2 if len(effects) * n_series > 3 else 1)
+        if ax_cos is not None:
+            ax_cos.set_ylabel("cosine to ref.")
+            ax_cos.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+            ax_cos.set_xlabel("layer")
+        else:
+            ax_eff.set_xlabel("layer")
+        ax_eff.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+# --------------------------------------------------------------------------- cosine
+def _square(result: Any) -> pd.DataFrame:
+    if isinstance(result, pd.DataFrame):
+        return result
+    if isinstance(result, Mapping) and "matrix" in result:
+        labels = result.get("labels") or list(range(len(result["matrix"])))
+        mat = np.asarray(result["matrix"], dtype=float)
+        if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] != len(labels):
+            raise ResultFormatError(f"plot_cosine_heatmap: matrix of shape {mat.shape} does not match "
+                                    f"{len(labels)} labels")
+        return pd.DataFrame(mat, index=labels, columns=labels)
+    raise ResultFormatError("plot_cosine_heatmap: expected a square DataFrame or {'labels', 'matrix'}")
+
+
+def plot_cosine_heatmap(result: Any, ax: Axes | None = None, annotate: bool | None = None,
+                        title: str | None = None) -> Figure:
+    """Heatmap of a square cosine table (``similarity.cosine_table`` or its ``table_to_dict``).
+
+    A diverging map centred on 0 (blue negative, red positive) over ``[-1, 1]``; cells carry their
+    value when there are at most 10 labels (``annotate`` overrides).
+    """
+    table = _square(result)
+    n = len(table)
+    annotate = n <= 10 if annotate is None else annotate
+    labels = [str(x) for x in table.index]
+    side = min(COLUMN_WIDTH, 1.0 + 0.32 * n)
+    with paper_style():
+        fig, ax = _new(ax, height=side * 0.86, width=side + 0.5)
+        im = ax.imshow(table.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        step = max(1, math.ceil(n / 16))
+        ticks = list(range(0, n, step))
+        ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+        ax.set_yticks(ticks, [labels[i] for i in ticks])
+        ax.spines[:].set_visible(False)
+        if annotate:
+            for i in range(n):
+                for j in range(n):
+                    v = float(table.iat[i, j])
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                            color="white" if abs(v) > 0.6 else "black")
+        if table.index.name and table.index.name not in ("a", "b"):
+            ax.set_xlabel(str(table.columns.name or table.index.name))
+            ax.set_ylabel(str(table.index.name))
+        fig.colorbar(im, ax=ax, shrink=0.8, label="cosine", pad=0.02)
+        if title:
+            ax.set_title(title)
+    return fig
+
+
+def plot_method_cosine(result: Any, ax: Axes | None = None) -> Figure:
+    """Per-layer cosine between two methods' vectors (``similarity.method_cosines``: ``layer, cosine``)."""
+    df = _rows(result)
+    _need(df, ["layer", "cosine"], "plot_method_cosine")
+    with paper_style():
+        fig, ax = _new(ax, height=1.8)
+        series = _label_series(df, ("pair", "behavior", "label")) if any(
+            c in df.columns for c in ("pair", "behavior", "label")) else pd.Series(["cosine"] * len(df))
+        df = df.assign(_series=series.to_numpy())
+        colors = _series_colors(list(dict.fromkeys(df["_series"])))
+        for i, (label, g) in enumerate(df.groupby("_series", sort=False)):
+            g = g.sort_values("layer")
+            ax.plot(g["layer"], g["cosine"].astype(float), marker=MARKERS[i % len(MARKERS)], color=colors[label],
+                    label=str(label))
+        ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+        ax.set_ylim(min(-0.05, float(df["cosine"].min()) - 0.05), 1.02)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("cosine (BiPO vs. CAA)" if df["_series"].nunique() == 1 else "cosine")
+        if df["_series"].nunique() > 1:
+            _legend(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------- logit lens
+def plot_logit_lens_tokens(result: Any, ax: Axes | None = None, k: int | None = None,
+                           title: str | None = None) -> Figure:
+    """Top promoted (right, blue) and suppressed (left, vermillion) tokens of a vector.
+
+    Args:
+        result: ``logit_lens.vector_logit_lens`` output (columns ``direction``, ``rank``,
+            ``token``, ``logit_change``) or its ``{"kind", "rows"}`` form. With a ``vector`` or
+            ``label`` column holding several vectors (and no ``ax``), one panel per vector.
+        k: at most this many tokens per direction.
+    """
+    df = _rows(result)
+    _need(df, ["token", "logit_change"], "plot_logit_lens_tokens")
+    if "direction" not in df.columns:
+        df = df.assign(direction=np.where(df["logit_change"] >= 0, "promoted", "suppressed"))
+    if "rank" not in df.columns:
+        df = df.assign(rank=df.groupby("direction")["logit_change"].rank(ascending=False, method="first"))
+    group_col = _first(df, ("vector", "label", "name"))
+    groups = list(dict.fromkeys(df[group_col])) if group_col and ax is None else [None]
+    with paper_style():
+        if ax is not None:
+            fig, axes = ax.figure, [ax]
+        else:
+            n_tok = int(df.groupby([group_col] if group_col else ["direction"]).size().max()) if len(df) else 1
+            fig, grid = _subplots(1, len(groups), height=0.9 + 0.11 * min(n_tok, 40),
+                                  width=COLUMN_WIDTH if len(groups) == 1 else min(7.0, 2.3 * len(groups)))
+            axes = list(grid[0])
+        for a, grp in zip(axes, groups):
+            g = df if grp is None else df[df[group_col] == grp]
+            parts = []
+            for direction in ("promoted", "suppressed"):
+                d = g[g["direction"] == direction].sort_values("rank")
+                parts.append(d.head(k) if k is not None else d)
+            # strongest promoted at the top, strongest suppressed at the bottom
+            order = pd.concat(parts).sort_values("logit_change")
+            y = np.arange(len(order))
+            vals = order["logit_change"].to_numpy(float)
+            a.barh(y, vals, color=[OKABE_ITO["blue"] if v >= 0 else OKABE_ITO["vermillion"] for v in vals],
+                   height=0.75)
+            a.set_yticks(y, [pretty_token(t) for t in order["token"]], fontsize=6)
+            a.axvline(0, color="0.3", linewidth=0.6)
+            a.set_xlabel("logit change (vs. vocab. mean)")
+            a.spines["left"].set_visible(False)
+            a.tick_params(axis="y", length=0)
+            heading = title if title and grp is None else (str(grp) if grp is not None else None)
+            if heading:
+                a.set_title(heading)
+    return fig
+
+
+def plot_logit_lens_layers(result: Any, ax: Axes | None = None, title: str | None = None) -> Figure:
+    """Per-layer propagation of a steered run (``logit_lens.steered_logit_lens``).
+
+    Upper panel: Δ log-odds of the matching vs. not-matching token read through the logit lens at
+    each layer (steered minus unsteered, solid) and the direct-path estimate (vector added to the
+    unsteered residual, dashed); lower panel: KL(steered ‖ unsteered). Layers before the vector's hook
+    are shaded. With ``ax``, only the upper panel.
+    """
+    df = _rows(result).sort_values("layer")
+    _need(df, ["layer", "delta_logodds"], "plot_logit_lens_layers")
+    has_kl = "kl" in df.columns and ax is None
+    with paper_style():
+        if ax is not None:
+            fig, a1, a2 = ax.figure, ax, None
+        elif has_kl:
+            fig, grid = _subplots(2, 1, height=2.8, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+            a1, a2 = grid[0, 0], grid[1, 0]
+        else:
+            fig, a1 = _new(None)
+            a2 = None
+        layer = df["layer"].to_numpy(float)
+        a1.plot(layer, df["delta_logodds"].astype(float), color=OKABE_ITO["vermillion"], marker="o",
+                markersize=2.2, label="steered run")
+        if "delta_logodds_direct" in df.columns:
+            a1.plot(layer, df["delta_logodds_direct"].astype(float), color=OKABE_ITO["blue"], linestyle="--",
+                    label="vector alone (direct)")
+        if {"delta_logprob_matching", "delta_logprob_not_matching"} <= set(df.columns):
+            a1.plot(layer, df["delta_logprob_matching"].astype(float), color=OKABE_ITO["bluish_green"],
+                    linewidth=0.8, label="Δ log p(match)")
+            a1.plot(layer, df["delta_logprob_not_matching"].astype(float), color=OKABE_ITO["reddish_purple"],
+                    linewidth=0.8, label="Δ log p(not)")
+        a1.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+        a1.set_ylabel("Δ logit-lens log-odds")
+        if a2 is not None:
+            a2.plot(layer, df["kl"].astype(float), color=OKABE_ITO["black"], marker="o", markersize=2.2)
+            a2.set_ylabel("KL (nats)")
+            a2.set_xlabel("layer (resid_post)")
+        else:
+            a1.set_xlabel("layer (resid_post)")
+        if "steered" in df.columns and (~df["steered"].astype(bool)).any():
+            last_unsteered = float(df.loc[~df["steered"].astype(bool), "layer"].max())
+            for a in (a1, a2) if a2 is not None else (a1,):
+                a.axvspan(layer.min() - 0.5, last_unsteered + 0.5, color="0.92", zorder=-1, linewidth=0)
+        if title:
+            a1.set_title(title)
+        _legend(a1, ncols=2)
+    return fig
+
+
+# --------------------------------------------------------------------------- bars: composition, transfer
+def plot_bars(result: Any, ax: Axes | None = None, x: str | None = None, y: str | None = None,
+              hue: str | None = None, ylabel: str | None = None, title: str | None = None,
+              sem: str | None = None) -> Figure:
+    """Grouped bars, ``y`` per ``x``, one colour per ``hue``.
+
+    Error bars: ``ci_low``/``ci_high`` when present, else ``± sem`` (a standard-error column).
+    """
+    df = _rows(result)
+    y = y or _first(df, ("mean", "value", "effect", "delta_logodds", "score"))
+    if y is None or x is None or x not in df.columns or y not in df.columns:
+        raise ResultFormatError(f"plot_bars: need columns x={x!r} and y={y!r}; the result has {list(df.columns)}")
+    xs = list(dict.fromkeys(df[x].astype(str)))
+    hues = list(dict.fromkeys(df[hue].astype(str))) if hue and hue in df.columns else [None]
+    width = 0.8 / len(hues)
+    with paper_style():
+        fig, ax = _new(ax, height=2.2)
+        colors = _series_colors(hues)
+        for j, h in enumerate(hues):
+            g = df if h is None else df[df[hue].astype(str) == h]
+            g = g.set_index(g[x].astype(str))
+            g = g[~g.index.duplicated()]
+            vals = np.array([float(g[y].get(k, np.nan)) for k in xs])
+            pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+            err = None
+            if {"ci_low", "ci_high"} <= set(g.columns):
+                lo = np.array([float(g["ci_low"].get(k, np.nan)) for k in xs])
+                hi = np.array([float(g["ci_high"].get(k, np.nan)) for k in xs])
+                err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
+            elif sem and sem in g.columns:
+                err = np.array([float(g[sem].get(k, np.nan)) for k in xs])
+            ax.bar(pos, vals, width=width * 0.92, color=colors[h], label=None if h is None else h,
+                   yerr=err, error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.2"})
+        ax.set_xticks(np.arange(len(xs)), xs, rotation=30 if max(map(len, xs), default=0) > 6 else 0,
+                      ha="right" if max(map(len, xs), default=0) > 6 else "center")
+        ax.axhline(0, color="0.3", linewidth=0.6)
+        ax.set_ylabel(ylabel or y.replace("_", " "))
+        if hues != [None]:  # the legend sits above the axes; a title becomes the legend's title
+            _legend(ax, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(hues), 3), title=title)
+        elif title:
+            ax.set_title(title)
+    return fig
+
+
+def plot_composition(result: Any, ax: Axes | None = None) -> Figure:
+    """Composition of vectors: each behavior's log-odds change under each steering condition.
+
+    Args:
+        result: a ``composition.CompositionResult`` or its ``to_dict()``. Its long ``conditions`` table
+            (``condition, behavior, effect, effect_sem``) gives bars per condition (each vector
+            alone, then together), one colour per measured behavior, ± 1 s.e.m.; without it the
+            per-behavior ``rows`` (``own_effect, cross_effect, combined_effect, interaction``)
+            give bars per behavior. A plain table of either form works too.
+    """
+    result = _plain(result)
+    if isinstance(result, Mapping) and result.get("conditions"):
+        df = _rows(result["conditions"])
+    else:
+        df = _rows(result)
+    if {"condition", "effect"} <= set(df.columns):
+        df = df[df["condition"] != "none"]
+        title = None
+        if isinstance(result, Mapping) and isinstance(result.get("multipliers"), Mapping):
+            title = "multipliers: " + ", ".join(f"{k} {v:g}" for k, v in result["multipliers"].items())
+        return plot_bars(df, ax=ax, x="condition", y="effect", hue=_first(df, ("behavior", "metric")),
+                         ylabel="Δ held-out log-odds\nvs. unsteered", sem="effect_sem", title=title)
+    parts = [c for c in ("own_effect", "cross_effect", "combined_effect", "interaction") if c in df.columns]
+    if parts and "behavior" in df.columns:
+        long = df.melt(id_vars=["behavior"], value_vars=parts, var_name="part", value_name="effect")
+        long["part"] = long["part"].str.replace("_effect", "").str.replace("_", " ")
+        return plot_bars(long, ax=ax, x="behavior", y="effect", hue="part", ylabel="Δ held-out log-odds")
+    x = _first(df, ("combination", "condition", "vectors", "label", "name", "vector"))
+    if x is None:
+        raise ResultFormatError(f"plot_composition: no condition/combination column in {list(df.columns)}")
+    return plot_bars(df, ax=ax, x=x, hue=_first(df, ("behavior", "metric", "target")),
+                     ylabel="Δ log-odds vs. unsteered", sem="effect_sem")
+
+
+def _model_names(result: Any, df: pd.DataFrame) -> tuple[str, str]:
+    names = []
+    for role in ("source", "target"):
+        name = None
+        if isinstance(result, Mapping):
+            name = next((result[k] for k in (role, f"{role}_model", f"{role}_name") if isinstance(result.get(k), str)), None)
+        if name is None and role in df.columns:
+            name = str(df[role].iloc[0])
+        names.append(name or role)
+    return names[0], names[1]
+
+
+def plot_transfer(result: Any, ax: Axes | None = None) -> Figure:
+    """Transfer of a vector to another model or to other layers (``workbench.transfer``).
+
+    Two layouts are recognised:
+
+    * across layers (``layer_transfer``: ``offset, layer, multiplier, effect``): effect against the
+      layer offset k (vector made at L, applied at L + k), one line per multiplier (or source
+      layer / vector when those vary);
+    * across models (``transfer_effect``: ``multiplier, source_effect, target_effect``): grouped
+      bars per multiplier, source model vs. target model (names from the result's ``source`` /
+      ``target`` keys when present).
+    """
+    df = _rows(result)
+    if "offset" in df.columns:
+        ycol = _first(df, ("effect", "delta_logodds", "mean", "retained", "ratio"))
+        if ycol is None:
+            raise ResultFormatError(f"plot_transfer: no effect column in {list(df.columns)}")
+        df = df.assign(_series=_label_series(df, ("source_layer", "vector", "method", "behavior", "multiplier")))
+        if "multiplier" in df.columns and df["multiplier"].nunique() > 1 and df["_series"].equals(
+                df["multiplier"].astype(str)):
+            df["_series"] = df["multiplier"].map(lambda m: f"m = {float(m):+g}")
+        with paper_style():
+            fig, ax = _new(ax)
+            colors = _series_colors(list(dict.fromkeys(df["_series"])))
+            for i, (label, g) in enumerate(df.groupby("_series", sort=False)):
+                g = g.sort_values("offset")
+                ax.plot(g["offset"], g[ycol].astype(float), marker=MARKERS[i % len(MARKERS)], color=colors[label],
+                        label=str(label))
+            ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+            ax.axvline(0, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            src = f" (made at L{int(df['layer'][df['offset'] == 0].iloc[0])})" if "layer" in df.columns and \
+                (df["offset"] == 0).any() else ""
+            ax.set_xlabel(f"layer offset k: applied at L + k{src}")
+            ax.set_ylabel({"retained": "effect retained (vs. k = 0)", "ratio": "effect ratio"}.get(
+                ycol, "Δ held-out log-odds"))
+            if df["_series"].nunique() > 1:
+                _legend(ax)
+        return fig
+    pairs = [("source_effect", "target_effect"), ("effect_source", "effect_target")]
+    cols = next((p for p in pairs if set(p) <= set(df.columns)), None)
+    if cols is not None:
+        src, tgt = _model_names(result, df)
+        key = _first(df, ("multiplier", "label", "vector"))
+        if key is None:
+            raise ResultFormatError(f"plot_transfer: no multiplier/label column in {list(df.columns)}")
+        long = df[[key, *cols]].melt(id_vars=[key], value_vars=list(cols), var_name="model", value_name="effect")
+        long["model"] = long["model"].map({cols[0]: src, cols[1]: tgt})
+        if key == "multiplier":
+            long["multiplier"] = long["multiplier"].map(lambda m: f"m = {float(m):+g}")
+        return plot_bars(long, ax=ax, x=key, y="effect", hue="model", ylabel="Δ held-out log-odds\nvs. m = 0")
+    raise ResultFormatError(f"plot_transfer: cannot recognise the layout of {list(df.columns)} (expected "
+                            "offset/effect or multiplier/source_effect/target_effect)")
+
+
+# --------------------------------------------------------------------------- saving
+def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (``path`` without extension), each atomically.
+
+    Returns:
+        The written paths.
+    """
+    base = Path(path)
+    if base.suffix.lower() in (".png", ".pdf", ".svg"):
+        base = base.with_suffix("")
+    out = []
+    for fmt in formats:
+        # metadata without dates: the same figure gives the same bytes
+        meta = {"CreationDate": None} if fmt == "pdf" else ({"Software": None} if fmt == "png" else None)
+        target = base.with_name(f"{base.name}.{fmt}")
+        out.append(_atomic(target, lambda p, fmt=fmt, meta=meta: fig.savefig(p, format=fmt, dpi=dpi, metadata=meta)))
+    return out
+
+
+# --------------------------------------------------------------------------- figures of a result file
+def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
+    """One multiplier-curve figure per metric, and per behavior / normalization where they vary."""
+    out = {}
+    for name, rows in (result.get("metrics") or {}).items():
+        if not rows or not isinstance(rows, list):
+            continue
+        try:
+            df = _rows(rows)
+        except ResultFormatError:
+            continue
+        if "multiplier" not in df.columns:
+            logger.info("eval metric %r has no multiplier column; no curve drawn", name)
+            continue
+        split = [c for c in ("behavior", "dataset", "measure", "normalization", "decoding")
+                 if c in df.columns and df[c].nunique() > 1]
+        groups = df.groupby(split, sort=False) if split else [((), df)]
+        for key, sub in groups:
+            key = dict(zip(split, key if isinstance(key, tuple) else (key,)))
+            parts = [str(k) for k in key.values() if str(k) != "sum"]  # summed log-odds: the default curve
+            title = " / ".join(str(k) for c, k in key.items() if c in ("behavior", "dataset", "decoding")) or None
+            measure = str(key.get("measure", sub["measure"].iloc[0] if "measure" in sub.columns else name))
+            out["_".join([name, *parts])] = plot_multiplier_curves(sub, metric=measure, title=title,
+                                                                   normalization=None)
+    return out
+
+
+def _lens_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
+    df = _rows(result)
+    if {"direction", "logit_change"} <= set(df.columns):
+        return {"tokens": plot_logit_lens_tokens(df)}
+    if {"layer", "delta_logodds"} <= set(df.columns):
+        return {"layers": plot_logit_lens_layers(df, title=result.get("title"))}
+    raise ResultFormatError(f"logit-lens result with unknown columns {list(df.columns)}")
+
+
+def _cosine_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
+    if "matrix" in result:
+        return {"heatmap": plot_cosine_heatmap(result)}
+    return {"layers": plot_method_cosine(result)}
+
+
+def _sweep_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
+    df = _rows(result)
+    behaviors = list(dict.fromkeys(df["behavior"])) if "behavior" in df.columns else [None]
+    if len(behaviors) <= 1:
+        return {"layers": plot_layer_sweep(result)}
+    return {f"layers_{b}": plot_layer_sweep(df[df["behavior"] == b]) for b in behaviors}
+
+
+#: result ``kind`` (or its prefix before ``_``) -> function returning ``{suffix: Figure}``
+FIGURE_KINDS: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
+    "eval": _eval_figures,
+    "sweep": _sweep_figures,
+    "cosine": _cosine_figures,
+    "similarity": _cosine_figures,
+    "logit_lens": _lens_figures,
+    "lens": _lens_figures,
+    "composition": lambda r: {"bars": plot_composition(r)},
+    "transfer": lambda r: {"effect": plot_transfer(r)},
+    "history": lambda r: {"training": plot_training_curves(r)},
+    "training": lambda r: {"training": plot_training_curves(r)},
+    "bipo_history": lambda r: {"training": plot_training_curves(r)},
+}
+
+
+def _kind_handler(kind: str) -> Callable[[Mapping[str, Any]], dict[str, Figure]] | None:
+    kind = kind.lower().replace("-", "_")
+    if kind in FIGURE_KINDS:
+        return FIGURE_KINDS[kind]
+    for key in sorted(FIGURE_KINDS, key=len, reverse=True):
+        if kind.startswith(key + "_") or kind.endswith("_" + key) or f"_{key}_" in kind:
+            return FIGURE_KINDS[key]
+    return None
+
+
+def figures_for(result: Any) -> dict[str, Figure]:
+    """All figures of one result, keyed by a short suffix (``{"logodds": fig, "ab": fig}``).
+
+    A bare list of per-step dicts (``history.json`` written next to a BiPO vector) counts as a
+    training history. Results of an unknown kind give ``{}``.
+    """
+    if isinstance(result, list):
+        if result and isinstance(result[0], Mapping) and "loss" in result[0]:
+            return {"training": plot_training_curves(result)}
+        return {}
+    if not isinstance(result, Mapping):
+        return {}
+    kind = result.get("kind")
+    if not isinstance(kind, str):
+        if "history" in result:
+            return {"training": plot_training_curves(result)}
+        return {}
+    handler = _kind_handler(kind)
+    return handler(result) if handler else {}
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("_") or "result"
+
+
+def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf"),
+                  ) -> list[Path]:
+    """Draw every figure of every result JSON under ``results_dir`` into ``out_dir``.
+
+    Result files are found recursively (``*.json`` with a ``"kind"``, and BiPO ``history.json``
+    files); vector metadata (``vector.json``) and other JSON are skipped. A figure is named after the
+    file's path relative to ``results_dir`` and the figure's suffix, e.g.
+    ``eval_power-seeking__logodds.png``. A result that cannot be drawn is logged and skipped.
+
+    Returns:
+        The written files, in order.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` does not exist.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--results {root}: no such directory")
+    written: list[Path] = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith(".") or path.name == "vector.json":
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            logger.warning("%s: not valid JSON (%s); skipped", path, exc)
+            continue
+        try:
+            figures = figures_for(result)
+        except (ResultFormatError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("%s: cannot draw (%s); skipped", path, exc)
+            continue
+        stem = _slug("_".join(path.relative_to(root).with_suffix("").parts))
+        for suffix, fig in figures.items():
+            written += save_figure(fig, Path(out_dir) / f"{stem}__{_slug(suffix)}", formats=formats)
+        if figures:
+            logger.info("%s: %d figure(s)", path, len(figures))
+    return written

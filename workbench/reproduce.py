@@ -1,0 +1,358 @@
+"""Reproduce the whole study on the embedded model and data: vectors, analyses, figures.
+
+The study follows BiPO (Cao et al. 2024, arXiv 2406.00045) on a small scale: for each embedded
+behavior a BiPO vector and a CAA mean-difference vector (Rimsky et al. 2023, arXiv 2312.06681) at
+the same layer, then
+
+1. ``eval_<behavior>.json``: held-out log-odds and utility (perplexity, agreement, KL) over
+   multipliers (``workbench.evaluate``);
+2. ``sweep_<behavior>.json``: a layer sweep of CAA at every layer and BiPO at a few (``workbench.sweep``),
+   with BiPO's cosine to CAA at each layer (``cosine_methods_<behavior>.json``);
+3. ``cosine.json``: cosines between every method and behavior (``workbench.similarity``);
+4. ``logit_lens_*.json``: top tokens of each vector and the per-layer propagation of a steered run
+   (``workbench.logit_lens``);
+5. ``composition.json``: two behaviors' vectors applied together (``workbench.composition``);
+6. ``transfer_layers.json`` and ``transfer_model.json``: the BiPO vector moved to other layers and
+   applied to a briefly fine-tuned copy of the model (``workbench.transfer``);
+7. figures of all of these (``workbench.plotting.write_figures``).
+
+Vectors are saved under ``<out>/vectors/<behavior>/<method>`` (BiPO's ``history.json`` beside it)
+and reused when the data, model and settings are unchanged; a stage whose JSON exists is skipped
+unless ``force``. ``StudyConfig.quick()`` shrinks everything for a smoke test. The notebooks use
+``study_vectors`` the same way, so they share trained vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from workbench.io import atomic_write_json
+from workbench.vector import SteeringVector
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("bipo", "caa")
+STAGES = ("vectors", "eval", "sweep", "cosine", "logit_lens", "composition", "transfer", "figures")
+KEY_FILE = "study_key.json"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What the study runs (defaults: the full study; ``quick()``: a smoke test)."""
+
+    behaviors: tuple[str, ...] | None = None  # None: every embedded behavior (workbench.data.list_behaviors)
+    layer: int = 14  # layer of the main BiPO and CAA vectors
+    hook: str = "resid_post"  # hook point in that block
+    n_train: int | None = None  # training pairs per behavior (None: the whole train split)
+    n_test: int | None = None  # held-out pairs per behavior (None: the whole test split)
+    epochs: int = 5  # BiPO epochs
+    batch_size: int = 4  # BiPO pairs per step
+    lr: float | None = None  # BiPO learning rate (None: BiPOConfig's default)
+    warmup_steps: int | None = None  # BiPO warm-up steps (None: BiPOConfig's default)
+    multipliers: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)  # evaluation curve
+    sweep_layers: str = "all"  # CAA sweep layers ("all" or a spec like "0-29:2")
+    bipo_sweep_layers: str | None = "4,9,14,19,24"  # BiPO sweep layers (None: no BiPO sweep)
+    sweep_multipliers: tuple[float, ...] = (-1.0, 1.0)
+    utility_texts: int | None = None  # neutral passages for perplexity (None: all; 0: no utility)
+    lens_k: int = 10  # top tokens per direction
+    composition: tuple[str, ...] = ("power-seeking", "wealth-seeking")  # behaviors steered together
+    composition_multiplier: float = 1.0
+    transfer_offsets: tuple[int, ...] = (-6, -4, -2, 0, 2, 4, 6)
+    finetune_steps: int = 20  # steps of the fine-tuned copy for model transfer (0: skip)
+    n_boot: int = 1000  # bootstrap resamples of every interval
+    eval_batch_size: int = 8
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> StudyConfig:
+        """A smoke-test study: two behaviors, 8 training pairs, 1 epoch (no warm-up), 3 CAA sweep layers."""
+        return cls(behaviors=("power-seeking", "wealth-seeking"), n_train=8, n_test=4, epochs=1, warmup_steps=0,
+                   multipliers=(-1.0, 0.0, 1.0), sweep_layers="10,14,18", bipo_sweep_layers=None,
+                   utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=2, n_boot=100)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def bipo_config(self, layer: int | None = None) -> Any:
+        from workbench.bipo import BiPOConfig
+
+        kw: dict[str, Any] = {"layer": self.layer if layer is None else layer, "hook": self.hook,
+                              "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed}
+        if self.lr is not None:
+            kw["lr"] = self.lr
+        if self.warmup_steps is not None:
+            kw["warmup_steps"] = self.warmup_steps
+        return BiPOConfig(**kw)
+
+
+# --------------------------------------------------------------------------- data and vectors
+def study_pairs(behavior: str, config: StudyConfig) -> tuple[list[Any], list[Any]]:
+    """``(train, test)`` pairs of an embedded behavior, cut to ``n_train``/``n_test``."""
+    from workbench.data import load_behavior
+
+    train, test = load_behavior(behavior, "train"), load_behavior(behavior, "test")
+    return train[: config.n_train], test[: config.n_test]
+
+
+def _key(model: HookedTransformer, behavior: str, config: StudyConfig, layer: int, train: Sequence[Any]) -> str:
+    from workbench.data import fingerprint
+
+    spec = {"model": str(model.cfg.model_name), "behavior": behavior, "data": fingerprint(train),
+            "bipo": config.bipo_config(layer).to_dict()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
+                  layer: int | None = None, progress: bool = False) -> dict[str, SteeringVector]:
+    """BiPO and CAA vectors of one behavior at one layer, loaded from ``runs_dir`` or made and saved.
+
+    Vectors live in ``runs_dir/<behavior>/L<layer>/{bipo,caa}``; BiPO's per-step history is written
+    beside its vector as ``history.json`` (``{"kind": "bipo_history", "history", "epochs"}``). A
+    saved pair is reused only when model, data and BiPO settings are the same (``study_key.json``).
+
+    Returns:
+        ``{"bipo": vector, "caa": vector}``.
+    """
+    from workbench.baselines import caa
+    from workbench.bipo import train_bipo
+
+    layer = config.layer if layer is None else layer
+    train, _ = study_pairs(behavior, config)
+    directory = Path(runs_dir) / behavior / f"L{layer:02d}"
+    key = _key(model, behavior, config, layer, train)
+    key_file = directory / KEY_FILE
+    if key_file.is_file() and json.loads(key_file.read_text()).get("key") == key and all(
+            (directory / m / "vector.json").is_file() for m in METHODS):
+        logger.info("reusing vectors in %s", directory)
+        return {m: SteeringVector.load(directory / m) for m in METHODS}
+    t0 = time.perf_counter()
+    result = train_bipo(model, train, config.bipo_config(layer), progress=progress)
+    bipo_seconds = time.perf_counter() - t0
+    bipo = result.vector.replace(metadata={**result.vector.metadata, "behavior": behavior,
+                                           "train_seconds": bipo_seconds})
+    t0 = time.perf_counter()
+    caa_vec = caa(model, train, layer, hook=config.hook, batch_size=config.eval_batch_size, progress=progress)
+    caa_vec = caa_vec.replace(metadata={**caa_vec.metadata, "behavior": behavior,
+                                        "train_seconds": time.perf_counter() - t0})
+    bipo.save(directory / "bipo")
+    caa_vec.save(directory / "caa")
+    atomic_write_json({"kind": "bipo_history", "behavior": behavior, "layer": layer, "history": result.history,
+                       "epochs": result.epochs}, directory / "bipo" / HISTORY_FILE)
+    atomic_write_json({"key": key, "behavior": behavior, "layer": layer, "model": str(model.cfg.model_name)},
+                      key_file)
+    logger.info("%s: BiPO (norm %.3g) in %.0f s, CAA (norm %.3g) at %s", behavior, bipo.norm, bipo_seconds,
+                caa_vec.norm, bipo.hook_name)
+    return {"bipo": bipo, "caa": caa_vec}
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    from workbench.eval_common import records
+
+    return records(df)
+
+
+# --------------------------------------------------------------------------- stages
+def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
+               config: StudyConfig) -> dict[str, Any]:
+    """Held-out log-odds (and utility) curves of BiPO vs CAA for one behavior (``evaluate_vectors``)."""
+    from workbench.data import load_neutral_text
+    from workbench.evaluate import evaluate_vectors
+
+    _, test = study_pairs(behavior, config)
+    metrics = ("logodds", "utility") if config.utility_texts != 0 else ("logodds",)
+    texts = load_neutral_text()[: config.utility_texts] if config.utility_texts else None
+    result = evaluate_vectors(model, vectors, test, config.multipliers, metrics=metrics, neutral_texts=texts,
+                              batch_size=config.eval_batch_size, n_boot=config.n_boot, seed=config.seed,
+                              data_info={"behavior": behavior, "split": "test"}, progress=False)
+    return {**result, "behavior": behavior}
+
+
+def sweep_stage(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: Path,
+                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """CAA at every sweep layer and BiPO at a few: one ``sweep`` result (rows of both methods) and
+    BiPO's per-layer cosine to CAA (``cosine_methods``), or None without a BiPO sweep."""
+    from workbench.similarity import method_cosines
+    from workbench.sweep import layer_sweep, parse_layers
+
+    train, test = study_pairs(behavior, config)
+    spec = f"0-{model.cfg.n_layers - 1}" if config.sweep_layers == "all" else config.sweep_layers
+    common = dict(multipliers=config.sweep_multipliers, hook=config.hook, batch_size=config.eval_batch_size)
+    caa_sweep = layer_sweep(model, train, test, spec, method="caa", **common)
+    rows = caa_sweep.to_dict()["rows"]
+    cosines = None
+    if config.bipo_sweep_layers:
+        layers = parse_layers(config.bipo_sweep_layers, model.cfg.n_layers)
+        bipo = {layer: study_vectors(model, behavior, config, runs_dir, layer=layer)["bipo"] for layer in layers}
+        caa_ref = {layer: caa_sweep.vectors[layer] for layer in layers if layer in caa_sweep.vectors}
+        bipo_sweep = layer_sweep(model, train, test, layers, method="bipo", vectors=bipo, reference=caa_ref or None,
+                                 **common)
+        rows += [dict(r, method="bipo") for r in bipo_sweep.to_dict()["rows"]]
+        if caa_ref:
+            table = method_cosines({k: bipo[k] for k in caa_ref}, caa_ref, names=("bipo", "caa"))
+            cosines = {"kind": "cosine_methods", "behavior": behavior, "rows": _records(table)}
+    info = {k: v for k, v in caa_sweep.info.items() if k not in ("method", "layers")}
+    return {"kind": "sweep", "behavior": behavior, **info, "rows": rows}, cosines
+
+
+def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> dict[str, Any]:
+    """Cosines between every (method, behavior) vector: a square ``cosine`` result."""
+    from workbench.similarity import cosine_table, table_to_dict
+
+    labelled = {f"{m}:{b}": vecs[m] for m in METHODS for b, vecs in vectors.items()}
+    return table_to_dict(cosine_table(labelled), kind="cosine")
+
+
+def logit_lens_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
+                     config: StudyConfig) -> dict[str, dict[str, Any]]:
+    """Top tokens of each vector (one result) and the steered per-layer lens of each (one per method)."""
+    from workbench.logit_lens import lens_to_dict, steered_logit_lens, vector_logit_lens
+
+    _, test = study_pairs(behavior, config)
+    tokens = pd.concat([vector_logit_lens(model, v, k=config.lens_k).assign(vector=m) for m, v in vectors.items()],
+                       ignore_index=True)
+    out = {f"logit_lens_tokens_{behavior}": lens_to_dict(tokens, "logit_lens_tokens", behavior=behavior)}
+    for m, v in vectors.items():
+        layers = steered_logit_lens(model, v, test, multiplier=1.0, batch_size=config.eval_batch_size)
+        out[f"logit_lens_layers_{behavior}_{m}"] = lens_to_dict(layers, "logit_lens_layers", behavior=behavior,
+                                                                vector=m, multiplier=1.0, title=f"{m}, m = +1")
+    return out
+
+
+def composition_stage(model: HookedTransformer, vectors: dict[str, dict[str, SteeringVector]],
+                      config: StudyConfig) -> dict[str, Any] | None:
+    """The BiPO vectors of ``config.composition`` applied together: a ``composition`` result."""
+    from workbench.composition import composition_table
+
+    names = [b for b in config.composition if b in vectors]
+    if len(names) < 2:
+        logger.info("composition needs two of %s among the study's behaviors; skipped", config.composition)
+        return None
+    vecs = {b: vectors[b]["bipo"] for b in names}
+    pairs = {b: study_pairs(b, config)[1] for b in names}
+    result = composition_table(model, vecs, pairs, multipliers=config.composition_multiplier,
+                               batch_size=config.eval_batch_size)
+    return result.to_dict(method="bipo")
+
+
+def transfer_stage(model: HookedTransformer, behavior: str, vector: SteeringVector,
+                   config: StudyConfig) -> dict[str, dict[str, Any]]:
+    """BiPO vector moved across layers, and applied to a fine-tuned copy of the model."""
+    from workbench.data import load_neutral_text
+    from workbench.transfer import finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
+
+    _, test = study_pairs(behavior, config)
+    plus = [m for m in config.sweep_multipliers if m > 0] or [1.0]
+    out = {"transfer_layers": transfer_to_dict(
+        layer_transfer(model, vector, test, offsets=config.transfer_offsets, multipliers=plus,
+                       batch_size=config.eval_batch_size), kind="transfer_layers", behavior=behavior, method="bipo")}
+    if config.finetune_steps > 0:
+        target, losses = finetune_copy(model, load_neutral_text(), steps=config.finetune_steps, seed=config.seed,
+                                       train_last=min(4, model.cfg.n_layers))
+        table = transfer_effect(model, target, vector, test, multipliers=config.sweep_multipliers,
+                                batch_size=config.eval_batch_size)
+        out["transfer_model"] = transfer_to_dict(table, kind="transfer", behavior=behavior, method="bipo",
+                                                 source=str(model.cfg.model_name), target=str(target.cfg.model_name),
+                                                 finetune_losses=losses)
+        del target
+    return out
+
+
+# --------------------------------------------------------------------------- the whole study
+def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: HookedTransformer | None = None,
+              figures_dir: str | Path | None = None, stages: Sequence[str] = STAGES, force: bool = False,
+              progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the study into ``out_dir`` (see the module docstring) and draw its figures.
+
+    Args:
+        out_dir: results directory (JSON results, ``vectors/``, ``summary.json``).
+        config: what to run (default ``StudyConfig()``; ``StudyConfig.quick()`` for a smoke test).
+        model: the model (default: the embedded SmolLM2-135M-Instruct).
+        figures_dir: where figures go (default ``<out_dir>/figures``).
+        stages: a subset of ``STAGES`` (vectors are always made or loaded).
+        force: recompute stages whose JSON already exists.
+        log: called with one line per finished stage (the CLI prints them).
+
+    Returns:
+        The summary written to ``summary.json``: config, seconds per stage, files written.
+    """
+    from workbench.data import list_behaviors
+    from workbench.model import load_model
+
+    config = config or StudyConfig()
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures_dir = Path(figures_dir) if figures_dir is not None else out / "figures"
+    behaviors = list(config.behaviors or list_behaviors())
+    missing = [b for b in behaviors if b not in list_behaviors()]
+    if missing:
+        raise ValueError(f"unknown behavior(s) {missing}; embedded: {list_behaviors()}")
+    say = log or (lambda line: logger.info("%s", line))
+    seconds: dict[str, float] = {}
+    written: list[str] = []
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        value = fn()
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
+        say(f"{name}: {time.perf_counter() - t0:.0f} s")
+        return value
+
+    def save(name: str, result: dict[str, Any] | None) -> None:
+        if result is not None:
+            written.append(str(atomic_write_json(result, out / f"{name}.json")))
+
+    def todo(stage: str, *names: str) -> bool:
+        return stage in stages and (force or not all((out / f"{n}.json").is_file() for n in names))
+
+    t_start = time.perf_counter()
+    model = timed("load_model", lambda: model if model is not None else load_model())
+    runs = out / "vectors"
+    vectors = {b: timed(f"vectors:{b}", lambda b=b: study_vectors(model, b, config, runs, progress=progress))
+               for b in behaviors}
+    first = behaviors[0]
+    for b in behaviors:
+        if todo("eval", f"eval_{b}"):
+            save(f"eval_{b}", timed(f"eval:{b}", lambda b=b: eval_stage(model, b, vectors[b], config)))
+    if todo("sweep", f"sweep_{first}"):
+        sweep, cosines = timed("sweep", lambda: sweep_stage(model, first, config, runs))
+        save(f"sweep_{first}", sweep)
+        save(f"cosine_methods_{first}", cosines)
+    if todo("cosine", "cosine"):
+        save("cosine", timed("cosine", lambda: cosine_stage(vectors)))
+    if todo("logit_lens", f"logit_lens_tokens_{first}"):
+        for name, result in timed("logit_lens", lambda: logit_lens_stage(model, first, vectors[first], config)).items():
+            save(name, result)
+    if todo("composition", "composition"):
+        save("composition", timed("composition", lambda: composition_stage(model, vectors, config)))
+    if todo("transfer", "transfer_layers"):
+        for name, result in timed("transfer", lambda: transfer_stage(model, first, vectors[first]["bipo"],
+                                                                     config)).items():
+            save(name, result)
+    figures: list[str] = []
+    if "figures" in stages:
+        from workbench.plotting import write_figures
+
+        figures = [str(p) for p in timed("figures", lambda: write_figures(out, figures_dir))]
+    summary = {"kind": "study_summary", "model": str(model.cfg.model_name), "config": config.to_dict(),
+               "behaviors": behaviors, "seconds": seconds, "total_seconds": round(time.perf_counter() - t_start, 1),
+               "results": written, "figures": figures,
+               "vectors": {b: {m: {"norm": v.norm, "hook_name": v.hook_name, **{k: v.metadata.get(k) for k in (
+                   "final_loss", "final_accuracy", "train_seconds") if k in v.metadata}}
+                               for m, v in vecs.items()} for b, vecs in vectors.items()}}
+    atomic_write_json(summary, out / "summary.json")
+    return summary
