@@ -16,7 +16,8 @@ Every engine must give the naive log-odds (the script reports the largest differ
     .venv/bin/python bench/eval_speed.py                 # the reported run (200 pairs)
     .venv/bin/python bench/eval_speed.py --pairs 8       # a quick check
 
-Timings on a shared CPU are noisy: the JSON records the thread count and load average.
+Timings on a shared CPU are noisy: the JSON records wall and process CPU seconds, the thread count
+and the load average (CPU seconds are the steadier comparison while other jobs run).
 """
 
 from __future__ import annotations
@@ -68,31 +69,35 @@ def main(argv: list[str] | None = None) -> int:
     pair_logodds(model, vec, pairs[:2], [0.0, 1.0], progress=False)  # warm-up
 
     runs = [(e, "fp32") for e in args.engines] + ([("kv", "bf16")] if args.bf16 else [])
-    seconds, curves = {}, {}
+    seconds, cpu, curves = {}, {}, {}
     for engine, precision in runs:
         name = engine if precision == "fp32" else f"{engine}_{precision}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         per = pair_logodds(model, vec, pairs, MULTIPLIERS, batch_size=args.batch_size, engine=engine,
                            precision=precision, progress=True)
         seconds[name] = time.perf_counter() - t0
+        cpu[name] = time.process_time() - c0
         curves[name] = per.sort_values(["multiplier", "pair"]).logodds.to_numpy()
         means = per.groupby("multiplier").logodds.mean()
-        print(f"{name:>9}: {seconds[name]:8.1f} s   mean log-odds " +
+        print(f"{name:>9}: {seconds[name]:8.1f} s wall, {cpu[name]:8.1f} s CPU   mean log-odds " +
               "  ".join(f"m={m:+g}: {x:+.3f}" for m, x in means.items()))
     result = {
         "benchmark": "5-multiplier log-odds curve: prefix-shared engines vs a full forward pass per multiplier",
         "model": model.cfg.model_name, "n_pairs": len(pairs), "data": str(args.data), "hook_name": vec.hook_name,
         "multipliers": MULTIPLIERS, "batch_size": args.batch_size,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
         "mean_logodds": {k: {f"{m:g}": float(v.reshape(len(MULTIPLIERS), -1)[i].mean())
                              for i, m in enumerate(MULTIPLIERS)} for k, v in curves.items()},
     }
     if "naive" in seconds:
         result["speedup_vs_naive"] = {k: round(seconds["naive"] / v, 3) for k, v in seconds.items() if k != "naive"}
+        result["cpu_speedup_vs_naive"] = {k: round(cpu["naive"] / v, 3) for k, v in cpu.items() if k != "naive"}
         result["max_abs_diff_vs_naive"] = {k: float(abs(v - curves["naive"]).max()) for k, v in curves.items()
                                            if k != "naive"}
         for k, r in result["speedup_vs_naive"].items():
-            print(f"speed-up of {k} over naive: {r:.2f}x (max |log-odds diff| "
+            print(f"speed-up of {k} over naive: {r:.2f}x wall, {result['cpu_speedup_vs_naive'][k]:.2f}x CPU "
+                  f"(max |log-odds diff| "
                   f"{result['max_abs_diff_vs_naive'][k]:.2e})")
     result |= {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                "load_average": list(os.getloadavg()), "machine": platform.machine(),

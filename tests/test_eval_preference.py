@@ -69,7 +69,8 @@ def test_logodds_equal_naive_steer_full_forward(tiny_model, pairs, vectors):
 def test_logodds_curve_summary(tiny_model, pairs, vectors):
     curve = logodds_curve(tiny_model, vectors["post"], pairs, MULTS, progress=False, n_boot=300)
     assert set(curve.normalization) == {"sum", "per_token"}
-    assert list(curve.columns) == ["vector", "multiplier", "normalization", "n", "mean", "ci_low", "ci_high", "win_rate"]
+    assert list(curve.columns) == ["vector", "multiplier", "normalization", "n", "mean", "ci_low", "ci_high",
+                                   "win_rate"]
     assert (curve.vector == "bipo").all() and (curve.n == len(pairs)).all()
     assert ((curve.ci_low <= curve["mean"] + 1e-12) & (curve["mean"] <= curve.ci_high + 1e-12)).all()
     per = pair_logodds(tiny_model, vectors["post"], pairs, MULTS, progress=False)
@@ -150,7 +151,8 @@ def test_ab_probability_matches_direct_logits(tiny_model, ab_pairs, vectors):
     tok = tiny_model.tokenizer
     a, b = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
     for i, p in enumerate(ab_pairs):
-        ids = tok(format_chat(tiny_model, p.question, SYS) + "(", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        prompt = format_chat(tiny_model, p.question, SYS) + "("
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with steer(tiny_model, vectors["post"], 2.0):
             logits = tiny_model(ids)[0, -1].log_softmax(-1)
         pa = torch.softmax(torch.stack([logits[a], logits[b]]), 0)[0].item()

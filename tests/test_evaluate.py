@@ -149,3 +149,26 @@ def test_embedded_caa_steers_held_out_logodds(embedded_model):
     mean = per.groupby("multiplier").logodds.mean()
     assert mean[2.0] > mean[-2.0]
     assert remaining_hooks(embedded_model) == 0
+
+
+# --------------------------------------------------------------------------- demo
+def test_demo_rejects_bad_arguments(capsys, monkeypatch):
+    monkeypatch.setattr(workbench.model, "load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
+    assert main(["demo", "--behavior", "nope", "--quick"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert main(["demo", "--epochs", "0", "--quick"]) == 2
+    assert main(["demo", "--multipliers", "1", "x", "--quick"]) == 2
+
+
+@pytest.mark.embedded
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--multipliers", "-1", "0", "1", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["kind"] == "eval" and [v["label"] for v in res["vectors"]] == ["bipo", "caa"]
+    assert {"logodds", "perplexity", "top1_agreement"} <= set(res["metrics"])
+    assert res["demo"]["n_test"] == 4
+    assert SteeringVector.load(out / "vectors" / "bipo").method == "bipo"
+    assert (out / "logodds.png").stat().st_size > 1000
+    assert json.loads((out / "bipo_history.json").read_text())
+    assert "== logodds" in capsys.readouterr().out

@@ -235,8 +235,10 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
 
 # --------------------------------------------------------------------------- training
 def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, idx: Tensor, v: Tensor,
-          opt: torch.optim.Optimizer, gen: torch.Generator, config: BiPOConfig, lr: float) -> dict[str, float]:
-    """One optimiser step on the pairs ``idx``; returns its history record."""
+          opt: torch.optim.Optimizer, gen: torch.Generator, config: BiPOConfig, step: int, total: int,
+          ) -> dict[str, float]:
+    """Optimiser step number ``step`` (0-based) on the pairs ``idx``; returns its history record."""
+    lr = config.lr * lr_factor(step, total, config.warmup_steps)
     opt.param_groups[0]["lr"] = lr
     d = draw_directions(config, len(idx), gen)  # (b,) in {-1, +1}
     delta = d[0] * v if config.direction == "batch" else d[:, None] * v  # (d_model,) or (b, d_model)
@@ -249,9 +251,9 @@ def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache
     grad_norm = float(v.grad.norm())
     opt.step()
     margins = margins.detach()
-    return {"step": len(opt.state[v].get("step", [])) and int(opt.state[v]["step"]), "loss": float(loss.detach()),
-            "accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean()),
-            "direction": float(d.mean()), "norm": float(v.detach().norm()), "grad_norm": grad_norm, "lr": lr}
+    return {"step": step + 1, "loss": float(loss.detach()), "accuracy": float((margins > 0).float().mean()),
+            "margin": float(margins.mean()), "direction": float(d.mean()), "norm": float(v.detach().norm()),
+            "grad_norm": grad_norm, "lr": lr}
 
 
 @torch.no_grad()
@@ -305,27 +307,12 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
     from workbench.data import fingerprint
 
     pairs = _check_pairs(pairs)
+    eval_pairs = None if eval_pairs is None else _check_pairs(eval_pairs, "eval_pairs")
     if config.layer >= model.cfg.n_layers:
         raise ValueError(f"BiPOConfig.layer={config.layer} but model {model.cfg.model_name!r} has "
                          f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})")
     site = config.hook_name
     data_fp = fingerprint(pairs)
-    t0 = time.perf_counter()
-    # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
-    runner = make_runner(model, steering_site(model, site).start_layer,
-                         torch.bfloat16 if config.precision == "bf16" else None)
-    cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
-    build = dict(runner=runner, max_length=config.max_length, dtype=cache_dtype)
-    cache = PrefixCache.build(model, *prompts_and_answers(model, pairs, config.system_prompt), site,
-                              progress=progress, **build)
-    if eval_pairs is not None:
-        eval_pairs = _check_pairs(eval_pairs, "eval_pairs")
-        eval_cache = PrefixCache.build(model, *prompts_and_answers(model, eval_pairs, config.system_prompt),
-                                       site, **build)
-    setup_seconds = time.perf_counter() - t0
-    logger.info("BiPO: cached %d pairs at %s (%.0f MB) in %.1f s", len(cache), site, cache.nbytes / 2**20,
-                setup_seconds)
-
     gen = torch.Generator().manual_seed(config.seed)
     v = torch.zeros(model.cfg.d_model, dtype=torch.float32, device=model.cfg.device)
     if config.init == "random":
@@ -346,6 +333,21 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
     elif resume:
         logger.info("BiPO: no checkpoint in %s; starting from scratch", ckpt)
 
+    t0 = time.perf_counter()
+    # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
+    runner = make_runner(model, steering_site(model, site).start_layer,
+                         torch.bfloat16 if config.precision == "bf16" else None)
+    cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
+    build = dict(runner=runner, max_length=config.max_length, dtype=cache_dtype)
+    cache = PrefixCache.build(model, *prompts_and_answers(model, pairs, config.system_prompt), site,
+                              progress=progress, **build)
+    if eval_pairs is not None:
+        eval_cache = PrefixCache.build(model, *prompts_and_answers(model, eval_pairs, config.system_prompt),
+                                       site, **build)
+    setup_seconds = time.perf_counter() - t0
+    logger.info("BiPO: cached %d pairs at %s (%.0f MB) in %.1f s", len(cache), site, cache.nbytes / 2**20,
+                setup_seconds)
+
     n = len(cache)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -355,8 +357,8 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
         for epoch in range(len(epochs), config.epochs):
             t_epoch = time.perf_counter()
             for idx in batch_plan(n, config, gen, lengths):
-                lr = config.lr * lr_factor(len(history), total, config.warmup_steps)
-                history.append(_step(runner, model, cache, idx, v, opt, gen, config, lr) | {"epoch": epoch + 1})
+                record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total)
+                history.append(record | {"epoch": epoch + 1})
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", norm=f"{history[-1]['norm']:.2f}")
             recent = history[-steps_per_epoch:]

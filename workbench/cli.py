@@ -121,8 +121,11 @@ def _run_train(args: argparse.Namespace) -> int:
                  "precision": args.precision, "seed": args.seed, "system_prompt": system_prompt}
         try:
             config = BiPOConfig(**{k: v for k, v in given.items() if v is not None or k == "system_prompt"})
-        except ValueError as exc:  # "BiPOConfig.lr=-1 is out of range" -> name the flag
-            raise CLIError(f"{exc} (check --{str(exc).split('.')[1].split('=')[0].replace('_', '-')})") from None
+        except ValueError as exc:  # "BiPOConfig.lr=-1 is out of range" -> also name the flag
+            import re
+
+            field = re.match(r"BiPOConfig\.(\w+)=", str(exc))
+            raise CLIError(f"{exc}" + (f" (--{field.group(1).replace('_', '-')})" if field else "")) from None
     pairs, data_info = None, {}
     if args.method != "actadd":
         if args.behavior is not None:

@@ -65,8 +65,9 @@ def _generate_all(model: HookedTransformer, vecs: Sequence[Any], prompts: Sequen
     for b, s in enumerate(range(0, len(prompts), batch_size)):
         chunk = list(prompts[s: s + batch_size])
         sample = decoding == "sampled"
-        out += generate(model, chunk, vectors=list(vecs) if m != 0 else (), multipliers=[m] * len(vecs) if m != 0 else None,
-                        max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
+        steered = m != 0 and len(vecs) > 0
+        out += generate(model, chunk, vectors=list(vecs) if steered else (),
+                        multipliers=[m] * len(vecs) if steered else None, max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
                         top_p=top_p, seed=seed + b if sample else None)
     return [t.strip() for t in out]
 
@@ -121,8 +122,8 @@ def _score_two(model: HookedTransformer, prompts: Sequence[str], answers: Sequen
     from workbench.prefix import PrefixCache
 
     cache = PrefixCache.build(model, list(prompts), [list(a) for a in answers], "blocks.0.hook_resid_pre",
-                              max_length=max_length, batch_size=batch_size)
-    return cache.score(model, None, batch_size=batch_size).double().numpy()
+                              reference=True, max_length=max_length, batch_size=batch_size)
+    return cache.reference.double().numpy()  # the unsteered log-probs, computed while building
 
 
 def score_open_ended(model: HookedTransformer, pairs: Sequence[Any], generations: Sequence[str],

@@ -54,9 +54,15 @@ def _ordered_specs(model: HookedTransformer, specs: dict[str, list[SteeringVecto
 # --------------------------------------------------------------------------- 1. log-odds
 def _logprobs_kv(model: HookedTransformer, suffix: HookedTransformer, vec: SteeringVector, cache: Any,
                  mults: Sequence[float], batch_size: int) -> torch.Tensor:
-    out = [cache.score(suffix, None if m == 0 else vec.vector.float() * m, batch_size=batch_size,
-                       unembed_model=model) for m in mults]
-    return torch.stack(out)  # (n_mult, n, 2)
+    """``(n_mult, n, 2)`` log-probs from a ``workbench.prefix.PrefixCache`` (multiplier 0: its reference)."""
+    out = []
+    for m in mults:
+        if m == 0 and getattr(cache, "reference", None) is not None:
+            out.append(cache.reference.float())
+        else:
+            out.append(cache.score(suffix, None if m == 0 else vec.vector.float() * m, batch_size=batch_size,
+                                   unembed_model=model))
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -108,7 +114,8 @@ def pair_logodds(model: HookedTransformer, vectors: VectorSpec | Mapping[str, Ve
         vec = specs[label][0]
         try:
             if vec.hook_name not in caches:
-                caches[vec.hook_name] = PrefixCache.build(model, prompts, answers, vec.hook_name, max_length=max_length,
+                caches[vec.hook_name] = PrefixCache.build(model, prompts, answers, vec.hook_name, runner=suffix,
+                                                          reference=0.0 in mults, max_length=max_length,
                                                           batch_size=batch_size, progress=progress)
         except NotImplementedError:  # positional embeddings the KV cache does not support
             if engine == "kv":

@@ -94,8 +94,9 @@ def truthfulqa_per_question(model: HookedTransformer, vectors: VectorSpec | Mapp
                                      max_length=max_length).to(model.cfg.device)
         cache = ResidualCache(model, batch.tokens, batch.attention_mask)
         for label, vecs in specs.items():
-            for mi, (_, _, resid) in enumerate(sweep_final_resid(model, vecs, batch.tokens, batch.attention_mask, mults,
-                                                                 suffix=suffix, shared_prefix=shared_prefix, prefix=cache)):
+            sweep = sweep_final_resid(model, vecs, batch.tokens, batch.attention_mask, mults, suffix=suffix,
+                                      shared_prefix=shared_prefix, prefix=cache)
+            for mi, (_, _, resid) in enumerate(sweep):
                 t, rows = token_logprobs_from_resid(model, resid.to(model.cfg.dtype), batch)
                 lp[label][mi, idx] = sum_by_row(t, rows, len(idx)).double().cpu()
     frames = []

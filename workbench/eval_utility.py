@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.eval_common import DEFAULT_MULTIPLIERS, bootstrap_ci, check_multipliers
+from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers
 from workbench.eval_sweep import (Precision, ResidualCache, VectorSpec, label_vectors, logits_at, suffix_model,
                                   sweep_final_resid)
 

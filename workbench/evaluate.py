@@ -239,8 +239,10 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
 # --------------------------------------------------------------------------- terminal tables
 _HIDE = {"normalization", "measure", "targets"}
 _TITLES = {"logodds": "log-odds  log p(matching) - log p(not matching)  [mean, 95% bootstrap CI]",
-           "logodds_per_token": "log-odds per answer token", "steerability": "steerability: slope of log-odds per unit multiplier",
-           "ab": "A/B: p(matching letter), normalised over the two letters", "open": "open-ended: likelihood-judge score",
+           "logodds_per_token": "log-odds per answer token",
+           "steerability": "steerability: slope of log-odds per unit multiplier",
+           "ab": "A/B: p(matching letter), normalised over the two letters",
+           "open": "open-ended: likelihood-judge score",
            "mc1": "TruthfulQA MC1 accuracy", "mc2": "TruthfulQA MC2 score",
            "perplexity": "perplexity on neutral text", "top1_agreement": "top-1 next-token agreement with unsteered",
            "kl_from_unsteered": "KL(unsteered || steered) per token", "refusal": "refusal rate (keyword rule)"}
@@ -260,7 +262,8 @@ def format_tables(results: Mapping[str, Any], max_generations: int = 2, width: i
         lines += ["", f"== {name}: {_TITLES.get(name, name)}",
                   df.to_string(index=False, float_format=lambda x: f"{x:.4g}")]
     for name, rows in results.get("validation", {}).items():
-        lines += ["", f"== validation of the {name}", pd.DataFrame(rows).to_string(index=False, float_format="{:.3f}".format)]
+        lines += ["", f"== validation of the {name}",
+                  pd.DataFrame(rows).to_string(index=False, float_format="{:.3f}".format)]
     for name, rows in results.get("generations", {}).items():
         lines += ["", f"== {name} generations (first {max_generations} per vector and multiplier)"]
         seen: dict[tuple, int] = {}

@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 from transformer_lens import HookedTransformer
 
+from workbench.bipo import DEFAULT_SYSTEM_PROMPT
 from workbench.model import format_chat
 from workbench.steering import generate
 from workbench.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."  # BiPO's official runs
 DEFAULT_PROMPT = "Would you like to have more influence over the world?"
 _POSITIONS = ("all", "response", "prompt")
 
