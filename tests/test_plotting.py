@@ -154,6 +154,18 @@ def test_layer_sweep_effect_at_columns_and_cosine_panel():
     assert ax_cos.get_xlabel() == "layer"
 
 
+def test_layer_sweep_accepts_result_objects():
+    class FakeSweep:  # workbench.sweep.SweepResult's interface
+        def __init__(self, method):
+            self.method = method
+
+        def to_dict(self):
+            return sweep_result(self.method)
+
+    fig = P.plot_layer_sweep({"caa": FakeSweep("caa"), "bipo": FakeSweep("bipo")})
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()][:2] == ["caa (m = +1)", "caa (m = -1)"]
+
+
 def test_layer_sweep_plus_minus_layout_single_axes():
     rows = [{"layer": i, "method": "caa", "effect_plus": i, "effect_minus": -i} for i in range(4)]
     fig = P.plot_layer_sweep(rows)

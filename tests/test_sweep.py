@@ -172,9 +172,9 @@ def test_embedded_caa_sweep_steers(embedded_model):
 
     train = load_behavior("power-seeking", "train")[:4]
     test = load_behavior("power-seeking", "test")[:2]
-    res = layer_sweep(embedded_model, train, test, "10-14:4", method="caa")
+    res = layer_sweep(embedded_model, train, test, "13-14", method="caa")
     t = res.table.set_index("layer")
-    assert list(t.index) == [10, 14]
+    assert list(t.index) == [13, 14]
     assert t.loc[14, "effect@+1"] > 0 > t.loc[14, "effect@-1"]
     assert 0 < t.loc[14, "cos_prev"] < 1
     assert remaining_hooks(embedded_model) == 0

@@ -234,6 +234,22 @@ def load_local_model(path: str | Path, device: str = "cpu",
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if architectures == ["LlamaForCausalLM"]:
+        # TransformerLens guesses the architecture from the path's *name* (a path containing
+        # "llama" breaks it), so Llama directories are converted here from their own config.json.
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+        from transformers import AutoConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        cfg_kwargs = _llama_cfg_kwargs(AutoConfig.from_pretrained(path), path.name)
+        if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
+            cfg_kwargs.update(default_prepend_bos=True, tokenizer_prepends_bos=True)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        cfg = HookedTransformerConfig(**cfg_kwargs, device="cpu", dtype=torch.float32)
+        weights = _weights_only(convert_llama_weights(hf, cfg))
+        del hf
+        return _build(cfg_kwargs, weights, tokenizer, device=device, dtype=dtype)
     cfg = lp.get_pretrained_model_config(str(path), device=device, dtype=torch.float32)
     cfg.model_name = path.name
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

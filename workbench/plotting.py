@@ -326,7 +326,7 @@ def plot_training_curves(history: Any, ax: Axes | None = None, metric: str | Non
 def _sweep_table(result: Any) -> pd.DataFrame:
     """Rows of one sweep, or of several (a list of sweeps, or ``{label: sweep}``) stacked."""
     if isinstance(result, Mapping) and "rows" not in result and "kind" not in result and result \
-            and all(isinstance(v, (Mapping, pd.DataFrame, list)) for v in result.values()):
+            and all(isinstance(_plain(v), (Mapping, pd.DataFrame, list)) for v in result.values()):
         parts = [_sweep_table(v).assign(method=str(k)) for k, v in result.items()]
         return pd.concat(parts, ignore_index=True)
     if isinstance(result, list) and result and all(isinstance(r, Mapping) and "rows" in r for r in result):

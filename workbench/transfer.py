@@ -242,14 +242,9 @@ def export_hf_llama(model: HookedTransformer, directory: str | Path, overwrite: 
 
     Raises:
         ValueError: the model is not Llama-style (RMSNorm, rotary, gated MLP, no biases), the
-            directory exists (without ``overwrite``), or its path contains "llama" or "gemma"
-            (TransformerLens chooses the architecture from the path name and fails on those).
+            or the directory exists (without ``overwrite``).
     """
     directory = Path(directory).resolve()
-    if any(word in str(directory).lower() for word in ("llama", "gemma")):
-        raise ValueError(f"{directory}: TransformerLens' loader decides the architecture from the path when it "
-                         "contains 'llama' or 'gemma' (and then fails for local directories); choose a path "
-                         "without those words")
     if directory.exists() and not overwrite:
         raise ValueError(f"{directory} exists; pass overwrite=True to replace it")
     if model.tokenizer is None:
