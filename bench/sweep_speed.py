@@ -61,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     one = mean_difference_vectors(model, pairs, layers, **kw)
     t_one = time.perf_counter() - t0
-    print(f"one pass, {len(layers)} layers:   {t_one:8.2f} s")
+    print(f"one pass, {len(layers)} layers:   {t_one:8.2f} s", flush=True)
 
     t0 = time.perf_counter()
-    per = {layer: caa(model, pairs, layer, **kw) for layer in layers}
+    per = {}
+    for layer in layers:
+        per[layer] = caa(model, pairs, layer, **kw)
+        print(f"  per-layer pass {layer}: cumulative {time.perf_counter() - t0:8.2f} s", flush=True)
     t_per = time.perf_counter() - t0
     print(f"per layer, {len(layers)} passes:  {t_per:8.2f} s")
 

@@ -94,10 +94,10 @@ plot_training_curves(result)'''),
         code('''
 from workbench.eval_generation import steered_generations
 
-questions = [p.question for p in test[:2]]
+questions = [p.question for p in test[: 1 if QUICK else 3]]
 multipliers = [-2.0, 0.0, 2.0]
 gens = steered_generations(model, {"bipo": vector}, questions, multipliers,
-                           max_new_tokens=24 if QUICK else 64, progress=False)
+                           max_new_tokens=8 if QUICK else 64, progress=False)
 display(gens.pivot(index="question", columns="multiplier", values="generation"))'''),
         md("## Save and load\nA vector is a directory: `vector.safetensors` + `vector.json` (metadata, config, data fingerprint)."),
         code('''
@@ -144,8 +144,8 @@ plot_cosine_heatmap(table)'''),
         code('''
 from workbench.eval_generation import steered_generations
 
-gens = steered_generations(model, vectors["power-seeking"], [p.question for p in test[:2]], [-2.0, 2.0],
-                           max_new_tokens=24 if QUICK else 64, progress=False)
+gens = steered_generations(model, vectors["power-seeking"], [p.question for p in test[: 1 if QUICK else 3]],
+                           [-2.0, 2.0], max_new_tokens=8 if QUICK else 64, progress=False)
 display(gens.pivot(index=["question", "multiplier"], columns="vector", values="generation"))'''),
     ],
     "03_layer_sweep": header("Layer sweep", """
@@ -261,8 +261,8 @@ from workbench.widgets import SteeringExplorer
 
 vectors = study_vectors(model, "power-seeking", CONFIG, RUNS)
 _, test = study_pairs("power-seeking", CONFIG)
-explorer = SteeringExplorer(model, vectors, pairs=test, max_curve_pairs=4 if QUICK else 16,
-                            curve_multipliers=CONFIG.multipliers, max_new_tokens=24 if QUICK else 48)
+explorer = SteeringExplorer(model, vectors, pairs=test, max_curve_pairs=2 if QUICK else 16,
+                            curve_multipliers=CONFIG.multipliers, max_new_tokens=8 if QUICK else 48)
 explorer.widget'''),
         code('''
 explorer.set_multiplier("bipo", 2.0)

@@ -77,10 +77,11 @@ class StudyConfig:
 
     @classmethod
     def quick(cls) -> StudyConfig:
-        """A smoke-test study: two behaviors, 8 training pairs, 1 epoch (no warm-up), 3 CAA sweep layers."""
-        return cls(behaviors=("power-seeking", "wealth-seeking"), n_train=8, n_test=4, epochs=1, warmup_steps=0,
+        """A smoke test (also the notebooks' test size): two behaviors, 4 training and 2 held-out pairs,
+        one BiPO step, 3 CAA sweep layers. Its numbers only show that everything runs."""
+        return cls(behaviors=("power-seeking", "wealth-seeking"), n_train=4, n_test=2, epochs=1, warmup_steps=0,
                    multipliers=(-1.0, 0.0, 1.0), sweep_layers="10,14,18", bipo_sweep_layers=None,
-                   utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=2, n_boot=100)
+                   utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=1, n_boot=100)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
