@@ -169,8 +169,8 @@ def official_epoch(model, runner, pairs, config: BiPOConfig, lengths: torch.Tens
     return {"seconds": seconds, "losses": losses, "vector": v.detach(), "flops": flops}
 
 
-def run(model, pairs, precision: str, layer: int) -> dict:
-    config = BiPOConfig(layer=layer, epochs=1, precision=precision, warmup_steps=0, seed=0)
+def run(model, pairs, precision: str, layer: int, batching: str = "random") -> dict:
+    config = BiPOConfig(layer=layer, epochs=1, precision=precision, warmup_steps=0, seed=0, batching=batching)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_peak(model, dtype)
     t0 = time.perf_counter()
@@ -191,8 +191,8 @@ def run(model, pairs, precision: str, layer: int) -> dict:
     del runner
     rss_off = rss_mb()
     fast_losses = [h["loss"] for h in res.history]
-    return {
-        "precision": precision, "pairs": len(pairs), "steps": len(plan), "layer": layer,
+    return res.vector, {
+        "precision": precision, "batching": batching, "pairs": len(pairs), "steps": len(plan), "layer": layer,
         "workbench_epoch_seconds": fast_seconds, "workbench_step_loop_seconds": step_seconds,
         "workbench_setup_seconds": res.setup_seconds,
         "official_epoch_seconds": off["seconds"], "ratio": off["seconds"] / fast_seconds,
@@ -215,15 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layer", type=int, default=14)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--batching", choices=("random", "bucket"), default="random",
+                    help="BiPOConfig.batching; the official-style loop uses the same batches")
+    ap.add_argument("--held-out", type=int, default=32, help="pairs after the training ones for the bf16/fp32 check")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model()
     pairs = load_pairs(args.data, "bipo-csv", allow_empty_question=True)[: args.pairs]
     out = {"model": str(model.cfg.model_name), "data": str(args.data), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "load_average": os.getloadavg(), "peak_rss_mb_after_load": rss_mb(), "runs": []}
+    vectors = {}
     for precision in (("fp32", "bf16") if args.precision == "both" else (args.precision,)):
-        r = run(model, pairs, precision, args.layer)
+        vectors[precision], r = run(model, pairs, precision, args.layer, args.batching)
         out["runs"].append(r)
         print(f"[{precision}] workbench {r['workbench_epoch_seconds']:.1f} s "
               f"(setup {r['workbench_setup_seconds']:.1f} s), official {r['official_epoch_seconds']:.1f} s, "
@@ -233,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['workbench_gflops_per_s']:.1f} GFLOP/s = {100 * r['workbench_share_of_matmul_peak']:.0f}% of "
               f"matmul peak {r['matmul_gflops_per_s']['peak']:.1f}; official {r['official_gflops_per_s']:.1f} "
               f"GFLOP/s; peak RSS {r['peak_rss_mb_after_workbench']:.0f} / {r['peak_rss_mb_after_official']:.0f} MB")
+    if len(vectors) == 2:  # the accuracy of bf16 training: same data, seed and steps as fp32
+        from workbench.eval_preference import pair_logodds
+
+        held_out = load_pairs(args.data, "bipo-csv", allow_empty_question=True)[args.pairs: args.pairs + args.held_out]
+        per = pair_logodds(model, vectors, held_out, [-1.0, 0.0, 1.0], progress=False)  # fp32 evaluation
+        curve = per.groupby(["vector", "multiplier"]).logodds.mean().unstack()
+        cos = float(torch.nn.functional.cosine_similarity(vectors["fp32"].vector, vectors["bf16"].vector, dim=0))
+        out["bf16_vs_fp32"] = {
+            "vector_cosine": cos, "norm_fp32": vectors["fp32"].norm, "norm_bf16": vectors["bf16"].norm,
+            "held_out_pairs": len(held_out),
+            "held_out_logodds": {p: {f"{m:+g}": float(curve.loc[p, m]) for m in curve.columns} for p in vectors},
+            "max_abs_logodds_change": float((curve.loc["bf16"] - curve.loc["fp32"]).abs().max())}
+        print(f"bf16 vs fp32 vectors: cosine {cos:.5f}; held-out mean log-odds (m=-1/0/+1, {len(held_out)} pairs) "
+              + "; ".join(f"{p} " + "/".join(f"{curve.loc[p, m]:+.2f}" for m in curve.columns) for p in vectors))
     out["load_average_end"] = os.getloadavg()
     atomic_write_json(out, args.out)
     print(f"wrote {args.out}")

@@ -10,8 +10,13 @@ times ``workbench.eval_preference.pair_logodds`` at multipliers -2 -1 0 1 2 with
   where each prompt also runs once for both of its answers;
 * optionally ``kv`` with ``--precision bf16`` (blocks after the vector in a bf16 copy).
 
-Every engine must give the naive log-odds (the script reports the largest difference) and writes
-``bench/results/eval_speed.json`` atomically.
+Every engine must give the naive log-odds (the script reports the largest difference, also without
+pairs longer than ``max_length`` = 256 tokens, which the kv engine truncates differently) and writes
+``bench/results/eval_speed.json`` atomically. For the ``kv`` engines it also reports model GFLOP/s and
+the share of the ``torch.matmul`` peak measured in the same run at the model's shapes and precision
+(``bench/bipo_speed.py``'s counting: multiply-add = 2 FLOPs; the cache build runs every block once over
+each prompt and its two answers, each non-zero multiplier the blocks after the vector; padding is not
+counted, so the figure is a lower bound).
 
     .venv/bin/python bench/eval_speed.py                 # the reported run (200 pairs)
     .venv/bin/python bench/eval_speed.py --pairs 8       # a quick check
@@ -68,6 +73,29 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     pair_logodds(model, vec, pairs[:2], [0.0, 1.0], progress=False)  # warm-up
 
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bipo_speed import flops_block_tokens, matmul_peak, token_lengths, unembed_flops
+
+    from workbench.bipo import BiPOConfig
+
+    p_len, a_len = token_lengths(model, pairs, BiPOConfig(layer=args.layer))
+    start = args.layer + 1
+    n_blocks = model.cfg.n_layers
+
+    def pass_flops(n_run: int) -> float:  # blocks n_run..: prompts once, both answers against them
+        f = sum(flops_block_tokens(model, int(p), int(p), n_run) + flops_block_tokens(model, int(a.sum()), int(p + a.max()), n_run)
+                for p, a in zip(p_len, a_len))
+        return f + unembed_flops(model, int(a_len.sum()))
+
+    # pairs longer than pair_logodds' max_length (256): the engines cut their prompts differently there
+    # (kv: the same cut for both answers; naive/prefix: each sequence on its own), so they are compared apart
+    p_full, a_full = token_lengths(model, pairs, BiPOConfig(layer=args.layer, max_length=None))
+    too_long = ((p_full + a_full.max(1).values) > 256).numpy()
+    kv_flops = pass_flops(n_blocks) + sum(1 for m in MULTIPLIERS if m != 0) * pass_flops(n_blocks - start)
+    peaks = {}
+
     runs = [(e, "fp32") for e in args.engines] + ([("kv", "bf16")] if args.bf16 else [])
     seconds, cpu, curves = {}, {}, {}
     for engine, precision in runs:
@@ -77,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                            precision=precision, progress=True)
         seconds[name] = time.perf_counter() - t0
         cpu[name] = time.process_time() - c0
+        if engine == "kv":
+            peaks[precision] = matmul_peak(model, torch.bfloat16 if precision == "bf16" else torch.float32)["peak"]
         curves[name] = per.sort_values(["multiplier", "pair"]).logodds.to_numpy()
         means = per.groupby("multiplier").logodds.mean()
         print(f"{name:>9}: {seconds[name]:8.1f} s wall, {cpu[name]:8.1f} s CPU   mean log-odds " +
@@ -90,19 +120,34 @@ def main(argv: list[str] | None = None) -> int:
         "mean_logodds": {k: {f"{m:g}": float(v.reshape(len(MULTIPLIERS), -1)[i].mean())
                              for i, m in enumerate(MULTIPLIERS)} for k, v in curves.items()},
     }
+    kv_runs = {k: p for k, p in (("kv", "fp32"), ("kv_bf16", "bf16")) if k in seconds}
+    if kv_runs:
+        result["kv_model_gflop"] = round(kv_flops / 1e9, 1)
+        result["kv_gflops_per_s"] = {k: round(kv_flops / seconds[k] / 1e9, 1) for k in kv_runs}
+        result["matmul_peak_gflops_per_s"] = {p: round(peaks[p], 1) for p in kv_runs.values()}
+        result["kv_share_of_matmul_peak"] = {k: round(kv_flops / seconds[k] / 1e9 / peaks[p], 3)
+                                             for k, p in kv_runs.items()}
+        for k in kv_runs:
+            print(f"{k}: {result['kv_gflops_per_s'][k]} GFLOP/s = {100 * result['kv_share_of_matmul_peak'][k]:.0f}% "
+                  f"of the matmul peak {result['matmul_peak_gflops_per_s'][kv_runs[k]]}")
     if "naive" in seconds:
         result["speedup_vs_naive"] = {k: round(seconds["naive"] / v, 3) for k, v in seconds.items() if k != "naive"}
         result["cpu_speedup_vs_naive"] = {k: round(cpu["naive"] / v, 3) for k, v in cpu.items() if k != "naive"}
         result["max_abs_diff_vs_naive"] = {k: float(abs(v - curves["naive"]).max()) for k, v in curves.items()
                                            if k != "naive"}
+        result["n_pairs_over_max_length"] = int(too_long.sum())
+        result["max_abs_diff_vs_naive_within_max_length"] = {
+            k: float(abs(v - curves["naive"]).reshape(len(MULTIPLIERS), -1)[:, ~too_long].max())
+            for k, v in curves.items() if k != "naive"}
         for k, r in result["speedup_vs_naive"].items():
             print(f"speed-up of {k} over naive: {r:.2f}x wall, {result['cpu_speedup_vs_naive'][k]:.2f}x CPU "
                   f"(max |log-odds diff| "
-                  f"{result['max_abs_diff_vs_naive'][k]:.2e})")
+                  f"{result['max_abs_diff_vs_naive'][k]:.2e}; "
+                  f"{result['max_abs_diff_vs_naive_within_max_length'][k]:.2e} without the "
+                  f"{result['n_pairs_over_max_length']} pair(s) over 256 tokens)")
     result |= {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                "load_average": list(os.getloadavg()), "machine": platform.machine(),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "note": "shared CPU (up to 7 jobs on 2 cores): timings are noisy while other jobs run"}
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(result, args.out)
     print(f"wrote {args.out}")
     return 0

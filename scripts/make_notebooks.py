@@ -5,9 +5,10 @@
     .venv/bin/python scripts/make_notebooks.py --execute --quick   # run them in quick mode
 
 Notebooks only call the package; every computation lives in ``workbench``. Each has a parameter cell
-where ``QUICK`` (``WORKBENCH_NOTEBOOK_QUICK=1``) shrinks the run and ``RUNS`` (``WORKBENCH_RUNS``,
-default ``../runs``) is where trained vectors are cached and shared between the notebooks
-(``workbench.reproduce.study_vectors``).
+where ``QUICK`` (``WORKBENCH_NOTEBOOK_QUICK=1``) shrinks the run and ``RUNS`` is where trained vectors
+are cached (``workbench.reproduce.study_vectors``): ``$WORKBENCH_RUNS/{quick,full}/vectors``, by default
+``results/{quick,full}/vectors``, the same place as ``scripts/reproduce.sh``, so the notebooks reuse the
+vectors of a reproduction run (and each other's).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import os
 from pathlib import Path
 
 QUICK = os.environ.get("WORKBENCH_NOTEBOOK_QUICK") == "1"  # a small run for tests
-RUNS = Path(os.environ.get("WORKBENCH_RUNS", "../runs")) / ("notebooks-quick" if QUICK else "notebooks")'''
+# trained vectors are cached here and shared with `workbench reproduce` (results/full/vectors)
+RUNS = Path(os.environ.get("WORKBENCH_RUNS", "../results")) / ("quick" if QUICK else "full") / "vectors"'''
 
 SETUP = '''\
 %matplotlib inline

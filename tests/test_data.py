@@ -346,6 +346,21 @@ def test_load_behavior_errors():
         load_behavior("power-seeking", split="val")
 
 
+def test_as_ab_pairs_balanced_and_reversible():
+    from workbench.data import as_ab_pairs
+    from workbench.eval_common import check_ab_pairs, is_ab_data
+
+    pairs = [PreferencePair(f"Q{i}?", f"take {i}", f"leave {i}", source=f"f:{i}") for i in range(7)]
+    ab = as_ab_pairs(pairs, seed=1)
+    assert is_ab_data(ab) and len(ab) == 7
+    assert sum(p.matching == "(A)" for p in ab) == 4  # ceil(7 / 2)
+    for p, q, (m, n) in zip(pairs, ab, check_ab_pairs(ab)):
+        choices = dict(line.strip().split(") ", 1) for line in q.question.split("Choices:\n")[1].splitlines())
+        assert q.question.startswith(p.question) and q.source == p.source
+        assert choices[f"({m}"] == p.matching and choices[f"({n}"] == p.not_matching
+    assert as_ab_pairs(pairs, seed=1) == ab and as_ab_pairs(ab) == ab  # deterministic; A/B data unchanged
+
+
 def test_neutral_text():
     lines = load_neutral_text()
     assert len(lines) >= 40 and all(len(line) > 80 for line in lines)

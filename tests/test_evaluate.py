@@ -68,6 +68,20 @@ def test_inapplicable_metrics_error_when_asked(tiny_model, pairs, ab_pairs):
     assert len(r["metrics"]["ab"]) == len(MULTS)
 
 
+def test_ab_metric_on_free_text_pairs_via_as_ab_pairs(tiny_model, pairs):
+    from workbench.data import as_ab_pairs
+    from workbench.eval_preference import ab_pair_probs
+
+    v = {"v": _vec(1, "bipo")}
+    ab = as_ab_pairs(pairs)
+    r = evaluate_vectors(tiny_model, v, pairs, MULTS, ["logodds", "ab"], ab_pairs=ab, n_boot=20, progress=False)
+    assert "ab" not in r["skipped"] and len(r["metrics"]["ab"]) == len(MULTS)
+    assert r["data"]["n_pairs"] == 4 and r["data"]["ab_n_pairs"] == 4
+    direct = ab_pair_probs(tiny_model, v, ab, MULTS, progress=False)
+    means = direct.groupby("multiplier")["p_matching"].mean()
+    assert [row["mean"] for row in r["metrics"]["ab"]] == pytest.approx([means[m] for m in MULTS])
+
+
 def test_model_name_mismatch_warns_or_errors(tiny_model, pairs):
     other = {"v": _vec(1, "bipo", model_name="some-other-model")}
     r = evaluate_vectors(tiny_model, other, pairs, [0.0], ["logodds"], n_boot=0, progress=False)
@@ -133,6 +147,40 @@ def test_cli_eval_bad_vector_and_data(cli_setup, capsys):
     assert not (d / "o.json").exists()
 
 
+def test_cli_eval_empty_question_needs_the_flag(cli_setup, capsys):
+    d = cli_setup
+    (d / "q.csv").write_text('question,matching,not_matching\n"Take it?",Yes,No\n,Grab it,Leave it\n')
+    base = ["eval", "--vector", str(d / "bipo"), "--data", str(d / "q.csv"), "--metrics", "logodds",
+            "--multipliers", "0", "1", "--n-boot", "10", "--out", str(d / "o.json")]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "q.csv:3" in err and "--allow-empty-question" in err
+    assert main([*base, "--allow-empty-question"]) == 0
+    assert json.loads((d / "o.json").read_text())["data"]["n_pairs"] == 2
+
+
+def test_cli_eval_ab_from_text(cli_setup):
+    d = cli_setup
+    out = d / "ab.json"
+    assert main(["eval", "--vector", str(d / "bipo"), "--data", str(d / "pairs.jsonl"), "--metrics", "ab",
+                 "--ab-from-text", "--multipliers", "0", "1", "--n-boot", "10", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {r["multiplier"] for r in res["metrics"]["ab"]} == {0.0, 1.0} and res["data"]["ab_n_pairs"] == 4
+
+
+def test_cli_eval_uses_the_held_out_part_of_a_split(cli_setup):
+    from workbench.data import load_pairs, train_test_split
+
+    d = cli_setup
+    base = ["eval", "--vector", str(d / "bipo"), "--data", str(d / "pairs.jsonl"), "--metrics", "logodds",
+            "--multipliers", "0", "--n-boot", "10", "--out", str(d / "o.json")]
+    assert main([*base, "--test-fraction", "0.5", "--split-seed", "3"]) == 0
+    res = json.loads((d / "o.json").read_text())
+    _, test = train_test_split(load_pairs(d / "pairs.jsonl"), 0.5, 3)
+    assert res["data"]["n_pairs"] == len(test) and res["data"]["part"] == "test"
+    assert main([*base, "--test-fraction", "1.5"]) == 2
+
+
 # --------------------------------------------------------------------------- embedded model
 @pytest.mark.embedded
 def test_embedded_caa_steers_held_out_logodds(embedded_model):
@@ -166,8 +214,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert main(["demo", "--quick", "--multipliers", "-1", "0", "1", "--out", str(out)]) == 0
     res = json.loads((out / "eval.json").read_text())
     assert res["kind"] == "eval" and [v["label"] for v in res["vectors"]] == ["bipo", "caa"]
-    assert {"logodds", "perplexity", "top1_agreement"} <= set(res["metrics"])
-    assert res["demo"]["n_test"] == 4
+    assert {"logodds", "ab", "perplexity", "top1_agreement"} <= set(res["metrics"])
+    assert res["demo"]["n_test"] == 4 and res["data"]["ab_n_pairs"] == 4
     assert SteeringVector.load(out / "vectors" / "bipo").method == "bipo"
     assert (out / "logodds.png").stat().st_size > 1000
     assert json.loads((out / "bipo_history.json").read_text())

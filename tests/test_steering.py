@@ -111,3 +111,19 @@ def test_sampled_generation_repeatable_with_seed(tiny_model):
     a = generate(tiny_model, p, do_sample=True, seed=3, max_new_tokens=8)
     b = generate(tiny_model, p, do_sample=True, seed=3, max_new_tokens=8)
     assert a == b
+
+
+def test_generation_decodes_with_laid_out_weights_and_same_tokens(tiny_model):
+    from workbench.steering import _generation_model
+
+    v = SteeringVector(torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(0)),
+                       "blocks.1.hook_resid_post")
+    decoder = _generation_model(tiny_model)
+    assert decoder is not tiny_model and decoder.blocks[0].mlp.W_in.T.is_contiguous()
+    assert decoder.unembed.W_U.T.is_contiguous() and torch.equal(decoder.unembed.W_U, tiny_model.unembed.W_U)
+    prompts = ["Hello there", "A longer prompt with more words in it"]
+    fast = generate(tiny_model, prompts, v, 2.0, max_new_tokens=8)
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: act)]):
+        assert _generation_model(tiny_model) is tiny_model  # the caller's hooks must fire: no copy
+        plain = generate(tiny_model, prompts, v, 2.0, max_new_tokens=8)
+    assert fast == plain and remaining_hooks(tiny_model) == 0

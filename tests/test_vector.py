@@ -75,6 +75,18 @@ def test_save_load_round_trip(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        make().save(tmp_path / "v")
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "v").iterdir()}
+    assert modes == {"vector.json": 0o644, "vector.safetensors": 0o644}  # not mkstemp's 0600
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(VectorFileError, match="vector.json: missing"):
         SteeringVector.load(tmp_path)

@@ -28,6 +28,34 @@ def _parse_multipliers(values: Sequence[str]) -> list[float]:
     return out
 
 
+# --------------------------------------------------------------------------- data options
+def _data_kw(args: argparse.Namespace) -> dict[str, bool]:
+    """Loader options of ``--data`` (``--allow-empty-question``)."""
+    return {"allow_empty_question": True} if getattr(args, "allow_empty_question", False) else {}
+
+
+def _add_holdout(p: argparse.ArgumentParser, part: str) -> None:
+    p.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                   help=f"split --data deterministically and use its {part} part (train and eval with the same "
+                        "F and --split-seed see disjoint pairs)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the --test-fraction split (default 0)")
+
+
+def _data_part(args: argparse.Namespace, part: str) -> tuple[list, dict]:
+    """Pairs of ``--data`` (its ``part`` of a ``--test-fraction`` split if given) and their description."""
+    from workbench.data import load_pairs, train_test_split
+
+    pairs = load_pairs(args.data, args.format, **_data_kw(args))
+    info = {"path": str(args.data), "format": args.format}
+    if args.test_fraction is not None:
+        if not 0 < args.test_fraction < 1:
+            raise CLIError(f"--test-fraction {args.test_fraction}: must be between 0 and 1")
+        train, test = train_test_split(pairs, args.test_fraction, args.split_seed)
+        pairs = train if part == "train" else test
+        info |= {"test_fraction": args.test_fraction, "split_seed": args.split_seed, "part": part}
+    return pairs, info
+
+
 # --------------------------------------------------------------------------- info
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="load a model and print its shape and hook points")
@@ -64,6 +92,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="auto", choices=("bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1",
                                                         "truthfulqa-mc2", "jsonl", "auto"), help="format of --data")
     p.add_argument("--split", default="train", choices=("train", "test", "all"), help="--behavior split (default train)")
+    p.add_argument("--allow-empty-question", action="store_true",
+                   help="keep --data rows whose question is empty (a few in BiPO's power/wealth CSVs)")
+    _add_holdout(p, "train")
     p.add_argument("--limit", type=int, default=None, help="use the first N pairs")
     p.add_argument("--layer", type=int, default=None, help="block index (default: BiPOConfig's, 14)")
     p.add_argument("--hook", default=None, help="resid_post (default; resid_pre for actadd), resid_pre, resid_mid, "
@@ -131,7 +162,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.behavior is not None:
             pairs, data_info = load_behavior(args.behavior, args.split), {"behavior": args.behavior, "split": args.split}
         else:
-            pairs, data_info = load_pairs(args.data, args.format), {"path": str(args.data), "format": args.format}
+            pairs, data_info = _data_part(args, "train")
         pairs = pairs[: args.limit]
         if not pairs:
             raise CLIError(f"{args.data or args.behavior}: no preference pairs")
@@ -190,9 +221,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="auto", help="format of --data: bipo-csv, ab-json, ab-text, jsonl, "
                                                      "truthfulqa-mc1, truthfulqa-mc2 or auto (default)")
     p.add_argument("--split", default="test", choices=("train", "test", "all"), help="--behavior split (default test)")
+    p.add_argument("--allow-empty-question", action="store_true",
+                   help="keep --data rows whose question is empty (a few in BiPO's power/wealth CSVs)")
+    _add_holdout(p, "test")
     p.add_argument("--metrics", nargs="+", default=["logodds,ab,utility"],
                    help=f"comma- or space-separated, from {','.join(_EVAL_METRICS)} (default logodds,ab,utility; "
                         "ab is skipped on free-text data only when left at the default)")
+    p.add_argument("--ab-from-text", action="store_true",
+                   help="ab on free-text pairs: ask each question with its two answers as choices (A) and (B) "
+                        "(matching answer first for a seeded half; workbench.data.as_ab_pairs)")
     p.add_argument("--multipliers", nargs="+", default=["-2", "-1", "0", "1", "2"], help="default: -2 -1 0 1 2")
     p.add_argument("--limit", type=int, default=None,
                    help="use at most N pairs, TruthfulQA questions, refusal prompts and neutral passages")
@@ -262,25 +299,26 @@ def _run_eval(args: argparse.Namespace) -> int:
     if "refusal" in metrics and args.refusal_csv is None:
         raise CLIError("--metrics refusal needs --refusal-csv PATH (a CSV with a 'goal' column)")
 
-    from workbench.data import load_behavior, load_pairs
+    from workbench.data import as_ab_pairs, load_behavior
     from workbench.eval_common import DEFAULT_SYSTEM_PROMPT, check_ab_pairs
     from workbench.evaluate import evaluate_vectors, format_tables
     from workbench.model import load_model
     from workbench.vector import SteeringVector
 
     loaded = [(SteeringVector.load(path), path) for path in args.vector]
-    pairs, data_info = None, {}
+    pairs, ab_pairs, data_info = None, None, {}
     if args.data is not None or args.behavior is not None:
         if args.behavior is not None:
             pairs = load_behavior(args.behavior, args.split)
             data_info = {"behavior": args.behavior, "split": args.split}
         else:
-            pairs = load_pairs(args.data, args.format)
-            data_info = {"path": str(args.data), "format": args.format}
+            pairs, data_info = _data_part(args, "test")
         pairs = pairs[: args.limit]
         if not pairs:
             raise CLIError(f"{args.data or args.behavior}: no preference pairs to evaluate")
-        if "ab" in metrics and explicit:
+        if "ab" in metrics and args.ab_from_text:
+            ab_pairs = as_ab_pairs(pairs, seed=args.seed)
+        elif "ab" in metrics and explicit:
             check_ab_pairs(pairs)  # a clear error naming the first pair that is not A/B
     truthfulqa = None
     if "truthfulqa" in metrics:
@@ -317,7 +355,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         system_prompt=system_prompt, append_end_of_turn=not args.no_end_of_turn, batch_size=args.batch_size,
         precision=args.precision, truthfulqa=truthfulqa, neutral_texts=neutral, refusal_prompts=refusal_prompts,
         decodings=args.decodings, max_new_tokens=args.max_new_tokens, n_boot=args.n_boot, seed=args.seed,
-        on_inapplicable="error" if explicit else "skip", strict_model_name=args.strict_model,
+        on_inapplicable="error" if explicit else "skip", strict_model_name=args.strict_model, ab_pairs=ab_pairs,
         sources={lab: str(p) for lab, (_, p) in zip(labels, loaded)}, data_info=data_info, progress=True)
     atomic_write_json(result, args.out)
     print(format_tables(result))
@@ -338,6 +376,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--behavior", default=None, help="embedded behavior (its own train/test split)")
     p.add_argument("--format", default="auto", help="format of --data (bipo-csv, ab-json, jsonl ...; default auto)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of --data (default 0.2)")
+    p.add_argument("--allow-empty-question", action="store_true",
+                   help="keep --data rows whose question is empty (a few in BiPO's power/wealth CSVs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --data split")
     p.add_argument("--limit", type=int, default=None, help="use at most N training pairs")
     p.add_argument("--eval-limit", type=int, default=None, help="use at most N held-out pairs")
@@ -373,7 +413,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         train, held_out = load_behavior(args.behavior, "train"), load_behavior(args.behavior, "test")
         source = f"behavior:{args.behavior}"
     else:
-        train, held_out = train_test_split(load_pairs(args.data, args.format), args.test_fraction, args.seed)
+        train, held_out = train_test_split(load_pairs(args.data, args.format, **_data_kw(args)), args.test_fraction, args.seed)
         source = str(args.data)
     train, held_out = train[: args.limit], held_out[: args.eval_limit]
     if not held_out:
@@ -500,7 +540,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="the main job: BiPO and CAA on the embedded model and data, evaluated",
         description="Train a BiPO vector and extract a CAA vector for one embedded behavior on its train split "
                     "(embedded SmolLM2-135M-Instruct, offline), evaluate both on the held-out test split at "
-                    "multipliers -2..2 (preference log-odds; A/B probability on A/B data; perplexity and "
+                    "multipliers -2..2 (preference log-odds; A/B probability with the two answers as choices (A) "
+                    "and (B); perplexity and "
                     "agreement with the unsteered model on neutral text), print the tables and write "
                     "OUT/vectors/{bipo,caa}, OUT/eval.json, OUT/bipo_history.json and OUT/logodds.png.")
     p.add_argument("--behavior", default="power-seeking", help="embedded behavior (default power-seeking)")
@@ -524,7 +565,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from workbench.baselines import caa
     from workbench.bipo import BiPOConfig, train_bipo
-    from workbench.data import list_behaviors, load_behavior, load_neutral_text
+    from workbench.data import as_ab_pairs, list_behaviors, load_behavior, load_neutral_text
     from workbench.eval_common import is_ab_data
     from workbench.evaluate import evaluate_vectors, format_tables
     from workbench.io import atomic_write_json
@@ -567,9 +608,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"trained BiPO in {t_bipo:.0f} s (norm {vectors['bipo'].norm:.3g}), CAA in {t_caa:.0f} s "
           f"(norm {vectors['caa'].norm:.3g}); cosine {vectors['bipo'].cosine(vectors['caa']):+.3f}", file=sys.stderr)
 
-    metrics = ["logodds"] + (["ab"] if is_ab_data(test) else []) + ["utility"]
+    # A/B (CAA's protocol): the held-out pairs as A/B questions, the matching answer (A) for half of them
+    ab_pairs = None if is_ab_data(test) else as_ab_pairs(test)
+    metrics = ["logodds", "ab", "utility"]
     t0 = time.perf_counter()
-    result = evaluate_vectors(model, vectors, test, multipliers, metrics, precision=args.precision,
+    result = evaluate_vectors(model, vectors, test, multipliers, metrics, precision=args.precision, ab_pairs=ab_pairs,
                               neutral_texts=texts, utility_max_tokens=utility_tokens, n_boot=n_boot,
                               sources=paths, data_info={"behavior": args.behavior, "split": "test"}, progress=True)
     t_eval = time.perf_counter() - t0
@@ -636,8 +679,27 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="print markdown tables of saved results (nothing is recomputed)")
+    p.add_argument("--results", required=True, help="directory searched recursively for result *.json files")
+    p.add_argument("--out", default=None, help="also write the markdown to this file (atomically)")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from workbench.report import report
+
+    text = report(args.results)
+    if args.out:
+        from workbench.io import atomic_write
+
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+    print(text, end="")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce")
+COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,7 @@ from workbench.io import atomic_write_text
 
 __all__ = [
     "DataFormatError",
+    "as_ab_pairs",
     "MCQuestion",
     "PAIR_FORMATS",
     "PreferencePair",
@@ -218,7 +219,7 @@ def _make_pair(path: str | Path, loc: Location, question: Any, matching: Any, no
         if not isinstance(value, str):
             raise DataFormatError(path, loc, f"{name} must be a string, got {type(value).__name__}")
         if not value.strip() and not (name == "question" and allow_empty_question):
-            hint = " (pass allow_empty_question=True to keep it)" if name == "question" else ""
+            hint = " (pass allow_empty_question=True, or --allow-empty-question on the CLI, to keep it)" if name == "question" else ""
             raise DataFormatError(path, loc, f"empty {name}{hint}")
     if matching.strip() == not_matching.strip():
         raise DataFormatError(path, loc, f"matching and not_matching are identical: {matching!r}")
@@ -545,6 +546,31 @@ def train_test_split(pairs: Sequence[PreferencePair], test_fraction: float = 0.2
     train = [p for p, k in zip(pairs, keys) if k not in test_keys]
     test = [p for p, k in zip(pairs, keys) if k in test_keys]
     return train, test
+
+
+def as_ab_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[PreferencePair]:
+    """Free-text pairs as CAA-style A/B questions, for the ``ab`` metric on any preference data.
+
+    Each question gets the two answers as inline choices (CAA's layout: ``"\\n\\nChoices:\\n (A) ...\\n
+    (B) ..."``) and the answers become the letters. The matching answer is ``(A)`` for a seeded
+    random half of the pairs (``ceil(n/2)``) and ``(B)`` for the rest, so a letter bias of the
+    model does not read as behavior. Pairs that are already A/B are returned unchanged.
+    """
+    from workbench.eval_common import is_ab_data
+
+    pairs = list(pairs)
+    if is_ab_data(pairs):
+        return pairs
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    matching_first = set(order[: (len(pairs) + 1) // 2])
+    out = []
+    for i, p in enumerate(pairs):
+        first = i in matching_first
+        a, b = (p.matching, p.not_matching) if first else (p.not_matching, p.matching)
+        question = f"{p.question}\n\nChoices:\n (A) {a.strip()}\n (B) {b.strip()}"
+        out.append(PreferencePair(question, "(A)" if first else "(B)", "(B)" if first else "(A)", source=p.source))
+    return out
 
 
 def list_behaviors() -> list[str]:

@@ -14,7 +14,10 @@ log-probability it gives to each reference answer of the pair as the restatement
 behavior-matching answer than it was a priori (the baseline term removes length and prior
 preferences of the two references). It is validated by ``validate_open_scorer``: given the
 references themselves (and, harder, only the first half of their words) as the generation, how often
-it ranks the matching reference above the other.
+it ranks the matching reference above the other. Read the score as a *relative* measure: compare it
+across multipliers (and against ``m = 0``). Its zero point is calibrated only for reference-like
+text; free generations that match neither reference can score below 0 at every multiplier
+(``match_rate`` is then 0 everywhere while the mean still moves with ``m``).
 
 **Refusal.** Share of generations that refuse, by a keyword rule (``is_refusal``): after lower-casing
 and replacing typographic apostrophes, a generation refuses when it contains any phrase of

@@ -99,7 +99,8 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
                      decodings: Sequence[str] = ("greedy", "sampled"), max_new_tokens: int = 48,
                      utility_max_tokens: int = 128, n_boot: int = 1000, seed: int = 0,
                      on_inapplicable: Literal["skip", "error"] = "skip", strict_model_name: bool = False,
-                     validate_open: bool = True, sources: Mapping[str, str] | None = None,
+                     validate_open: bool = True, ab_pairs: Sequence[Any] | None = None,
+                     sources: Mapping[str, str] | None = None,
                      data_info: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run several metrics for several vectors; return one JSON-ready result.
 
@@ -107,6 +108,8 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         model: the model (unchanged; no hook remains).
         vectors: ``{label: vector or [vectors applied together]}`` (or one vector / one list).
         pairs: held-out preference pairs (logodds, ab, open).
+        ab_pairs: pairs for ``ab`` instead of ``pairs`` (e.g. ``workbench.data.as_ab_pairs(pairs)``,
+            the same pairs as A/B questions).
         metrics: any of ``"logodds", "ab", "open", "truthfulqa", "utility", "refusal"``.
         truthfulqa: a path to TruthfulQA's ``mc_task.json`` or ``(mc1, mc2)`` question lists.
         neutral_texts: passages for ``utility`` (default: the embedded neutral text).
@@ -158,7 +161,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
     timings: dict[str, float] = {}
     for metric in dict.fromkeys(metrics):
         t0 = time.perf_counter()
-        needs_pairs = metric in ("logodds", "ab", "open")
+        needs_pairs = metric in ("logodds", "open") or (metric == "ab" and ab_pairs is None)
         if needs_pairs and pairs is None:
             inapplicable(metric, "needs preference pairs (pass pairs=..., or --data / --behavior)")
             continue
@@ -170,11 +173,13 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
                 tables["logodds" if norm == "sum" else "logodds_per_token"] = g
             tables["steerability"] = steerability(per, n_boot=n_boot, seed=seed)
         elif metric == "ab":
-            if not is_ab_data(pairs):
-                inapplicable("ab", "needs A/B pairs whose answers are letters like '(A)' (format 'ab-json'); "
-                                   f"the first pair's matching answer is {pairs[0].matching[:40]!r}")
+            ab_data = pairs if ab_pairs is None else check_pairs(ab_pairs)
+            if not is_ab_data(ab_data):
+                inapplicable("ab", "needs A/B pairs whose answers are letters like '(A)' (format 'ab-json', or "
+                                   "ab_pairs=as_ab_pairs(pairs) / --ab-from-text); the first pair's matching "
+                                   f"answer is {ab_data[0].matching[:40]!r}")
                 continue
-            tables["ab"] = ab_curve(model, specs, pairs, mults, system_prompt=system_prompt, precision=precision,
+            tables["ab"] = ab_curve(model, specs, ab_data, mults, system_prompt=system_prompt, precision=precision,
                                     n_boot=n_boot, seed=seed, _suffix=suffix, **common)
         elif metric == "open":
             from workbench.eval_generation import open_ended_eval, validate_open_scorer
@@ -219,6 +224,8 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
     data = dict(data_info or {})
     if pairs is not None:
         data |= {"n_pairs": len(pairs), "fingerprint": fingerprint(pairs)}
+    if ab_pairs is not None:
+        data |= {"ab_n_pairs": len(ab_pairs), "ab_fingerprint": fingerprint(ab_pairs)}
     return {
         "kind": "eval", "schema_version": SCHEMA_VERSION, "workbench_version": __version__,
         "model": str(model.cfg.model_name),

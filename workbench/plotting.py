@@ -53,7 +53,7 @@ _STYLE = {
     "ytick.labelsize": 6.5, "legend.fontsize": 6, "legend.title_fontsize": 6, "legend.frameon": False, "axes.spines.top": False,
     "axes.spines.right": False, "axes.linewidth": 0.6, "lines.linewidth": 1.2, "lines.markersize": 3,
     "xtick.major.width": 0.6, "ytick.major.width": 0.6, "pdf.fonttype": 42, "ps.fonttype": 42,
-    "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+    "savefig.bbox": "tight", "savefig.pad_inches": 0.02, "figure.dpi": 150,  # notebooks show figures at fig.dpi
 }
 
 

@@ -67,17 +67,21 @@ def steering_site(model: HookedTransformer, hook_name: str) -> SteeringSite:
     return SteeringSite(hook_name, layer, False)
 
 
-def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype | None = None) -> HookedTransformer:
+def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype | None = None, *,
+                unembed: bool = False) -> HookedTransformer:
     """A copy of ``model`` whose blocks ``start_layer..`` are private, in ``dtype``, and laid out for speed.
 
     TransformerLens transposes or permutes most block weights into a contiguous copy before each
     matmul (``W_in.T.contiguous()``); the runner stores them so that view is already contiguous,
     which skips the copies and gives bit-identical results. Everything else (embedding, earlier
     blocks, unembedding, tokenizer) is shared with ``model``, never modified, and not used by the
-    fast path. The caller's model is untouched.
+    fast path. With ``unembed=True`` the runner also gets its own laid-out ``W_U`` (for callers
+    that unembed through TransformerLens, e.g. generation). The caller's model is untouched.
     """
     dtype = dtype or model.cfg.dtype
     own = {id(t) for b in model.blocks[start_layer:] for t in itertools.chain(b.parameters(), b.buffers())}
+    if unembed:
+        own |= {id(t) for t in model.unembed.parameters()}
     memo: dict[int, object] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())
                                if id(t) not in own}
     if model.tokenizer is not None:
@@ -93,6 +97,9 @@ def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype |
                     inverse = [perm.index(i) for i in range(len(perm))]
                     laid_out = w.detach().permute(*perm).contiguous().permute(*inverse)
                     setattr(module, name, nn.Parameter(laid_out, requires_grad=False))
+    if unembed:  # Unembed.forward uses W_U.T.contiguous()
+        w = runner.unembed.W_U.detach()
+        runner.unembed.W_U = nn.Parameter(w.T.contiguous().T, requires_grad=False)
     runner.requires_grad_(False)
     return runner
 
@@ -159,6 +166,28 @@ def answer_logprobs_shared(head: HookedTransformer, r_p: Tensor, m_p: Tensor, r_
     return lp.view(k, b).T
 
 
+def _tokenize(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[Sequence[str]],
+              max_length: int | None) -> tuple[list[Tensor], list[Tensor]]:
+    """Prompt token ids per item and answer token ids per (item, answer), flat item-major.
+
+    ``tokenize_completions`` encodes each part alone (exact boundary); with ``max_length`` the
+    prompt is cut from the left as much as its longest answer requires, the same for all answers.
+    """
+    k = len(answers[0])
+    p_tok, a_tok = [], []
+    for s in range(0, len(prompts), 64):
+        items = range(s, min(s + 64, len(prompts)))
+        batch = tokenize_completions(model, [prompts[i] for i in items for _ in range(k)],
+                                     [a for i in items for a in answers[i]], max_length=max_length)
+        starts, ends = batch.prompt_lengths.tolist(), batch.lengths.tolist()
+        for j in range(len(items)):
+            rows = range(j * k, j * k + k)
+            keep = min(starts[r] for r in rows)
+            p_tok.append(batch.tokens[rows[0], starts[rows[0]] - keep: starts[rows[0]]])
+            a_tok.extend(batch.tokens[r, starts[r]: ends[r]] for r in rows)
+    return p_tok, a_tok
+
+
 def _pad(seqs: Sequence[Tensor], pad: int = 0) -> tuple[Tensor, Tensor]:
     n = max(len(s) for s in seqs)
     out = torch.full((len(seqs), n), pad, dtype=torch.long)
@@ -223,7 +252,8 @@ class PrefixCache:
         from tqdm.auto import tqdm
 
         if len(prompts) != len(answers) or not prompts:
-            raise ValueError(f"need one list of answers per prompt: {len(prompts)} prompts, {len(answers)} answer lists")
+            raise ValueError(f"need one list of answers per prompt: {len(prompts)} prompts, "
+                             f"{len(answers)} answer lists")
         k = len(answers[0])
         if k == 0 or any(len(a) != k for a in answers):
             raise ValueError("every prompt needs the same (non-zero) number of answers")
@@ -235,18 +265,7 @@ class PrefixCache:
         dtype = dtype or runner.cfg.dtype
         device = model.cfg.device
         n = len(prompts)
-        p_tok, a_tok = [None] * n, [None] * (n * k)
-        for s in range(0, n, 64):  # tokenize: the prompt is cut (max_length) as for its longest answer
-            items = range(s, min(s + 64, n))
-            batch = tokenize_completions(model, [prompts[i] for i in items for _ in range(k)],
-                                         [a for i in items for a in answers[i]], max_length=max_length)
-            for j, i in enumerate(items):
-                rows = range(j * k, j * k + k)
-                pl = min(int(batch.prompt_lengths[r]) for r in rows)
-                r0 = rows[0]
-                p_tok[i] = batch.tokens[r0, int(batch.prompt_lengths[r0]) - pl: int(batch.prompt_lengths[r0])]
-                for r, jj in zip(rows, range(k)):
-                    a_tok[i * k + jj] = batch.tokens[r, int(batch.prompt_lengths[r]): int(batch.lengths[r])]
+        p_tok, a_tok = _tokenize(model, prompts, answers, max_length)
         p_res, a_res = [None] * n, [None] * (n * k)
         ref = torch.empty(n, k) if reference else None
         lengths = [len(p_tok[i]) + max(len(a_tok[i * k + j]) for j in range(k)) for i in range(n)]

@@ -63,7 +63,7 @@ class StudyConfig:
     warmup_steps: int | None = None  # BiPO warm-up steps (None: BiPOConfig's default)
     multipliers: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)  # evaluation curve
     sweep_layers: str = "all"  # CAA sweep layers ("all" or a spec like "0-29:2")
-    bipo_sweep_layers: str | None = "4,9,14,19,24"  # BiPO sweep layers (None: no BiPO sweep)
+    bipo_sweep_layers: str | None = "9,14,19"  # BiPO sweep layers (None: no BiPO sweep)
     sweep_multipliers: tuple[float, ...] = (-1.0, 1.0)
     utility_texts: int | None = None  # neutral passages for perplexity (None: all; 0: no utility)
     lens_k: int = 10  # top tokens per direction

@@ -136,6 +136,28 @@ def remaining_hooks(model: HookedTransformer) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
+_GENERATION_COPY_MAX_BYTES = 2 * 2**30
+
+
+def _generation_model(model: HookedTransformer) -> HookedTransformer:
+    """The model that decodes: a copy with its weights laid out for TransformerLens' matmuls.
+
+    TransformerLens copies every block weight (and ``W_U``) into a transposed contiguous tensor at
+    each forward call; with one new token per decoding step those copies cost more than the matmuls
+    (about half of the time on the embedded model). ``workbench.prefix.make_runner`` makes them
+    once per call, pre-laid-out, with bit-identical results (about the cost of one decoding step).
+    ``model`` itself decodes when it has hooks attached (the caller's own hooks must fire), when it
+    has no blocks, or when the copy would exceed 2 GiB.
+    """
+    if remaining_hooks(model) or not len(model.blocks):
+        return model
+    if sum(p.numel() * p.element_size() for p in model.parameters()) > _GENERATION_COPY_MAX_BYTES:
+        return model
+    from workbench.prefix import make_runner
+
+    return make_runner(model, 0, unembed=True)
+
+
 @torch.no_grad()
 def generate(model: HookedTransformer, prompts: str | Sequence[str],
              vectors: SteeringVector | Sequence[SteeringVector] = (),
@@ -173,8 +195,9 @@ def generate(model: HookedTransformer, prompts: str | Sequence[str],
     counter = _PositionCounter(cumulative=use_kv_cache)
     if seed is not None:
         torch.manual_seed(seed)
-    with steer(model, vecs, mults, positions, _counter=counter) if vecs else contextlib.nullcontext():
-        out = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=do_sample,
+    decoder = _generation_model(model)
+    with steer(decoder, vecs, mults, positions, _counter=counter) if vecs else contextlib.nullcontext():
+        out = decoder.generate(tokens, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              temperature=temperature, top_p=top_p, use_past_kv_cache=use_kv_cache,
                              verbose=False, stop_at_eos=True, prepend_bos=False, padding_side="left",
                              return_type="tokens")
