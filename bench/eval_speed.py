@@ -11,7 +11,7 @@ times ``workbench.eval_preference.pair_logodds`` at multipliers -2 -1 0 1 2 with
 * optionally ``kv`` with ``--precision bf16`` (blocks after the vector in a bf16 copy).
 
 Every engine must give the naive log-odds (the script reports the largest difference, also without
-pairs longer than ``max_length`` = 256 tokens, which the kv engine truncates differently) and writes
+pairs longer than ``max_length`` = 256 tokens, whose prompts are truncated) and writes
 ``bench/results/eval_speed.json`` atomically. For the ``kv`` engines it also reports model GFLOP/s and
 the share of the ``torch.matmul`` peak measured in the same run at the model's shapes and precision
 (``bench/bipo_speed.py``'s counting: multiply-add = 2 FLOPs; the cache build runs every block once over
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 for p, a in zip(p_len, a_len))
         return f + unembed_flops(model, int(a_len.sum()))
 
-    # pairs longer than pair_logodds' max_length (256): the engines cut their prompts differently there
-    # (kv: the same cut for both answers; naive/prefix: each sequence on its own), so they are compared apart
+    # pairs longer than pair_logodds' max_length (256) lose prompt tokens (the same for both answers in every
+    # engine); they are counted, and the differences are also reported without them
     p_full, a_full = token_lengths(model, pairs, BiPOConfig(layer=args.layer, max_length=None))
     too_long = ((p_full + a_full.max(1).values) > 256).numpy()
     kv_flops = pass_flops(n_blocks) + sum(1 for m in MULTIPLIERS if m != 0) * pass_flops(n_blocks - start)

@@ -66,6 +66,18 @@ def test_logodds_equal_naive_steer_full_forward(tiny_model, pairs, vectors):
     assert np.abs(ref[("post", -2.0)][0] - ref[("post", 1.5)][0]).max() > 1e-2
 
 
+def test_engines_agree_when_prompts_are_truncated(tiny_model, vectors):
+    """An over-long pair loses the same prompt tokens for both answers, in every engine."""
+    long = [PreferencePair("Tell me " + "more and more " * 12 + "please?", "Yes " * (3 + i), "No") for i in range(4)]
+    v = vectors["post"]
+    per = {e: pair_logodds(tiny_model, v, long, [0.0, 1.5], batch_size=3, engine=e, max_length=40, progress=False)
+           for e in ("kv", "prefix", "naive")}
+    for e in ("prefix", "naive"):
+        np.testing.assert_allclose(per[e].logodds, per["kv"].logodds, atol=2e-5, err_msg=e)
+    full = pair_logodds(tiny_model, v, long, [0.0, 1.5], engine="naive", max_length=None, progress=False)
+    assert not np.allclose(full.logodds, per["naive"].logodds)  # the cut did happen
+
+
 def test_logodds_curve_summary(tiny_model, pairs, vectors):
     curve = logodds_curve(tiny_model, vectors["post"], pairs, MULTS, progress=False, n_boot=300)
     assert set(curve.normalization) == {"sum", "per_token"}

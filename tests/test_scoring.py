@@ -67,5 +67,12 @@ def test_truncation_keeps_answer(tiny_model):
     assert [tiny_model.tokenizer.decode(b.tokens[i][b.answer_mask[i]]) for i in range(3)] == answers
     with pytest.raises(ValueError, match="more than max_length"):
         tokenize_completions(tiny_model, prompts, answers, max_length=15)
+    # rows of one group lose the same prompt tokens: the most any of them needs
+    p, short, longer = prompts[1], "a", "a much longer answer here"
+    full = tokenize_completions(tiny_model, [p, p], [short, longer])
+    limit = int(full.lengths.max()) - 3  # the longer row must lose 3 prompt tokens, the short one none
+    g = tokenize_completions(tiny_model, [p, p], [short, longer], max_length=limit, groups=[0, 0])
+    alone = tokenize_completions(tiny_model, [p, p], [short, longer], max_length=limit)
+    assert g.prompt_lengths[0] == g.prompt_lengths[1] == alone.prompt_lengths.min() < alone.prompt_lengths.max()
     with pytest.raises(ValueError, match="empty after tokenization"):
         tokenize_completions(tiny_model, ["p"], [""])

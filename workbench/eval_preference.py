@@ -86,7 +86,8 @@ def pair_logodds(model: HookedTransformer, vectors: VectorSpec | Mapping[str, Ve
         engine: ``"kv"`` (prefix cache with each prompt run once for both answers; single vectors
             only), ``"prefix"`` (prefix cache, one sequence per answer), ``"naive"`` (a full forward
             pass per multiplier under ``steer``), ``"auto"`` (kv where it applies, else prefix).
-        max_length: prompts are cut from the left beyond this many tokens.
+        max_length: prompts are cut from the left beyond this many tokens, by the same number of
+            tokens for both answers of a pair (every engine).
 
     Returns:
         One row per (vector, multiplier, pair): ``vector, multiplier, pair, logp_matching,
@@ -133,7 +134,7 @@ def pair_logodds(model: HookedTransformer, vectors: VectorSpec | Mapping[str, Ve
             b = len(idx)
             batch = tokenize_completions(model, [prompts[i] for i in idx] * 2,
                                          [answers[i][0] for i in idx] + [answers[i][1] for i in idx],
-                                         max_length=max_length).to(model.cfg.device)
+                                         max_length=max_length, groups=list(range(b)) * 2).to(model.cfg.device)
             n_tok[idx] = batch.answer_mask.sum(1).view(2, b).T.cpu()
             cache = ResidualCache(model, batch.tokens, batch.attention_mask)
             for label in rest:

@@ -62,12 +62,14 @@ def _encode(model: HookedTransformer, text: str) -> list[int]:
 
 
 def tokenize_completions(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[str],
-                         max_length: int | None = None) -> TokenizedBatch:
+                         max_length: int | None = None, groups: Sequence[int] | None = None) -> TokenizedBatch:
     """Tokenize ``prompt + answer`` pairs; the boundary is exact (each part is encoded alone).
 
     A BOS token is prepended when the model's config asks for one (``default_prepend_bos``) and the
     prompt does not already start with it. Sequences longer than ``max_length`` lose prompt tokens
-    from the left (answers are never cut; an answer longer than ``max_length`` is an error).
+    from the left (answers are never cut; an answer longer than ``max_length`` is an error). Rows
+    with the same ``groups`` id (e.g. the two answers of one preference pair) lose the same number
+    of prompt tokens, the most any of them needs, so that they are scored in the same context.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
@@ -76,17 +78,27 @@ def tokenize_completions(model: HookedTransformer, prompts: Sequence[str], answe
     tok = model.tokenizer
     bos = tok.bos_token_id if model.cfg.default_prepend_bos else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    rows, plens = [], []
+    if groups is not None and len(groups) != len(prompts):
+        raise ValueError(f"{len(groups)} group ids for {len(prompts)} rows")
+    encoded, cuts = [], []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         p_ids, a_ids = _encode(model, p), _encode(model, a)
         if bos is not None and (not p_ids or p_ids[0] != bos):
             p_ids = [bos, *p_ids]
         if not a_ids:
             raise ValueError(f"answer {i} is empty after tokenization: {a!r}")
-        if max_length is not None and len(p_ids) + len(a_ids) > max_length:
-            if len(a_ids) >= max_length:
-                raise ValueError(f"answer {i} has {len(a_ids)} tokens, more than max_length={max_length}")
-            p_ids = p_ids[len(p_ids) + len(a_ids) - max_length:]
+        if max_length is not None and len(a_ids) >= max_length and len(p_ids) + len(a_ids) > max_length:
+            raise ValueError(f"answer {i} has {len(a_ids)} tokens, more than max_length={max_length}")
+        encoded.append((p_ids, a_ids))
+        cuts.append(0 if max_length is None else max(0, len(p_ids) + len(a_ids) - max_length))
+    if groups is not None:
+        most: dict[int, int] = {}
+        for g, c in zip(groups, cuts):
+            most[g] = max(most.get(g, 0), c)
+        cuts = [most[g] for g in groups]
+    rows, plens = [], []
+    for (p_ids, a_ids), cut in zip(encoded, cuts):
+        p_ids = p_ids[min(cut, len(p_ids)):]
         rows.append(p_ids + a_ids)
         plens.append(len(p_ids))
     n = max(len(r) for r in rows)
