@@ -171,20 +171,20 @@ def _tokenize(model: HookedTransformer, prompts: Sequence[str], answers: Sequenc
     """Prompt token ids per item and answer token ids per (item, answer), flat item-major.
 
     ``tokenize_completions`` encodes each part alone (exact boundary); with ``max_length`` the
-    prompt is cut from the left as much as its longest answer requires, the same for all answers.
+    prompt is cut from the left as much as its longest answer requires, the same for all answers
+    (its ``groups``).
     """
     k = len(answers[0])
     p_tok, a_tok = [], []
     for s in range(0, len(prompts), 64):
         items = range(s, min(s + 64, len(prompts)))
         batch = tokenize_completions(model, [prompts[i] for i in items for _ in range(k)],
-                                     [a for i in items for a in answers[i]], max_length=max_length)
+                                     [a for i in items for a in answers[i]], max_length=max_length,
+                                     groups=[i for i in items for _ in range(k)])
         starts, ends = batch.prompt_lengths.tolist(), batch.lengths.tolist()
         for j in range(len(items)):
-            rows = range(j * k, j * k + k)
-            keep = min(starts[r] for r in rows)
-            p_tok.append(batch.tokens[rows[0], starts[rows[0]] - keep: starts[rows[0]]])
-            a_tok.extend(batch.tokens[r, starts[r]: ends[r]] for r in rows)
+            p_tok.append(batch.tokens[j * k, : starts[j * k]])
+            a_tok.extend(batch.tokens[r, starts[r]: ends[r]] for r in range(j * k, j * k + k))
     return p_tok, a_tok
 
 

@@ -198,8 +198,8 @@ def generate(model: HookedTransformer, prompts: str | Sequence[str],
     decoder = _generation_model(model)
     with steer(decoder, vecs, mults, positions, _counter=counter) if vecs else contextlib.nullcontext():
         out = decoder.generate(tokens, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             temperature=temperature, top_p=top_p, use_past_kv_cache=use_kv_cache,
-                             verbose=False, stop_at_eos=True, prepend_bos=False, padding_side="left",
-                             return_type="tokens")
+                               temperature=temperature, top_p=top_p, use_past_kv_cache=use_kv_cache,
+                               verbose=False, stop_at_eos=True, prepend_bos=False, padding_side="left",
+                               return_type="tokens")
     texts = tok.batch_decode(out[:, n_prompt:], skip_special_tokens=True)
     return texts[0] if single else texts
