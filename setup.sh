@@ -6,6 +6,14 @@
 #   compile llama-cpp-python, which workbench does not use).
 set -euo pipefail
 cd "$(dirname "$0")"
+# Debian's Chromium, for the browser test of the steering explorer (tests/test_browser.py); needs root.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "setup.sh: chromium is not installed and this is not root: the browser test will be skipped" >&2
+    fi
+fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet torch==2.13.0
