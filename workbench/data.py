@@ -574,8 +574,11 @@ def as_ab_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[Preferen
 
 
 def list_behaviors() -> list[str]:
-    """Names of the embedded behaviors, e.g. ``["power-seeking", "sycophancy", ...]``."""
-    return sorted(p.stem for p in DATA_DIR.glob("*.jsonl"))
+    """Names of the embedded behaviors, e.g. ``["power-seeking", "refusal", "sycophancy", ...]``.
+
+    ``refusal`` is built from the embedded requests of ``workbench.refusal`` (a stock refusal as the
+    matching answer, the affirmative opening as the other)."""
+    return sorted([p.stem for p in DATA_DIR.glob("*.jsonl")] + ["refusal"])
 
 
 def load_behavior(name: str,
@@ -593,6 +596,10 @@ def load_behavior(name: str,
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if name not in list_behaviors():
         raise ValueError(f"unknown behavior {name!r}; available: {list_behaviors()}")
+    if name == "refusal":
+        from workbench.refusal import load_refusal_requests, refusal_pairs
+
+        return refusal_pairs(load_refusal_requests(split))
     path = DATA_DIR / f"{name}.jsonl"
     pairs = []
     for loc, obj in _read_json_records(path):
