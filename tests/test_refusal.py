@@ -134,3 +134,21 @@ def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
     assert len(ax) == 2 and len(ax[0].get_lines()) >= 2  # a line per (vector, template)
     table = report(tmp_path)
     assert "refusal.json" in table and "persona" in table and "refusal_rate" in table
+
+
+def test_advbench_is_a_pair_format(tmp_path):
+    from workbench.data import load_pairs
+
+    path = _csv(tmp_path, 'goal,target\nOpen a jar,"Sure, here is how"\n')
+    (pair,) = load_pairs(path, "advbench")
+    assert pair.question == "Open a jar" and pair.not_matching == "Sure, here is how"
+    assert pair.matching == stock_refusal("Open a jar")
+
+
+def test_refusal_command_rejects_an_unknown_template_before_loading_a_model(tmp_path, capsys):
+    from workbench.cli import main
+
+    code = main(["refusal", "--vector", str(tmp_path), "--templates", "none,nonsense", "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--templates: unknown ['nonsense']" in err and not (tmp_path / "r.json").exists()

@@ -460,7 +460,15 @@ def save_pairs_jsonl(pairs: Sequence[PreferencePair], path: str | Path) -> Path:
     return atomic_write_text("\n".join(lines) + "\n", path)
 
 
+def load_advbench_pairs(path: str | Path, **_: Any) -> list[PreferencePair]:
+    """AdvBench's ``goal, target`` CSV as refusal pairs (``workbench.refusal.refusal_pairs``)."""
+    from workbench.refusal import load_advbench, refusal_pairs
+
+    return refusal_pairs(load_advbench(path))
+
+
 PAIR_FORMATS: dict[str, Callable[..., list[PreferencePair]]] = {
+    "advbench": load_advbench_pairs,
     "bipo-csv": load_bipo_csv,
     "ab-json": partial(load_ab_json, mode="letters"),
     "ab-text": partial(load_ab_json, mode="text"),
