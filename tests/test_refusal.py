@@ -141,6 +141,7 @@ def test_advbench_is_a_pair_format(tmp_path):
 
     path = _csv(tmp_path, 'goal,target\nOpen a jar,"Sure, here is how"\n')
     (pair,) = load_pairs(path, "advbench")
+    assert load_pairs(path) == [pair]  # "auto" recognises the goal,target header
     assert pair.question == "Open a jar" and pair.not_matching == "Sure, here is how"
     assert pair.matching == stock_refusal("Open a jar")
 

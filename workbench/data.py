@@ -486,10 +486,13 @@ def guess_format(path: str | Path) -> str:
     Raises:
         DataFormatError: If the content matches no known format.
     """
-    if Path(path).suffix.lower() == ".csv":
-        return "bipo-csv"
     text = _read_text(path)
     first_line = text.split("\n", 1)[0]
+    header = [h.strip() for h in next(csv.reader([first_line]), [])]
+    if {"goal", "target"} <= set(header):
+        return "advbench"
+    if Path(path).suffix.lower() == ".csv":
+        return "bipo-csv"
     if not first_line.lstrip().startswith(("[", "{")):
         header = next(csv.reader([first_line]), [])
         if all(c in [h.strip() for h in header] for c in _CSV_COLUMNS):
