@@ -166,7 +166,7 @@ def test_guess_format_and_dispatch(tmp_path):
     assert guess_format(csv_no_ext) == "bipo-csv"
     assert guess_format(write(tmp_path, "x.csv", "a,b\n1,2\n")) == "bipo-csv"
     assert triples(load_pairs(csv_no_ext)) == [("q", "a", "b")]
-    assert set(PAIR_FORMATS) == {"bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1",
+    assert set(PAIR_FORMATS) == {"advbench", "bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1",
                                  "truthfulqa-mc2", "jsonl"}
     with pytest.raises(ValueError, match="unknown format"):
         load_pairs(csv_no_ext, format="parquet")

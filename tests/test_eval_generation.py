@@ -8,7 +8,7 @@ import torch
 
 import workbench.eval_generation as eg
 from workbench.data import PreferencePair
-from workbench.eval_generation import (REFUSAL_PHRASES, _judge_prompt, _score_two, is_refusal, load_refusal_prompts,
+from workbench.eval_generation import (_judge_prompt, _score_two, load_refusal_prompts,
                                        open_ended_eval, refusal_eval, score_open_ended, steered_generations,
                                        validate_open_scorer)
 from workbench.model import format_chat
@@ -31,16 +31,6 @@ def pairs():
             PreferencePair("Do you want money?", "Yes, lots.", "No thanks.")]
 
 
-def test_is_refusal_rule():
-    assert is_refusal("I'm sorry, but I cannot help with that.")
-    assert is_refusal("I\u2019m unable to do this")  # typographic apostrophe
-    assert is_refusal("AS AN AI, I will not.")
-    assert not is_refusal("Sure! Here is a recipe for bread: flour, water, salt.")
-    assert not is_refusal("")
-    assert "i cannot" in REFUSAL_PHRASES
-    assert is_refusal("nope", phrases=("nope",))
-
-
 def test_load_refusal_prompts(tmp_path):
     good = tmp_path / "benign.csv"
     good.write_text("goal,target\nWrite a poem about bread,Sure\n\"Explain, briefly, how rain forms\",Sure\n")
@@ -48,15 +38,15 @@ def test_load_refusal_prompts(tmp_path):
     assert load_refusal_prompts(good, limit=1) == ["Write a poem about bread"]
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt\nhello\n")
-    with pytest.raises(ValueError, match=r"bad.csv:1: no 'goal' column"):
+    with pytest.raises(ValueError, match=r"bad.csv:1: missing column\(s\) goal"):
         load_refusal_prompts(bad)
     empty_cell = tmp_path / "cell.csv"
     empty_cell.write_text("goal\nhello\n\"\"\n")
-    with pytest.raises(ValueError, match=r"cell.csv:3: empty 'goal'"):
+    with pytest.raises(ValueError, match=r"cell.csv:3: empty goal"):
         load_refusal_prompts(empty_cell)
     header_only = tmp_path / "h.csv"
     header_only.write_text("goal\n")
-    with pytest.raises(ValueError, match="no prompts"):
+    with pytest.raises(ValueError, match="no rows after the header"):
         load_refusal_prompts(header_only)
     with pytest.raises(FileNotFoundError):
         load_refusal_prompts(tmp_path / "missing.csv")

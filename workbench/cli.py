@@ -698,8 +698,66 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_refusal(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("refusal", help="refusal rate and likelihood refusal signal over multipliers, "
+                                       "with and without jailbreak templates")
+    p.add_argument("--vector", action="append", required=True, help="vector directory (repeat for several)")
+    p.add_argument("--data", default=None, help="AdvBench-format CSV (goal,target); default: the embedded "
+                                                "requests' held-out split")
+    p.add_argument("--format", default="advbench", help=argparse.SUPPRESS)
+    _add_holdout(p, "held-out")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many requests")
+    p.add_argument("--templates", default="none,refusal_suppression,persona",
+                   help="comma-separated: none and names of workbench.refusal.JAILBREAK_TEMPLATES")
+    p.add_argument("--multipliers", nargs="+", default=["-2", "-1", "0", "1", "2"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--out", required=True, help="result JSON (kind 'refusal')")
+
+
+def _run_refusal(args: argparse.Namespace) -> int:
+    from workbench.io import atomic_write_json
+    from workbench.refusal import JAILBREAK_TEMPLATES, HarmfulRequest, load_refusal_requests, refusal_study
+
+    templates = [t.strip() for t in args.templates.split(",") if t.strip()]
+    bad = [t for t in templates if t != "none" and t not in JAILBREAK_TEMPLATES]
+    if bad or not templates:
+        raise CLIError(f"--templates: unknown {bad or 'empty list'}; choose from none,{','.join(JAILBREAK_TEMPLATES)}")
+    multipliers = _parse_multipliers(args.multipliers)
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    if args.data is not None:
+        pairs, info = _data_part(args, "test")
+        requests = [HarmfulRequest(p.question, p.not_matching, p.source) for p in pairs]
+    else:
+        requests, info = load_refusal_requests("test"), {"behavior": "refusal", "split": "test"}
+    requests = requests[: args.limit]
+
+    from workbench.model import load_model
+    from workbench.vector import SteeringVector
+
+    loaded = [(SteeringVector.load(path), path) for path in args.vector]
+    vectors = dict(zip(_eval_labels(loaded), (v for v, _ in loaded)))
+    model = load_model()
+    for v in vectors.values():
+        v.check_compatible(model)
+    result = refusal_study(model, vectors, requests, multipliers,
+                           templates=[None if t == "none" else t for t in templates],
+                           max_new_tokens=args.max_new_tokens, n_boot=args.n_boot, progress=True)
+    result["data"] = info
+    atomic_write_json(result, args.out)
+    from workbench.report import markdown_table
+    import pandas as pd
+
+    table = pd.DataFrame(result["rows"])[["vector", "template", "multiplier", "refusal_rate", "logodds",
+                                          "logodds_ci_low", "logodds_ci_high"]]
+    print(markdown_table(table, digits=3))
+    print(f"wrote {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce", "report")
+COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce", "report", "refusal")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -460,7 +460,15 @@ def save_pairs_jsonl(pairs: Sequence[PreferencePair], path: str | Path) -> Path:
     return atomic_write_text("\n".join(lines) + "\n", path)
 
 
+def load_advbench_pairs(path: str | Path, **_: Any) -> list[PreferencePair]:
+    """AdvBench's ``goal, target`` CSV as refusal pairs (``workbench.refusal.refusal_pairs``)."""
+    from workbench.refusal import load_advbench, refusal_pairs
+
+    return refusal_pairs(load_advbench(path))
+
+
 PAIR_FORMATS: dict[str, Callable[..., list[PreferencePair]]] = {
+    "advbench": load_advbench_pairs,
     "bipo-csv": load_bipo_csv,
     "ab-json": partial(load_ab_json, mode="letters"),
     "ab-text": partial(load_ab_json, mode="text"),
@@ -478,10 +486,13 @@ def guess_format(path: str | Path) -> str:
     Raises:
         DataFormatError: If the content matches no known format.
     """
-    if Path(path).suffix.lower() == ".csv":
-        return "bipo-csv"
     text = _read_text(path)
     first_line = text.split("\n", 1)[0]
+    header = [h.strip() for h in next(csv.reader([first_line]), [])]
+    if {"goal", "target"} <= set(header):
+        return "advbench"
+    if Path(path).suffix.lower() == ".csv":
+        return "bipo-csv"
     if not first_line.lstrip().startswith(("[", "{")):
         header = next(csv.reader([first_line]), [])
         if all(c in [h.strip() for h in header] for c in _CSV_COLUMNS):
@@ -574,8 +585,11 @@ def as_ab_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[Preferen
 
 
 def list_behaviors() -> list[str]:
-    """Names of the embedded behaviors, e.g. ``["power-seeking", "sycophancy", ...]``."""
-    return sorted(p.stem for p in DATA_DIR.glob("*.jsonl"))
+    """Names of the embedded behaviors, e.g. ``["power-seeking", "refusal", "sycophancy", ...]``.
+
+    ``refusal`` is built from the embedded requests of ``workbench.refusal`` (a stock refusal as the
+    matching answer, the affirmative opening as the other)."""
+    return sorted([p.stem for p in DATA_DIR.glob("*.jsonl")] + ["refusal"])
 
 
 def load_behavior(name: str,
@@ -593,6 +607,10 @@ def load_behavior(name: str,
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if name not in list_behaviors():
         raise ValueError(f"unknown behavior {name!r}; available: {list_behaviors()}")
+    if name == "refusal":
+        from workbench.refusal import load_refusal_requests, refusal_pairs
+
+        return refusal_pairs(load_refusal_requests(split))
     path = DATA_DIR / f"{name}.jsonl"
     pairs = []
     for loc, obj in _read_json_records(path):

@@ -241,6 +241,48 @@ def plot_multiplier_curves(result: Any, ax: Axes | None = None, metric: str = "l
     return fig
 
 
+# --------------------------------------------------------------------------- refusal
+def plot_refusal(result: Any, axes: Sequence[Axes] | None = None) -> Figure:
+    """Refusal rate (left) and the likelihood signal (right) against the multiplier.
+
+    One colour per vector; a solid line for the plain request, dashed/dotted ones for each jailbreak
+    template (``workbench.refusal.refusal_study``'s ``"refusal"`` result, or its rows). Positive ``m``
+    steers toward refusing; negative ``m`` is the jailbreak direction.
+    """
+    df = _rows(result)
+    _need(df, ["vector", "template", "multiplier", "refusal_rate", "logodds"], "plot_refusal")
+    styles = ["-", "--", ":", "-."]
+    with paper_style():
+        if axes is None:
+            fig, ax = _subplots(1, 2, height=2.3, width=2 * COLUMN_WIDTH)
+            axes = list(ax.ravel())
+        fig = axes[0].figure
+        vectors = list(dict.fromkeys(df["vector"]))
+        colors = _series_colors(vectors)
+        templates = list(dict.fromkeys(df["template"]))
+        for (vec, template), g in df.groupby(["vector", "template"], sort=False):
+            g = g.sort_values("multiplier")
+            x = g["multiplier"].to_numpy(float)
+            style = styles[templates.index(template) % len(styles)]
+            label = f"{vec}" + ("" if template == "none" else f" + {template}")
+            for ax, col in zip(axes, ("refusal", "logodds")):
+                y = g["refusal_rate" if col == "refusal" else "logodds"].to_numpy(float)
+                ax.plot(x, y, linestyle=style, marker="o", markersize=3, color=colors[vec], label=label)
+                lo, hi = f"{col}_ci_low", f"{col}_ci_high"
+                if {lo, hi} <= set(g.columns) and g[lo].notna().all():
+                    ax.fill_between(x, g[lo].to_numpy(float), g[hi].to_numpy(float), color=colors[vec],
+                                    alpha=0.12, linewidth=0)
+        axes[0].set_ylim(-0.03, 1.03)
+        axes[0].set_ylabel("refusal rate")
+        axes[1].set_ylabel("log p(refusal) - log p(target)")
+        axes[1].axhline(0, color="0.6", linewidth=0.6, zorder=0)
+        for ax in axes:
+            ax.set_xlabel("multiplier m")
+            ax.axvline(0, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
+        _legend(axes[0])
+    return fig
+
+
 # --------------------------------------------------------------------------- training curves
 TRAINING_PANELS = (("loss", "BiPO loss"), ("accuracy", "preference acc."), ("norm", "vector norm"))
 _HELD_OUT_PREFIXES = ("eval_", "val_", "test_")
@@ -804,6 +846,7 @@ FIGURE_KINDS: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
     "history": lambda r: {"training": plot_training_curves(r)},
     "training": lambda r: {"training": plot_training_curves(r)},
     "bipo_history": lambda r: {"training": plot_training_curves(r)},
+    "refusal": lambda r: {"rate": plot_refusal(r)},
 }
 
 

@@ -102,7 +102,7 @@ def _lens_layers(result: dict[str, Any]) -> str:
 _SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "eval": _eval, "sweep": lambda r: _rows(r, ("hook_name",)), "cosine": _cosine,
     "cosine_methods": _rows, "logit_lens_tokens": _tokens, "logit_lens_layers": _lens_layers,
-    "composition": _rows, "transfer_layers": _rows, "transfer": _rows,
+    "composition": _rows, "transfer_layers": _rows, "transfer": _rows, "refusal": _rows,
 }
 
 
