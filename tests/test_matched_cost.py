@@ -119,3 +119,13 @@ def test_figure_and_table_from_saved_result(tiny_model, tmp_path):
     md = report(tmp_path)
     assert "cmp.json" in md and "unreached" in md and "m > 0" in md
     assert len(cost_effect_table(saved)) == 4
+
+
+@pytest.mark.parametrize("extra, msg", [(["--budgets", "-1"], "--budgets"), (["--cost", "entropy"], "--cost"),
+                                        (["--budgets", "abc"], "not a number")])
+def test_cli_bad_arguments(extra, msg, capsys):
+    from workbench.cli import main
+
+    rc = main(["compare", "--vector", "nowhere", "--behavior", "power-seeking", "--out", "x.json", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
