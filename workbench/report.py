@@ -109,7 +109,7 @@ def _matched_cost(result: dict[str, Any]) -> str:
             + (f", equal norm ({norm})" if norm else "") + ":")
     parts = [head, markdown_table(cost_effect_table(result))]
     if result.get("slopes"):
-        parts.append("Slope near m = 0 (effect / sqrt(KL)):\n\n" + markdown_table(pd.DataFrame(result["slopes"])))
+        parts.append("Slope near m = 0 (effect / sqrt(KL)):\n\n" + markdown_table(pd.DataFrame(result["slopes"]), digits=5))
     return "\n\n".join(parts)
 
 
