@@ -753,11 +753,86 @@ def _run_refusal(args: argparse.Namespace) -> int:
                                           "logodds_ci_low", "logodds_ci_high"]]
     print(markdown_table(table, digits=3))
     print(f"wrote {args.out}")
+# --------------------------------------------------------------------------- compare
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="steering effect of several vectors at equal utility cost (matched cost)",
+                       description="For each vector and direction, find the multipliers where the cost on neutral "
+                                   "text reaches each budget and report the held-out log-odds shift there "
+                                   "(kind 'matched_cost'; workbench.matched_cost).")
+    p.add_argument("--vector", action="append", required=True, metavar="DIR", help="vector directory; repeat")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", default=None, help="held-out preference-pair file")
+    src.add_argument("--behavior", default=None, help="embedded behavior (see --split)")
+    p.add_argument("--format", default="auto", help="format of --data (as for eval)")
+    p.add_argument("--split", default="test", choices=("train", "test", "all"), help="--behavior split (default test)")
+    p.add_argument("--allow-empty-question", action="store_true", help="keep --data rows with an empty question")
+    _add_holdout(p, "test")
+    p.add_argument("--cost", default="kl", help="kl (default) or perplexity")
+    p.add_argument("--budgets", nargs="+", default=None, help="cost budgets (default kl: 0.05 0.1 0.2 0.5; "
+                                                              "perplexity: 0.05 0.1 0.25)")
+    p.add_argument("--equal-norm", default=None, metavar="REF|NUMBER",
+                   help="rescale every vector to the norm of vector REF (its label) or to NUMBER")
+    p.add_argument("--max-multiplier", type=float, default=64.0, help="bound of the search (default 64)")
+    p.add_argument("--rel-tol", type=float, default=0.05, help="relative tolerance on the budget (default 0.05)")
+    p.add_argument("--limit", type=int, default=None, help="at most N pairs and neutral passages")
+    p.add_argument("--neutral", default=None, metavar="PATH", help="neutral text file, one passage per line")
+    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--out", required=True, help="JSON result file (written atomically)")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workbench.data import load_behavior, load_neutral_text
+    from workbench.io import atomic_write_json
+    from workbench.matched_cost import check_budgets, cost_effect_table, matched_cost
+    from workbench.model import load_model
+    from workbench.report import markdown_table
+    from workbench.vector import SteeringVector
+
+    budgets = None if args.budgets is None else _parse_multipliers(args.budgets)
+    try:
+        budgets = check_budgets(budgets, args.cost)
+    except ValueError as exc:
+        raise CLIError(f"--{'cost' if 'cost=' in str(exc) else 'budgets'}: {exc}") from None
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    loaded = [(SteeringVector.load(path), path) for path in args.vector]
+    labels = _eval_labels(loaded)
+    equal_norm = args.equal_norm
+    if equal_norm is not None and equal_norm not in labels:
+        try:
+            equal_norm = float(equal_norm)
+        except ValueError:
+            raise CLIError(f"--equal-norm {equal_norm!r}: neither a vector label ({', '.join(labels)}) "
+                           "nor a number") from None
+    pairs = load_behavior(args.behavior, args.split) if args.behavior else _data_part(args, "test")[0]
+    pairs = pairs[: args.limit]
+    if not pairs:
+        raise CLIError(f"{args.data or args.behavior}: no preference pairs")
+    if args.neutral is not None:
+        if not Path(args.neutral).is_file():
+            raise CLIError(f"--neutral {args.neutral}: no such file")
+        texts = [ln.strip() for ln in Path(args.neutral).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:
+        texts = load_neutral_text()
+    texts = texts[: args.limit]
+    model = load_model(args.model)
+    result = matched_cost(model, {lab: v for lab, (v, _) in zip(labels, loaded)}, pairs, texts, cost=args.cost,
+                          budgets=budgets, equal_norm=equal_norm, max_multiplier=args.max_multiplier,
+                          rel_tol=args.rel_tol, n_boot=args.n_boot, seed=args.seed)
+    result["sources"] = {lab: str(p) for lab, (_, p) in zip(labels, loaded)}
+    atomic_write_json(result, args.out)
+    print(markdown_table(cost_effect_table(result)))
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
 # --------------------------------------------------------------------------- main
-COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce", "report", "refusal")
+COMMANDS = ("info", "train", "eval", "sweep", "figures", "convert", "demo", "reproduce", "report", "refusal",
+            "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -783,6 +783,43 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png", 
     return out
 
 
+def plot_cost_effect(result: Any, ax: Axes | None = None) -> Figure:
+    """Effect (log-odds shift from m = 0) against cost, one line per vector and direction, budgets marked.
+
+    ``result``: a ``workbench.matched_cost.matched_cost`` result (kind ``"matched_cost"``); drawn from
+    its ``points`` (every multiplier the search visited within budget) and ``rows`` (the found ones).
+    """
+    if not isinstance(result, Mapping) or "points" not in result or "rows" not in result:
+        raise ResultFormatError("plot_cost_effect needs a matched_cost result with 'points' and 'rows'")
+    pts = pd.DataFrame(result["points"])
+    rows = pd.DataFrame(result["rows"])
+    _need(pts, ("vector", "direction", "multiplier", "cost", "effect"), "plot_cost_effect")
+    fig, ax = _new(ax)
+    colors = _series_colors(list(dict.fromkeys(pts["vector"])))
+    for label in dict.fromkeys(pts["vector"]):
+        for d, style in ((1, "-"), (-1, "--")):
+            sub = pts[(pts["vector"] == label) & ((pts["direction"] == d) | (pts["multiplier"] == 0))]
+            sub = sub.reindex(sub["multiplier"].abs().sort_values().index)
+            ax.plot(sub["cost"], sub["effect"], style, marker=".", color=colors[label],
+                    label=f"{label} ({'m > 0' if d == 1 else 'm < 0'})")
+            found = rows[(rows["vector"] == label) & (rows["direction"] == d) & rows["reached"].astype(bool)]
+            if len(found):
+                ax.errorbar(found["cost"], found["effect"],
+                            yerr=[found["effect"] - found["effect_ci_low"], found["effect_ci_high"] - found["effect"]],
+                            fmt="o", color=colors[label], ms=4, capsize=2)
+    for i, b in enumerate(result.get("budgets", [])):
+        ax.axvline(b, color="0.6", lw=0.6, ls=":", label="budget" if i == 0 else None)
+    ax.axhline(0, color="0.8", lw=0.5)
+    cost = result.get("cost", "kl")
+    ax.set_xlabel("KL from unsteered per token" if cost == "kl" else "perplexity ratio - 1")
+    ax.set_ylabel("log-odds shift from m = 0")
+    note = (result.get("equal_norm") or {}).get("mode")
+    if note:
+        ax.set_title(f"equal norm ({note})", fontsize="small")
+    _legend(ax, fontsize="x-small")
+    return fig
+
+
 # --------------------------------------------------------------------------- figures of a result file
 def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
     """One multiplier-curve figure per metric, and per behavior / normalization where they vary."""
@@ -847,6 +884,7 @@ FIGURE_KINDS: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
     "training": lambda r: {"training": plot_training_curves(r)},
     "bipo_history": lambda r: {"training": plot_training_curves(r)},
     "refusal": lambda r: {"rate": plot_refusal(r)},
+    "matched_cost": lambda r: {"cost_effect": plot_cost_effect(r)},
 }
 
 

@@ -99,7 +99,22 @@ def _lens_layers(result: dict[str, Any]) -> str:
     return markdown_table(df.drop(columns=[c for c in ("hook_name",) if c in df]))
 
 
+def _matched_cost(result: dict[str, Any]) -> str:
+    from workbench.matched_cost import cost_effect_table
+
+    cost = "KL from the unsteered model per token" if result.get("cost") == "kl" else "perplexity ratio - 1"
+    norm = (result.get("equal_norm") or {}).get("mode")
+    head = (f"Held-out log-odds shift from m = 0 where the cost ({cost}) reaches each budget, n = "
+            f"{result.get('n_pairs')} pairs, {result.get('n_texts')} neutral passages"
+            + (f", equal norm ({norm})" if norm else "") + ":")
+    parts = [head, markdown_table(cost_effect_table(result))]
+    if result.get("slopes"):
+        parts.append("Slope near m = 0 (effect / sqrt(KL)):\n\n" + markdown_table(pd.DataFrame(result["slopes"]), digits=5))
+    return "\n\n".join(parts)
+
+
 _SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "matched_cost": _matched_cost,
     "eval": _eval, "sweep": lambda r: _rows(r, ("hook_name",)), "cosine": _cosine,
     "cosine_methods": _rows, "logit_lens_tokens": _tokens, "logit_lens_layers": _lens_layers,
     "composition": _rows, "transfer_layers": _rows, "transfer": _rows, "refusal": _rows,

@@ -1,0 +1,131 @@
+"""Matched-cost search and its outputs on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data import PreferencePair
+from workbench.matched_cost import check_budgets, cost_effect_table, matched_cost
+from workbench.steering import steer
+from workbench.vector import SteeringVector
+
+TEXTS = ["The river ran past the old mill.", "A quiet morning in the town square, with bread."]
+PAIRS = [PreferencePair(f"Question {i}?", f"Yes {i}", f"No {i}") for i in range(6)]
+
+
+def _vec(scale: float = 1.0) -> SteeringVector:
+    return SteeringVector(scale * torch.randn(32, generator=torch.Generator().manual_seed(5)),
+                          "blocks.1.hook_resid_post", layer=1, method="test")
+
+
+def _plain_kl(model, vec, m: float) -> float:
+    """Mean KL(unsteered || steered) per predicted token, by full forwards under ``steer``."""
+    num = den = 0.0
+    for t in TEXTS:
+        tokens = torch.tensor([model.tokenizer(t, add_special_tokens=False)["input_ids"]])
+        ref = model(tokens)[0, :-1].log_softmax(-1)
+        with steer(model, vec, m):
+            lp = model(tokens)[0, :-1].log_softmax(-1)
+        num += float((ref.exp() * (ref - lp)).sum(-1).clamp_min(0).sum())
+        den += tokens.shape[1] - 1
+    return num / den
+
+
+def test_search_matches_budget_in_both_directions(tiny_model):
+    vec = _vec()
+    res = matched_cost(tiny_model, {"v": vec}, PAIRS, TEXTS, budgets=[0.05, 0.2], rel_tol=0.02, n_boot=50,
+                       start=0.1, max_multiplier=50)
+    rows = res["rows"]
+    assert {(r["direction"], r["budget"]) for r in rows} == {(1, 0.05), (1, 0.2), (-1, 0.05), (-1, 0.2)}
+    grid = np.linspace(-30, 30, 241)
+    dense = np.array([_plain_kl(tiny_model, vec, m) for m in grid])
+    for r in rows:
+        assert r["reached"] and np.sign(r["multiplier"]) == r["direction"]
+        kl = _plain_kl(tiny_model, vec, r["multiplier"])
+        assert abs(kl - r["budget"]) <= 0.02 * r["budget"] + 1e-4
+        assert abs(r["cost"] - kl) < 1e-4
+        # the dense grid (plain path) crosses the budget between its two points around the found multiplier
+        i = np.searchsorted(grid, r["multiplier"])
+        lo, hi = sorted((dense[i - 1], dense[i]))
+        assert lo <= r["budget"] * 1.02 + 1e-4 and hi >= r["budget"] * 0.98 - 1e-4
+        assert r["effect"] is not None and r["effect_ci_low"] <= r["effect"] <= r["effect_ci_high"]
+        assert r["best_effect"] * r["direction"] >= r["effect"] * r["direction"] - 1e-9
+    assert len(tiny_model.hook_dict["blocks.1.hook_resid_post"].fwd_hooks) == 0
+
+
+def test_zero_vector_zero_effect_and_unreached(tiny_model):
+    res = matched_cost(tiny_model, {"zero": _vec(0.0)}, PAIRS, TEXTS, budgets=[0.05, 0.1], n_boot=20,
+                       max_multiplier=4)
+    for r in res["rows"]:
+        assert not r["reached"] and r["multiplier"] is None
+        assert r["max_cost_seen"] == 0.0
+        assert r["best_effect"] == 0.0
+    assert all(p["effect"] == 0.0 for p in res["points"])
+
+
+def test_unreachable_budget_reports_largest_cost(tiny_model):
+    res = matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, budgets=[1e6], n_boot=20, max_multiplier=2)
+    seen = [p["cost"] for p in res["points"] if p["multiplier"] != 0]
+    for r in res["rows"]:
+        assert r["reached"] is False and r["effect"] is None
+        assert r["max_cost_seen"] > 0
+        side = [p["cost"] for p in res["points"] if p["direction"] == r["direction"]]
+        assert math.isclose(r["max_cost_seen"], max(side))
+    assert max(seen) > 0
+
+
+def test_equal_norm_recorded(tiny_model):
+    res = matched_cost(tiny_model, {"a": _vec(1.0), "b": _vec(3.0)}, PAIRS, TEXTS, budgets=[0.1], n_boot=10,
+                       equal_norm="a")
+    assert res["equal_norm"]["mode"] == "vector:a"
+    assert math.isclose(res["norms"]["a"], res["norms"]["b"], rel_tol=1e-5)
+    # same direction, same norm: the same found multipliers
+    ra = {r["direction"]: r["multiplier"] for r in res["rows"] if r["vector"] == "a"}
+    rb = {r["direction"]: r["multiplier"] for r in res["rows"] if r["vector"] == "b"}
+    assert ra == pytest.approx(rb, rel=1e-4)
+
+
+@pytest.mark.parametrize("kw, msg", [({"budgets": [-0.1]}, "positive"), ({"cost": "entropy"}, "cost="),
+                                     ({"equal_norm": "nope"}, "equal_norm"), ({"growth": 1.0}, "growth")])
+def test_bad_arguments(tiny_model, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, **kw)
+
+
+def test_check_budgets_defaults():
+    assert check_budgets(None, "kl") == [0.05, 0.1, 0.2, 0.5]
+    assert check_budgets(None, "perplexity") == [0.05, 0.1, 0.25]
+
+
+def test_figure_and_table_from_saved_result(tiny_model, tmp_path):
+    from workbench.io import atomic_write_json
+    from workbench.plotting import figures_for, plot_cost_effect
+    from workbench.report import report
+
+    res = matched_cost(tiny_model, {"v": _vec(), "zero": _vec(0.0)}, PAIRS, TEXTS, budgets=[0.05], n_boot=10,
+                       max_multiplier=8)
+    atomic_write_json(res, tmp_path / "cmp.json")
+    saved = json.loads((tmp_path / "cmp.json").read_text())
+    fig = plot_cost_effect(saved)
+    ax = fig.axes[0]
+    labels = [l.get_label() for l in ax.get_lines()]
+    assert any(lab.startswith("v") for lab in labels) and any("budget" in lab for lab in labels)
+    assert set(figures_for(saved)) == {"cost_effect"}
+    md = report(tmp_path)
+    assert "cmp.json" in md and "unreached" in md and "m > 0" in md
+    assert len(cost_effect_table(saved)) == 4
+
+
+@pytest.mark.parametrize("extra, msg", [(["--budgets", "-1"], "--budgets"), (["--cost", "entropy"], "--cost"),
+                                        (["--budgets", "abc"], "not a number")])
+def test_cli_bad_arguments(extra, msg, capsys):
+    from workbench.cli import main
+
+    rc = main(["compare", "--vector", "nowhere", "--behavior", "power-seeking", "--out", "x.json", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,303 @@
+"""Matched-cost comparison: how far does each vector steer at the same damage to the model?
+
+The multiplier is not a common scale across vectors (norms differ, and so does each one's cost per
+unit of norm), so curves at equal ``m`` do not say which vector steers more. Here each vector gets
+its own multipliers: for every budget of a utility cost, in both directions (``m > 0`` and
+``m < 0``), the search finds the multiplier at which the cost reaches the budget, then the
+behavior effect is measured there.
+
+* **Cost** (``workbench.eval_utility.utility_per_text`` on neutral text): ``"kl"``, the mean
+  ``KL(p_unsteered || p_steered)`` per predicted token (budgets 0.05, 0.1, 0.2, 0.5 by default), or
+  ``"perplexity"``, the perplexity ratio minus one (budgets +5 %, +10 %, +25 %).
+* **Search**: grow ``|m|`` geometrically from ``start`` until the cost passes the budget (or
+  ``max_multiplier`` is passed: *unreached*, with the largest cost seen), then bisect on ``|m|``
+  until the cost is within ``rel_tol * budget`` of it.
+* **Effect** (``workbench.eval_preference.pair_logodds``, ``ab_pair_probs``): the held-out
+  log-odds shift from ``m = 0`` per pair, mean with a bootstrap interval
+  (``workbench.eval_common.bootstrap_ci``), at the found multipliers and at every multiplier the
+  search visited within budget. The effect is not assumed monotone in ``m``: each budget also gets
+  the best effect within budget and where it was found, and ``monotone`` says whether the visited
+  points rise steadily.
+* **Slope** near ``m = 0``: ``effect(m0) / sqrt(KL(m0))`` at a small ``m0``, which needs no search.
+* **Equal norm**: every vector can first be rescaled to a reference vector's norm or a given norm.
+
+``matched_cost(...)`` returns a JSON-ready dict of ``kind`` ``"matched_cost"``; ``plot_cost_effect``
+(``workbench.plotting``) and ``workbench report`` draw from it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from workbench.eval_common import bootstrap_ci, check_pairs, records
+from workbench.vector import SteeringVector
+
+Cost = Literal["kl", "perplexity"]
+COSTS = ("kl", "perplexity")
+DEFAULT_BUDGETS: dict[str, tuple[float, ...]] = {"kl": (0.05, 0.1, 0.2, 0.5), "perplexity": (0.05, 0.1, 0.25)}
+SCHEMA_VERSION = 1
+
+
+def check_budgets(budgets: Sequence[float] | None, cost: str) -> list[float]:
+    """Budgets as sorted positive floats (default: ``DEFAULT_BUDGETS[cost]``)."""
+    if cost not in COSTS:
+        raise ValueError(f"cost={cost!r}: use one of {', '.join(COSTS)}")
+    if budgets is None:
+        return list(DEFAULT_BUDGETS[cost])
+    out = []
+    for b in budgets:
+        try:
+            x = float(b)
+        except (TypeError, ValueError):
+            raise ValueError(f"budgets: {b!r} is not a number") from None
+        if not math.isfinite(x) or x <= 0:
+            raise ValueError(f"budgets: {b!r} must be a positive number")
+        out.append(x)
+    if not out:
+        raise ValueError("budgets: give at least one budget")
+    return sorted(set(out))
+
+
+def rescale(vectors: Mapping[str, SteeringVector], equal_norm: str | float | None) -> tuple[dict[str, SteeringVector], dict]:
+    """Vectors rescaled to a reference vector's norm (its label) or a given norm; and the record."""
+    vectors = dict(vectors)
+    norms = {k: v.norm for k, v in vectors.items()}
+    if equal_norm is None:
+        return vectors, {"mode": None, "target_norm": None, "original_norms": norms}
+    if isinstance(equal_norm, str) and equal_norm in vectors:
+        target, mode = norms[equal_norm], f"vector:{equal_norm}"
+    else:
+        try:
+            target, mode = float(equal_norm), "number"
+        except (TypeError, ValueError):
+            raise ValueError(f"equal_norm={equal_norm!r}: neither a vector label ({', '.join(vectors)}) nor a number") from None
+        if not math.isfinite(target) or target <= 0:
+            raise ValueError(f"equal_norm={equal_norm!r}: the norm must be positive")
+    out = {}
+    for k, v in vectors.items():
+        if norms[k] == 0:
+            out[k] = v  # a zero vector stays zero
+        else:
+            out[k] = v.normalized(target)
+    return out, {"mode": mode, "target_norm": target, "original_norms": norms}
+
+
+class _CostProbe:
+    """Cost of one vector at multipliers, through ``utility_per_text`` (memoised)."""
+
+    def __init__(self, model: HookedTransformer, label: str, vector: SteeringVector, texts: Sequence[str],
+                 cost: str, utility_kw: Mapping[str, Any]):
+        self.model, self.label, self.vector, self.texts = model, label, vector, list(texts)
+        self.cost, self.kw = cost, dict(utility_kw)
+        self.seen: dict[float, dict[str, float]] = {}
+
+    def __call__(self, m: float) -> float:
+        from workbench.eval_utility import utility_per_text
+
+        m = float(m)
+        if m not in self.seen:
+            per = utility_per_text(self.model, {self.label: self.vector}, self.texts, [0.0, m], progress=False,
+                                   **self.kw)
+            tot = per.groupby("multiplier")[["n_tokens", "nll_sum", "kl_sum"]].sum()
+            ppl0 = math.exp(tot.loc[0.0, "nll_sum"] / tot.loc[0.0, "n_tokens"])
+            ppl = math.exp(tot.loc[m, "nll_sum"] / tot.loc[m, "n_tokens"])
+            kl = float(tot.loc[m, "kl_sum"] / tot.loc[m, "n_tokens"])
+            self.seen[m] = {"kl": kl, "perplexity": ppl / ppl0 - 1.0, "perplexity_value": ppl}
+        return self.seen[m][self.cost]
+
+
+def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0.25, growth: float = 2.0,
+                  max_multiplier: float = 64.0, rel_tol: float = 0.05, max_iter: int = 30) -> dict[str, Any]:
+    """Find ``m`` (sign ``direction``) with ``|cost(m) - budget| <= rel_tol * budget``.
+
+    Brackets by growing ``|m|`` from ``start`` by ``growth`` up to ``max_multiplier``, then bisects on
+    ``|m|``. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
+    """
+    lo, c_lo = 0.0, 0.0
+    hi = None
+    a, max_seen, steps = start, 0.0, 0
+    while True:
+        c = probe(direction * a)
+        steps += 1
+        max_seen = max(max_seen, c)
+        if abs(c - budget) <= rel_tol * budget:
+            return {"reached": True, "multiplier": direction * a, "cost": c, "converged": True,
+                    "max_cost_seen": max_seen, "steps": steps}
+        if c > budget:
+            hi = a
+            break
+        lo, c_lo = a, c
+        if a >= max_multiplier:
+            return {"reached": False, "multiplier": None, "cost": None, "converged": False,
+                    "max_cost_seen": max_seen, "steps": steps}
+        a = min(a * growth, max_multiplier)
+    best = None
+    for _ in range(max_iter):
+        mid = (lo + hi) / 2
+        c = probe(direction * mid)
+        steps += 1
+        max_seen = max(max_seen, c)
+        if abs(c - budget) <= rel_tol * budget:
+            return {"reached": True, "multiplier": direction * mid, "cost": c, "converged": True,
+                    "max_cost_seen": max_seen, "steps": steps}
+        if c > budget:
+            hi = mid
+        else:
+            lo, c_lo = mid, c
+        best = (lo, c_lo)
+    # cost not continuous enough to hit the tolerance: the last point below the budget
+    m, c = best if best and best[0] > 0 else (lo, c_lo)
+    return {"reached": m > 0, "multiplier": direction * m if m > 0 else None, "cost": c if m > 0 else None,
+            "converged": False, "max_cost_seen": max_seen, "steps": steps}
+
+
+def _effects(model: HookedTransformer, label: str, vector: SteeringVector, pairs: Sequence[Any], mults: Sequence[float],
+             ab_pairs: Sequence[Any] | None, n_boot: int, seed: int, kw: Mapping[str, Any]) -> dict[float, dict]:
+    """Per multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals."""
+    from workbench.eval_preference import ab_pair_probs, pair_logodds
+
+    mults = sorted(set([0.0, *map(float, mults)]))
+    out: dict[float, dict] = {m: {} for m in mults}
+    tables = [("effect", pair_logodds(model, {label: vector}, pairs, mults, progress=False, **kw), "logodds")]
+    if ab_pairs is not None:
+        ab_kw = {k: v for k, v in kw.items() if k in ("system_prompt", "batch_size", "precision")}
+        tables.append(("ab", ab_pair_probs(model, {label: vector}, ab_pairs, mults, progress=False, **ab_kw),
+                       "p_matching"))
+    for name, df, col in tables:
+        wide = df.pivot(index="pair", columns="multiplier", values=col)  # (pairs, multipliers)
+        base = wide[0.0].to_numpy(np.float64)
+        for m in mults:
+            shift = wide[m].to_numpy(np.float64) - base
+            lo, hi = bootstrap_ci(shift, n_boot=n_boot, seed=seed)
+            out[m] |= {name: float(shift.mean()), f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+    return out
+
+
+def matched_cost(model: HookedTransformer, vectors: Mapping[str, SteeringVector], pairs: Sequence[Any],
+                 texts: Sequence[str] | None = None, *, cost: Cost = "kl", budgets: Sequence[float] | None = None,
+                 equal_norm: str | float | None = None, ab_pairs: Sequence[Any] | None = None,
+                 start: float = 0.25, growth: float = 2.0, max_multiplier: float = 64.0, rel_tol: float = 0.05,
+                 max_iter: int = 30, slope_multiplier: float = 0.05, n_boot: int = 1000, seed: int = 0,
+                 utility_kw: Mapping[str, Any] | None = None, logodds_kw: Mapping[str, Any] | None = None,
+                 ) -> dict[str, Any]:
+    """Effect of each vector at the multipliers where its cost reaches each budget, both directions.
+
+    Args:
+        model: the model (unchanged by the call).
+        vectors: ``{label: vector}``.
+        pairs: held-out preference pairs (the effect: log-odds shift from m = 0).
+        texts: neutral passages for the cost (default: ``workbench.data.load_neutral_text()``).
+        cost: ``"kl"`` (mean KL per token from the unsteered model) or ``"perplexity"`` (ratio - 1).
+        budgets: cost budgets (default ``DEFAULT_BUDGETS[cost]``).
+        equal_norm: rescale every vector first to this vector's norm (a label) or to this norm.
+        ab_pairs: A/B pairs; also report the shift of p(matching letter).
+        start, growth, max_multiplier: the bracket: ``|m| = start * growth**k`` up to the bound.
+        rel_tol: the search stops when ``|cost - budget| <= rel_tol * budget``.
+        slope_multiplier: ``m0`` of the slope ``effect(m0) / sqrt(KL(m0))``.
+        utility_kw, logodds_kw: passed to ``utility_per_text`` / ``pair_logodds`` (e.g. ``max_tokens``,
+            ``batch_size``, ``precision``, ``system_prompt``).
+
+    Returns:
+        ``{"kind": "matched_cost", "rows": [...], "points": [...], "slopes": [...], ...}``: ``rows``
+        one per (vector, direction, budget) with the found multiplier, its cost and the effect there,
+        the best effect within budget and its multiplier; ``points`` every visited multiplier with its
+        cost and effect; ``slopes`` the effect per sqrt(KL) near m = 0 per vector and direction.
+    """
+    budgets = check_budgets(budgets, cost)
+    for name, value, low in (("start", start, 0), ("max_multiplier", max_multiplier, 0), ("rel_tol", rel_tol, 0),
+                             ("slope_multiplier", slope_multiplier, 0), ("growth", growth, 1)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+            raise ValueError(f"{name}={value!r}: must be a number > {low}")
+    if max_multiplier < start:
+        raise ValueError(f"max_multiplier={max_multiplier} is below start={start}")
+    if not vectors:
+        raise ValueError("vectors is empty: give at least one vector")
+    pairs = check_pairs(pairs)
+    if texts is None:
+        from workbench.data import load_neutral_text
+
+        texts = load_neutral_text()
+    texts = list(texts)
+    used, norm_info = rescale(vectors, equal_norm)
+    rows, points, slopes = [], [], []
+    for label, vec in used.items():
+        probe = _CostProbe(model, label, vec, texts, cost, utility_kw or {})
+        found = {(d, b): search_budget(probe, b, d, start=start, growth=growth, max_multiplier=max_multiplier,
+                                       rel_tol=rel_tol, max_iter=max_iter) for d in (1, -1) for b in budgets}
+        for d in (1, -1):
+            probe(d * slope_multiplier)
+        cutoff = max(budgets)
+        eval_m = [m for m, s in probe.seen.items() if s[cost] <= cutoff * (1 + rel_tol)]
+        eff = _effects(model, label, vec, pairs, eval_m, ab_pairs, n_boot, seed, logodds_kw or {})
+        cost_at = {m: probe.seen[m] for m in eval_m} | {0.0: {"kl": 0.0, "perplexity": 0.0}}
+        for m in sorted(eff):
+            points.append({"vector": label, "direction": int(np.sign(m)), "multiplier": m,
+                           "cost": cost_at[m][cost], "kl": cost_at[m]["kl"],
+                           "perplexity_ratio": 1.0 + cost_at[m]["perplexity"]} | eff[m])
+        for d in (1, -1):
+            m0 = d * slope_multiplier
+            kl0 = probe.seen[m0]["kl"]
+            e0 = eff[m0]["effect"]
+            slopes.append({"vector": label, "direction": d, "multiplier": m0, "kl": kl0, "effect": e0,
+                           "slope": e0 / math.sqrt(kl0) if kl0 > 0 else None})
+            for b in budgets:
+                s = found[(d, b)]
+                inside = sorted((m for m in eff if m * d > 0 and cost_at[m][cost] <= b * (1 + rel_tol)), key=abs)
+                series = [d * eff[m]["effect"] for m in inside]
+                best = max(inside, key=lambda m: d * eff[m]["effect"], default=None)
+                row = {"vector": label, "direction": d, "budget": b, "reached": s["reached"],
+                       "converged": s["converged"], "multiplier": s["multiplier"], "cost": s["cost"],
+                       "max_cost_seen": s["max_cost_seen"], "search_steps": s["steps"]}
+                at = eff.get(s["multiplier"], {}) if s["reached"] else {}
+                for k in ("effect", "effect_ci_low", "effect_ci_high", "ab", "ab_ci_low", "ab_ci_high"):
+                    if k in at or k.startswith("effect"):
+                        row[k] = at.get(k)
+                row |= {"best_effect": eff[best]["effect"] if best is not None else None,
+                        "best_ci_low": eff[best]["effect_ci_low"] if best is not None else None,
+                        "best_ci_high": eff[best]["effect_ci_high"] if best is not None else None,
+                        "best_multiplier": best, "best_cost": cost_at[best][cost] if best is not None else None,
+                        "n_within_budget": len(inside),
+                        "monotone": bool(all(y >= x for x, y in zip(series, series[1:])))}
+                rows.append(row)
+    return {"kind": "matched_cost", "schema_version": SCHEMA_VERSION, "cost": cost, "budgets": budgets,
+            "search": {"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
+                       "max_iter": max_iter, "slope_multiplier": slope_multiplier},
+            "equal_norm": norm_info, "norms": {k: v.norm for k, v in used.items()},
+            "n_pairs": len(pairs), "n_texts": len(texts), "n_ab_pairs": len(ab_pairs) if ab_pairs else 0,
+            "n_boot": n_boot, "seed": seed,
+            "rows": records(pd.DataFrame(rows)), "points": records(pd.DataFrame(points)),
+            "slopes": records(pd.DataFrame(slopes))}
+
+
+def cost_effect_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    """The result's ``rows`` as a readable table (from the saved result alone)."""
+    df = pd.DataFrame(result["rows"])
+
+    def iv(r: pd.Series, k: str, lo: str, hi: str) -> str:
+        if r.get(k) is None or pd.isna(r.get(k)):
+            return "unreached" if k == "effect" else ""
+        return f"{r[k]:+.2f} [{r[lo]:+.2f}, {r[hi]:+.2f}]"
+
+    out = pd.DataFrame({
+        "vector": df["vector"], "direction": df["direction"].map({1: "m > 0", -1: "m < 0"}),
+        "budget": df["budget"],
+        "multiplier": [f"{m:+.3g}" if m is not None and not pd.isna(m) else "-" for m in df["multiplier"]],
+        "cost": [f"{c:.3g}" if c is not None and not pd.isna(c) else f"max {x:.3g}"
+                 for c, x in zip(df["cost"], df["max_cost_seen"])],
+        "effect [95 % CI]": [iv(r, "effect", "effect_ci_low", "effect_ci_high") for _, r in df.iterrows()],
+        "best within budget": [iv(r, "best_effect", "best_ci_low", "best_ci_high")
+                               + (f" at m={r['best_multiplier']:+.3g}" if r.get("best_multiplier") is not None
+                                  and not pd.isna(r.get("best_multiplier")) else "") for _, r in df.iterrows()],
+        "monotone": df["monotone"].map({True: "yes", False: "no"}),
+    })
+    return out
+
+
+__all__ = ["COSTS", "DEFAULT_BUDGETS", "check_budgets", "cost_effect_table", "matched_cost", "rescale",
+           "search_budget"]
