@@ -44,7 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
 from workbench.model import end_of_turn, format_chat
 from workbench.prefix import PrefixCache, make_runner, steering_site
 from workbench.vector import SteeringVector, __version__, hook_name
@@ -198,9 +198,14 @@ def _save_checkpoint(directory: Path, v: Tensor, opt: torch.optim.Optimizer, gen
     if state:
         tensors |= {"adam.exp_avg": state["exp_avg"], "adam.exp_avg_sq": state["exp_avg_sq"],
                     "adam.step": state["step"].reshape(1)}
-    path = atomic_write_safetensors(tensors, directory / CHECKPOINT_TENSORS)
+    names = (CHECKPOINT_TENSORS, CHECKPOINT_JSON)
+    recover_files(directory, names)
+    # both files staged whole, then moved into place (JSON last, the commit mark): a kill at any moment
+    # leaves the previous checkpoint or this one, never a mix
+    path = atomic_write_safetensors(tensors, pending(directory / CHECKPOINT_TENSORS))
     meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    atomic_write_json(meta, directory / CHECKPOINT_JSON)  # last: marks the checkpoint complete
+    atomic_write_json(meta, pending(directory / CHECKPOINT_JSON))
+    commit_files(directory, names)
 
 
 def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.Optimizer,
@@ -209,6 +214,7 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
     from safetensors.torch import load_file
 
     meta_path, tensor_path = directory / CHECKPOINT_JSON, directory / CHECKPOINT_TENSORS
+    recover_files(directory, (CHECKPOINT_TENSORS, CHECKPOINT_JSON))
     try:
         saved = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -216,7 +222,13 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
     if saved.get("format_version") != _CHECKPOINT_VERSION:
         raise ValueError(f"{meta_path}: checkpoint format_version {saved.get('format_version')!r} is not "
                          f"{_CHECKPOINT_VERSION}")
-    for key in ("config", "data_fingerprint", "model_name"):
+    saved_config, config_now = saved.get("config") or {}, meta["config"]
+    fields = sorted(k for k in set(saved_config) | set(config_now) if saved_config.get(k) != config_now.get(k))
+    if fields:
+        raise ValueError(f"{meta_path}: checkpoint from another config, cannot resume (differs in "
+                         + ", ".join(f"{k}: saved {saved_config.get(k)!r}, now {config_now.get(k)!r}" for k in fields)
+                         + ")")
+    for key in ("data_fingerprint", "model_name"):
         if saved.get(key) != meta[key]:
             raise ValueError(f"{meta_path}: {key} differs from this run (saved {saved.get(key)!r}, now "
                              f"{meta[key]!r}); cannot resume")
@@ -358,6 +370,11 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
             t_epoch = time.perf_counter()
             for idx in batch_plan(n, config, gen, lengths):
                 record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total)
+                if not (math.isfinite(record["loss"]) and torch.isfinite(v.detach()).all()):
+                    kept = f"; the last good checkpoint ({len(epochs)} epoch(s)) is kept in {ckpt}" if ckpt else ""
+                    raise ValueError(f"BiPO step {len(history) + 1}: the loss or the vector became NaN or "
+                                     f"infinite (loss {record['loss']}); stopped{kept}. Lower the learning "
+                                     f"rate (now {config.lr:g})")
                 history.append(record | {"epoch": epoch + 1})
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", norm=f"{history[-1]['norm']:.2f}")

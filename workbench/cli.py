@@ -10,12 +10,72 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
+
+
+def _check_out(flag: str, path, *, kind: str) -> None:
+    """Refuse an output path before any work starts: ``kind`` is "file" or "dir" (what will be written there)."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise CLIError(f"{flag} {path}: is a directory; give a file path")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {path}: is a file; give a directory path")
+    parent = p if p.is_dir() else p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: {parent} is not writable")
+
+
+def _check_data(path) -> None:
+    """Refuse a --data path that is missing or not a regular file before any work starts."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"--data {path}: no such file")
+    if p.is_dir():
+        raise CLIError(f"--data {path}: is a directory; give a data file")
+
+
+def _describe_exception(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception that reached main (2: user error, 1: internal)."""
+    import errno
+
+    if isinstance(exc, CLIError | ValueError | FileNotFoundError):
+        return str(exc), 2
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else ""
+        where = f"{where}: " if where else ""
+        if exc.errno == errno.ENOSPC:
+            return f"{where}no space left on device", 2
+        if isinstance(exc, IsADirectoryError):
+            return f"{where}is a directory", 2
+        if isinstance(exc, NotADirectoryError):
+            return f"{where}a part of the path is not a directory", 2
+        if isinstance(exc, FileExistsError):
+            return f"{where}already exists", 2
+        if isinstance(exc, PermissionError):
+            return f"{where}permission denied", 2
+        return f"{where}{exc.strerror or exc}", 2  # e.g. the hub unreachable offline
+    if isinstance(exc, MemoryError):
+        return "out of memory", 1
+    return f"internal error ({type(exc).__name__}: {exc}); rerun with -v for the traceback", 1
 
 
 def _parse_multipliers(values: Sequence[str]) -> list[float]:
@@ -136,6 +196,15 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--method {args.method} needs preference pairs: give --data PATH or --behavior NAME")
     if args.resume and args.checkpoint_dir is None:
         raise CLIError("--resume needs --checkpoint-dir")
+    _check_out("--out", args.out, kind="dir")
+    _check_out("--checkpoint-dir", args.checkpoint_dir, kind="dir")
+    if args.checkpoint_dir is not None and not args.resume and Path(args.checkpoint_dir).is_dir() \
+            and any(Path(args.checkpoint_dir).iterdir()):
+        raise CLIError(f"--checkpoint-dir {args.checkpoint_dir}: not empty; pass --resume to continue from it "
+                       "or choose another directory")
+    if args.layer is not None and args.layer < 0:
+        raise CLIError(f"--layer {args.layer}: must be >= 0")
+    _check_data(args.data)
 
     from workbench.bipo import DEFAULT_SYSTEM_PROMPT, BiPOConfig, train_bipo
     from workbench.data import load_behavior, load_pairs
@@ -298,6 +367,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise CLIError("--metrics truthfulqa needs --truthfulqa PATH (TruthfulQA's mc_task.json)")
     if "refusal" in metrics and args.refusal_csv is None:
         raise CLIError("--metrics refusal needs --refusal-csv PATH (a CSV with a 'goal' column)")
+    _check_out("--out", args.out, kind="file")
+    _check_data(args.data)
 
     from workbench.data import as_ab_pairs, load_behavior
     from workbench.eval_common import DEFAULT_SYSTEM_PROMPT, check_ab_pairs
@@ -396,6 +467,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     import dataclasses
     import time
+
+    _check_out("--out", args.out, kind="file")
+    _check_out("--save-vectors", args.save_vectors, kind="dir")
+    _check_data(getattr(args, "data", None))
 
     from workbench.data import load_behavior, load_pairs, train_test_split
     from workbench.io import atomic_write_json
@@ -854,12 +929,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(globals()[f"_run_{args.command}"](args) or 0)
-    except CLIError as exc:
-        print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"workbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, the traceback only with -v
+        message, code = _describe_exception(exc)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"workbench {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

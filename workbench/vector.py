@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
 
 __version__ = "0.1.0"
 
@@ -236,10 +236,15 @@ class SteeringVector:
         files do not belong together is detected on load.
         """
         directory = Path(directory)
-        tensor_path = atomic_write_safetensors({"vector": self.vector.cpu()}, directory / VECTOR_FILE)
+        if not torch.isfinite(self.vector.float()).all():
+            raise ValueError(f"{directory}: refusing to save a vector holding NaN or infinite values")
+        recover_files(directory, (VECTOR_FILE, META_FILE))
+        # both files staged whole, then moved into place: a kill leaves the old pair or the new one
+        tensor_path = atomic_write_safetensors({"vector": self.vector.cpu()}, pending(directory / VECTOR_FILE))
         meta = self.to_dict()
         meta["sha256"] = hashlib.sha256(tensor_path.read_bytes()).hexdigest()
-        atomic_write_json(meta, directory / META_FILE)
+        atomic_write_json(meta, pending(directory / META_FILE))
+        commit_files(directory, (VECTOR_FILE, META_FILE))
         return directory
 
     @classmethod
@@ -252,6 +257,7 @@ class SteeringVector:
         if directory.is_file() and directory.name in (VECTOR_FILE, META_FILE):
             directory = directory.parent
         meta_path, tensor_path = directory / META_FILE, directory / VECTOR_FILE
+        recover_files(directory, (VECTOR_FILE, META_FILE))
         for p in (meta_path, tensor_path):
             if not p.is_file():
                 raise VectorFileError(f"{p}: missing (a vector directory holds {VECTOR_FILE} and {META_FILE})")

@@ -1,0 +1,50 @@
+"""The CLI's last line of defence and the reliability table's cases (issue #19)."""
+
+import errno
+import pytest
+
+from workbench import cli
+from workbench.reliability import CASES, run_case
+
+
+@pytest.mark.parametrize("name,setup,argv,code,words", CASES, ids=[c[0] for c in CASES])
+def test_reliability_case(tmp_path, name, setup, argv, code, words):
+    got, err = run_case(tmp_path, setup, argv)
+    assert got == code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"workbench {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    # no partial output: nothing beyond what the case set up
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+def _fail_with(monkeypatch, exc):
+    def boom(args):
+        raise exc
+    monkeypatch.setattr(cli, "_run_info", boom)
+
+
+@pytest.mark.parametrize("exc,code,words", [
+    (RuntimeError("kaboom"), 1, ["internal error", "RuntimeError", "kaboom", "-v"]),
+    (OSError(errno.ENOSPC, "No space left on device", "/x/out.json"), 2, ["/x/out.json", "no space left"]),
+    (PermissionError(errno.EACCES, "Permission denied", "/x/y"), 2, ["/x/y", "permission denied"]),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/x/d"), 2, ["/x/d", "is a directory"]),
+    (OSError("We couldn't connect to 'https://huggingface.co' to load the files"), 2, ["huggingface.co"]),
+])
+def test_main_turns_exceptions_into_one_line(monkeypatch, capsys, exc, code, words):
+    _fail_with(monkeypatch, exc)
+    assert cli.main(["info"]) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("workbench info: error: ")
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_traceback_only_with_verbose(monkeypatch, capsys):
+    _fail_with(monkeypatch, RuntimeError("kaboom"))
+    assert cli.main(["-v", "info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("workbench info: error: internal error")
