@@ -122,13 +122,22 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
     lo, c_lo = 0.0, 0.0
     hi = None
     a, max_seen, steps = start, 0.0, 0
-    while True:
-        c = probe(direction * a)
+
+    def measure(m: float) -> tuple[float, dict[str, Any] | None]:
+        """Cost at ``direction * m``, and the final answer when it is within tolerance of the budget."""
+        nonlocal max_seen, steps
+        c = probe(direction * m)
         steps += 1
         max_seen = max(max_seen, c)
         if abs(c - budget) <= rel_tol * budget:
-            return {"reached": True, "multiplier": direction * a, "cost": c, "converged": True,
-                    "max_cost_seen": max_seen, "steps": steps}
+            return c, {"reached": True, "multiplier": direction * m, "cost": c, "converged": True,
+                       "max_cost_seen": max_seen, "steps": steps}
+        return c, None
+
+    while True:  # bracket
+        c, done = measure(a)
+        if done:
+            return done
         if c > budget:
             hi = a
             break
@@ -138,14 +147,11 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
                     "max_cost_seen": max_seen, "steps": steps}
         a = min(a * growth, max_multiplier)
     best = None
-    for _ in range(max_iter):
+    for _ in range(max_iter):  # bisect
         mid = (lo + hi) / 2
-        c = probe(direction * mid)
-        steps += 1
-        max_seen = max(max_seen, c)
-        if abs(c - budget) <= rel_tol * budget:
-            return {"reached": True, "multiplier": direction * mid, "cost": c, "converged": True,
-                    "max_cost_seen": max_seen, "steps": steps}
+        c, done = measure(mid)
+        if done:
+            return done
         if c > budget:
             hi = mid
         else:
