@@ -116,10 +116,32 @@ def _data_part(args: argparse.Namespace, part: str) -> tuple[list, dict]:
     return pairs, info
 
 
+# --------------------------------------------------------------------------- model options
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``, ``--n-devices``: shared by every command that loads a model."""
+    p.add_argument("--model", default=None, help="TransformerLens name or local Hugging Face directory (default: embedded)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto (cuda when available)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="dtype of the whole model's weights (default fp32); --precision only sets the blocks after "
+                        "the vector of an fp32 model")
+    p.add_argument("--n-devices", type=int, default=1, help="split the blocks over N CUDA devices (default 1)")
+
+
+def _load_model(args: argparse.Namespace):
+    """The model the model options of ``args`` ask for; a bad device, dtype or name is a CLIError."""
+    from workbench.model import ModelLoadError, load_model, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        return load_model(args.model, device=device, dtype=args.dtype, n_devices=args.n_devices)
+    except ModelLoadError as exc:
+        raise CLIError(f"--model/--device: {exc}") from None
+
+
 # --------------------------------------------------------------------------- info
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="load a model and print its shape and hook points")
-    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    _add_model_args(p)
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -129,7 +151,7 @@ def _run_info(args: argparse.Namespace) -> int:
     from workbench.vector import valid_hook_names
 
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model = _load_model(args)
     dt = time.perf_counter() - t0
     hooks = valid_hook_names(model)
     print(f"model {model.cfg.model_name}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
@@ -175,7 +197,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system-prompt", default=None,
                    help="system prompt (default: BiPO's 'You are a helpful, honest and concise assistant.')")
     p.add_argument("--no-system-prompt", action="store_true", help="no system turn")
-    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    _add_model_args(p)
     p.add_argument("--out", required=True, help="output vector directory")
 
 
@@ -236,7 +258,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if not pairs:
             raise CLIError(f"{args.data or args.behavior}: no preference pairs")
 
-    model = load_model(args.model)
+    model = _load_model(args)
     if not 0 <= layer < model.cfg.n_layers:
         raise CLIError(f"--layer {layer}: model {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
     t0 = time.perf_counter()
@@ -302,7 +324,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multipliers", nargs="+", default=["-2", "-1", "0", "1", "2"], help="default: -2 -1 0 1 2")
     p.add_argument("--limit", type=int, default=None,
                    help="use at most N pairs, TruthfulQA questions, refusal prompts and neutral passages")
-    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    _add_model_args(p)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: run the blocks after the vector in a bf16 copy (sums stay fp32)")
     p.add_argument("--batch-size", type=int, default=16, help="items per forward pass (default 16)")
@@ -416,7 +438,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             neutral = load_neutral_text()
         neutral = neutral[: args.limit]
 
-    model = load_model(args.model)
+    model = _load_model(args)
     labels = _eval_labels(loaded)
     system_prompt = None if args.no_system_prompt else (args.system_prompt or DEFAULT_SYSTEM_PROMPT)
     print(f"eval: {', '.join(labels)} on {model.cfg.model_name}; metrics {','.join(metrics)}; multipliers "
@@ -459,7 +481,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="BiPO epochs (default: BiPOConfig's)")
     p.add_argument("--lr", type=float, default=None, help="BiPO learning rate (default: BiPOConfig's)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
-    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    _add_model_args(p)
     p.add_argument("--out", required=True, help="JSON file for the table")
     p.add_argument("--save-vectors", default=None, metavar="DIR", help="also save each vector to DIR/layer_LL")
 
@@ -494,7 +516,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if not held_out:
         raise CLIError(f"{source}: no held-out pairs to measure the effect on (raise --test-fraction)")
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model = _load_model(args)
     layers = parse_layers(args.layers if args.layers is not None else f"0-{model.cfg.n_layers - 1}",
                           model.cfg.n_layers)
     if args.reference_layer is not None and args.reference_layer not in layers:
@@ -628,6 +650,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes for smoke tests: 8 train pairs, 4 test pairs, 1 epoch, 4 short passages")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    _add_model_args(p)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -665,7 +688,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     out = Path(args.out)
 
-    model = load_model()
+    model = _load_model(args)
     if config.layer >= model.cfg.n_layers:
         raise CLIError(f"--layer {config.layer}: {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
     print(f"demo: {args.behavior} on {model.cfg.model_name}: {len(train)} train / {len(test)} test pairs, "
@@ -713,7 +736,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="results", help="results directory (default: results/)")
     p.add_argument("--figures", default="figures", help="figures directory (default: figures/)")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 behaviors, 8 pairs, 1 epoch, 3 layers")
-    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    _add_model_args(p)
     p.add_argument("--behaviors", nargs="+", default=None, help="embedded behaviors (default: all)")
     p.add_argument("--layer", type=int, default=None, help="layer of the main vectors (default: 14)")
     p.add_argument("--stages", nargs="+", default=None, help="subset of: vectors eval sweep cosine logit_lens "
@@ -742,10 +765,10 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     if bad:
         raise CLIError(f"--stages: unknown stage(s) {bad}; valid: {' '.join(STAGES)}")
     model = None
-    if args.model is not None:
+    if args.model is not None or args.device != "cpu" or args.dtype != "fp32" or args.n_devices != 1:
         from workbench.model import load_model
 
-        model = load_model(args.model)
+        model = _load_model(args)
     t0 = time.perf_counter()
     summary = reproduce(args.out, config, model=model, figures_dir=args.figures, stages=stages, force=args.force,
                         log=lambda line: print(line, flush=True))

@@ -24,6 +24,8 @@ import importlib.util
 import json
 import logging
 import os
+import re
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -220,82 +222,353 @@ def load_embedded_model(device: str = "cpu", dtype: torch.dtype = torch.float32,
     return model
 
 
-def load_local_model(path: str | Path, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> HookedTransformer:
+# --------------------------------------------------------------------------- devices and dtypes
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+
+
+class ModelLoadError(ValueError):
+    """A model cannot be loaded as asked (bad device, unknown config field, hub unreachable)."""
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32``/``bfloat16``/``float16`` from a dtype or its name (``fp32``, ``bf16``, ``fp16``)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ModelLoadError(f"dtype {dtype}: use one of fp32, bf16, fp16")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelLoadError(f"dtype {dtype!r}: use one of fp32, bf16, fp16") from None
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """A torch device string from ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or ``auto`` (cuda if available).
+
+    Raises:
+        ModelLoadError: a malformed name, or a CUDA device this machine does not have.
+    """
+    name = str(device).strip()
+    if not _DEVICE.match(name):
+        raise ModelLoadError(f"device {name!r}: use cpu, cuda, cuda:N, mps or auto")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {name!r}: CUDA is not available on this machine")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def _place(model: HookedTransformer, device: str, n_devices: int) -> HookedTransformer:
+    """Move to ``device``; with ``n_devices > 1`` split the blocks over ``cuda:0..n-1`` as TransformerLens does
+    (``get_device_for_block_index``: embedding and the first ``n_layers // n_devices`` blocks on the first)."""
+    if n_devices < 1:
+        raise ModelLoadError(f"n_devices {n_devices}: must be >= 1")
+    if n_devices > 1:
+        if not device.startswith("cuda"):
+            raise ModelLoadError(f"n_devices {n_devices} needs a CUDA device, got {device!r}")
+        if n_devices > torch.cuda.device_count():
+            raise ModelLoadError(f"n_devices {n_devices}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        model.cfg.n_devices = n_devices
+        model.cfg.device = device
+        model.move_model_modules_to_device()
+    elif str(next(model.parameters()).device) != device:
+        model.to(device)
+    return model
+
+
+# --------------------------------------------------------------------------- local directories
+# config.json fields of a Llama directory: those the loader maps (or checks), and metadata that does not
+# change the forward pass. Anything else is an error naming the field, never a silent default.
+_LLAMA_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "vocab_size",
+                 "hidden_act", "rope_theta", "rope_scaling", "rope_parameters", "tie_word_embeddings",
+                 "attention_bias", "mlp_bias", "architectures", "model_type"}
+_METADATA_FIELDS = {"torch_dtype", "dtype", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id",
+                    "_name_or_path", "initializer_range", "use_cache", "pretraining_tp", "attention_dropout",
+                    "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
+                    "tokenizer_class", "is_decoder", "sep_token_id", "decoder_start_token_id"}
+
+
+def llama_config_from_json(raw: dict[str, Any], model_name: str, max_ctx: int = 8192) -> dict[str, Any]:
+    """HookedTransformerConfig keyword arguments from a Llama ``config.json`` (as a dict).
+
+    Matches TransformerLens 3.9's own ``convert_hf_model_config`` for ``LlamaForCausalLM`` (including
+    ``_apply_llama3_rope_scaling``: a ``llama3`` ``rope_scaling``/``rope_parameters`` sets the
+    NTK-by-parts fields) except that ``n_ctx`` is capped at ``max_ctx`` (TransformerLens allocates an
+    ``n_ctx x n_ctx`` mask per layer; a Llama-3.1 config says 131072).
+
+    Raises:
+        ModelLoadError: a field the loader does not understand, or a value it cannot honour.
+    """
+    unknown = sorted(set(raw) - _LLAMA_FIELDS - _METADATA_FIELDS)
+    if unknown:
+        raise ModelLoadError(f"config.json field {unknown[0]!r} is not understood by the Llama loader"
+                             + (f" (also {unknown[1:]})" if len(unknown) > 1 else ""))
+    for flag in ("attention_bias", "mlp_bias"):
+        if raw.get(flag):
+            raise ModelLoadError(f"config.json field {flag!r}=true is not supported by the Llama loader")
+    d_head = raw["hidden_size"] // raw["num_attention_heads"]
+    if raw.get("head_dim") not in (None, d_head):
+        raise ModelLoadError(f"config.json field 'head_dim'={raw['head_dim']} differs from hidden_size / "
+                             f"num_attention_heads = {d_head}; not supported")
+    rope = dict(raw.get("rope_parameters") or {}) | dict(raw.get("rope_scaling") or {})
+    rope_type = str(rope.get("rope_type") or rope.get("type") or "default").lower()
+    if rope_type not in ("default", "llama3"):
+        raise ModelLoadError(f"config.json field 'rope_scaling' type {rope_type!r} is not supported "
+                             "(supported: default, llama3)")
+    n_kv = raw.get("num_key_value_heads", raw["num_attention_heads"])
+    kw: dict[str, Any] = dict(
+        model_name=model_name, d_model=raw["hidden_size"], d_head=d_head, n_heads=raw["num_attention_heads"],
+        d_mlp=raw["intermediate_size"], n_layers=raw["num_hidden_layers"],
+        n_ctx=min(int(raw.get("max_position_embeddings", 2048)), max_ctx), eps=float(raw.get("rms_norm_eps", 1e-6)),
+        d_vocab=raw["vocab_size"], act_fn=raw.get("hidden_act", "silu"),
+        n_key_value_heads=n_kv if n_kv != raw["num_attention_heads"] else None,
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_adjacent_pairs=False,
+        rotary_dim=d_head, rotary_base=float(rope.get("rope_theta") or raw.get("rope_theta") or 10000.0),
+        final_rms=True, gated_mlp=True, original_architecture="LlamaForCausalLM",
+        default_prepend_bos=False, tokenizer_prepends_bos=False)
+    if rope_type == "llama3":
+        kw.update(use_NTK_by_parts_rope=True,
+                  NTK_original_ctx_len=rope.get("original_max_position_embeddings", raw.get("max_position_embeddings")),
+                  NTK_by_parts_low_freq_factor=rope.get("low_freq_factor", 1.0),
+                  NTK_by_parts_high_freq_factor=rope.get("high_freq_factor", 4.0),
+                  NTK_by_parts_factor=rope.get("factor", 1.0))
+    return kw
+
+
+_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights (convert .bin checkpoints to safetensors; "
+                                "workbench never unpickles)")
+    return files
+
+
+def _stream_safetensors(file: Path):
+    """Yield ``(name, tensor)`` of a safetensors file, one tensor at a time, read with plain file reads.
+
+    ``safetensors.safe_open`` memory-maps the whole file and every page it touches stays resident in
+    the process until the file is closed, which doubles the peak of a one-shard load; reading each
+    tensor's bytes into its own buffer keeps the peak at one tensor above the model.
+    """
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _ST_DTYPES:
+                raise ModelLoadError(f"{file}: tensor {name} has dtype {info['dtype']}; supported F32, BF16, F16")
+            start, stop = info["data_offsets"]
+            buf = torch.empty(stop - start, dtype=torch.uint8)
+            f.seek(8 + n + start)
+            f.readinto(memoryview(buf.numpy()))
+            yield name, buf.view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def _llama_tl_tensor(name: str, w: torch.Tensor, cfg: HookedTransformerConfig, tied: bool) -> list[tuple[str, torch.Tensor]]:
+    """TransformerLens names and layouts of one HF Llama tensor (``convert_llama_weights``, per tensor)."""
+    import einops
+
+    gqa = "_" if cfg.n_key_value_heads is not None else ""
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    name = name.removeprefix("model.")
+    if name == "embed_tokens.weight":
+        out = [("embed.W_E", w)]
+        return out + ([("unembed.W_U", w.T)] if tied else [])
+    if name == "norm.weight":
+        return [("ln_final.w", w)]
+    if name == "lm_head.weight":
+        return [("unembed.W_U", w.T)]
+    parts = name.split(".")
+    if parts[0] != "layers":
+        raise ModelLoadError(f"weight {name!r} is not part of a Llama model")
+    layer, rest = int(parts[1]), ".".join(parts[2:])
+    b = f"blocks.{layer}."
+    table = {
+        "input_layernorm.weight": lambda: [(b + "ln1.w", w)],
+        "post_attention_layernorm.weight": lambda: [(b + "ln2.w", w)],
+        "self_attn.q_proj.weight": lambda: [(b + "attn.W_Q", einops.rearrange(w, "(n h) m -> n m h", n=cfg.n_heads))],
+        "self_attn.k_proj.weight": lambda: [(b + f"attn.{gqa}W_K", einops.rearrange(w, "(n h) m -> n m h", n=n_kv))],
+        "self_attn.v_proj.weight": lambda: [(b + f"attn.{gqa}W_V", einops.rearrange(w, "(n h) m -> n m h", n=n_kv))],
+        "self_attn.o_proj.weight": lambda: [(b + "attn.W_O", einops.rearrange(w, "m (n h) -> n h m", n=cfg.n_heads))],
+        "mlp.up_proj.weight": lambda: [(b + "mlp.W_in", w.T)],
+        "mlp.gate_proj.weight": lambda: [(b + "mlp.W_gate", w.T)],
+        "mlp.down_proj.weight": lambda: [(b + "mlp.W_out", w.T)],
+    }
+    if rest not in table:
+        raise ModelLoadError(f"weight {name!r} is not part of a Llama model")
+    return table[rest]()
+
+
+def _load_llama_dir(path: Path, device: str, dtype: torch.dtype, n_devices: int, max_ctx: int) -> HookedTransformer:
+    from transformers import AutoTokenizer
+
+    raw = json.loads((path / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cfg_kwargs = llama_config_from_json(raw, path.name, max_ctx=max_ctx)
+    if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
+        cfg_kwargs.update(default_prepend_bos=True, tokenizer_prepends_bos=True)
+    # the model is allocated once, in the target dtype and uninitialised; every weight is then read
+    # from disk, cast and copied in tensor by tensor (no fp32 staging copy, no transformers model)
+    cfg = HookedTransformerConfig(**cfg_kwargs, device="cpu", dtype=dtype, init_weights=False)
+    tied = bool(raw.get("tie_word_embeddings", False))
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for file in _safetensors_files(path):
+            for name, w in _stream_safetensors(file):
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                for tl_name, value in _llama_tl_tensor(name, w, cfg, tied):
+                    if tl_name not in params:
+                        raise ModelLoadError(f"{file}: weight {name} maps to {tl_name}, which the model lacks")
+                    if params[tl_name].shape != value.shape:
+                        raise ModelLoadError(f"{file}: weight {name} has shape {tuple(w.shape)}, the config "
+                                             f"implies {tuple(params[tl_name].shape)} for {tl_name}")
+                    params[tl_name].copy_(value)
+                    loaded.add(tl_name)
+                del w
+    # biases (zeros in Llama) and RMSNorm scales not in the files are TransformerLens' own initial values
+    missing = [k for k in params if k not in loaded and not k.rsplit(".", 1)[-1].lstrip("_").startswith("b_")]
+    if missing:
+        raise ModelLoadError(f"{path}: weights missing for {missing[:5]}")
+    with torch.no_grad():
+        for k, p in params.items():
+            if k not in loaded:
+                p.zero_()
+    model.cfg.device = device
+    model = _place(model, device, n_devices)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
+                     n_devices: int = 1, max_ctx: int = 8192) -> HookedTransformer:
     """A local Hugging Face model directory (``config.json`` + weights) as a ``HookedTransformer``.
 
-    Uses TransformerLens' own config and weight converters, so any architecture it supports works.
-    The weights are not processed (no LayerNorm folding, no centering), so hooks see the model's
-    own activations.
+    Llama-architecture directories (Llama 2/3.x and their fine-tunes) are read here from their own
+    ``config.json`` and ``*.safetensors``: tensor by tensor, straight into ``dtype``, so the peak host
+    memory is about the weights in ``dtype`` plus one tensor; ``rope_scaling`` of type ``llama3`` is
+    honoured and any config field the loader does not know is an error naming it. Other
+    architectures go through TransformerLens' own converters (a transformers model in ``dtype`` first,
+    so about twice the weights). The weights are not processed (no LayerNorm folding, no centering), so
+    hooks see the model's own activations.
+
+    Args:
+        path: the directory.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+        dtype: ``fp32``, ``bf16``, ``fp16`` or a torch dtype.
+        n_devices: split the blocks over this many CUDA devices (TransformerLens' ``n_devices``).
+        max_ctx: cap of ``n_ctx`` (the attention mask TransformerLens allocates is ``n_ctx x n_ctx``).
     """
     import transformer_lens.loading_from_pretrained as lp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
-    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path / 'config.json'}: not valid JSON ({exc})") from None
     if architectures == ["LlamaForCausalLM"]:
         # TransformerLens guesses the architecture from the path's *name* (a path containing
         # "llama" breaks it), so Llama directories are converted here from their own config.json.
-        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-        from transformers import AutoConfig
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        cfg_kwargs = _llama_cfg_kwargs(AutoConfig.from_pretrained(path), path.name)
-        if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
-            cfg_kwargs.update(default_prepend_bos=True, tokenizer_prepends_bos=True)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        cfg = HookedTransformerConfig(**cfg_kwargs, device="cpu", dtype=torch.float32)
-        weights = _weights_only(convert_llama_weights(hf, cfg))
-        del hf
-        return _build(cfg_kwargs, weights, tokenizer, device=device, dtype=dtype)
-    cfg = lp.get_pretrained_model_config(str(path), device=device, dtype=torch.float32)
+        return _load_llama_dir(path, device, dtype, n_devices, max_ctx)
+    cfg = lp.get_pretrained_model_config(str(path), device=device, dtype=dtype, n_devices=n_devices)
     cfg.model_name = path.name
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    state_dict = lp.get_pretrained_state_dict(str(path), cfg, hf_model=hf)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    state_dict = lp.get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
     del hf
     model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(path), move_to_device=False)
     model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
                                       center_unembed=False, fold_value_biases=False)
-    model.to(device)
-    if dtype != torch.float32:
-        model.to(dtype)
-        model.cfg.dtype = dtype
+    del state_dict
+    model = _place(model, device, n_devices)
     model.eval()
     model.requires_grad_(False)
     return model
 
 
-def load_model(name: str | Path | None = None, device: str = "cpu",
-               dtype: torch.dtype | str = torch.float32, **kwargs: Any) -> HookedTransformer:
+def _load_hub_model(name: str, device: str, dtype: torch.dtype, n_devices: int, **kwargs: Any) -> HookedTransformer:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
+    except TypeError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if offline:
+            raise ModelLoadError(f"model {name!r}: not a local directory, and HF_HUB_OFFLINE=1 keeps TransformerLens "
+                                 "from the hub (no complete copy in the hub cache); download it while online or "
+                                 "pass a local model directory") from None
+        raise ModelLoadError(f"model {name!r}: TransformerLens cannot load it ({type(exc).__name__}: {detail})") from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+_EMBEDDED_KWARGS = ("cache_dir", "rebuild_cache")
+_LOCAL_KWARGS = ("max_ctx",)
+
+
+def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
+               n_devices: int = 1, **kwargs: Any) -> HookedTransformer:
     """Load a frozen ``HookedTransformer``.
 
     Args:
         name: ``None`` for the embedded SmolLM2-135M-Instruct (offline); a path to a local Hugging
             Face model directory; or a TransformerLens model name (needs the hub or its cache).
-        device: torch device.
-        dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (or their names).
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when available).
+        dtype: ``fp32`` (default), ``bf16`` or ``fp16`` (or the torch dtypes).
+        n_devices: split the blocks over this many CUDA devices (TransformerLens' ``n_devices``).
+        **kwargs: the embedded model: ``cache_dir``, ``rebuild_cache``; a local directory:
+            ``max_ctx``; a TransformerLens name: any ``HookedTransformer.from_pretrained`` option.
+            Others are a ``TypeError`` naming them.
 
     Returns:
         The model in eval mode with ``requires_grad`` off on every weight.
+
+    Raises:
+        ModelLoadError: a malformed device or dtype, a config field the loader does not
+            understand, or a hub name that cannot be fetched (offline: names ``HF_HUB_OFFLINE``).
 
     Example:
         >>> model = load_model()            # embedded, offline
         >>> model.cfg.n_layers, model.cfg.d_model
         (30, 576)
+        >>> big = load_model("/models/Llama-3.1-8B-Instruct", device="cuda", dtype="bf16")
     """
-    if isinstance(dtype, str):
-        dtype = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                 "bfloat16": torch.bfloat16}[dtype]
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+
+    def check(allowed: tuple[str, ...], what: str) -> None:
+        bad = sorted(set(kwargs) - set(allowed))
+        if bad:
+            raise TypeError(f"load_model: unknown argument(s) {bad} for {what} (accepted: {', '.join(allowed)})")
+
     if name is None or name == EMBEDDED_MODEL_NAME:
-        return load_embedded_model(device=device, dtype=dtype, **kwargs)
+        check(_EMBEDDED_KWARGS, "the embedded model")
+        model = load_embedded_model(device="cpu" if n_devices > 1 else device, dtype=dtype, **kwargs)
+        return _place(model, device, n_devices)
     if Path(name).exists():
-        return load_local_model(name, device=device, dtype=dtype)
-    model = HookedTransformer.from_pretrained(str(name), device=device, dtype=dtype, **kwargs)
-    model.eval()
-    model.requires_grad_(False)
-    return model
+        check(_LOCAL_KWARGS, "a local directory")
+        return load_local_model(name, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
+    return _load_hub_model(str(name), device, dtype, n_devices, **kwargs)
 
 
 # --------------------------------------------------------------------------- prompts
