@@ -607,7 +607,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         from workbench.model import load_model
 
         try:
-            model = load_model(args.model)
+            model = _load_model(args)
         except Exception as exc:  # offline without the hub, unknown name ...
             raise CLIError(f"--model {args.model}: cannot load it ({type(exc).__name__}: {exc}); to convert "
                            "without loading, pass --model-name NAME and --d-model N instead") from None
@@ -811,6 +811,7 @@ def _add_refusal(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--out", required=True, help="result JSON (kind 'refusal')")
+    _add_model_args(p)
 
 
 def _run_refusal(args: argparse.Namespace) -> int:
@@ -836,7 +837,7 @@ def _run_refusal(args: argparse.Namespace) -> int:
 
     loaded = [(SteeringVector.load(path), path) for path in args.vector]
     vectors = dict(zip(_eval_labels(loaded), (v for v, _ in loaded)))
-    model = load_model()
+    model = _load_model(args)
     for v in vectors.values():
         v.check_compatible(model)
     result = refusal_study(model, vectors, requests, multipliers,
@@ -874,7 +875,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rel-tol", type=float, default=0.05, help="relative tolerance on the budget (default 0.05)")
     p.add_argument("--limit", type=int, default=None, help="at most N pairs and neutral passages")
     p.add_argument("--neutral", default=None, metavar="PATH", help="neutral text file, one passage per line")
-    p.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
+    _add_model_args(p)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--out", required=True, help="JSON result file (written atomically)")
@@ -917,7 +918,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     else:
         texts = load_neutral_text()
     texts = texts[: args.limit]
-    model = load_model(args.model)
+    model = _load_model(args)
     result = matched_cost(model, {lab: v for lab, (v, _) in zip(labels, loaded)}, pairs, texts, cost=args.cost,
                           budgets=budgets, equal_norm=equal_norm, max_multiplier=args.max_multiplier,
                           rel_tol=args.rel_tol, n_boot=args.n_boot, seed=args.seed)
