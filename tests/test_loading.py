@@ -81,6 +81,16 @@ def test_unknown_config_field_is_named(tmp_path):
         load_model(d)
 
 
+def test_generic_config_fields_pass_only_at_their_defaults(tmp_path):
+    from workbench.model import llama_config_from_json
+
+    d = write_llama_dir(tmp_path / "tiny", rope=False)
+    raw = json.loads((d / "config.json").read_text()) | {"chunk_size_feed_forward": 0, "problem_type": None}
+    assert llama_config_from_json(raw, "tiny")["d_model"] == raw["hidden_size"]
+    with pytest.raises(ModelLoadError, match="chunk_size_feed_forward"):
+        llama_config_from_json(raw | {"chunk_size_feed_forward": 64}, "tiny")
+
+
 def test_kwargs_checked_and_devices():
     with pytest.raises(TypeError, match="n_devicez"):
         load_model(None, n_devicez=2)

@@ -607,7 +607,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         from workbench.model import load_model
 
         try:
-            model = _load_model(args)
+            model = load_model(args.model)
         except Exception as exc:  # offline without the hub, unknown name ...
             raise CLIError(f"--model {args.model}: cannot load it ({type(exc).__name__}: {exc}); to convert "
                            "without loading, pass --model-name NAME and --d-model N instead") from None

@@ -295,6 +295,16 @@ _METADATA_FIELDS = {"torch_dtype", "dtype", "transformers_version", "bos_token_i
                     "tokenizer_class", "is_decoder", "sep_token_id", "decoder_start_token_id"}
 
 
+def _generic_default(key: str, value: Any) -> bool:
+    """Is ``key`` a field every transformers config has (``save_pretrained`` writes them all), at its
+    default value? Such fields (``chunk_size_feed_forward``, ``problem_type``, ...) do not change a
+    causal Llama; the same field with another value is an error."""
+    from transformers import PretrainedConfig
+
+    defaults = PretrainedConfig().to_dict()
+    return key in defaults and defaults[key] == value
+
+
 def llama_config_from_json(raw: dict[str, Any], model_name: str, max_ctx: int = 8192) -> dict[str, Any]:
     """HookedTransformerConfig keyword arguments from a Llama ``config.json`` (as a dict).
 
@@ -306,7 +316,8 @@ def llama_config_from_json(raw: dict[str, Any], model_name: str, max_ctx: int = 
     Raises:
         ModelLoadError: a field the loader does not understand, or a value it cannot honour.
     """
-    unknown = sorted(set(raw) - _LLAMA_FIELDS - _METADATA_FIELDS)
+    unknown = sorted(k for k in set(raw) - _LLAMA_FIELDS - _METADATA_FIELDS
+                     if not (k.startswith("_") or k.endswith("_token_id") or _generic_default(k, raw[k])))
     if unknown:
         raise ModelLoadError(f"config.json field {unknown[0]!r} is not understood by the Llama loader"
                              + (f" (also {unknown[1:]})" if len(unknown) > 1 else ""))
