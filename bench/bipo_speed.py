@@ -46,12 +46,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from workbench.bipo import (BiPOConfig, batch_plan, bipo_loss, draw_directions, lr_factor, prompts_and_answers,
-                            train_bipo)
+from workbench.bipo import BiPOConfig, batch_plan, bipo_loss, draw_directions, lr_factor, train_bipo
+from workbench.prompts import prompts_and_answers
 from workbench.data import load_pairs
 from workbench.io import atomic_write_json
 from workbench.model import load_model
-from workbench.prefix import steering_site
+from workbench.scoring import entry
 from workbench.scoring import tokenize_completions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
@@ -130,7 +130,7 @@ def official_flops(model, lengths: list[int], layer: int) -> float:
 def official_epoch(model, runner, pairs, config: BiPOConfig, lengths: torch.Tensor) -> dict:
     """The official-style loop: full steered and reference forwards, full-vocab log_softmax."""
     prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
-    site = steering_site(model, config.hook_name)
+    site_hook = config.hook_name
     gen = torch.Generator().manual_seed(config.seed)
     v = torch.zeros(model.cfg.d_model, requires_grad=True)
     opt = torch.optim.AdamW([v], lr=config.lr, weight_decay=config.weight_decay)
@@ -154,7 +154,7 @@ def official_epoch(model, runner, pairs, config: BiPOConfig, lengths: torch.Tens
         tokens, am, mask = batch.tokens, batch.attention_mask, batch.answer_mask.float()
         delta = (d[0] * v) if config.direction == "batch" else (d.repeat(2)[:, None, None] * v)
         add = lambda act, hook: act + delta.to(act.dtype)  # noqa: E731
-        lp = logps(tokens, am, mask, [(site.hook_name, add)])
+        lp = logps(tokens, am, mask, [(site_hook, add)])
         with torch.no_grad():
             ref = logps(tokens, am, mask, [])
         b = len(idx)
@@ -181,7 +181,7 @@ def run(model, pairs, precision: str, layer: int, batching: str = "random") -> d
     p_len, a_len = token_lengths(model, pairs, config)
     lengths = p_len + a_len.amax(1)
     plan = batch_plan(len(pairs), config, torch.Generator().manual_seed(config.seed), lengths)
-    start = steering_site(model, config.hook_name).start_layer
+    start = entry(model, config.hook_name)[0]
     fast_flops = trainer_flops(model, start, p_len, a_len, plan)
     step_seconds = res.epochs[-1]["seconds"]
     runner = copy.deepcopy(model).to(torch.bfloat16) if precision == "bf16" else model

@@ -5,8 +5,7 @@ On the embedded SmolLM2-135M-Instruct and the first ``--pairs`` pairs of BiPO's 
 times ``workbench.eval_preference.pair_logodds`` at multipliers -2 -1 0 1 2 with
 
 * ``naive``: every multiplier a full forward pass under ``steer`` (matching and not-matching rows);
-* ``prefix``: blocks 0..14 once per batch, blocks 15..29 once per multiplier (``workbench.eval_sweep``);
-* ``kv`` (the default ``auto`` engine for a single vector): the prefix cache of ``workbench.prefix``,
+* ``kv``: the scoring engine of ``workbench.scoring`` (prefix and prompt sharing),
   where each prompt also runs once for both of its answers;
 * optionally ``kv`` with ``--precision bf16`` (blocks after the vector in a bf16 copy).
 
@@ -51,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BiPO-format CSV")
     ap.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
     ap.add_argument("--layer", type=int, default=14)
-    ap.add_argument("--engines", nargs="+", default=["naive", "prefix", "kv"], choices=["naive", "prefix", "kv"])
+    ap.add_argument("--engines", nargs="+", default=["naive", "kv"], choices=["naive", "kv"],
+                    help="kv: workbench.scoring (prefix and prompt sharing); naive: a full forward per multiplier")
     ap.add_argument("--bf16", action="store_true", help="also time the kv engine with precision bf16")
     ap.add_argument("--model", default=None, help="model name or directory (default: embedded)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_speed.json")
@@ -97,12 +97,36 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {}
 
     runs = [(e, "fp32") for e in args.engines] + ([("kv", "bf16")] if args.bf16 else [])
+
+    def naive_curve(precision: str):  # the reference: one full forward pass per (pair, answer, multiplier)
+        from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+        from workbench.scoring import token_logprobs, tokenize_completions
+        from workbench.steering import steer
+
+        prompts, answers = prompts_and_answers(model, pairs, DEFAULT_SYSTEM_PROMPT)
+        rows = []
+        for m in MULTIPLIERS:
+            with steer(model, vec, m), torch.no_grad():
+                for s in range(0, len(pairs), args.batch_size):
+                    idx = range(s, min(s + args.batch_size, len(pairs)))
+                    b = tokenize_completions(model, [prompts[i] for i in idx for _ in range(2)],
+                                             [a for i in idx for a in answers[i]], 256,
+                                             [i for i in idx for _ in range(2)])
+                    resid = model(b.tokens, attention_mask=b.attention_mask, stop_at_layer=model.cfg.n_layers)
+                    r, c = b.answer_mask[:, 1:].nonzero(as_tuple=True)
+                    lp = torch.zeros(len(b)).index_add(0, r, token_logprobs(model, resid[r, c], b.tokens[:, 1:][r, c]))
+                    lp = lp.view(-1, 2)
+                    rows += [{"multiplier": m, "pair": i, "logodds": float(x[0] - x[1])} for i, x in zip(idx, lp)]
+        import pandas as pd
+
+        return pd.DataFrame(rows)
+
     seconds, cpu, curves = {}, {}, {}
     for engine, precision in runs:
         name = engine if precision == "fp32" else f"{engine}_{precision}"
         t0, c0 = time.perf_counter(), time.process_time()
-        per = pair_logodds(model, vec, pairs, MULTIPLIERS, batch_size=args.batch_size, engine=engine,
-                           precision=precision, progress=True)
+        per = naive_curve(precision) if engine == "naive" else pair_logodds(
+            model, vec, pairs, MULTIPLIERS, batch_size=args.batch_size, precision=precision, progress=True)
         seconds[name] = time.perf_counter() - t0
         cpu[name] = time.process_time() - c0
         if engine == "kv":

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.logit_lens import final_residuals, lens_to_dict, steered_logit_lens, vector_logit_lens
     from workbench.model import cache_root, load_model
     from workbench.similarity import cosine, layer_cosine_table, method_cosines, table_to_dict
-    from workbench.sweep import format_table, layer_sweep, steering_effects
+    from workbench.layer_sweep import format_table, layer_sweep, steering_effects
     from workbench.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
 
     def env() -> dict:

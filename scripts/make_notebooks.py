@@ -153,10 +153,10 @@ display(gens.pivot(index=["question", "multiplier"], columns="vector", values="g
     "03_layer_sweep": header("Layer sweep", """
 Where in the network does steering work? CAA vectors are extracted at every layer from one forward pass per
 batch; BiPO vectors are trained at a few layers. Each layer's vector is scored on held-out pairs: the change
-of the mean log-odds at `m = ±1` against the unsteered model (`workbench.sweep.layer_sweep`).
+of the mean log-odds at `m = ±1` against the unsteered model (`workbench.layer_sweep.layer_sweep`).
 """) + [
         code('''
-from workbench.sweep import layer_sweep
+from workbench.layer_sweep import layer_sweep
 
 train, test = study_pairs("power-seeking", CONFIG)
 layers = "all" if not QUICK else CONFIG.sweep_layers
@@ -165,7 +165,7 @@ caa_sweep = layer_sweep(model, train, test, spec, method="caa", multipliers=CONF
 display(caa_sweep.table.round(3))'''),
         md("BiPO at a few layers (cached in `RUNS`), with its cosine to the CAA vector of the same layer."),
         code('''
-from workbench.sweep import parse_layers
+from workbench.layer_sweep import parse_layers
 
 bipo_layers = parse_layers(CONFIG.bipo_sweep_layers or str(CONFIG.layer), model.cfg.n_layers)
 bipo_vectors = {L: study_vectors(model, "power-seeking", CONFIG, RUNS, layer=L)["bipo"] for L in bipo_layers}

@@ -88,3 +88,32 @@ def embedded_model():
     from workbench.model import load_model
 
     return load_model()
+
+
+def naive_logprobs(model, prompts, answers, max_length=None, groups=None):
+    """Independent reference: summed answer log-probs from ONE full forward pass per row and a full
+    log-softmax (no prefix cache, no key/value cache, no answer-only unembedding). Hooks attached by
+    the caller (``steer``) take effect."""
+    bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
+    enc = lambda t: list(model.tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    rows = []
+    for p, a in zip(prompts, answers):
+        p_ids = enc(p)
+        if bos is not None and (not p_ids or p_ids[0] != bos):
+            p_ids = [bos] + p_ids
+        rows.append((p_ids, enc(a)))
+    cuts = [0 if max_length is None else max(0, len(p) + len(a) - max_length) for p, a in rows]
+    if groups is not None:
+        most = {}
+        for g, c in zip(groups, cuts):
+            most[g] = max(most.get(g, 0), c)
+        cuts = [most[g] for g in groups]
+    out = []
+    with torch.no_grad():
+        for (p, a), cut in zip(rows, cuts):
+            p = p[cut:]
+            tokens = torch.tensor([p + a], device=model.cfg.device)
+            logits = model(tokens, attention_mask=torch.ones_like(tokens)).float()[0]
+            lp = logits.log_softmax(-1)[:-1].gather(1, tokens[0, 1:, None]).squeeze(1)
+            out.append(lp[len(p) - 1:].sum().item())
+    return torch.tensor(out, dtype=torch.float64)

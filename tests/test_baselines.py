@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.baselines import (DEFAULT_SYSTEM_PROMPT, actadd, caa, extract_activations,
-                                 first_principal_component, mean_difference_vectors, pca)
+from workbench.baselines import actadd, caa, extract_activations, first_principal_component, mean_difference_vectors, pca
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.data import PreferencePair, fingerprint
-from workbench.model import format_chat
+from workbench.prompts import format_chat
 from workbench.scoring import tokenize_completions
 from workbench.steering import remaining_hooks
 from workbench.vector import SteeringVector

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.bipo import (DEFAULT_SYSTEM_PROMPT, BiPOConfig, bipo_loss, lr_factor, prompts_and_answers,
-                            train_bipo)
+from workbench.bipo import BiPOConfig, _step, bipo_loss, draw_directions, lr_factor, train_bipo
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.data import PreferencePair, fingerprint
-from workbench.prefix import PrefixCache, make_runner, steering_site
+from workbench.scoring import PrefixCache, entry, make_runner, tokenize_items
+from conftest import make_tiny_model
 from workbench.steering import remaining_hooks
 from workbench.vector import SteeringVector, hook_name
 
@@ -72,11 +73,8 @@ def test_config_validation_and_round_trip():
 
 
 # --------------------------------------------------------------------------- parity
-def plain_logprob(model, prompt: str, answer: str, hook: str | None, delta: torch.Tensor | None) -> torch.Tensor:
-    """log p(answer | prompt): one unpadded sequence, full forward, full-vocab log_softmax."""
-    tok = model.tokenizer
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+def plain_logprob(model, p_ids: list[int], a_ids: list[int], hook: str | None, delta) -> torch.Tensor:
+    """log p(answer | prompt) from ONE plain full forward pass, the vector added by a hook."""
     tokens = torch.tensor([p_ids + a_ids])
     hooks = [] if delta is None else [(hook, lambda act, hook: act + delta)]
     with model.hooks(fwd_hooks=hooks):
@@ -85,39 +83,53 @@ def plain_logprob(model, prompt: str, answer: str, hook: str | None, delta: torc
     return logp[len(p_ids) - 1:].sum()
 
 
-def plain_loss(model, pairs, hook: str, v: torch.Tensor, d: torch.Tensor, beta: float) -> torch.Tensor:
+def plain_loss(model, pairs, hook: str, v: torch.Tensor, d: torch.Tensor, beta: float,
+               max_length: int | None) -> torch.Tensor:
+    """BiPO's loss written out plainly: BOS prepended, each pair's prompt cut from the left for its longer answer."""
     prompts, answers = prompts_and_answers(model, pairs, DEFAULT_SYSTEM_PROMPT)
+    enc = lambda t: list(model.tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    bos = [model.tokenizer.bos_token_id] if model.cfg.default_prepend_bos else []
     losses = []
     for i, (p, (m, o)) in enumerate(zip(prompts, answers)):
-        pol = [plain_logprob(model, p, a, hook, d[i] * v) for a in (m, o)]
+        p_ids, a_ids = bos + enc(p), [enc(m), enc(o)]
+        cut = 0 if max_length is None else max(0, max(len(p_ids) + len(a) - max_length for a in a_ids))
+        p_ids = p_ids[cut:]
+        pol = [plain_logprob(model, p_ids, a, hook, d[i] * v) for a in a_ids]
         with torch.no_grad():
-            ref = [plain_logprob(model, p, a, None, None) for a in (m, o)]
+            ref = [plain_logprob(model, p_ids, a, None, None) for a in a_ids]
         losses.append(bipo_loss(pol[0], pol[1], ref[0], ref[1], d[i], beta)[0])
     return torch.stack(losses).mean()
 
 
 @pytest.mark.parametrize("hook", ["resid_post", "resid_mid", "attn_out", "resid_pre", "mlp_out"])
 @pytest.mark.parametrize("direction", ["batch", "example"])
-def test_fast_path_matches_plain_full_forward(tiny_model, hook, direction):
-    """Loss and gradient of the prefix-cached path equal a plain implementation to 1e-5."""
-    name = hook_name(1, hook)
+def test_trainer_step_matches_plain_full_forward(hook, direction):
+    """The trainer's own step (loss and gradient) equals a plain implementation to 1e-5, with BOS,
+    padding and prompts cut at max_length."""
+    model = make_tiny_model(seed=3)
+    model.cfg.default_prepend_bos = True
+    config = tiny_config(hook=hook, direction=direction, beta=0.5, max_length=80, seed=5)
     pairs = PAIRS[:4]  # different prompt and answer lengths: the batch is padded
-    runner = make_runner(tiny_model, steering_site(tiny_model, name).start_layer)
-    cache = PrefixCache.build(tiny_model, *prompts_and_answers(tiny_model, pairs, DEFAULT_SYSTEM_PROMPT), name,
-                              runner=runner)
-    v = (0.5 * torch.randn(tiny_model.cfg.d_model)).requires_grad_(True)
-    d = torch.tensor([-1.0, -1.0, -1.0, -1.0]) if direction == "batch" else torch.tensor([1.0, -1.0, -1.0, 1.0])
-    idx = torch.arange(4)
-    delta = d[0] * v if direction == "batch" else d[:, None] * v
-    lp = cache.logprobs(runner, idx, delta, unembed_model=tiny_model)
-    fast = bipo_loss(lp[:, 0], lp[:, 1], cache.reference[:, 0], cache.reference[:, 1], d, 0.5)[0].mean()
-    (g_fast,) = torch.autograd.grad(fast, v)
-    plain = plain_loss(tiny_model, pairs, name, v, d, 0.5)
-    (g_plain,) = torch.autograd.grad(plain, v)
-    assert abs(float(fast.detach()) - math.log(2)) > 1e-3  # the vector does something
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(g_fast, g_plain, atol=1e-5, rtol=1e-5)
-    assert remaining_hooks(tiny_model) == 0 and remaining_hooks(runner) == 0
+    items = tokenize_items(model, *prompts_and_answers(model, pairs, config.system_prompt), config.max_length)
+    full = tokenize_items(model, *prompts_and_answers(model, pairs, config.system_prompt), None)
+    assert any(len(a) < len(b) for a, b in zip(items.prompts, full.prompts))  # the cut is in play
+    runner = make_runner(model, entry(model, config.hook_name)[0])
+    cache = PrefixCache.build(model, items, config.hook_name, runner=runner)
+    v0 = 0.5 * torch.randn(model.cfg.d_model)
+    v = v0.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([v], lr=config.lr)
+    gen = torch.Generator().manual_seed(11)
+    d = draw_directions(config, 4, torch.Generator().manual_seed(11))  # what the step draws
+    record = _step(runner, model, cache, torch.arange(4), v, opt, gen, config, 3, 10)
+    x = v0.clone().requires_grad_(True)
+    plain = plain_loss(model, pairs, config.hook_name, x, d, config.beta, config.max_length)
+    (g_plain,) = torch.autograd.grad(plain, x)
+    assert abs(record["loss"] - math.log(2)) > 1e-3  # the vector does something
+    assert record["loss"] == pytest.approx(float(plain.detach()), rel=1e-5, abs=1e-5)
+    torch.testing.assert_close(v.grad, g_plain, atol=1e-5, rtol=1e-5)
+    assert record["grad_norm"] == pytest.approx(float(g_plain.norm()), rel=1e-5)
+    assert not torch.equal(v.detach(), v0)  # the step moved the vector
+    assert remaining_hooks(model) == 0 and remaining_hooks(runner) == 0
 
 
 # --------------------------------------------------------------------------- training

@@ -7,7 +7,7 @@ from workbench.composition import composition_logodds, composition_table, hook_d
 from workbench.data import PreferencePair
 from workbench.io import atomic_write_json
 from workbench.steering import remaining_hooks
-from workbench.sweep import steering_logodds
+from workbench.scoring import preference_logodds
 from workbench.vector import SteeringVector, hook_name
 
 POWER = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
@@ -51,7 +51,7 @@ def test_composition_table_arithmetic(tiny_model, tmp_path):
     res = composition_table(tiny_model, {"power": p, "wealth": w}, {"power": POWER, "wealth": WEALTH},
                             multipliers={"power": 1.0, "wealth": -2.0}, batch_size=1)
     t = res.table.set_index("behavior")
-    lo = steering_logodds(tiny_model, POWER, [[], [(p, 1.0)], [(w, -2.0)], [(p, 1.0), (w, -2.0)]])
+    lo = preference_logodds(tiny_model, POWER, [[], [(p, 1.0)], [(w, -2.0)], [(p, 1.0), (w, -2.0)]], batch_size=1)
     eff = (lo - lo[0]).mean(1)
     assert t.own_effect["power"] == pytest.approx(float(eff[1]), abs=1e-5)
     assert t.cross_effect["power"] == pytest.approx(float(eff[2]), abs=1e-5)

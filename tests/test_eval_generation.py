@@ -11,8 +11,8 @@ from workbench.data import PreferencePair
 from workbench.eval_generation import (_judge_prompt, _score_two, load_refusal_prompts,
                                        open_ended_eval, refusal_eval, score_open_ended, steered_generations,
                                        validate_open_scorer)
-from workbench.model import format_chat
-from workbench.scoring import score_completions
+from workbench.prompts import format_chat
+from conftest import naive_logprobs
 from workbench.steering import generate, remaining_hooks
 from workbench.vector import SteeringVector
 
@@ -85,7 +85,7 @@ def test_judge_scores_equal_plain_scoring(tiny_model, pairs):
     prompts = [format_chat(tiny_model, p.question, SYS) for p in pairs]
     answers = [[p.matching, p.not_matching] for p in pairs]
     got = _score_two(tiny_model, prompts, answers, batch_size=2, max_length=None)
-    want = np.stack([score_completions(tiny_model, prompts, [a[j] for a in answers]).double().numpy()
+    want = np.stack([naive_logprobs(tiny_model, prompts, [a[j] for a in answers]).double().numpy()
                      for j in range(2)], 1)
     np.testing.assert_allclose(got, want, atol=1e-5)
     conv = _judge_prompt(tiny_model, "Q?", "my answer", SYS)

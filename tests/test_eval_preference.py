@@ -11,8 +11,8 @@ from workbench.data import PreferencePair
 from workbench.eval_common import bootstrap_ci, check_multipliers
 from workbench.eval_preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
                                        summarize_logodds)
-from workbench.model import end_of_turn, format_chat
-from workbench.scoring import score_completions
+from workbench.prompts import end_of_turn, format_chat
+from conftest import naive_logprobs
 from workbench.steering import remaining_hooks, steer
 from workbench.vector import IncompatibleVectorError, SteeringVector
 
@@ -41,41 +41,43 @@ def _naive(model, vecs, pairs, m):
     eot = end_of_turn(model)
     prompts = [format_chat(model, p.question, SYS) for p in pairs]
     with steer(model, vecs, [m] * len(vecs)):
-        lm = score_completions(model, prompts, [p.matching + eot for p in pairs])
-        ln = score_completions(model, prompts, [p.not_matching + eot for p in pairs])
+        lm = naive_logprobs(model, prompts, [p.matching + eot for p in pairs])
+        ln = naive_logprobs(model, prompts, [p.not_matching + eot for p in pairs])
     return lm.double().numpy(), ln.double().numpy()
 
 
 def test_logodds_equal_naive_steer_full_forward(tiny_model, pairs, vectors):
-    """Every engine equals a full forward pass under steer, scored by workbench.scoring, to 1e-5."""
+    """pair_logodds equals a full forward pass under steer (tests/conftest.py naive_logprobs) to 1e-5."""
     mults = [-2.0, 0.0, 1.5]
     pairs = pairs[:5]
     ref = {(k, m): _naive(tiny_model, v, pairs, m) for k, v in vectors.items() for m in mults}
-    for engine in ("auto", "kv", "prefix", "naive"):
-        vecs = vectors if engine != "kv" else {k: v for k, v in vectors.items() if k != "both"}
-        per = pair_logodds(tiny_model, vecs, pairs, mults, batch_size=3, engine=engine, progress=False)
-        assert remaining_hooks(tiny_model) == 0
-        for label in vecs:
-            for m in mults:
-                lm, ln = ref[(label, m)]
-                g = per[(per.vector == label) & (per.multiplier == m)].sort_values("pair")
-                np.testing.assert_allclose(g.logp_matching, lm, atol=1e-5, rtol=1e-5, err_msg=engine)
-                np.testing.assert_allclose(g.logp_not_matching, ln, atol=1e-5, rtol=1e-5, err_msg=engine)
-                np.testing.assert_allclose(g.logodds, lm - ln, atol=2e-5, rtol=1e-5, err_msg=engine)
+    per = pair_logodds(tiny_model, vectors, pairs, mults, batch_size=3, progress=False)
+    assert remaining_hooks(tiny_model) == 0
+    for label in vectors:
+        for m in mults:
+            lm, ln = ref[(label, m)]
+            g = per[(per.vector == label) & (per.multiplier == m)].sort_values("pair")
+            np.testing.assert_allclose(g.logp_matching, lm, atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(g.logp_not_matching, ln, atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(g.logodds, lm - ln, atol=2e-5, rtol=1e-5)
     # the vectors do steer: the log-odds change with the multiplier
     assert np.abs(ref[("post", -2.0)][0] - ref[("post", 1.5)][0]).max() > 1e-2
 
 
-def test_engines_agree_when_prompts_are_truncated(tiny_model, vectors):
-    """An over-long pair loses the same prompt tokens for both answers, in every engine."""
+def test_truncated_prompts_lose_the_same_tokens_for_both_answers(tiny_model, vectors):
+    """An over-long pair loses the same prompt tokens for both answers."""
     long = [PreferencePair("Tell me " + "more and more " * 12 + "please?", "Yes " * (3 + i), "No") for i in range(4)]
     v = vectors["post"]
-    per = {e: pair_logodds(tiny_model, v, long, [0.0, 1.5], batch_size=3, engine=e, max_length=40, progress=False)
-           for e in ("kv", "prefix", "naive")}
-    for e in ("prefix", "naive"):
-        np.testing.assert_allclose(per[e].logodds, per["kv"].logodds, atol=2e-5, err_msg=e)
-    full = pair_logodds(tiny_model, v, long, [0.0, 1.5], engine="naive", max_length=None, progress=False)
-    assert not np.allclose(full.logodds, per["naive"].logodds)  # the cut did happen
+    per = pair_logodds(tiny_model, v, long, [1.5], batch_size=3, max_length=40, progress=False)
+    prompts = [format_chat(tiny_model, p.question, SYS) for p in long]
+    eot = end_of_turn(tiny_model)
+    with steer(tiny_model, v, 1.5):
+        lp = naive_logprobs(tiny_model, [p for p in prompts for _ in range(2)],
+                            [a + eot for p in long for a in (p.matching, p.not_matching)], 40,
+                            [i for i in range(4) for _ in range(2)]).view(4, 2).numpy()
+    np.testing.assert_allclose(per.sort_values("pair").logodds, lp[:, 0] - lp[:, 1], atol=2e-5)
+    full = pair_logodds(tiny_model, v, long, [1.5], max_length=None, progress=False)
+    assert not np.allclose(full.logodds, per.logodds)  # the cut did happen
 
 
 def test_logodds_curve_summary(tiny_model, pairs, vectors):
@@ -103,7 +105,7 @@ def test_no_end_of_turn_and_system_prompt_options(tiny_model, pairs, vectors):
     b = pair_logodds(tiny_model, vectors["post"], pairs, [0.0], system_prompt=None, progress=False)
     prompts = [format_chat(tiny_model, p.question, None) for p in pairs]
     eot = end_of_turn(tiny_model)
-    ref = score_completions(tiny_model, prompts, [p.matching + eot for p in pairs]).double().numpy()
+    ref = naive_logprobs(tiny_model, prompts, [p.matching + eot for p in pairs]).double().numpy()
     np.testing.assert_allclose(b.sort_values("pair").logp_matching, ref, atol=1e-5)
 
 
@@ -136,10 +138,8 @@ def test_bad_inputs(tiny_model, pairs, vectors):
         pair_logodds(tiny_model, SteeringVector(torch.ones(16), "blocks.0.hook_resid_post"), pairs, progress=False)
     with pytest.raises(TypeError, match="no string field 'question'"):
         pair_logodds(tiny_model, vectors["post"], [object()], progress=False)
-    with pytest.raises(ValueError, match="kv"):
-        pair_logodds(tiny_model, vectors, pairs, engine="kv", progress=False)
-    with pytest.raises(ValueError, match="engine"):
-        pair_logodds(tiny_model, vectors["post"], pairs, engine="fast", progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        pair_logodds(tiny_model, vectors["post"], pairs, precision="fp8", progress=False)
 
 
 def test_bootstrap_ci():
@@ -158,8 +158,6 @@ def ab_pairs():
 
 def test_ab_probability_matches_direct_logits(tiny_model, ab_pairs, vectors):
     per = ab_pair_probs(tiny_model, vectors, ab_pairs, [-1.0, 0.0, 2.0], batch_size=2, progress=False)
-    naive = ab_pair_probs(tiny_model, vectors, ab_pairs, [-1.0, 0.0, 2.0], engine="naive", progress=False)
-    np.testing.assert_allclose(per.p_matching, naive.p_matching, atol=1e-5)
     tok = tiny_model.tokenizer
     a, b = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
     for i, p in enumerate(ab_pairs):

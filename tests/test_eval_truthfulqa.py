@@ -10,8 +10,8 @@ import torch
 
 from workbench.data import MCQuestion
 from workbench.eval_truthfulqa import load_truthfulqa, truthfulqa_mc, truthfulqa_per_question
-from workbench.model import format_chat
-from workbench.scoring import score_completions
+from workbench.prompts import format_chat
+from conftest import naive_logprobs
 from workbench.steering import steer
 from workbench.vector import SteeringVector
 
@@ -34,7 +34,7 @@ def test_mc1_mc2_match_hand_computation(tiny_model, vec):
             want = []
             for q in qs:
                 with steer(tiny_model, vec, m):
-                    lp = score_completions(tiny_model, [format_chat(tiny_model, q.question, SYS)] * len(q.choices),
+                    lp = naive_logprobs(tiny_model, [format_chat(tiny_model, q.question, SYS)] * len(q.choices),
                                            list(q.choices)).double().numpy()
                 true = np.array(q.labels, dtype=bool)
                 if targets == "mc1":

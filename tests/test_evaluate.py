@@ -192,8 +192,17 @@ def test_embedded_caa_steers_held_out_logodds(embedded_model):
     train, test = load_behavior("power-seeking", "train")[:12], load_behavior("power-seeking", "test")[:4]
     v = caa(embedded_model, train, layer=14, progress=False)
     per = pair_logodds(embedded_model, {"caa": v}, test, [-2.0, 2.0], batch_size=4, progress=False)
-    naive = pair_logodds(embedded_model, {"caa": v}, test, [-2.0, 2.0], batch_size=4, engine="naive", progress=False)
-    assert (per.logodds - naive.logodds).abs().max() < 1e-2
+    from conftest import naive_logprobs
+
+    from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+    from workbench.steering import steer
+
+    prompts, answers = prompts_and_answers(embedded_model, test, DEFAULT_SYSTEM_PROMPT)
+    with steer(embedded_model, v, 2.0):
+        lp = naive_logprobs(embedded_model, [p for p in prompts for _ in range(2)], [a for x in answers for a in x],
+                            256, [i for i in range(len(test)) for _ in range(2)]).view(-1, 2).numpy()
+    got = per[per.multiplier == 2.0].sort_values("pair").logodds.to_numpy()
+    assert abs(got - (lp[:, 0] - lp[:, 1])).max() < 1e-2
     mean = per.groupby("multiplier").logodds.mean()
     assert mean[2.0] > mean[-2.0]
     assert remaining_hooks(embedded_model) == 0

@@ -90,8 +90,8 @@ def test_steered_logit_lens_zero_before_hook_and_pure(tiny_model):
 
 
 def test_steered_logit_lens_last_layer_matches_real_output(tiny_model):
-    from workbench.model import format_chat, end_of_turn
-    from workbench.logit_lens import DEFAULT_SYSTEM_PROMPT
+    from workbench.prompts import end_of_turn, format_chat
+    from workbench.prompts import DEFAULT_SYSTEM_PROMPT
     from workbench.steering import steer
 
     v = SteeringVector(torch.randn(32) * 3, hook_name(0))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import workbench.model as wm
-from workbench.model import format_chat, end_of_turn, load_model
+from workbench.model import load_model
+from workbench.prompts import end_of_turn, format_chat
 
 
 def test_format_chat_template_and_fallback():

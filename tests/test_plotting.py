@@ -155,7 +155,7 @@ def test_layer_sweep_effect_at_columns_and_cosine_panel():
 
 
 def test_layer_sweep_accepts_result_objects():
-    class FakeSweep:  # workbench.sweep.SweepResult's interface
+    class FakeSweep:  # workbench.layer_sweep.SweepResult's interface
         def __init__(self, method):
             self.method = method
 

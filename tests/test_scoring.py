@@ -1,78 +1,293 @@
+"""The scoring engine (workbench.scoring) against an independent full forward pass for every metric it
+serves, with padding, truncation, BOS, every hook point and a composition across layers; bf16; memory."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_model, naive_logprobs
 
-from workbench.model import end_of_turn, format_chat
-from workbench.scoring import answer_logprobs, score_completions, tokenize_completions
-from workbench.steering import steer
+from workbench.data import MCQuestion, PreferencePair
+from workbench.eval_preference import ab_pair_probs, pair_logodds
+from workbench.eval_truthfulqa import truthfulqa_per_question
+from workbench.eval_utility import utility_per_text
+from workbench.prompts import format_chat, prompts_and_answers
+from workbench.scoring import (Items, PrefixCache, answer_logprobs, entry, make_runner, preference_logprobs,
+                               run_conditions, tokenize_completions, tokenize_items)
+from workbench.steering import remaining_hooks, steer
 from workbench.vector import SteeringVector, hook_name
 
-
-def reference_logprobs(model, prompts, answers):
-    out = []
-    for p, a in zip(prompts, answers):
-        pt = model.tokenizer(p, add_special_tokens=False)["input_ids"]
-        at = model.tokenizer(a, add_special_tokens=False)["input_ids"]
-        toks = torch.tensor([pt + at])
-        lp = model(toks).log_softmax(-1)[0]
-        out.append(sum(lp[len(pt) + i - 1, t] for i, t in enumerate(at)))
-    return torch.stack(out)
+SYS = "You are a helpful, honest and concise assistant."
+PAIRS = [PreferencePair(f"Question {i}: {'why ' * (3 * i)}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}")
+         for i in range(5)]
+POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
 
-def pairs(model):
-    eot = end_of_turn(model)
-    prompts = [format_chat(model, q, "be brief") for q in ("hi", "what is the answer?", "x")]
-    answers = [f"yes{eot}", f"a much longer answer{eot}", f"z{eot}"]
-    return prompts, answers
+def vec(layer: int, point: str, seed: int = 0, d: int = 32) -> SteeringVector:
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector(torch.randn(d, generator=g), hook_name(layer, point), method="x")
 
 
-def test_tokenize_boundaries(tiny_model):
-    prompts, answers = pairs(tiny_model)
-    b = tokenize_completions(tiny_model, prompts, answers)
-    assert b.tokens.shape[0] == 3
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        n_p = len(tiny_model.tokenizer(p, add_special_tokens=False)["input_ids"])
-        assert int(b.prompt_lengths[i]) == n_p
-        assert tiny_model.tokenizer.decode(b.tokens[i][b.answer_mask[i]]) == a
-        assert int(b.attention_mask[i].sum()) == int(b.lengths[i])
-    # the real end-of-turn token (== pad) stays attended
-    assert all(b.attention_mask[i, int(b.lengths[i]) - 1] == 1 for i in range(3))
+def naive_pairs(model, pairs, condition, max_length=None):
+    """(n, 2) log-probs of matching / not matching by the independent reference under ``condition``."""
+    prompts, answers = prompts_and_answers(model, pairs, SYS)
+    flat_p = [p for p in prompts for _ in range(2)]
+    flat_a = [a for pa in answers for a in pa]
+    groups = [i for i in range(len(pairs)) for _ in range(2)]
+    with steer(model, [v for v, _ in condition], [m for _, m in condition]) if condition else _null():
+        return naive_logprobs(model, flat_p, flat_a, max_length, groups).view(-1, 2)
 
 
-def test_answer_logprobs_match_full_log_softmax(tiny_model):
-    prompts, answers = pairs(tiny_model)
-    b = tokenize_completions(tiny_model, prompts, answers)
-    got = answer_logprobs(tiny_model, b)
-    want = reference_logprobs(tiny_model, prompts, answers)
-    assert torch.allclose(got, want, atol=1e-5)
-    per_tok = answer_logprobs(tiny_model, b, per_token=True)
-    assert torch.allclose(per_tok, want / b.answer_mask.sum(1), atol=1e-5)
-    assert torch.allclose(score_completions(tiny_model, prompts, answers, batch_size=2), want, atol=1e-5)
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
 
 
-def test_prefix_path_equals_full_path_under_steering(tiny_model):
-    prompts, answers = pairs(tiny_model)
-    b = tokenize_completions(tiny_model, prompts, answers)
-    v = SteeringVector(torch.randn(32), hook_name(0))
-    with steer(tiny_model, v, 2.0):
-        full = answer_logprobs(tiny_model, b)
-    resid = tiny_model(b.tokens, attention_mask=b.attention_mask, stop_at_layer=1)
-    fast = answer_logprobs(tiny_model, b, residual=resid + 2.0 * v.vector, start_at_layer=1)
-    assert torch.allclose(full, fast, atol=1e-5)
+@pytest.fixture
+def bos_model():
+    """A tiny model whose config prepends BOS (like Llama-2): the engine must add it exactly once."""
+    m = make_tiny_model(seed=1)
+    m.cfg.default_prepend_bos = True
+    return m
 
 
-def test_truncation_keeps_answer(tiny_model):
-    prompts, answers = pairs(tiny_model)
-    b = tokenize_completions(tiny_model, prompts, answers, max_length=30)
-    assert b.tokens.shape[1] <= 30
-    assert [tiny_model.tokenizer.decode(b.tokens[i][b.answer_mask[i]]) for i in range(3)] == answers
+# --------------------------------------------------------------------------- tokenisation
+def test_items_share_one_cut_per_prompt(tiny_model):
+    prompts = ["x" * 40, "short"]
+    items = tokenize_items(tiny_model, prompts, [["a", "bbbbbbbbbb"], ["c"]], max_length=30)
+    assert len(items) == 2 and items.n_answers == 3
+    assert len(items.prompts[0]) == 30 - 10  # cut for the longest answer, the same for both answers
+    assert len(items.prompts[1]) == 5
     with pytest.raises(ValueError, match="more than max_length"):
-        tokenize_completions(tiny_model, prompts, answers, max_length=15)
-    # rows of one group lose the same prompt tokens: the most any of them needs
-    p, short, longer = prompts[1], "a", "a much longer answer here"
-    full = tokenize_completions(tiny_model, [p, p], [short, longer])
-    limit = int(full.lengths.max()) - 3  # the longer row must lose 3 prompt tokens, the short one none
-    g = tokenize_completions(tiny_model, [p, p], [short, longer], max_length=limit, groups=[0, 0])
-    alone = tokenize_completions(tiny_model, [p, p], [short, longer], max_length=limit)
-    assert g.prompt_lengths[0] == g.prompt_lengths[1] == alone.prompt_lengths.min() < alone.prompt_lengths.max()
-    with pytest.raises(ValueError, match="empty after tokenization"):
-        tokenize_completions(tiny_model, ["p"], [""])
+        tokenize_items(tiny_model, ["p"], [["z" * 40]], max_length=30)
+    with pytest.raises(ValueError, match="at least one answer"):
+        tokenize_items(tiny_model, ["p"], [[]])
+
+
+def test_bos_is_prepended_once(bos_model):
+    bos = bos_model.tokenizer.bos_token_id
+    items = tokenize_items(bos_model, ["hi", bos_model.tokenizer.bos_token + "hi"], [["a"], ["a"]])
+    assert items.prompts[0].tolist() == items.prompts[1].tolist() and items.prompts[0][0] == bos
+    batch = tokenize_completions(bos_model, ["hi"], ["a"])
+    assert batch.tokens[0, 0] == bos and batch.tokens[0, 1] != bos
+
+
+# --------------------------------------------------------------------------- log-odds
+@pytest.mark.parametrize("point", POINTS)
+def test_logprobs_equal_full_forward_at_every_hook_point(bos_model, point):
+    """With BOS, padding (different lengths) and a prompt longer than max_length."""
+    v = vec(1, point)
+    conds = [(), ((v, 1.5),), ((v, -2.0),)]
+    for max_length in (None, 70):
+        lp, n_tok = preference_logprobs(bos_model, PAIRS, conds, system_prompt=SYS, max_length=max_length,
+                                        batch_size=2)
+        for c, cond in enumerate(conds):
+            np.testing.assert_allclose(lp[c].double(), naive_pairs(bos_model, PAIRS, cond, max_length), atol=2e-5)
+        assert (n_tok > 0).all()
+    assert remaining_hooks(bos_model) == 0
+
+
+def test_truncation_is_in_play():
+    model = make_tiny_model()
+    full = tokenize_items(model, *prompts_and_answers(model, PAIRS, SYS), max_length=None)
+    cut = tokenize_items(model, *prompts_and_answers(model, PAIRS, SYS), max_length=70)
+    assert any(len(a) > len(b) for a, b in zip(full.prompts, cut.prompts))
+
+
+def test_composition_across_two_layers_and_shared_unsteered(tiny_model):
+    a, b = vec(0, "resid_post", 1), vec(2, "attn_out", 2)
+    conds = [((a, 1.0), (b, -2.0)), (), ((b, 0.5),), ((a, 1.0), (b, -2.0))]
+    lp, _ = preference_logprobs(tiny_model, PAIRS, conds, system_prompt=SYS, batch_size=3)
+    for c, cond in enumerate(conds):
+        np.testing.assert_allclose(lp[c].double(), naive_pairs(tiny_model, PAIRS, cond), atol=2e-5)
+    torch.testing.assert_close(lp[0], lp[3])
+
+
+def test_pair_logodds_columns_and_per_token(tiny_model):
+    v = vec(1, "resid_post")
+    per = pair_logodds(tiny_model, {"v": v}, PAIRS, [0.0, 1.0], batch_size=2, progress=False)
+    ref = naive_pairs(tiny_model, PAIRS, ((v, 1.0),)).numpy()
+    got = per[per.multiplier == 1.0].sort_values("pair")
+    np.testing.assert_allclose(got.logodds, ref[:, 0] - ref[:, 1], atol=2e-5)
+    want = ref[:, 0] / got.n_tokens_matching - ref[:, 1] / got.n_tokens_not_matching
+    np.testing.assert_allclose(got.logodds_per_token, want, atol=2e-5)
+
+
+# --------------------------------------------------------------------------- A/B, MC, utility
+def test_ab_equals_full_forward(tiny_model):
+    pairs = [PreferencePair(f"Agree {i}?\n (A) Yes\n (B) No", "(A)" if i % 2 else "(B)", "(B)" if i % 2 else "(A)")
+             for i in range(4)]
+    v = vec(1, "mlp_out", 4)
+    per = ab_pair_probs(tiny_model, {"v": v}, pairs, [2.0], batch_size=3, progress=False)
+    tok = tiny_model.tokenizer
+    a, b = (tok(x, add_special_tokens=False)["input_ids"][0] for x in "AB")
+    for i, p in enumerate(pairs):
+        ids = tok(format_chat(tiny_model, p.question, SYS) + "(", add_special_tokens=False, return_tensors="pt")
+        with steer(tiny_model, v, 2.0), torch.no_grad():
+            lp = tiny_model(ids["input_ids"])[0, -1].float().log_softmax(-1)
+        pa = torch.sigmoid(lp[a] - lp[b]).item()
+        got = per[per.pair == i].iloc[0]
+        assert got.p_matching == pytest.approx(pa if p.matching == "(A)" else 1 - pa, abs=1e-5)
+        assert got.p_letters == pytest.approx((lp[a].exp() + lp[b].exp()).item(), abs=1e-5)
+
+
+def test_mc_equals_full_forward(tiny_model):
+    mc1 = [MCQuestion("Is the sky green?", ("No, it is blue.", "Yes.", "Always."), (1, 0, 0))]
+    mc2 = [MCQuestion("Is the sky green?", ("No, it is blue.", "No.", "Yes."), (1, 1, 0))]
+    v = vec(2, "resid_pre", 5)
+    per = truthfulqa_per_question(tiny_model, {"v": v}, mc1, mc2, [1.5], progress=False)
+    for targets, qs in (("mc1", mc1), ("mc2", mc2)):
+        q = qs[0]
+        with steer(tiny_model, v, 1.5):
+            lp = naive_logprobs(tiny_model, [format_chat(tiny_model, q.question, SYS)] * len(q.choices),
+                                list(q.choices)).numpy()
+        true = np.array(q.labels, dtype=bool)
+        p = np.exp(lp - lp.max())
+        want = float(true[np.argmax(lp)]) if targets == "mc1" else p[true].sum() / p.sum()
+        assert per[per.targets == targets].score.iloc[0] == pytest.approx(want, abs=1e-5)
+
+
+def test_perplexity_and_kl_equal_full_forward(tiny_model):
+    texts = ["The river winds through low hills.", "Bread needs flour and water."]
+    v = vec(0, "attn_out", 6)
+    per = utility_per_text(tiny_model, {"v": v}, texts, [0.0, 3.0], progress=False)
+    for i, t in enumerate(texts):
+        toks = tiny_model.tokenizer(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            ref = tiny_model(toks)[0, :-1].float().log_softmax(-1)
+            with steer(tiny_model, v, 3.0):
+                st = tiny_model(toks)[0, :-1].float().log_softmax(-1)
+        row = per[(per.multiplier == 3.0) & (per.text == i)].iloc[0]
+        assert row.nll_sum == pytest.approx(-st.gather(1, toks[0, 1:, None]).sum().item(), abs=1e-4)
+        assert row.kl_sum == pytest.approx((ref.exp() * (ref - st)).sum().item(), abs=1e-4)
+        assert row.agree_sum == (st.argmax(-1) == ref.argmax(-1)).sum().item()
+
+
+# --------------------------------------------------------------------------- training cache
+@pytest.mark.parametrize("point", POINTS)
+def test_prefix_cache_per_item_delta_and_gradient(tiny_model, point):
+    v = vec(1, point, 7)
+    prompts, answers = prompts_and_answers(tiny_model, PAIRS[:4], SYS)
+    items = tokenize_items(tiny_model, prompts, [a + ["maybe"] for a in answers])  # three answers each
+    runner = make_runner(tiny_model, entry(tiny_model, v.hook_name)[0])
+    cache = PrefixCache.build(tiny_model, items, v.hook_name, runner=runner, batch_size=3)
+    d = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    x = v.vector.clone().requires_grad_(True)
+    lp = cache.logprobs(runner, torch.arange(4), d[:, None] * x, unembed_model=tiny_model)  # (4, 3)
+    for i in range(4):
+        with steer(tiny_model, v, float(d[i])):
+            want = naive_logprobs(tiny_model, [prompts[i]] * 3, answers[i] + ["maybe"])
+        np.testing.assert_allclose(lp[i].detach().double(), want, atol=2e-5)
+    np.testing.assert_allclose(cache.reference.double().flatten(),
+                               naive_logprobs(tiny_model, [p for p in prompts for _ in range(3)],
+                                              [a for pa in answers for a in pa + ["maybe"]]), atol=2e-5)
+    lp.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- runners and memory
+def _storages(*modules) -> dict[int, int]:
+    out = {}
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            s = t.untyped_storage()
+            out[s.data_ptr()] = s.nbytes()
+    return out
+
+
+def test_runner_shares_weights_lays_out_only_block_matrices_and_leaves_the_model_alone(tiny_model):
+    before = {k: p.clone() for k, p in tiny_model.state_dict().items()}
+    runner = make_runner(tiny_model, 2)
+    extra = set(_storages(runner)) - set(_storages(tiny_model))
+    laid_out = [p for n, p in tiny_model.blocks[2].named_parameters()
+                if n.rsplit(".", 1)[-1] in ("W_Q", "W_K", "W_V", "_W_K", "_W_V", "W_O", "W_in", "W_gate", "W_out")]
+    # the docstring's formula on CPU: block 2's matrices once more, nothing else
+    assert sum(_storages(runner)[k] for k in extra) == sum(p.numel() * p.element_size() for p in laid_out)
+    assert runner.blocks[0].attn.W_Q is tiny_model.blocks[0].attn.W_Q and runner.W_E is tiny_model.W_E
+    for k, p in tiny_model.state_dict().items():
+        assert torch.equal(p, before[k])
+    low = make_runner(tiny_model, 1, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in low.blocks[1:].parameters())
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())
+    extra = set(_storages(low)) - set(_storages(tiny_model))
+    tensors = list(tiny_model.blocks[1:].parameters()) + [b for b in tiny_model.blocks[1:].buffers()
+                                                          if b.is_floating_point()]  # + rotary tables
+    assert sum(_storages(low)[k] for k in extra) == sum(t.numel() * 2 for t in tensors)
+
+
+def _live_parameter_bytes() -> int:
+    seen = {}
+    for o in gc.get_objects():
+        if isinstance(o, torch.nn.Parameter):
+            s = o.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+def test_training_and_evaluation_copy_no_weight_beyond_the_formula(tiny_model):
+    from workbench.bipo import BiPOConfig, train_bipo
+
+    gc.collect()
+    base = _live_parameter_bytes()
+    seen = []
+    config = BiPOConfig(layer=1, epochs=1, batch_size=2, warmup_steps=0, max_length=None)
+    train_bipo(tiny_model, PAIRS, config, progress=False, callback=lambda r: seen.append(_live_parameter_bytes()))
+    start = entry(tiny_model, config.hook_name)[0]
+    laid_out = sum(p.numel() * p.element_size() for n, p in tiny_model.blocks[start:].named_parameters()
+                   if n.rsplit(".", 1)[-1] in ("W_Q", "W_K", "W_V", "_W_K", "_W_V", "W_O", "W_in", "W_gate", "W_out"))
+    assert seen and seen[0] - base == laid_out  # CPU: the runner's laid-out matrices only
+    during = []
+    v = vec(1, "resid_post")
+
+    def probe(act, hook):  # noqa: ARG001
+        during.append(_live_parameter_bytes())
+        return act
+
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", probe)]):
+        pair_logodds(tiny_model, {"v": v}, PAIRS, [0.0, 1.0], progress=False)
+    assert during and max(during) == base  # fp32 evaluation: the model itself, no copy
+
+
+# --------------------------------------------------------------------------- precision, dtype, device
+def test_bf16_model_and_bf16_runner_stay_close_and_on_device():
+    fp32 = make_tiny_model(seed=2)
+    bf16 = make_tiny_model(seed=2, dtype=torch.bfloat16)
+    v = vec(1, "resid_post", 8)
+    conds = [(), ((v, 1.0),)]
+    ref, _ = preference_logprobs(fp32, PAIRS, conds, system_prompt=SYS)
+    low, _ = preference_logprobs(bf16, PAIRS, conds, system_prompt=SYS)
+    mixed, _ = preference_logprobs(fp32, PAIRS, conds, system_prompt=SYS, precision="bf16")
+    for got in (low, mixed):
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        scale = ref.abs().max()
+        assert (got - ref).abs().max() < 0.05 * scale
+    items = tokenize_items(bf16, *prompts_and_answers(bf16, PAIRS, SYS))
+    cache = PrefixCache.build(bf16, items, v.hook_name)
+    dev = torch.device(bf16.cfg.device)
+    for t in (cache.reference, cache.prompt_resid, cache.answer_resid):
+        assert t.device.type == dev.type
+    assert cache.prompt_resid.dtype == torch.bfloat16 and cache.reference.dtype == torch.float32
+    for idx, a_idx, readouts in run_conditions(bf16, items, conds, batch_size=2):
+        for r in readouts:
+            assert r.h.device.type == dev.type and r.targets.device.type == dev.type
+        assert idx.device.type == "cpu" and a_idx.device.type == "cpu"  # indices into CPU outputs
+
+
+def test_answer_logprobs_from_token_ids(tiny_model):
+    ids = tiny_model.tokenizer("Hello there, friend.", add_special_tokens=False)["input_ids"]
+    items = Items.from_ids([ids[:1]], [[ids[1:]]])
+    lp = answer_logprobs(tiny_model, items, [()])[0, 0]
+    with torch.no_grad():
+        t = torch.tensor([ids])
+        want = tiny_model(t)[0, :-1].float().log_softmax(-1).gather(1, t[0, 1:, None]).sum()
+    assert lp.item() == pytest.approx(want.item(), abs=1e-4)
+    with pytest.raises(ValueError, match="at least one token"):
+        Items.from_ids([[]], [[[1]]])
+    assert math.isfinite(lp.item())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workbench.model import format_chat
+from workbench.prompts import format_chat
 from workbench.steering import generate, remaining_hooks, steer
 from workbench.vector import SteeringVector, hook_name
 

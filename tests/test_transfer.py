@@ -7,7 +7,7 @@ from conftest import make_tiny_model
 from workbench.data import PreferencePair
 from workbench.model import load_model
 from workbench.steering import remaining_hooks
-from workbench.sweep import steering_effects
+from workbench.layer_sweep import steering_effects
 from workbench.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
 from workbench.vector import IncompatibleVectorError, SteeringVector, hook_name
 

@@ -12,11 +12,12 @@ import torch  # noqa: E402
 
 from workbench import widgets as widgets_module  # noqa: E402
 from workbench.data import PreferencePair  # noqa: E402
-from workbench.model import end_of_turn, format_chat  # noqa: E402
-from workbench.scoring import score_completions  # noqa: E402
+from workbench.prompts import end_of_turn, format_chat  # noqa: E402
+from conftest import naive_logprobs  # noqa: E402
 from workbench.steering import generate, remaining_hooks  # noqa: E402
 from workbench.vector import IncompatibleVectorError, SteeringVector  # noqa: E402
-from workbench.widgets import DEFAULT_SYSTEM_PROMPT, SteeringExplorer  # noqa: E402
+from workbench.widgets import SteeringExplorer  # noqa: E402
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 
 N_TOKENS = 6
 
@@ -134,8 +135,8 @@ def test_curve_values_cache_and_marker(tiny_model, vectors, pairs, monkeypatch):
     # at m = 0 the curve is the unsteered mean log-odds, scored independently here
     eot = end_of_turn(tiny_model)
     prompts = [_prompt(tiny_model, p.question) for p in pairs]
-    lo = (score_completions(tiny_model, prompts, [p.matching + eot for p in pairs])
-          - score_completions(tiny_model, prompts, [p.not_matching + eot for p in pairs]))
+    lo = (naive_logprobs(tiny_model, prompts, [p.matching + eot for p in pairs])
+          - naive_logprobs(tiny_model, prompts, [p.not_matching + eot for p in pairs]))
     at0 = curve[curve.multiplier == 0.0]["mean"].to_numpy()
     assert at0 == pytest.approx([lo.mean().item()] * 2, abs=1e-4)
     assert (curve["ci_low"] <= curve["mean"] + 1e-9).all() and (curve["mean"] <= curve["ci_high"] + 1e-9).all()

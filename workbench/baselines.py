@@ -44,9 +44,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.bipo import DEFAULT_SYSTEM_PROMPT  # BiPO's official system prompt
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT  # BiPO's official system prompt
 from workbench.data import PreferencePair, fingerprint
-from workbench.model import end_of_turn, format_chat
+from workbench.eval_common import check_pairs
+from workbench.prompts import end_of_turn, format_chat
 from workbench.scoring import TokenizedBatch, tokenize_completions
 from workbench.vector import SteeringVector, hook_name as full_hook_name
 
@@ -62,18 +63,6 @@ Activations = dict[int, tuple[Float[Tensor, "n d_model"], Float[Tensor, "n d_mod
 
 
 # --------------------------------------------------------------------------- checks
-def _check_pairs(pairs: Sequence[Any]) -> list[Any]:
-    pairs = list(pairs)
-    if not pairs:
-        raise ValueError("pairs is empty: need at least one preference pair")
-    for i, p in enumerate(pairs):
-        for attr in ("question", "matching", "not_matching"):
-            if not isinstance(getattr(p, attr, None), str):
-                raise TypeError(f"pairs[{i}] has no string field {attr!r} (expected a "
-                                f"workbench.data.PreferencePair, got {type(p).__name__})")
-    return pairs
-
-
 def _check_position(position: str) -> None:
     if position not in POSITIONS:
         raise ValueError(f"unknown position rule {position!r}; valid: {', '.join(POSITIONS)}")
@@ -180,7 +169,7 @@ def extract_activations(model: HookedTransformer, pairs: Sequence[PreferencePair
         >>> acts[14][0].shape
         torch.Size([100, 576])
     """
-    pairs = _check_pairs(pairs)
+    pairs = check_pairs(pairs)
     _check_position(position)
     layers = _check_layers(model, layers, hook)
     if batch_size < 1:
@@ -250,7 +239,7 @@ def mean_difference_vectors(model: HookedTransformer, pairs: Sequence[Preference
         'blocks.14.hook_resid_post'
     """
     _refuse_prompt_last(position)
-    pairs = _check_pairs(pairs)
+    pairs = check_pairs(pairs)
     acts = extract_activations(model, pairs, layers, hook=hook, position=position, system_prompt=system_prompt,
                                batch_size=batch_size, progress=progress, append_end_of_turn=append_end_of_turn,
                                max_length=max_length)
@@ -313,7 +302,7 @@ def pca(model: HookedTransformer, pairs: Sequence[PreferencePair], layer: int, h
     share and the cosine with the mean difference. Other arguments as ``extract_activations``.
     """
     _refuse_prompt_last(position)
-    pairs = _check_pairs(pairs)
+    pairs = check_pairs(pairs)
     layer = _as_layer(layer)
     pos, neg = extract_activations(model, pairs, [layer], hook=hook, position=position,
                                    system_prompt=system_prompt, batch_size=batch_size, progress=progress,

@@ -12,7 +12,7 @@ the official code, d is drawn once per batch (``direction="batch"``; ``"example"
 and the optimiser is AdamW on v alone with a cosine schedule after a linear warm-up.
 
 The trainer is exact and fast: the residual stream entering the first block after the hook is cached
-once for every pair (``workbench.prefix.PrefixCache``), the reference log-probs are computed once,
+once for every pair (``workbench.scoring.PrefixCache``), the reference log-probs are computed once,
 and each step runs only the remaining blocks, each prompt once for both answers, unembedding only
 answer positions. ``precision="bf16"`` runs those blocks in a bf16 copy of the model while v, the
 optimiser state and every log-prob sum stay fp32.
@@ -45,14 +45,13 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from workbench.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
-from workbench.model import end_of_turn, format_chat
-from workbench.prefix import PrefixCache, make_runner, steering_site
+from workbench.eval_common import check_pairs
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+from workbench.scoring import PrefixCache, entry, make_runner, tokenize_items
 from workbench.vector import SteeringVector, __version__, hook_name
 
 logger = logging.getLogger(__name__)
 
-#: BiPO's official system prompt.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_JSON = "checkpoint.json"
 _CHECKPOINT_VERSION = 1
@@ -151,26 +150,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def prompts_and_answers(model: HookedTransformer, pairs: Sequence[Any], system_prompt: str | None,
-                        ) -> tuple[list[str], list[list[str]]]:
-    """Chat prompts and ``[matching, not_matching]`` answers, each closed by the end-of-turn token."""
-    eot = end_of_turn(model)
-    prompts = [format_chat(model, p.question, system_prompt) for p in pairs]
-    return prompts, [[p.matching + eot, p.not_matching + eot] for p in pairs]
-
-
-def _check_pairs(pairs: Sequence[Any], what: str = "pairs") -> list[Any]:
-    pairs = list(pairs)
-    if not pairs:
-        raise ValueError(f"{what} is empty: need at least one preference pair")
-    for i, p in enumerate(pairs):
-        for attr in ("question", "matching", "not_matching"):
-            if not isinstance(getattr(p, attr, None), str):
-                raise TypeError(f"{what}[{i}] has no string field {attr!r} (expected a "
-                                f"workbench.data.PreferencePair, got {type(p).__name__})")
-    return pairs
-
-
 def batch_plan(n: int, config: BiPOConfig, generator: torch.Generator, lengths: Tensor | None = None,
                ) -> list[Tensor]:
     """One epoch of batches of pair indices (draws from ``generator``)."""
@@ -252,10 +231,10 @@ def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache
     """Optimiser step number ``step`` (0-based) on the pairs ``idx``; returns its history record."""
     lr = config.lr * lr_factor(step, total, config.warmup_steps)
     opt.param_groups[0]["lr"] = lr
-    d = draw_directions(config, len(idx), gen)  # (b,) in {-1, +1}
+    d = draw_directions(config, len(idx), gen).to(v.device)  # (b,) in {-1, +1}, drawn on the CPU generator
     delta = d[0] * v if config.direction == "batch" else d[:, None] * v  # (d_model,) or (b, d_model)
     lp = cache.logprobs(runner, idx, delta, unembed_model=head)  # (b, 2) fp32, differentiable in v
-    ref = cache.reference[idx]  # (b, 2)
+    ref = cache.reference[idx.to(cache.reference.device)]  # (b, 2), on the model's device
     losses, margins = bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], d, config.beta)
     loss = losses.mean()
     opt.zero_grad(set_to_none=True)
@@ -318,8 +297,8 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
 
     from workbench.data import fingerprint
 
-    pairs = _check_pairs(pairs)
-    eval_pairs = None if eval_pairs is None else _check_pairs(eval_pairs, "eval_pairs")
+    pairs = check_pairs(pairs)
+    eval_pairs = None if eval_pairs is None else check_pairs(eval_pairs, "eval_pairs")
     if config.layer >= model.cfg.n_layers:
         raise ValueError(f"BiPOConfig.layer={config.layer} but model {model.cfg.model_name!r} has "
                          f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})")
@@ -347,15 +326,16 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
 
     t0 = time.perf_counter()
     # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
-    runner = make_runner(model, steering_site(model, site).start_layer,
-                         torch.bfloat16 if config.precision == "bf16" else None)
+    runner = make_runner(model, entry(model, site)[0], torch.bfloat16 if config.precision == "bf16" else None)
     cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
-    build = dict(runner=runner, max_length=config.max_length, dtype=cache_dtype)
-    cache = PrefixCache.build(model, *prompts_and_answers(model, pairs, config.system_prompt), site,
-                              progress=progress, **build)
+
+    def build(these: Sequence[Any], show: bool = False) -> PrefixCache:
+        items = tokenize_items(model, *prompts_and_answers(model, these, config.system_prompt), config.max_length)
+        return PrefixCache.build(model, items, site, runner=runner, dtype=cache_dtype, progress=show)
+
+    cache = build(pairs, progress)
     if eval_pairs is not None:
-        eval_cache = PrefixCache.build(model, *prompts_and_answers(model, eval_pairs, config.system_prompt),
-                                       site, **build)
+        eval_cache = build(eval_pairs)
     setup_seconds = time.perf_counter() - t0
     logger.info("BiPO: cached %d pairs at %s (%.0f MB) in %.1f s", len(cache), site, cache.nbytes / 2**20,
                 setup_seconds)
@@ -407,5 +387,4 @@ def _vector(model: HookedTransformer, v: Tensor, config: BiPOConfig, data_fp: st
                           method="bipo", config=config.to_dict(), data_fingerprint=data_fp, metadata=metadata)
 
 
-__all__ = ["BiPOConfig", "BiPOResult", "DEFAULT_SYSTEM_PROMPT", "batch_plan",
-           "bipo_loss", "draw_directions", "lr_factor", "prompts_and_answers", "train_bipo"]
+__all__ = ["BiPOConfig", "BiPOResult", "batch_plan", "bipo_loss", "draw_directions", "lr_factor", "train_bipo"]

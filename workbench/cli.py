@@ -228,7 +228,8 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--layer {args.layer}: must be >= 0")
     _check_data(args.data)
 
-    from workbench.bipo import DEFAULT_SYSTEM_PROMPT, BiPOConfig, train_bipo
+    from workbench.bipo import BiPOConfig, train_bipo
+    from workbench.prompts import DEFAULT_SYSTEM_PROMPT
     from workbench.data import load_behavior, load_pairs
     from workbench.io import atomic_write_json
     from workbench.model import load_model
@@ -393,7 +394,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     _check_data(args.data)
 
     from workbench.data import as_ab_pairs, load_behavior
-    from workbench.eval_common import DEFAULT_SYSTEM_PROMPT, check_ab_pairs
+    from workbench.eval_common import check_ab_pairs
+    from workbench.prompts import DEFAULT_SYSTEM_PROMPT
     from workbench.evaluate import evaluate_vectors, format_tables
     from workbench.model import load_model
     from workbench.vector import SteeringVector
@@ -497,7 +499,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from workbench.data import load_behavior, load_pairs, train_test_split
     from workbench.io import atomic_write_json
     from workbench.model import load_model
-    from workbench.sweep import format_table, layer_sweep, parse_layers
+    from workbench.layer_sweep import format_table, layer_sweep, parse_layers
 
     multipliers = _parse_multipliers(args.multipliers)
     for name in ("limit", "eval_limit"):

@@ -4,7 +4,7 @@ BiPO (Cao et al. 2024, arXiv 2406.00045, section 4.4) adds two persona vectors t
 that both behaviors move. ``composition_table`` measures this for any set of vectors, each with its
 own multiplier, at the same or different hooks (applied together with ``workbench.steer``): every
 behavior is scored on its OWN held-out pairs (mean log-odds ``log p(matching) - log p(not
-matching)``, as in ``workbench.sweep.steering_logodds``) under no steering, each vector alone, and
+matching)``, as in ``workbench.scoring.preference_logodds``) under no steering, each vector alone, and
 the combination. For each behavior the table shows
 
 * ``own_effect``: its own vector alone (change against no steering);
@@ -32,7 +32,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from workbench.steering import steer
-from workbench.sweep import Condition, steering_logodds
+from workbench.scoring import Condition, preference_logodds
 from workbench.vector import SteeringVector, parse_hook_name
 
 
@@ -65,7 +65,7 @@ def composition_logodds(model: HookedTransformer, vectors: Mapping[str, Steering
         eval_pairs: ``{behavior: held-out pairs}`` for every key of ``vectors``.
         multipliers: one for all, or ``{behavior: multiplier}``.
         subsets: ``"singles"`` (none, each alone, all together) or ``"all"`` (every subset).
-        kwargs: passed to ``steering_logodds`` (``system_prompt``, ``batch_size``).
+        kwargs: passed to ``preference_logodds`` (``system_prompt``, ``batch_size``).
 
     Returns:
         Columns ``condition`` (``"none"``, ``"power"``, ``"power+wealth"`` ...), ``n_vectors``,
@@ -82,7 +82,7 @@ def composition_logodds(model: HookedTransformer, vectors: Mapping[str, Steering
     conditions: list[Condition] = [[(vectors[k], mults[k]) for k in c] for c in combos]
     rows = []
     for behavior in keys:
-        lo = steering_logodds(model, eval_pairs[behavior], conditions, **kwargs)  # (n_cond, n)
+        lo = preference_logodds(model, eval_pairs[behavior], conditions, **kwargs)  # (n_cond, n)
         for combo, values in zip(combos, lo):
             diff = values - lo[0]
             rows.append({"condition": "+".join(combo) or "none", "n_vectors": len(combo), "behavior": behavior,

@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: BiPO's official system prompt (the same string as ``workbench.bipo.DEFAULT_SYSTEM_PROMPT``).
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
 DEFAULT_MULTIPLIERS: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
 #: Columns of every summary table: one row per (vector, multiplier).
 SUMMARY_COLUMNS = ("vector", "multiplier", "n", "mean", "ci_low", "ci_high")

@@ -36,9 +36,10 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.eval_common import DEFAULT_MULTIPLIERS, DEFAULT_SYSTEM_PROMPT, check_multipliers, check_pairs, summarize
-from workbench.eval_sweep import VectorSpec, label_vectors
-from workbench.model import end_of_turn, format_chat, has_chat_template
+from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers, check_pairs, summarize
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.scoring import VectorSpec, label_vectors
+from workbench.prompts import end_of_turn, format_chat, has_chat_template
 from workbench.refusal import is_refusal, load_advbench
 from workbench.steering import generate
 
@@ -109,12 +110,11 @@ def _judge_prompt(model: HookedTransformer, question: str, generation: str, syst
 @torch.no_grad()
 def _score_two(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[Sequence[str]],
                batch_size: int, max_length: int | None) -> np.ndarray:
-    """``(n, 2)`` unsteered log-probs, each prompt run once for both answers (``workbench.prefix``)."""
-    from workbench.prefix import PrefixCache
+    """``(n, 2)`` unsteered log-probs, each prompt run once for both answers (``workbench.scoring``)."""
+    from workbench.scoring import answer_logprobs, tokenize_items
 
-    cache = PrefixCache.build(model, list(prompts), [list(a) for a in answers], "blocks.0.hook_resid_pre",
-                              reference=True, max_length=max_length, batch_size=batch_size)
-    return cache.reference.double().numpy()  # the unsteered log-probs, computed while building
+    items = tokenize_items(model, list(prompts), [list(a) for a in answers], max_length)
+    return answer_logprobs(model, items, [()], batch_size=batch_size)[0].view(len(prompts), 2).double().numpy()
 
 
 def score_open_ended(model: HookedTransformer, pairs: Sequence[Any], generations: Sequence[str],

@@ -9,70 +9,44 @@
   inline, the answer starts with ``"("``, and ``p(matching letter)`` is normalised over the two letters.
 
 Prompts are the chat template around the question with BiPO's system prompt; answers get the
-end-of-turn token appended (BiPO's protocol). Engines: ``"kv"`` caches the residual entering the
-first block after the vector and runs each prompt once for both answers (``workbench.prefix``);
-``"prefix"`` shares the blocks below the vector across multipliers (``workbench.eval_sweep``; also
-compositions); ``"naive"`` runs a full forward pass per multiplier under ``steer`` (the reference).
+end-of-turn token appended (BiPO's protocol). Both metrics are computed by the one scoring engine
+(``workbench.scoring``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.eval_common import (DEFAULT_MULTIPLIERS, DEFAULT_SYSTEM_PROMPT, check_ab_pairs, check_multipliers,
-                                   check_pairs, summarize)
-from workbench.eval_sweep import (Precision, ResidualCache, VectorSpec, label_vectors, logits_at, plan_sweep,
-                                  suffix_model, sweep_final_resid)
-from workbench.model import end_of_turn, format_chat
-from workbench.scoring import sum_by_row, token_logprobs_from_resid, tokenize_completions
-from workbench.vector import SteeringVector
-
-Engine = Literal["auto", "kv", "prefix", "naive"]
-ENGINES = ("auto", "kv", "prefix", "naive")
+from workbench.eval_common import DEFAULT_MULTIPLIERS, check_ab_pairs, check_multipliers, check_pairs, summarize
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
+from workbench.scoring import (Precision, VectorSpec, label_vectors, preference_logprobs, run_conditions,
+                               sweep_conditions, tokenize_items, unembed)
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Item indices in length-sorted batches (less padding)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-def _ordered_specs(model: HookedTransformer, specs: dict[str, list[SteeringVector]]) -> list[str]:
-    """Labels sorted by start layer, so one ``ResidualCache`` serves them all going up."""
-    return sorted(specs, key=lambda k: plan_sweep(model, specs[k]).start_layer)
+def _frame(specs: Mapping[str, Any], keys: Sequence[tuple[str, float]], n: int,
+           columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per (label, multiplier, item) from ``(n_conditions, n)`` arrays, in ``specs`` order."""
+    frames = []
+    for c, (label, m) in enumerate(keys):
+        frames.append(pd.DataFrame({"vector": label, "multiplier": m, "pair": np.arange(n),
+                                    **{k: (v[c] if v.ndim == 2 else v) for k, v in columns.items()}}))
+    return pd.concat(frames, ignore_index=True)
 
 
 # --------------------------------------------------------------------------- 1. log-odds
-def _logprobs_kv(model: HookedTransformer, suffix: HookedTransformer, vec: SteeringVector, cache: Any,
-                 mults: Sequence[float], batch_size: int) -> torch.Tensor:
-    """``(n_mult, n, 2)`` log-probs from a ``workbench.prefix.PrefixCache`` (multiplier 0: its reference)."""
-    out = []
-    for m in mults:
-        if m == 0 and getattr(cache, "reference", None) is not None:
-            out.append(cache.reference.float())
-        else:
-            out.append(cache.score(suffix, None if m == 0 else vec.vector.float() * m, batch_size=batch_size,
-                                   unembed_model=model))
-    return torch.stack(out)
-
-
 @torch.no_grad()
 def pair_logodds(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
-                 batch_size: int = 16, precision: Precision = "fp32", engine: Engine = "auto",
-                 max_length: int | None = 256, progress: bool = True,
-                 _suffix: HookedTransformer | None = None) -> pd.DataFrame:
-    """Per-pair answer log-probs and log-odds at each multiplier.
+                 batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
+                 progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
+    """Per-pair answer log-probs and log-odds at each multiplier (``workbench.scoring.preference_logprobs``).
 
     Args:
         model: the model (unchanged by the call).
@@ -83,77 +57,26 @@ def pair_logodds(model: HookedTransformer, vectors: VectorSpec | Mapping[str, Ve
         append_end_of_turn: append ``end_of_turn(model)`` to each answer (BiPO's protocol).
         batch_size: pairs per forward pass.
         precision: ``"bf16"`` runs the blocks after the vector in a bf16 copy (sums stay fp32).
-        engine: ``"kv"`` (prefix cache with each prompt run once for both answers; single vectors
-            only), ``"prefix"`` (prefix cache, one sequence per answer), ``"naive"`` (a full forward
-            pass per multiplier under ``steer``), ``"auto"`` (kv where it applies, else prefix).
         max_length: prompts are cut from the left beyond this many tokens, by the same number of
-            tokens for both answers of a pair (every engine).
+            tokens for both answers of a pair.
+        runner: a ``workbench.scoring.make_runner`` model shared across calls (instead of ``precision``).
 
     Returns:
         One row per (vector, multiplier, pair): ``vector, multiplier, pair, logp_matching,
         logp_not_matching, n_tokens_matching, n_tokens_not_matching, logodds, logodds_per_token``.
     """
-    from workbench.prefix import PrefixCache
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r}: use one of {', '.join(ENGINES)}")
     specs = label_vectors(vectors, model)
     pairs = check_pairs(pairs)
-    mults = check_multipliers(multipliers)
-    eot = end_of_turn(model) if append_end_of_turn else ""
-    prompts = [format_chat(model, p.question, system_prompt) for p in pairs]
-    answers = [[p.matching + eot, p.not_matching + eot] for p in pairs]
-    suffix = _suffix if _suffix is not None else suffix_model(model, precision)
-    n = len(pairs)
-    lps: dict[str, torch.Tensor] = {}
-    n_tok = torch.zeros(n, 2, dtype=torch.long)
-    kv_labels = [k for k, v in specs.items() if len(v) == 1] if engine in ("auto", "kv") else []
-    if engine == "kv" and len(kv_labels) != len(specs):
-        raise ValueError("engine='kv' scores single vectors only; use 'prefix' for compositions")
-    caches: dict[str, Any] = {}
-    for label in kv_labels:
-        vec = specs[label][0]
-        try:
-            if vec.hook_name not in caches:
-                caches[vec.hook_name] = PrefixCache.build(model, prompts, answers, vec.hook_name, runner=suffix,
-                                                          reference=0.0 in mults, max_length=max_length,
-                                                          batch_size=batch_size, progress=progress)
-        except NotImplementedError:  # positional embeddings the KV cache does not support
-            if engine == "kv":
-                raise
-            break
-        cache = caches[vec.hook_name]
-        lps[label] = _logprobs_kv(model, suffix, vec, cache, mults, batch_size)
-        n_tok = cache.answer_offsets.diff().view(-1, 2)
-    rest = [k for k in _ordered_specs(model, specs) if k not in lps]
-    if rest:
-        for k in rest:
-            lps[k] = torch.zeros(len(mults), n, 2)
-        lengths = [len(prompts[i]) + max(map(len, answers[i])) for i in range(n)]
-        for idx in tqdm(_batches(lengths, batch_size), desc="log-odds", disable=not progress, leave=False):
-            b = len(idx)
-            batch = tokenize_completions(model, [prompts[i] for i in idx] * 2,
-                                         [answers[i][0] for i in idx] + [answers[i][1] for i in idx],
-                                         max_length=max_length, groups=list(range(b)) * 2).to(model.cfg.device)
-            n_tok[idx] = batch.answer_mask.sum(1).view(2, b).T.cpu()
-            cache = ResidualCache(model, batch.tokens, batch.attention_mask)
-            for label in rest:
-                sweep = sweep_final_resid(model, specs[label], batch.tokens, batch.attention_mask, mults,
-                                          suffix=suffix, shared_prefix=engine != "naive", prefix=cache)
-                for mi, (_, _, resid) in enumerate(sweep):
-                    lp, rows = token_logprobs_from_resid(model, resid.to(model.cfg.dtype), batch)
-                    lps[label][mi, idx] = sum_by_row(lp, rows, 2 * b).view(2, b).T.cpu()
-    frames = []
-    ntm, ntn = n_tok[:, 0].numpy(), n_tok[:, 1].numpy()
-    for label in specs:
-        for mi, m in enumerate(mults):
-            lp = lps[label][mi].double().numpy()
-            frames.append(pd.DataFrame({
-                "vector": label, "multiplier": m, "pair": np.arange(n),
-                "logp_matching": lp[:, 0], "logp_not_matching": lp[:, 1],
-                "n_tokens_matching": ntm, "n_tokens_not_matching": ntn,
-                "logodds": lp[:, 0] - lp[:, 1], "logodds_per_token": lp[:, 0] / ntm - lp[:, 1] / ntn}))
-    return pd.concat(frames, ignore_index=True)
+    conds, keys = sweep_conditions(specs, check_multipliers(multipliers))
+    lp, n_tok = preference_logprobs(model, pairs, conds, system_prompt=system_prompt,
+                                    append_end_of_turn=append_end_of_turn, max_length=max_length,
+                                    batch_size=batch_size, precision=precision, runner=runner, progress=progress)
+    lp, n_tok = lp.double().numpy(), n_tok.numpy()
+    ntm, ntn = n_tok[:, 0], n_tok[:, 1]
+    return _frame(specs, keys, len(pairs), {
+        "logp_matching": lp[:, :, 0], "logp_not_matching": lp[:, :, 1], "n_tokens_matching": ntm,
+        "n_tokens_not_matching": ntn, "logodds": lp[:, :, 0] - lp[:, :, 1],
+        "logodds_per_token": lp[:, :, 0] / ntm - lp[:, :, 1] / ntn})
 
 
 def summarize_logodds(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -218,45 +141,32 @@ def _letter_token(model: HookedTransformer, letter: str) -> int:
 def ab_pair_probs(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                   multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                   system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
-                  precision: Precision = "fp32", engine: Engine = "auto", max_length: int | None = 512,
-                  progress: bool = True, _suffix: HookedTransformer | None = None) -> pd.DataFrame:
-    """CAA's A/B probability per pair: prompt ``chat(question) + "("``, next token A vs B.
+                  precision: Precision = "fp32", max_length: int | None = 512,
+                  progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
+    """CAA's A/B probability per pair: prompt ``chat(question)``, answer ``"("``, next token A vs B.
 
     Returns:
         One row per (vector, multiplier, pair): ``p_matching`` (normalised over the two letters),
         ``p_letters`` (total probability of the two letters: near 1 when the model answers with a
         letter at all), ``logit_diff`` (matching minus not-matching letter).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r}: use one of {', '.join(ENGINES)}")
     specs = label_vectors(vectors, model)
     letters = check_ab_pairs(pairs)
-    mults = check_multipliers(multipliers)
-    prompts = [format_chat(model, p.question, system_prompt) for p in pairs]
+    conds, keys = sweep_conditions(specs, check_multipliers(multipliers))
+    items = tokenize_items(model, [format_chat(model, p.question, system_prompt) for p in pairs],
+                           [["("]] * len(pairs), max_length)
     ids = torch.tensor([[_letter_token(model, a), _letter_token(model, b)] for a, b in letters])  # (n, 2)
-    suffix = _suffix if _suffix is not None else suffix_model(model, precision)
-    n = len(prompts)
-    out = {k: torch.zeros(len(mults), n, 3) for k in specs}
-    for idx in tqdm(_batches([len(p) for p in prompts], batch_size), desc="A/B", disable=not progress, leave=False):
-        batch = tokenize_completions(model, [prompts[i] for i in idx], ["("] * len(idx),
-                                     max_length=max_length).to(model.cfg.device)
-        last = batch.lengths - 1  # the "(" predicts the letter
-        cache = ResidualCache(model, batch.tokens, batch.attention_mask)
-        for label in _ordered_specs(model, specs):
-            for mi, (_, _, resid) in enumerate(sweep_final_resid(
-                    model, specs[label], batch.tokens, batch.attention_mask, mults, suffix=suffix,
-                    shared_prefix=engine != "naive", prefix=cache)):
-                logits = logits_at(model, resid[torch.arange(len(idx)), last])  # (b, d_vocab)
-                lp = logits.log_softmax(-1).gather(1, ids[idx].to(logits.device))  # (b, 2)
-                out[label][mi, idx] = torch.stack(
-                    [(lp[:, 0] - lp[:, 1]).sigmoid(), lp.exp().sum(1), lp[:, 0] - lp[:, 1]], 1).cpu()
-    frames = []
-    for label in specs:
-        for mi, m in enumerate(mults):
-            v = out[label][mi].double().numpy()
-            frames.append(pd.DataFrame({"vector": label, "multiplier": m, "pair": np.arange(n),
-                                        "p_matching": v[:, 0], "p_letters": v[:, 1], "logit_diff": v[:, 2]}))
-    return pd.concat(frames, ignore_index=True)
+    n = len(pairs)
+    out = torch.zeros(len(conds), n, 3)
+    for idx, _, readouts in run_conditions(model, items, conds, batch_size=batch_size, precision=precision,
+                                           runner=runner, progress=progress, desc="A/B"):
+        for c, r in enumerate(readouts):
+            lp = unembed(model, r.h_last).log_softmax(-1)  # (b, d_vocab): what follows the "("
+            lp = lp.gather(1, ids[idx].to(lp.device))  # (b, 2)
+            out[c, idx] = torch.stack([(lp[:, 0] - lp[:, 1]).sigmoid(), lp.exp().sum(1), lp[:, 0] - lp[:, 1]],
+                                      1).cpu()
+    v = out.double().numpy()
+    return _frame(specs, keys, n, {"p_matching": v[:, :, 0], "p_letters": v[:, :, 1], "logit_diff": v[:, :, 2]})
 
 
 def ab_curve(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],

@@ -9,8 +9,8 @@ As TruthfulQA defines them, from the log-likelihood of each answer choice given 
 
 The question is put into the chat template with BiPO's system prompt, the choice text is the
 answer (no end-of-turn token by default, as in TruthfulQA's own scoring). Each distinct choice of a
-question is scored once for both MC1 and MC2, and all multipliers share the forward pass below the
-vector (``workbench.eval_sweep``).
+question is scored once for both MC1 and MC2, by the scoring engine (``workbench.scoring``): each
+question's prompt runs once for all its choices, and all multipliers share the blocks below the vector.
 """
 
 from __future__ import annotations
@@ -22,14 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.eval_common import DEFAULT_MULTIPLIERS, DEFAULT_SYSTEM_PROMPT, check_multipliers, summarize
-from workbench.eval_sweep import (Precision, ResidualCache, VectorSpec, label_vectors, suffix_model,
-                                  sweep_final_resid)
-from workbench.model import end_of_turn, format_chat
-from workbench.scoring import sum_by_row, token_logprobs_from_resid, tokenize_completions
+from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers, summarize
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat
+from workbench.scoring import Precision, VectorSpec, answer_logprobs, label_vectors, sweep_conditions, tokenize_items
 
 
 def load_truthfulqa(path: str | Path, limit: int | None = None) -> tuple[list[Any], list[Any]]:
@@ -59,9 +56,8 @@ def truthfulqa_per_question(model: HookedTransformer, vectors: VectorSpec | Mapp
                             mc1: Sequence[Any] | None, mc2: Sequence[Any] | None,
                             multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                             system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = False,
-                            batch_size: int = 16, precision: Precision = "fp32", shared_prefix: bool = True,
-                            max_length: int | None = 512, progress: bool = True,
-                            _suffix: HookedTransformer | None = None) -> pd.DataFrame:
+                            batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 512,
+                            progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
     """MC1 correctness and MC2 true mass per (vector, multiplier, targets, question).
 
     Args:
@@ -76,46 +72,33 @@ def truthfulqa_per_question(model: HookedTransformer, vectors: VectorSpec | Mapp
     specs = label_vectors(vectors, model)
     mults = check_multipliers(multipliers)
     eot = end_of_turn(model) if append_end_of_turn else ""
-    # distinct (question text, choice) rows, scored once for both target sets
-    key_of: dict[tuple[str, str], int] = {}
+    # one item per distinct question with its distinct choices, scored once for both target sets
+    choices_of: dict[str, dict[str, None]] = {}
     for q in (*mc1, *mc2):
-        for c in q.choices:
-            key_of.setdefault((q.question, c), len(key_of))
-    keys = list(key_of)
-    prompt_of = {q: format_chat(model, q, system_prompt) for q in dict.fromkeys(k[0] for k in keys)}
-    prompts = [prompt_of[q] for q, _ in keys]
-    answers = [c + eot for _, c in keys]
-    suffix = _suffix if _suffix is not None else suffix_model(model, precision)
-    lp = {k: torch.zeros(len(mults), len(keys), dtype=torch.float64) for k in specs}
-    order = sorted(range(len(keys)), key=lambda i: len(prompts[i]) + len(answers[i]))
-    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc="TruthfulQA", disable=not progress, leave=False):
-        batch = tokenize_completions(model, [prompts[i] for i in idx], [answers[i] for i in idx],
-                                     max_length=max_length).to(model.cfg.device)
-        cache = ResidualCache(model, batch.tokens, batch.attention_mask)
-        for label, vecs in specs.items():
-            sweep = sweep_final_resid(model, vecs, batch.tokens, batch.attention_mask, mults, suffix=suffix,
-                                      shared_prefix=shared_prefix, prefix=cache)
-            for mi, (_, _, resid) in enumerate(sweep):
-                t, rows = token_logprobs_from_resid(model, resid.to(model.cfg.dtype), batch)
-                lp[label][mi, idx] = sum_by_row(t, rows, len(idx)).double().cpu()
+        choices_of.setdefault(q.question, {}).update(dict.fromkeys(q.choices))
+    questions = list(choices_of)
+    key_of = {(q, c): a for a, (q, c) in enumerate((q, c) for q in questions for c in choices_of[q])}
+    items = tokenize_items(model, [format_chat(model, q, system_prompt) for q in questions],
+                           [[c + eot for c in choices_of[q]] for q in questions], max_length)
+    conds, keys = sweep_conditions(specs, mults)
+    lp = answer_logprobs(model, items, conds, batch_size=batch_size, precision=precision, runner=runner,
+                         progress=progress).double()  # (n_conditions, n_choices)
     frames = []
-    for label in specs:
-        for mi, m in enumerate(mults):
-            scores = lp[label][mi].numpy()
-            for targets, questions in (("mc1", mc1), ("mc2", mc2)):
-                vals = []
-                for q in questions:
-                    s = np.array([scores[key_of[(q.question, c)]] for c in q.choices])
-                    true = np.array(q.labels, dtype=bool)
-                    if targets == "mc1":
-                        vals.append(float(true[int(np.argmax(s))]))
-                    else:
-                        p = np.exp(s - s.max())
-                        vals.append(float(p[true].sum() / p.sum()))
-                if vals:
-                    frames.append(pd.DataFrame({"vector": label, "multiplier": m, "targets": targets,
-                                                "question": np.arange(len(vals)), "score": vals}))
+    for ci, (label, m) in enumerate(keys):
+        scores = lp[ci].numpy()
+        for targets, qs in (("mc1", mc1), ("mc2", mc2)):
+            vals = []
+            for q in qs:
+                s = np.array([scores[key_of[(q.question, c)]] for c in q.choices])
+                true = np.array(q.labels, dtype=bool)
+                if targets == "mc1":
+                    vals.append(float(true[int(np.argmax(s))]))
+                else:
+                    p = np.exp(s - s.max())
+                    vals.append(float(p[true].sum() / p.sum()))
+            if vals:
+                frames.append(pd.DataFrame({"vector": label, "multiplier": m, "targets": targets,
+                                            "question": np.arange(len(vals)), "score": vals}))
     return pd.concat(frames, ignore_index=True)
 
 

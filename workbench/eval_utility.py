@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers
-from workbench.eval_sweep import (Precision, ResidualCache, VectorSpec, label_vectors, logits_at, suffix_model,
-                                  sweep_final_resid)
+from workbench.scoring import Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions, unembed
 
 MEASURES = ("perplexity", "top1_agreement", "kl_from_unsteered")
 
@@ -49,8 +47,7 @@ def _tokenize_texts(model: HookedTransformer, texts: Sequence[str], max_tokens: 
 def utility_per_text(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
                      texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                      max_tokens: int = 128, batch_size: int = 8, precision: Precision = "fp32",
-                     shared_prefix: bool = True, chunk: int = 256, progress: bool = True,
-                     _suffix: HookedTransformer | None = None) -> pd.DataFrame:
+                     chunk: int = 256, progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
     """Per passage and multiplier: summed NLL, top-1 agreements and summed KL over predicted tokens.
 
     Args:
@@ -69,48 +66,31 @@ def utility_per_text(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         raise ValueError("texts is empty: need at least one passage of neutral text")
     specs = label_vectors(vectors, model)
     mults = check_multipliers(multipliers)
-    sweep_mults = [0.0] + [m for m in mults if m != 0]  # 0 first: the reference distribution
     ids = _tokenize_texts(model, texts, max_tokens)
-    suffix = _suffix if _suffix is not None else suffix_model(model, precision)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    items = Items.from_ids([r[:1] for r in ids], [[r[1:]] for r in ids])  # the first token predicts the rest
+    # per label: the unsteered condition first (the reference distribution), then each multiplier
+    conds, keys = sweep_conditions(specs, [0.0] + [m for m in mults if m != 0])
+    ref_of = {label: keys.index((label, 0.0)) for label in specs}
     n = len(ids)
-    acc = {k: torch.zeros(len(sweep_mults), n, 3, dtype=torch.float64) for k in specs}  # nll, agree, kl
+    acc = torch.zeros(len(conds), n, 3, dtype=torch.float64)  # nll, agree, kl
     n_pred = torch.tensor([len(r) - 1 for r in ids])
-    order = sorted(range(n), key=lambda i: len(ids[i]))
-    batches = [order[s: s + batch_size] for s in range(0, n, batch_size)]
-    dev = model.cfg.device
-    for idx in tqdm(batches, desc="utility", disable=not progress, leave=False):
-        width = max(len(ids[i]) for i in idx)
-        tokens = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            tokens[j, : len(ids[i])] = torch.tensor(ids[i])
-            mask[j, : len(ids[i])] = 1
-        tokens, mask = tokens.to(dev), mask.to(dev)
-        rows, cols = mask[:, 1:].nonzero(as_tuple=True)  # position cols predicts token cols + 1
-        targets = tokens[rows, cols + 1]
-        cache = ResidualCache(model, tokens, mask)
-        for label, vecs in specs.items():
-            ref_h = None
-            for mi, (_, _, resid) in enumerate(sweep_final_resid(model, vecs, tokens, mask, sweep_mults, suffix=suffix,
-                                                                 shared_prefix=shared_prefix, prefix=cache)):
-                h = resid[rows, cols]  # (n_pos, d_model)
-                if mi == 0:
-                    ref_h = h
-                stats = torch.zeros(len(rows), 3, dtype=torch.float64)
-                for s in range(0, len(rows), chunk):
-                    sl = slice(s, s + chunk)
-                    lp = logits_at(model, h[sl]).log_softmax(-1)  # (chunk, d_vocab) fp32
-                    ref = lp if mi == 0 else logits_at(model, ref_h[sl]).log_softmax(-1)
-                    stats[sl, 0] = -lp.gather(1, targets[sl, None]).squeeze(1).double().cpu()
-                    stats[sl, 1] = (lp.argmax(-1) == ref.argmax(-1)).double().cpu()
-                    stats[sl, 2] = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).double().cpu()
-                per_row = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, rows.cpu(), stats)
-                acc[label][mi, idx] = per_row
+    for idx, _, readouts in run_conditions(model, items, conds, batch_size=batch_size, precision=precision,
+                                           runner=runner, progress=progress, desc="utility"):
+        for c, (label, _) in enumerate(keys):
+            r, ref_r = readouts[c], readouts[ref_of[label]]
+            stats = torch.zeros(len(r.targets), 3, dtype=torch.float64)
+            for s in range(0, len(r.targets), chunk):
+                sl = slice(s, s + chunk)
+                lp = unembed(model, r.h[sl]).log_softmax(-1)  # (chunk, d_vocab) fp32
+                ref = lp if ref_r is r else unembed(model, ref_r.h[sl]).log_softmax(-1)
+                stats[sl, 0] = -lp.gather(1, r.targets[sl, None].to(lp.device)).squeeze(1).double().cpu()
+                stats[sl, 1] = (lp.argmax(-1) == ref.argmax(-1)).double().cpu()
+                stats[sl, 2] = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).double().cpu()
+            acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats)
     frames = []
     for label in specs:
         for m in mults:
-            v = acc[label][sweep_mults.index(m)].numpy()
+            v = acc[keys.index((label, float(m)))].numpy()
             frames.append(pd.DataFrame({"vector": label, "multiplier": m, "text": np.arange(n),
                                         "n_tokens": n_pred.numpy(), "nll_sum": v[:, 0], "agree_sum": v[:, 1],
                                         "kl_sum": v[:, 2]}))

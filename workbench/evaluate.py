@@ -21,8 +21,8 @@ hook is left attached):
 
 Prompts are the chat template around the question with BiPO's system prompt
 (``DEFAULT_SYSTEM_PROMPT``); answers get the end-of-turn token appended, as in BiPO's training.
-Multipliers share the forward pass below the steered layer (``workbench.eval_sweep``); a single
-vector's log-odds also share each prompt between its two answers (``workbench.prefix.PrefixCache``).
+Every metric is computed by the one scoring engine (``workbench.scoring``): multipliers share the
+blocks below the steered layer, and each prompt runs once for all of its answers.
 
 ``evaluate_vectors`` runs several metrics for several vectors and returns one JSON-ready dict
 (``kind: "eval"``, schema in its docstring); ``format_tables`` renders it for the terminal.
@@ -39,11 +39,11 @@ from typing import Any, Literal
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from workbench.eval_common import (DEFAULT_MULTIPLIERS, DEFAULT_SYSTEM_PROMPT, check_multipliers, check_pairs,
-                                   is_ab_data, records)
-from workbench.eval_preference import (ENGINES, ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
+from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers, check_pairs, is_ab_data, records
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.eval_preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
                                        summarize_logodds)
-from workbench.eval_sweep import Precision, VectorSpec, label_vectors, suffix_model
+from workbench.scoring import Precision, VectorSpec, label_vectors, precision_runner
 from workbench.vector import SteeringVector, __version__
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         logger.warning("skipping metric %r: %s", metric, reason)
         skipped[metric] = reason
 
-    suffix = suffix_model(model, precision)
+    runner = precision_runner(model, precision)  # shared by every metric
     common = dict(batch_size=batch_size, progress=progress)
     tables: dict[str, pd.DataFrame] = {}
     generations: dict[str, list[dict[str, Any]]] = {}
@@ -167,7 +167,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             continue
         if metric == "logodds":
             per = pair_logodds(model, specs, pairs, mults, system_prompt=system_prompt, precision=precision,
-                               append_end_of_turn=append_end_of_turn, max_length=max_length, _suffix=suffix, **common)
+                               append_end_of_turn=append_end_of_turn, max_length=max_length, runner=runner, **common)
             curve = summarize_logodds(per, n_boot, seed)
             for norm, g in _split_by(curve, "normalization").items():
                 tables["logodds" if norm == "sum" else "logodds_per_token"] = g
@@ -180,7 +180,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
                                    f"answer is {ab_data[0].matching[:40]!r}")
                 continue
             tables["ab"] = ab_curve(model, specs, ab_data, mults, system_prompt=system_prompt, precision=precision,
-                                    n_boot=n_boot, seed=seed, _suffix=suffix, **common)
+                                    n_boot=n_boot, seed=seed, runner=runner, **common)
         elif metric == "open":
             from workbench.eval_generation import open_ended_eval, validate_open_scorer
 
@@ -201,13 +201,13 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
                 continue
             mc1, mc2 = load_truthfulqa(truthfulqa) if isinstance(truthfulqa, (str, Path)) else truthfulqa
             tqa = truthfulqa_mc(model, specs, mc1, mc2, mults, system_prompt=system_prompt, precision=precision,
-                                n_boot=n_boot, seed=seed, _suffix=suffix, **common)
+                                n_boot=n_boot, seed=seed, runner=runner, **common)
             tables.update(_split_by(tqa, "targets"))
         elif metric == "utility":
             from workbench.eval_utility import utility_curve
 
             u = utility_curve(model, specs, neutral_texts, mults, max_tokens=utility_max_tokens, precision=precision,
-                              n_boot=n_boot, seed=seed, _suffix=suffix, **common)
+                              n_boot=n_boot, seed=seed, runner=runner, **common)
             tables.update(_split_by(u, "measure"))
         elif metric == "refusal":
             from workbench.eval_generation import refusal_eval
@@ -291,6 +291,6 @@ def format_tables(results: Mapping[str, Any], max_generations: int = 2, width: i
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_MULTIPLIERS", "DEFAULT_SYSTEM_PROMPT", "ENGINES", "METRICS", "ab_curve", "ab_pair_probs",
+__all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "ab_curve", "ab_pair_probs",
            "check_vectors", "evaluate_vectors", "format_tables", "logodds_curve", "pair_logodds", "steerability",
            "summarize_logodds"]

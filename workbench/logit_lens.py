@@ -42,9 +42,9 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from workbench.bipo import DEFAULT_SYSTEM_PROMPT
-from workbench.model import end_of_turn, format_chat
-from workbench.scoring import tokenize_completions
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.prompts import end_of_turn, format_chat
+from workbench.scoring import tokenize_completions, unembed
 from workbench.steering import steer
 from workbench.vector import SteeringVector
 
@@ -60,18 +60,6 @@ def _ln_weight(model: HookedTransformer) -> Float[Tensor, " d_model"]:
 
 def _centres(model: HookedTransformer) -> bool:
     return model.cfg.normalization_type in ("LN", "LNPre")
-
-
-def _unembed(model: HookedTransformer, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
-    """Logits of final residuals: ``ln_final`` then ``W_U`` (+ ``b_U``, soft cap), in fp32."""
-    h = model.ln_final(x.to(model.cfg.dtype).unsqueeze(0)).squeeze(0)
-    logits = (h @ model.W_U).float()
-    if getattr(model, "b_U", None) is not None:
-        logits = logits + model.b_U.float()
-    cap = model.cfg.output_logits_soft_cap
-    if cap and cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
 
 
 def direct_logit_effect(model: HookedTransformer, vector: SteeringVector | Tensor) -> Float[Tensor, " d_vocab"]:
@@ -130,7 +118,7 @@ def exact_logit_effect(model: HookedTransformer, vector: SteeringVector | Tensor
     total = torch.zeros(model.cfg.d_vocab, device=dev)
     for s in range(0, len(residuals), batch_size):
         h = residuals[s: s + batch_size].to(dev).float()  # (b, d_model)
-        total += (_unembed(model, h + multiplier * v.to(dev)) - _unembed(model, h)).sum(0)
+        total += (unembed(model, h + multiplier * v.to(dev)) - unembed(model, h)).sum(0)
     return total / len(residuals)
 
 
@@ -214,7 +202,7 @@ def _store(act: Tensor, hook: Any, *, out: dict[str, Tensor], rows: Tensor, cols
 
 
 def _lens_logprobs(model: HookedTransformer, resid: Tensor) -> Tensor:
-    return torch.log_softmax(_unembed(model, resid), dim=-1)  # (n, d_vocab)
+    return torch.log_softmax(unembed(model, resid), dim=-1)  # (n, d_vocab)
 
 
 @torch.no_grad()

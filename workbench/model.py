@@ -34,6 +34,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.prompts import has_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -580,52 +581,6 @@ def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch
         check(_LOCAL_KWARGS, "a local directory")
         return load_local_model(name, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
     return _load_hub_model(str(name), device, dtype, n_devices, **kwargs)
-
-
-# --------------------------------------------------------------------------- prompts
-
-def has_chat_template(model_or_tokenizer: Any) -> bool:
-    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
-    return bool(getattr(tok, "chat_template", None))
-
-
-def format_chat(model_or_tokenizer: Any, question: str, system_prompt: str | None = None) -> str:
-    """The prompt string for ``question`` ending where the assistant's answer begins.
-
-    With a chat template (SmolLM2, Llama-2-chat, Gemma-it ...) it is applied with
-    ``add_generation_prompt=True``. Without one the plain fallback is
-    ``"{system}\\n\\nQuestion: {question}\\nAnswer:"``.
-
-    Example:
-        >>> format_chat(model, "Is the sky blue?", "You are concise.")
-        '<|im_start|>system\\nYou are concise.<|im_end|>\\n<|im_start|>user\\nIs the sky blue?<|im_end|>\\n<|im_start|>assistant\\n'
-    """
-    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
-    if has_chat_template(tok):
-        messages = []
-        if system_prompt is not None:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": question})
-        try:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates that reject a system role (Gemma): fold it into the question
-            if system_prompt is None:
-                raise
-            messages = [{"role": "user", "content": f"{system_prompt}\n\n{question}"}]
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prefix = f"{system_prompt}\n\n" if system_prompt else ""
-    return f"{prefix}Question: {question}\nAnswer:"
-
-
-def end_of_turn(model_or_tokenizer: Any) -> str:
-    """The string that ends an assistant turn (``<|im_end|>`` for SmolLM2); ``""`` if unknown."""
-    tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
-    if has_chat_template(tok):
-        template = str(tok.chat_template)
-        for marker in ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "</s>"):
-            if marker in template:
-                return marker
-    return getattr(tok, "eos_token", None) or ""
 
 
 def model_name(model: HookedTransformer) -> str:

@@ -6,7 +6,7 @@ the same layer, then
 
 1. ``eval_<behavior>.json``: held-out log-odds and utility (perplexity, agreement, KL) over
    multipliers (``workbench.evaluate``);
-2. ``sweep_<behavior>.json``: a layer sweep of CAA at every layer and BiPO at a few (``workbench.sweep``),
+2. ``sweep_<behavior>.json``: a layer sweep of CAA at every layer and BiPO at a few (``workbench.layer_sweep``),
    with BiPO's cosine to CAA at each layer (``cosine_methods_<behavior>.json``);
 3. ``cosine.json``: cosines between every method and behavior (``workbench.similarity``);
 4. ``logit_lens_*.json``: top tokens of each vector and the per-layer propagation of a steered run
@@ -185,7 +185,7 @@ def sweep_stage(model: HookedTransformer, behavior: str, config: StudyConfig, ru
     """CAA at every sweep layer and BiPO at a few: one ``sweep`` result (rows of both methods) and
     BiPO's per-layer cosine to CAA (``cosine_methods``), or None without a BiPO sweep."""
     from workbench.similarity import method_cosines
-    from workbench.sweep import layer_sweep, parse_layers
+    from workbench.layer_sweep import layer_sweep, parse_layers
 
     train, test = study_pairs(behavior, config)
     spec = f"0-{model.cfg.n_layers - 1}" if config.sweep_layers == "all" else config.sweep_layers

@@ -144,7 +144,7 @@ def _generation_model(model: HookedTransformer) -> HookedTransformer:
 
     TransformerLens copies every block weight (and ``W_U``) into a transposed contiguous tensor at
     each forward call; with one new token per decoding step those copies cost more than the matmuls
-    (about half of the time on the embedded model). ``workbench.prefix.make_runner`` makes them
+    (about half of the time on the embedded model). ``workbench.scoring.make_runner`` makes them
     once per call, pre-laid-out, with bit-identical results (about the cost of one decoding step).
     ``model`` itself decodes when it has hooks attached (the caller's own hooks must fire), when it
     has no blocks, or when the copy would exceed 2 GiB.
@@ -153,7 +153,7 @@ def _generation_model(model: HookedTransformer) -> HookedTransformer:
         return model
     if sum(p.numel() * p.element_size() for p in model.parameters()) > _GENERATION_COPY_MAX_BYTES:
         return model
-    from workbench.prefix import make_runner
+    from workbench.scoring import make_runner
 
     return make_runner(model, 0, unembed=True)
 

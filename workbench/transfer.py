@@ -4,7 +4,7 @@ A steering vector is a direction in one model's residual stream. BiPO (Cao et al
 arXiv 2406.00045, section 4.5) reports that its vectors transfer from Llama-2-7b-chat to Vicuna-7b,
 a fine-tune of the same base model. ``transfer_effect`` measures that for any two models with the
 same ``d_model``: the steering effect (change of the mean held-out log-odds
-``log p(matching) - log p(not matching)`` against multiplier 0, ``workbench.sweep``) on the target
+``log p(matching) - log p(not matching)`` against multiplier 0, ``workbench.layer_sweep``) on the target
 divided by the effect on the source, at each multiplier. ``layer_transfer`` does the same across
 depth: the vector made at layer L applied at L + k, as a table of effect against offset.
 
@@ -32,7 +32,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.io import atomic_write_json, atomic_write_safetensors
-from workbench.sweep import steering_logodds
+from workbench.scoring import preference_logodds
 from workbench.vector import IncompatibleVectorError, SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- measuring transfer
 def _mean_effects(model: HookedTransformer, vector: SteeringVector, pairs: Sequence[Any],
                   multipliers: Sequence[float], **kwargs: Any) -> tuple[float, list[float]]:
-    lo = steering_logodds(model, pairs, [[]] + [[(vector, float(m))] for m in multipliers], **kwargs)
+    lo = preference_logodds(model, pairs, [()] + [((vector, float(m)),) for m in multipliers], **kwargs)
     return float(lo[0].mean()), [float((row - lo[0]).mean()) for row in lo[1:]]
 
 
@@ -56,7 +56,7 @@ def transfer_effect(source: HookedTransformer, target: HookedTransformer, vector
         vector: the steering vector (applied at its own hook in both models).
         eval_pairs: held-out preference pairs.
         multipliers: where the effect is measured.
-        kwargs: passed to ``workbench.sweep.steering_logodds`` (``system_prompt``, ``batch_size``).
+        kwargs: passed to ``workbench.scoring.preference_logodds`` (``system_prompt``, ``batch_size``).
 
     Returns:
         One row per multiplier: ``multiplier, source_effect, target_effect, retained``
@@ -98,7 +98,7 @@ def layer_transfer(model: HookedTransformer, vector: SteeringVector, eval_pairs:
         raise ValueError(f"no offset in {list(offsets)} keeps layer {vector.layer} inside 0..{n - 1}")
     moved = [vector.at(layer) for _, layer in layers]
     conds = [[]] + [[(v, float(m))] for v in moved for m in multipliers]
-    lo = steering_logodds(model, eval_pairs, conds, **kwargs)
+    lo = preference_logodds(model, eval_pairs, conds, **kwargs)
     effects = [(row - lo[0]).mean() for row in lo[1:]]
     rows, c = [], 0
     for k, layer in layers:

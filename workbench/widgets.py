@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from workbench.bipo import DEFAULT_SYSTEM_PROMPT
-from workbench.model import format_chat
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.prompts import format_chat
 from workbench.steering import generate
 from workbench.vector import SteeringVector
 

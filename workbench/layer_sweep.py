@@ -9,12 +9,11 @@ scored on held-out pairs.
 
 The steering effect is the change of the mean held-out log-odds
 ``log p(matching | prompt) - log p(not matching | prompt)`` (summed answer log-probs, the model's
-end-of-turn string appended to each answer, BiPO's chat prompt) at multiplier ``m`` against ``m = 0``.
-``steering_logodds`` computes it for many steering conditions at once: one unsteered forward pass
-per batch caches the residual entering every block where a condition starts, and each condition
-runs only the blocks from there on (exact: blocks before a vector's hook are untouched by it).
+end-of-turn string appended to each answer, BiPO's chat prompt) at multiplier ``m`` against ``m = 0``,
+computed for every layer's vector at once by the scoring engine
+(``workbench.scoring.preference_logodds``: each block below a vector runs once per batch).
 
-Layer specs (``parse_layers``): ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` and combinations
+Layer specs (``parse_layers``): ``"all"``, ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` and combinations
 (``"0-4,10,20-28:4"``); ranges are inclusive.
 """
 
@@ -25,37 +24,35 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import pandas as pd
-import torch
-from jaxtyping import Float
-from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from workbench.bipo import DEFAULT_SYSTEM_PROMPT
-from workbench.model import end_of_turn, format_chat
-from workbench.scoring import sum_by_row, token_logprobs_from_resid, tokenize_completions
+from workbench.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.scoring import Condition, preference_logodds
 from workbench.similarity import cosine
-from workbench.steering import steer
-from workbench.vector import SteeringVector, parse_hook_name
+from workbench.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
 
-#: One steering condition: the vectors applied together, each with its multiplier (empty: none).
-Condition = Sequence[tuple[SteeringVector, float]]
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)(?::(\d+))?$")
 
 
 # --------------------------------------------------------------------------- layer specs
 def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -> list[int]:
-    """Sorted unique layers from ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` (inclusive) or a list.
+    """Sorted unique layers from ``"all"``, ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` (inclusive) or a list.
+
+    ``"all"`` needs ``n_layers``.
 
     Raises:
         ValueError: naming the bad part of the spec, or a layer outside ``0..n_layers-1``.
     """
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        if n_layers is None:
+            raise ValueError("layers 'all' needs the model's number of layers")
+        spec = f"0-{n_layers - 1}"
     if isinstance(spec, int):
         layers = [spec]
     elif isinstance(spec, str):
@@ -82,75 +79,6 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
     return sorted(set(layers))
 
 
-# --------------------------------------------------------------------------- the metric
-def _start_layer(condition: Condition) -> int | None:
-    """First block whose input differs from the unsteered run (None: unsteered)."""
-    if not condition:
-        return None
-    return min(parse_hook_name(v.hook_name)[0] for v, _ in condition)
-
-
-def _store(act: Tensor, hook: Any, *, out: dict[str, Tensor]) -> None:
-    out[hook.name] = act
-
-
-@torch.no_grad()
-def steering_logodds(model: HookedTransformer, pairs: Sequence[Any], conditions: Sequence[Condition],
-                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8,
-                     progress: bool = False) -> Float[Tensor, "n_conditions n_pairs"]:
-    """Held-out log-odds ``log p(matching) - log p(not matching)`` of every pair under each condition.
-
-    Args:
-        model: the model (unchanged; hooks exist only inside this call).
-        pairs: preference pairs (``question``, ``matching``, ``not_matching``).
-        conditions: each a list of ``(vector, multiplier)`` applied together at all positions;
-            ``[]`` is the unsteered model.
-        system_prompt: system turn of the chat prompt (``None``: none).
-        batch_size: pairs per forward pass (each pass scores ``2 * batch_size`` sequences).
-
-    Returns:
-        ``(n_conditions, n_pairs)`` fp32, pairs in the given order.
-
-    Example:
-        >>> lo = steering_logodds(model, test_pairs, [[], [(v, -1.0)], [(v, 1.0)]])
-        >>> effect_plus = (lo[2] - lo[0]).mean()
-    """
-    pairs = list(pairs)
-    if not pairs:
-        raise ValueError("pairs is empty: need held-out pairs to measure a steering effect")
-    for cond in conditions:
-        for v, _ in cond:
-            v.check_compatible(model)
-    n_layers, dev = model.cfg.n_layers, model.cfg.device
-    starts = [_start_layer(c) for c in conditions]
-    cache_names = {f"blocks.{s}.hook_resid_pre" for s in starts if s is not None}
-    eot = end_of_turn(model)
-    out = torch.empty(len(conditions), len(pairs))
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i].question) + len(pairs[i].matching)
-                                                     + len(pairs[i].not_matching)))
-    steps = range(0, len(pairs), batch_size)
-    for s in tqdm(steps, desc="log-odds", disable=not progress, leave=False):
-        idx = order[s: s + batch_size]
-        k = len(idx)
-        prompts = [format_chat(model, pairs[i].question, system_prompt) for i in idx]
-        answers = [pairs[i].matching + eot for i in idx] + [pairs[i].not_matching + eot for i in idx]
-        batch = tokenize_completions(model, prompts + prompts, answers).to(dev)
-        cached: dict[str, Tensor] = {}
-        with model.hooks(fwd_hooks=[(n, partial(_store, out=cached)) for n in cache_names]):
-            base = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=n_layers)
-        for c, (cond, start) in enumerate(zip(conditions, starts)):
-            if start is None:
-                final = base
-            else:
-                with steer(model, [v for v, _ in cond], [m for _, m in cond]):
-                    final = model(cached[f"blocks.{start}.hook_resid_pre"], start_at_layer=start,
-                                  tokens=batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=n_layers)
-            lp, rows = token_logprobs_from_resid(model, final, batch)
-            total = sum_by_row(lp, rows, 2 * k).cpu()  # (2k,)
-            out[c, idx] = total[:k] - total[k:]
-    return out
-
-
 def steering_effects(model: HookedTransformer, vectors: Mapping[Any, SteeringVector], pairs: Sequence[Any],
                      multipliers: Sequence[float] = (-1.0, 1.0), **kwargs: Any) -> pd.DataFrame:
     """Effect of each vector alone at each multiplier: mean log-odds change against ``m = 0``.
@@ -158,11 +86,11 @@ def steering_effects(model: HookedTransformer, vectors: Mapping[Any, SteeringVec
     Returns:
         Tidy table, columns ``key, multiplier, logodds`` (mean), ``effect`` (mean change against the
         unsteered model), ``effect_sem`` (standard error over pairs of the per-pair change).
-        Other keyword arguments go to ``steering_logodds``.
+        Other keyword arguments go to ``workbench.scoring.preference_logodds``.
     """
     keys = list(vectors)
-    conds: list[Condition] = [[]] + [[(vectors[k], float(m))] for k in keys for m in multipliers]
-    lo = steering_logodds(model, pairs, conds, **kwargs)  # (1 + K*M, n)
+    conds: list[Condition] = [()] + [((vectors[k], float(m)),) for k in keys for m in multipliers]
+    lo = preference_logodds(model, pairs, conds, **kwargs)  # (1 + K*M, n)
     base = lo[0]
     rows, c = [], 1
     for key in keys:
