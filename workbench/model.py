@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.io import atomic_write_json, atomic_write_safetensors, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -437,13 +437,10 @@ def _stream_safetensors(file: Path):
     the process until the file is closed, which doubles the peak of a one-shard load; reading each
     tensor's bytes into its own buffer keeps the peak at one tensor above the model.
     """
+    header = read_safetensors_header(file, ModelLoadError, dtypes=tuple(_ST_DTYPES))  # checked against the file size
     with open(file, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            if info["dtype"] not in _ST_DTYPES:
-                raise ModelLoadError(f"{file}: tensor {name} has dtype {info['dtype']}; supported F32, BF16, F16")
             start, stop = info["data_offsets"]
             buf = torch.empty(stop - start, dtype=torch.uint8)
             f.seek(8 + n + start)
