@@ -4,11 +4,15 @@ import errno
 import pytest
 
 from workbench import cli
-from workbench.reliability import CASES, run_case
+from workbench.reliability import CASES, LOADS_MODEL, run_case
 
 
-@pytest.mark.parametrize("name,setup,argv,code,words", CASES, ids=[c[0] for c in CASES])
-def test_reliability_case(tmp_path, name, setup, argv, code, words):
+@pytest.mark.parametrize("name,setup,argv,code,words", [
+    pytest.param(*case, id=case[0], marks=[pytest.mark.embedded] if case[0] in LOADS_MODEL else [])
+    for case in CASES])
+def test_reliability_case(request, tmp_path, name, setup, argv, code, words):
+    if name in LOADS_MODEL:
+        request.getfixturevalue("embedded_model")  # the cache is built first: no conversion progress on stderr
     got, err = run_case(tmp_path, setup, argv)
     assert got == code, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -48,3 +52,15 @@ def test_traceback_only_with_verbose(monkeypatch, capsys):
     assert cli.main(["-v", "info"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("workbench info: error: internal error")
+
+
+def test_caa_warns_of_a_very_long_answer_before_the_model_loads(tmp_path, capsys):
+    data = tmp_path / "long.csv"
+    data.write_text("question,matching,not_matching\nq1,a,b\nq2," + "x" * (cli.LONG_ANSWER_CHARS + 1) + ",b\n")
+    # a model name that cannot load: the warning must come before it is tried
+    code = cli.main(["train", "--method", "caa", "--data", str(data), "--model", "no-such-model", "--out",
+                     str(tmp_path / "o")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("workbench train: warning: 1 pair(s)") and "long.csv:3" in lines[0]
+    assert "slow" in lines[0] and "no-such-model" in lines[1]

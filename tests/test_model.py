@@ -30,7 +30,8 @@ def test_missing_embedded_package_message(monkeypatch):
 @pytest.mark.embedded
 def test_embedded_model_shape_and_chat(embedded_model):
     m = embedded_model
-    assert (m.cfg.n_layers, m.cfg.d_model, m.cfg.model_name) == (30, 576, "SmolLM2-135M-Instruct")
+    assert (m.cfg.n_layers, m.cfg.d_model, m.cfg.model_name) == (wm.EMBEDDED_N_LAYERS, 576, "SmolLM2-135M-Instruct")
+    assert wm.EMBEDDED_N_LAYERS == 30
     assert not any(p.requires_grad for p in m.parameters())
     prompt = format_chat(m, "What is 2+2?", "You are a helpful, honest and concise assistant.")
     assert prompt.endswith("<|im_start|>assistant\n")

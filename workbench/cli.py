@@ -53,6 +53,19 @@ def _check_data(path) -> None:
         raise CLIError(f"--data {path}: is a directory; give a data file")
 
 
+def _check_layer_hook(args: argparse.Namespace, layer: int, hook: str) -> None:
+    """Refuse ``--hook`` and (for the embedded model, whose size is known) ``--layer`` before a model loads."""
+    from workbench.model import EMBEDDED_MODEL_NAME, EMBEDDED_N_LAYERS
+    from workbench.vector import hook_name
+
+    try:
+        hook_name(layer, hook)
+    except ValueError as exc:
+        raise CLIError(f"--hook {hook}: {exc}") from None
+    if args.model in (None, EMBEDDED_MODEL_NAME) and not 0 <= layer < EMBEDDED_N_LAYERS:
+        raise CLIError(f"--layer {layer}: model {EMBEDDED_MODEL_NAME} has layers 0..{EMBEDDED_N_LAYERS - 1}")
+
+
 def _describe_exception(exc: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception that reached main (2: user error, 1: internal)."""
     import errno
@@ -189,6 +202,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--direction", choices=("batch", "example"), default=None, help="BiPO: one d per batch or per pair")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="BiPO: dtype of the blocks after the hook")
     p.add_argument("--seed", type=int, default=None, help="BiPO seed")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="BiPO: tokens of prompt + answer (prompts are cut from the left; default: BiPOConfig's, 256)")
     p.add_argument("--checkpoint-dir", default=None, help="BiPO: checkpoint after every epoch here")
     p.add_argument("--resume", action="store_true", help="BiPO: continue from --checkpoint-dir")
     p.add_argument("--position", default="answer_mean", help="caa/pca position rule (answer_mean, last, ab_letter)")
@@ -226,6 +241,8 @@ def _run_train(args: argparse.Namespace) -> int:
                        "or choose another directory")
     if args.layer is not None and args.layer < 0:
         raise CLIError(f"--layer {args.layer}: must be >= 0")
+    if args.max_length is not None and args.method != "bipo":
+        raise CLIError("--max-length applies to --method bipo only")
     _check_data(args.data)
 
     from workbench.bipo import BiPOConfig, train_bipo
@@ -237,11 +254,13 @@ def _run_train(args: argparse.Namespace) -> int:
     system_prompt = None if args.no_system_prompt else (args.system_prompt or DEFAULT_SYSTEM_PROMPT)
     layer = BiPOConfig().layer if args.layer is None else args.layer
     hook = args.hook or ("resid_pre" if args.method == "actadd" else "resid_post")
+    _check_layer_hook(args, layer, hook)
     config = None
     if args.method == "bipo":
         given = {"layer": layer, "hook": hook, "epochs": args.epochs, "lr": args.lr, "beta": args.beta,
                  "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "direction": args.direction,
-                 "precision": args.precision, "seed": args.seed, "system_prompt": system_prompt}
+                 "precision": args.precision, "seed": args.seed, "max_length": args.max_length,
+                 "system_prompt": system_prompt}
         try:
             config = BiPOConfig(**{k: v for k, v in given.items() if v is not None or k == "system_prompt"})
         except ValueError as exc:  # "BiPOConfig.lr=-1 is out of range" -> also name the flag
@@ -258,10 +277,14 @@ def _run_train(args: argparse.Namespace) -> int:
         pairs = pairs[: args.limit]
         if not pairs:
             raise CLIError(f"{args.data or args.behavior}: no preference pairs")
+        if args.method in ("caa", "pca"):
+            _warn_long_answers(pairs, args.data or args.behavior)
 
     model = _load_model(args)
     if not 0 <= layer < model.cfg.n_layers:
         raise CLIError(f"--layer {layer}: model {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
+    if config is not None and config.max_length is not None:
+        _check_answer_lengths(model, pairs, config.max_length, args.data or args.behavior)
     t0 = time.perf_counter()
     history = None
     if args.method == "bipo":
@@ -288,6 +311,42 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = f"; final loss {history['epochs'][-1]['loss']:.4f}" if history and history["epochs"] else ""
     print(f"wrote {args.out}: {vector.describe()}{summary}", file=sys.stderr)
     return 0
+
+
+LONG_ANSWER_CHARS = 2048
+
+
+def _where(pair, index: int, source: str) -> str:
+    """Where a pair comes from: its ``path:line`` (or ``behavior:index``), else ``pair N of SOURCE``."""
+    return pair.source or f"pair {index + 1} of {source}"
+
+
+def _warn_long_answers(pairs: Sequence, source: str) -> None:
+    """One line on stderr when CAA/PCA will run over very long answers (every answer token is a forward position)."""
+    long = [(i, p) for i, p in enumerate(pairs) if max(len(p.matching), len(p.not_matching)) > LONG_ANSWER_CHARS]
+    if long:
+        i, p = long[0]
+        print(f"workbench train: warning: {len(long)} pair(s) have an answer over {LONG_ANSWER_CHARS} characters "
+              f"(first: {_where(p, i, source)}, {max(len(p.matching), len(p.not_matching))} characters); "
+              "this will be slow", file=sys.stderr)
+
+
+def _check_answer_lengths(model, pairs: Sequence, max_length: int, source: str) -> None:
+    """Refuse, naming the file and line, an answer that does not fit in ``--max-length`` tokens with its prompt.
+
+    BiPO cuts prompts from the left but never an answer (``workbench.scoring.tokenize_completions``);
+    answers are counted as BiPO scores them, closed by the end-of-turn string.
+    """
+    from workbench.prompts import end_of_turn
+
+    eot = end_of_turn(model)
+    texts = [a + eot for p in pairs for a in (p.matching, p.not_matching)]
+    lengths = [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    for i, p in enumerate(pairs):
+        for which, n in (("matching", lengths[2 * i]), ("not_matching", lengths[2 * i + 1])):
+            if n >= max_length:
+                raise CLIError(f"{_where(p, i, source)}: the {which} answer has {n} tokens, too many for "
+                               f"--max-length {max_length} (answers are never cut); raise --max-length")
 
 
 # --------------------------------------------------------------------------- eval

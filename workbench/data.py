@@ -195,14 +195,26 @@ def _read_json_records(path: str | Path) -> list[tuple[Location, dict[str, Any]]
             try:
                 records.append((lineno, json.loads(line)))
             except json.JSONDecodeError as e:
+                if lineno == 1 and _is_json_document(text):
+                    raise DataFormatError(path, 1, "looks like one JSON document spread over several lines; "
+                                          "expected one JSON object per line (JSONL), or a JSON list of "
+                                          "objects in a .json file") from None
                 hint = "; expected one JSON object per line" if lineno == 1 else ""
-                raise DataFormatError(path, lineno, f"invalid JSON: {e.msg}{hint}") from None
+                raise DataFormatError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno}){hint}") from None
     for loc, obj in records:
         if not isinstance(obj, dict):
             raise DataFormatError(path, loc, f"expected a JSON object, got {type(obj).__name__}")
     if not records:
         raise DataFormatError(path, 1, "no items found")
     return records
+
+
+def _is_json_document(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _field(path: str | Path, loc: Location, obj: dict[str, Any], key: str) -> Any:
@@ -256,6 +268,7 @@ def load_bipo_csv(path: str | Path, *, allow_empty_question: bool = False) -> li
     """
     text = _read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1  # first line of the row being read
     try:
         header = [h.strip() for h in next(reader)]
         missing = [c for c in _CSV_COLUMNS if c not in header]
@@ -272,6 +285,9 @@ def load_bipo_csv(path: str | Path, *, allow_empty_question: bool = False) -> li
             pairs.append(_make_pair(path, loc, *(row[i] for i in idx),
                                     allow_empty_question=allow_empty_question))
     except csv.Error as e:
+        if "unexpected end of data" in str(e):  # a quote left open runs to the end of the file
+            raise DataFormatError(path, start, "malformed CSV: a quoted field opened in this row is never "
+                                  "closed") from None
         raise DataFormatError(path, reader.line_num, f"malformed CSV: {e}") from None
     return _finish(path, pairs)
 

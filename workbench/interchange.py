@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ import torch
 from torch import Tensor
 
 from workbench.io import atomic_write as _atomic
+from workbench.io import read_safetensors_header
 from workbench.vector import (META_FILE, VECTOR_FILE, SteeringVector, hook_name, parse_hook_name)
 
 logger = logging.getLogger(__name__)
@@ -123,7 +125,9 @@ def _pick(entries: Mapping[str, Any], key: str | None, path: Path) -> Any:
 def _load_torch(path: Path) -> Any:
     """``torch.load`` restricted to tensors and containers: a pickled object is refused, never built."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing the file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if type(exc).__name__ == "UnpicklingError":  # the weights-only unpickler stopped
             glob = re.search(r"GLOBAL ([\w.]+)", str(exc))
@@ -177,6 +181,7 @@ def read_tensor(path: str | Path, key: str | None = None) -> Tensor:
     elif suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        read_safetensors_header(path, InterchangeError)  # sizes checked before anything is read
         try:
             obj = _pick(load_file(str(path)), key, path)
         except InterchangeError:

