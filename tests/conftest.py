@@ -117,3 +117,25 @@ def naive_logprobs(model, prompts, answers, max_length=None, groups=None):
             lp = logits.log_softmax(-1)[:-1].gather(1, tokens[0, 1:, None]).squeeze(1)
             out.append(lp[len(p) - 1:].sum().item())
     return torch.tensor(out, dtype=torch.float64)
+
+
+def write_llama_dir(path, hidden: int = 64, layers: int = 2, vocab: int | None = None, inter: int = 128,
+                    rope: bool = True, dtype: torch.dtype = torch.float32, tied: bool = False, max_pos: int = 256):
+    """A random Llama directory written with transformers (config.json, model.safetensors, tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tiny_tokenizer()
+    rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 32} if rope else None
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=vocab or len(tok), max_position_embeddings=max_pos,
+                      rope_scaling=rope_scaling, rope_theta=500000.0, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.3)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -11,32 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_tokenizer
+from conftest import write_llama_dir
 from workbench.model import ModelLoadError, load_model, llama_config_from_json, resolve_device, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_llama_dir(path: Path, hidden: int = 64, layers: int = 2, vocab: int | None = None, inter: int = 128,
-                    rope: bool = True, dtype: torch.dtype = torch.float32, tied: bool = False) -> Path:
-    """A random Llama directory written with transformers (config.json, model.safetensors, tokenizer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = make_tiny_tokenizer()
-    rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 32} if rope else None
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab or len(tok), max_position_embeddings=256,
-                      rope_scaling=rope_scaling, rope_theta=500000.0, tie_word_embeddings=tied)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0, 0.3)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_rope_scaling_config_matches_transformer_lens(tmp_path):
@@ -116,3 +94,16 @@ def test_cli_offline_hub_name_and_bad_device():
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cuda:x" in lines[0], r.stderr
+
+
+def test_loading_peak_memory_is_near_the_weights(tmp_path):
+    """Peak host memory of loading a random Llama directory of a few hundred MB, in a fresh process
+    (bench/load_memory.py): at most about 1.3x the weights in the target dtype."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from load_memory import measure, write_random_llama
+
+    for ckpt, target in (("fp32", "fp32"), ("bf16", "bf16")):
+        d = write_random_llama(tmp_path / ckpt, hidden=1024, layers=6, dtype=ckpt)
+        r = measure(d, target)
+        assert r["weights_bytes"] > 200 * 2**20 if target == "fp32" else r["weights_bytes"] > 100 * 2**20
+        assert r["ratio"] <= 1.3, (ckpt, target, r)

@@ -201,7 +201,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int, default=None, help="BiPO linear warm-up steps")
     p.add_argument("--direction", choices=("batch", "example"), default=None, help="BiPO: one d per batch or per pair")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="BiPO: dtype of the blocks after the hook")
-    p.add_argument("--seed", type=int, default=None, help="BiPO seed")
+    p.add_argument("--bipo-seed", "--seed", dest="seed", type=int, default=None,
+                   help="BiPO seed: shuffling, directions, init (--seed is the old name)")
     p.add_argument("--max-length", type=int, default=None, metavar="N",
                    help="BiPO: tokens of prompt + answer (prompts are cut from the left; default: BiPOConfig's, 256)")
     p.add_argument("--checkpoint-dir", default=None, help="BiPO: checkpoint after every epoch here")
@@ -402,7 +403,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-end-of-turn", action="store_true", help="do not append the end-of-turn token to answers")
     p.add_argument("--strict-model", action="store_true", help="a vector made on another model name is an error")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap and sampling seed")
+    p.add_argument("--boot-seed", "--seed", dest="seed", type=int, default=0,
+                   help="seed of the bootstrap intervals and of sampled generations (--seed is the old name)")
     p.add_argument("--out", required=True, help="JSON result file (written atomically)")
 
 
@@ -532,7 +534,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of --data (default 0.2)")
     p.add_argument("--allow-empty-question", action="store_true",
                    help="keep --data rows whose question is empty (a few in BiPO's power/wealth CSVs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --data split")
+    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0,
+                   help="seed of the --data split (--seed is the old name)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                   help="BiPO seeds, one vector per layer and seed (default 0; CAA ignores them)")
     p.add_argument("--limit", type=int, default=None, help="use at most N training pairs")
     p.add_argument("--eval-limit", type=int, default=None, help="use at most N held-out pairs")
     p.add_argument("--multipliers", nargs="+", default=["-1", "1"], help="default: -1 1")
@@ -545,6 +550,69 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--out", required=True, help="JSON file for the table")
     p.add_argument("--save-vectors", default=None, metavar="DIR", help="also save each vector to DIR/layer_LL")
+    _add_executor_args(p)
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and the Slurm options of a study run as cells (``workbench.cells``)."""
+    g = p.add_argument_group("cells and cluster (workbench.cells)")
+    g.add_argument("--executor", choices=("inline", "debug", "local", "slurm"), default="inline",
+                   help="inline (default): this process; local: one subprocess per job; slurm: sbatch job arrays; "
+                        "debug: submitit's debug executor")
+    g.add_argument("--cells-dir", default=None, metavar="DIR",
+                   help="where each (data, method, layer, seed) cell is written and found again after a kill "
+                        "(default: OUT without .json, plus _cells); implied by --executor other than inline or "
+                        "several --seeds")
+    g.add_argument("--partition", default=None, help="Slurm partition")
+    g.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per Slurm task (default 0)")
+    g.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per Slurm task")
+    g.add_argument("--time", type=int, default=60, metavar="MINUTES", help="time limit per job (default 60)")
+    g.add_argument("--array-parallelism", type=int, default=64, help="Slurm jobs running at once (default 64)")
+
+
+def _run_sweep_cells(args: argparse.Namespace, multipliers: list[float], source: str) -> int:
+    """The sweep as cells: vectors and effects per (data, layer, seed), then one aggregated result."""
+    import time
+    from pathlib import Path
+
+    from workbench.cells import SlurmOptions, StudySpec, aggregate, run_study
+    from workbench.io import atomic_write_json
+    from workbench.layer_sweep import parse_layers
+
+    t0 = time.perf_counter()
+    model = None
+    if args.layers in (None, "all"):
+        if args.model is not None or args.executor == "inline":
+            model = _load_model(args)
+            n_layers = model.cfg.n_layers
+        else:
+            from workbench.model import EMBEDDED_N_LAYERS
+
+            n_layers = EMBEDDED_N_LAYERS
+        spec_layers = f"0-{n_layers - 1}"
+    else:
+        spec_layers = args.layers
+    layers = parse_layers(spec_layers, None)
+    bipo = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    spec = StudySpec(data=(args.behavior or str(args.data),), method=args.method, layers=tuple(layers),
+                     seeds=tuple(args.seeds), model=args.model, device=args.device, dtype=args.dtype, hook=args.hook,
+                     position=args.position, multipliers=tuple(multipliers), n_train=args.limit, n_test=args.eval_limit,
+                     data_format=args.format, test_fraction=args.test_fraction, split_seed=args.split_seed,
+                     allow_empty_question=args.allow_empty_question, bipo=bipo, batch_size=args.batch_size)
+    root = Path(args.cells_dir) if args.cells_dir else Path(args.out).with_name(Path(args.out).stem + "_cells")
+    if args.executor == "inline" and model is None:
+        model = _load_model(args)
+    slurm = SlurmOptions(partition=args.partition, gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                         time_min=args.time, array_parallelism=args.array_parallelism)
+    print(f"sweep: {args.method} at {len(layers)} layers x {len(spec.seeds) if args.method == 'bipo' else 1} "
+          f"seed(s) from {source} as cells in {root} ({args.executor})", file=sys.stderr)
+    summary = run_study(spec, root, executor=args.executor, model=model, slurm=slurm)
+    print(f"sweep: {len(summary['ran'])} cell(s) run, {summary['complete_before']} of {summary['cells']} already "
+          f"complete", file=sys.stderr)
+    out = aggregate(spec, root) | {"run": summary, "data_source": source, "seconds": time.perf_counter() - t0}
+    atomic_write_json(out, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -571,11 +639,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
         train, held_out = load_behavior(args.behavior, "train"), load_behavior(args.behavior, "test")
         source = f"behavior:{args.behavior}"
     else:
-        train, held_out = train_test_split(load_pairs(args.data, args.format, **_data_kw(args)), args.test_fraction, args.seed)
+        train, held_out = train_test_split(load_pairs(args.data, args.format, **_data_kw(args)), args.test_fraction,
+                                           args.split_seed)
         source = str(args.data)
     train, held_out = train[: args.limit], held_out[: args.eval_limit]
     if not held_out:
         raise CLIError(f"{source}: no held-out pairs to measure the effect on (raise --test-fraction)")
+    if args.executor != "inline" or len(args.seeds) > 1 or args.cells_dir:
+        return _run_sweep_cells(args, multipliers, source)
     t0 = time.perf_counter()
     model = _load_model(args)
     layers = parse_layers(args.layers if args.layers is not None else f"0-{model.cfg.n_layers - 1}",
@@ -587,7 +658,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         from workbench.bipo import BiPOConfig
 
         changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
-        config = dataclasses.replace(BiPOConfig(), **changes)
+        config = dataclasses.replace(BiPOConfig(seed=args.seeds[0]), **changes)
     print(f"sweep: {args.method} at {len(layers)} layers of {model.cfg.model_name}, {len(train)} training "
           f"and {len(held_out)} held-out pairs from {source}", file=sys.stderr)
     result = layer_sweep(model, train, held_out, layers, method=args.method, multipliers=multipliers,
@@ -938,7 +1009,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neutral", default=None, metavar="PATH", help="neutral text file, one passage per line")
     _add_model_args(p)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--boot-seed", "--seed", dest="seed", type=int, default=0,
+                   help="bootstrap seed (--seed is the old name)")
     p.add_argument("--out", required=True, help="JSON result file (written atomically)")
 
 
