@@ -1,4 +1,4 @@
-"""evaluate_vectors, format_tables and the ``workbench eval`` command."""
+"""evaluate_vectors, format_eval and the ``workbench eval`` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import workbench.model
 from workbench.cli import main
 from workbench.data import MCQuestion, PreferencePair, save_pairs_jsonl
-from workbench.evaluate import evaluate_vectors, format_tables
+from workbench.evaluate import evaluate_vectors, format_eval
 from workbench.steering import remaining_hooks
 from workbench.vector import IncompatibleVectorError, SteeringVector
 
@@ -52,7 +52,7 @@ def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
     assert len(rows) == 2 * len(MULTS)
     assert {"vector", "multiplier", "n", "mean", "ci_low", "ci_high", "win_rate"} <= set(rows[0])
     assert json.loads(json.dumps(r, allow_nan=False)) == r  # JSON-ready, no NaN
-    text = format_tables(r)
+    text = format_eval(r)
     assert "== logodds" in text and "== perplexity" in text and "skipped ab" in text
 
 

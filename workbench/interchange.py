@@ -49,7 +49,7 @@ from torch import Tensor
 
 from workbench.io import atomic_write as _atomic
 from workbench.io import read_safetensors_header
-from workbench.vector import (META_FILE, VECTOR_FILE, SteeringVector, hook_name, parse_hook_name)
+from workbench.vector import (META_FILE, VECTOR_FILE, SteeringVector, full_hook_name, parse_hook_name)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def gguf_layer(name: str) -> int:
 
 def hook_for_gguf_layer(index: int) -> str:
     """The workbench hook name for llama.cpp ``direction.{index}``: ``blocks.{index}.hook_resid_post``."""
-    return hook_name(int(index), "resid_post")
+    return full_hook_name(int(index), "resid_post")
 
 
 # --------------------------------------------------------------------------- safe tensor reading
@@ -250,7 +250,7 @@ def import_vector(path: str | Path, hook: str = "resid_post", *, layer: int | No
         if layer is not None and from_name is not None and int(from_name.group(1)) != int(layer):
             logger.warning("%s: using layer %d given explicitly, not %s from the file name",
                            path, layer, from_name.group(1))
-        name = hook_name(int(layer) if layer is not None else int(from_name.group(1)), hook)
+        name = full_hook_name(int(layer) if layer is not None else int(from_name.group(1)), hook)
     if model is not None and model_name is None:
         model_name = model.cfg.model_name
     meta = {"source_file": str(path.resolve()), "source_sha256": _sha256(path),

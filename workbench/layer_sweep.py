@@ -24,10 +24,12 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from workbench.results import SWEEP, ResultFormatError, from_dict, records, result
 from transformer_lens import HookedTransformer
 
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
@@ -124,11 +126,24 @@ class SweepResult:
     vectors: dict[int, SteeringVector]
     info: dict[str, Any] = field(default_factory=dict)
 
+    kind: ClassVar[str] = SWEEP
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"kind": "sweep", **info, "columns": [...], "rows": [...]}``."""
-        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                for r in self.table.to_dict(orient="records")]  # NaN (no value) -> null
-        return {"kind": "sweep", **self.info, "columns": list(self.table.columns), "rows": rows}
+        """JSON-ready: ``{"kind": "sweep", "schema_version", **info, "columns": [...], "rows": [...]}``."""
+        return result(SWEEP, **self.info, columns=list(self.table.columns), rows=self.table)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The per-layer table as JSON-ready row dicts."""
+        return records(self.table)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> SweepResult:
+        """A sweep read back from its JSON (``workbench.results.from_dict``); vectors are not stored there."""
+        obj = from_dict(obj)
+        if obj["kind"] != SWEEP:
+            raise ResultFormatError(f"expected a {SWEEP} result, got {obj['kind']!r}")
+        info = {k: v for k, v in obj.items() if k not in ("kind", "schema_version", "columns", "rows")}
+        return cls(pd.DataFrame(obj["rows"], columns=obj.get("columns")), {}, info)
 
     def save_vectors(self, directory: Any) -> list[str]:
         """Save each layer's vector to ``directory/layer_<L>``; returns the paths."""
@@ -235,6 +250,6 @@ def layer_sweep(model: HookedTransformer, train_pairs: Sequence[Any], eval_pairs
     return SweepResult(pd.DataFrame(rows), dict(vecs), info)
 
 
-def format_table(table: pd.DataFrame) -> str:
+def format_sweep(table: pd.DataFrame) -> str:
     """Plain-text table for terminals (floats to 3 significant digits)."""
     return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")
