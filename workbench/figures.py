@@ -26,7 +26,7 @@ def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
     """One multiplier-curve figure per metric, and per behavior / normalization where they vary."""
     out = {}
     for name in results.table_names(result):
-        df = results.table(result, name)
+        df = results.result_table(result, name)
         if df.empty or "multiplier" not in df.columns:
             logger.info("eval metric %r has no multiplier column; no curve drawn", name)
             continue
@@ -44,7 +44,7 @@ def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
 
 
 def _sweep_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    df = results.table(result)
+    df = results.result_table(result)
     behaviors = list(dict.fromkeys(df["behavior"])) if "behavior" in df.columns else [None]
     if len(behaviors) <= 1:
         return {"layers": plot_layer_sweep(result)}

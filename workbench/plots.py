@@ -78,7 +78,7 @@ def _rows(result: Any, table: str | None = None) -> pd.DataFrame:
     if isinstance(result, pd.DataFrame):
         return result.reset_index(drop=not _named_index(result))
     if isinstance(result, Mapping):
-        df = results.table(result, table)
+        df = results.result_table(result, table)
     elif isinstance(result, Sequence) and not isinstance(result, str):
         if not all(isinstance(r, Mapping) for r in result):
             raise ResultFormatError("expected a list of row dicts")

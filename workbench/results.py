@@ -9,7 +9,7 @@ writers (``workbench.evaluate``, ``layer_sweep``, ``similarity``, ``logit_lens``
 checks a result and migrates an older schema version explicitly (as SAELens versions its configs).
 
     >>> r = result(TRANSFER_LAYERS, rows=[{"offset": 0, "layer": 14, "multiplier": 1.0, "effect": 0.8}])
-    >>> table(from_dict(r))          # a DataFrame of the rows
+    >>> result_table(r)          # the rows as a DataFrame
 
 Version history:
 
@@ -202,7 +202,7 @@ def rows(res: Mapping[str, Any], name: str | None = None) -> list[dict[str, Any]
     return list(where[name])
 
 
-def table(res: Mapping[str, Any], name: str | None = None) -> pd.DataFrame:
+def result_table(res: Mapping[str, Any], name: str | None = None) -> pd.DataFrame:
     """One table of a result as a DataFrame (``rows``; a cosine result: the square, labels as index)."""
     res = from_dict(res)
     if res["kind"] == COSINE:
@@ -237,4 +237,4 @@ def load_result(path: str | Path) -> dict[str, Any]:
 __all__ = ["BIPO_HISTORY", "COMPOSITION", "COSINE", "COSINE_METHODS", "EVAL", "LOGIT_LENS_LAYERS",
            "LOGIT_LENS_TOKENS", "MATCHED_COST", "REFUSAL", "SCHEMAS", "SCHEMA_VERSION", "STUDY_SUMMARY", "SWEEP",
            "Schema", "ResultFormatError", "TRANSFER_LAYERS", "TRANSFER_MODEL", "from_dict", "is_result",
-           "load_result", "records", "result", "rows", "table", "table_names"]
+           "load_result", "records", "result", "result_table", "rows", "table_names"]
