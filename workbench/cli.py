@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from collections.abc import Sequence
@@ -66,12 +67,32 @@ def _check_layer_hook(args: argparse.Namespace, layer: int, hook: str) -> None:
         raise CLIError(f"--layer {layer}: model {EMBEDDED_MODEL_NAME} has layers 0..{EMBEDDED_N_LAYERS - 1}")
 
 
+#: library argument -> the flag that sets it: library errors name the argument (``layers=``), the CLI the flag
+ARGUMENT_FLAGS = {"layers": "--layers", "multipliers": "--multipliers", "key": "--key", "layer": "--layer",
+                  "pairs": "--data / --behavior", "ab_pairs": "--ab-from-text", "truthfulqa": "--truthfulqa",
+                  "refusal_prompts": "--refusal-csv", "allow_empty_question": "--allow-empty-question",
+                  "results_dir": "--results", "max_length": "--max-length", "budgets": "--budgets", "cost": "--cost"}
+_ARGUMENT = re.compile(r"(?<![\w.])(" + "|".join(ARGUMENT_FLAGS) + r")=(True\b|\.\.\.|[^\s,;:)]*)")
+
+
+def as_flags(message: str) -> str:
+    """A library message with each ``argument=value`` it names written as the CLI flag (``layers='0-99'``
+    -> ``--layers '0-99'``; ``allow_empty_question=True`` -> ``--allow-empty-question``)."""
+    def flag(m: re.Match) -> str:
+        value = m.group(2)
+        return ARGUMENT_FLAGS[m.group(1)] + ("" if value in ("", "True", "...") else f" {value}")
+
+    return _ARGUMENT.sub(flag, message)
+
+
 def _describe_exception(exc: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception that reached main (2: user error, 1: internal)."""
     import errno
 
-    if isinstance(exc, CLIError | ValueError | FileNotFoundError):
+    if isinstance(exc, CLIError):
         return str(exc), 2
+    if isinstance(exc, ValueError | FileNotFoundError):
+        return as_flags(str(exc)), 2
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else ""
         where = f"{where}: " if where else ""

@@ -163,7 +163,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         t0 = time.perf_counter()
         needs_pairs = metric in ("logodds", "open") or (metric == "ab" and ab_pairs is None)
         if needs_pairs and pairs is None:
-            inapplicable(metric, "needs preference pairs (pass pairs=..., or --data / --behavior)")
+            inapplicable(metric, "needs preference pairs (pass pairs=...)")
             continue
         if metric == "logodds":
             per = pair_logodds(model, specs, pairs, mults, system_prompt=system_prompt, precision=precision,
@@ -176,7 +176,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             ab_data = pairs if ab_pairs is None else check_pairs(ab_pairs)
             if not is_ab_data(ab_data):
                 inapplicable("ab", "needs A/B pairs whose answers are letters like '(A)' (format 'ab-json', or "
-                                   "ab_pairs=as_ab_pairs(pairs) / --ab-from-text); the first pair's matching "
+                                   "ab_pairs=as_ab_pairs(pairs)); the first pair's matching "
                                    f"answer is {ab_data[0].matching[:40]!r}")
                 continue
             tables["ab"] = ab_curve(model, specs, ab_data, mults, system_prompt=system_prompt, precision=precision,
@@ -196,8 +196,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             from workbench.eval_truthfulqa import load_truthfulqa, truthfulqa_mc
 
             if truthfulqa is None:
-                inapplicable("truthfulqa", "needs TruthfulQA questions (truthfulqa=path to mc_task.json, "
-                                           "or --truthfulqa PATH)")
+                inapplicable("truthfulqa", "needs TruthfulQA questions (truthfulqa=path to mc_task.json)")
                 continue
             mc1, mc2 = load_truthfulqa(truthfulqa) if isinstance(truthfulqa, (str, Path)) else truthfulqa
             tqa = truthfulqa_mc(model, specs, mc1, mc2, mults, system_prompt=system_prompt, precision=precision,
@@ -213,8 +212,8 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             from workbench.eval_generation import refusal_eval
 
             if not refusal_prompts:
-                inapplicable("refusal", "needs harmful-request prompts (refusal_prompts=..., or --refusal-csv "
-                                        "PATH with a 'goal' column)")
+                inapplicable("refusal", "needs harmful-request prompts (refusal_prompts=..., e.g. "
+                                        "load_refusal_prompts(path to a CSV with a 'goal' column))")
                 continue
             summary, gens = refusal_eval(model, specs, refusal_prompts, mults, system_prompt=system_prompt,
                                          max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed, **common)

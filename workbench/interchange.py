@@ -115,10 +115,10 @@ def _pick(entries: Mapping[str, Any], key: str | None, path: Path) -> Any:
     bad = sorted(str(k) for k, v in entries.items() if not isinstance(v, (Tensor, np.ndarray)))
     if bad:
         raise InterchangeError(f"{path}: expected a tensor or a dict of tensors, but entries {bad} are not "
-                               "tensors; pass key= (--key) to select one tensor")
+                               "tensors; pass key= to select one tensor")
     if len(entries) != 1:
         raise InterchangeError(f"{path}: holds {len(entries)} tensors {sorted(map(str, entries))}; "
-                               "pass key= (--key) to choose one")
+                               "pass key= to choose one")
     return next(iter(entries.values()))
 
 
@@ -245,7 +245,7 @@ def import_vector(path: str | Path, hook: str = "resid_post", *, layer: int | No
     else:
         from_name = _LAYER_RE.search(path.stem)
         if layer is None and from_name is None:
-            raise InterchangeError(f"{path}: give the layer (layer= / --layer): the file name has no "
+            raise InterchangeError(f"{path}: give the layer (layer=): the file name has no "
                                    "'layer<N>' in it")
         if layer is not None and from_name is not None and int(from_name.group(1)) != int(layer):
             logger.warning("%s: using layer %d given explicitly, not %s from the file name",

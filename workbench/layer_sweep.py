@@ -53,7 +53,7 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
     """
     if isinstance(spec, str) and spec.strip().lower() == "all":
         if n_layers is None:
-            raise ValueError("layers 'all' needs the model's number of layers")
+            raise ValueError("layers='all' needs the model's number of layers (n_layers=)")
         spec = f"0-{n_layers - 1}"
     if isinstance(spec, int):
         layers = [spec]
@@ -65,19 +65,19 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
                 continue
             m = _RANGE.match(part)
             if not m:
-                raise ValueError(f"layers {spec!r}: cannot read {part!r} (use e.g. '0-29', '0,5,10', '10-20:2')")
+                raise ValueError(f"layers={spec!r}: cannot read {part!r} (use e.g. '0-29', '0,5,10', '10-20:2')")
             lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
             if hi < lo or step < 1:
-                raise ValueError(f"layers {spec!r}: {part!r} is an empty range")
+                raise ValueError(f"layers={spec!r}: {part!r} is an empty range")
             layers.extend(range(lo, hi + 1, step))
     else:
         layers = [int(x) for x in spec]
     if not layers:
-        raise ValueError(f"layers {spec!r}: no layer given")
+        raise ValueError(f"layers={spec!r}: no layer given")
     if n_layers is not None:
         bad = [x for x in layers if not 0 <= x < n_layers]
         if bad:
-            raise ValueError(f"layers {spec!r}: {bad} out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+            raise ValueError(f"layers={spec!r}: {bad} out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
     return sorted(set(layers))
 
 
