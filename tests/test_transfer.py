@@ -89,7 +89,7 @@ def test_transfer_effect(tiny_model):
     assert t.target_effect[0] == pytest.approx(want, abs=1e-5)
     assert t.retained[0] == pytest.approx(t.target_effect[0] / t.source_effect[0])
     d = transfer_to_dict(t, source="a", target="b")
-    assert d["kind"] == "transfer" and d["rows"][0]["multiplier"] == 1.0
+    assert d["kind"] == "transfer_model" and d["schema_version"] == 2 and d["rows"][0]["multiplier"] == 1.0
     wide = make_tiny_model(d_model=48)
     with pytest.raises(IncompatibleVectorError, match="d_model 32, target 'tiny-3x48' has d_model 48"):
         transfer_effect(tiny_model, wide, v, PAIRS)
