@@ -42,7 +42,7 @@ def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
                          truthfulqa=([MCQuestion("Q?", ("a", "b"), (1, 0))], None))
     assert remaining_hooks(tiny_model) == 0
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
-    assert r["kind"] == "eval" and r["schema_version"] == 1 and r["model"] == "tiny-3x32"
+    assert r["kind"] == "eval" and r["schema_version"] == 2 and r["model"] == "tiny-3x32"
     assert [v["label"] for v in r["vectors"]] == ["bipo", "caa"]
     assert r["vectors"][1]["hook_name"] == "blocks.0.hook_mlp_out"
     assert set(r["metrics"]) == {"logodds", "logodds_per_token", "steerability", "perplexity", "top1_agreement",
