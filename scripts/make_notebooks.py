@@ -4,7 +4,8 @@
     .venv/bin/python scripts/make_notebooks.py --execute       # write and run them (full size: slow)
     .venv/bin/python scripts/make_notebooks.py --execute --quick   # run them in quick mode
 
-Notebooks only call the package; every computation lives in ``workbench``. Each has a parameter cell
+Notebooks only call the package through ``import workbench as wb`` (the public API; a test checks each
+notebook's source uses only its names); every computation lives in ``workbench``. Each has a parameter cell
 where ``QUICK`` (``WORKBENCH_NOTEBOOK_QUICK=1``) shrinks the run and ``RUNS`` is where trained vectors
 are cached (``workbench.reproduce.study_vectors``): ``$WORKBENCH_RUNS/{quick,full}/vectors``, by default
 ``results/{quick,full}/vectors``, the same place as ``scripts/reproduce.sh``, so the notebooks reuse the
@@ -41,11 +42,10 @@ import pandas as pd
 from IPython.display import display
 
 import workbench as wb
-from workbench.reproduce import StudyConfig, study_pairs, study_vectors
 
 logging.getLogger("workbench").setLevel(logging.WARNING)
 pd.set_option("display.max_colwidth", 120)
-CONFIG = StudyConfig.quick() if QUICK else StudyConfig()
+CONFIG = wb.StudyConfig.quick() if QUICK else wb.StudyConfig()
 model = wb.load_model()  # the embedded SmolLM2-135M-Instruct, offline
 print(model.cfg.model_name, model.cfg.n_layers, "layers, d_model", model.cfg.d_model, "| QUICK =", QUICK)'''
 
@@ -75,30 +75,24 @@ shows its training curves and steers generation with several multipliers `m` of 
 """) + [
         md("## Data\nEmbedded preference pairs: a question, a behavior-matching answer, a not-matching answer."),
         code('''
-train, test = study_pairs("power-seeking", CONFIG)
+train, test = wb.study_pairs("power-seeking", CONFIG)
 print(len(train), "training pairs,", len(test), "held-out pairs")
 pair = train[0]
 print("Q:", pair.question, "\\n+:", pair.matching, "\\n-:", pair.not_matching)'''),
         md("## Train\n`train_bipo` optimises only the vector (the model is frozen); "
            "`CONFIG.bipo_config()` holds the study's settings (layer 14, `resid_post`)."),
         code('''
-from workbench.bipo import train_bipo
-
-result = train_bipo(model, train, CONFIG.bipo_config(), progress=False)
+result = wb.train_bipo(model, train, CONFIG.bipo_config(), progress=False)
 vector = result.vector
 print(vector)
 display(pd.DataFrame(result.epochs).round(3))'''),
         code('''
-from workbench.plotting import plot_training_curves
-
-plot_training_curves(result)'''),
+wb.plot(result)  # a BiPOResult: its training curves'''),
         md("## Steer generation\nGreedy answers to held-out questions at several multipliers (`m = 0` is the unsteered model)."),
         code('''
-from workbench.eval_generation import steered_generations
-
 questions = [p.question for p in test[: 1 if QUICK else 3]]
 multipliers = [-2.0, 0.0, 2.0]
-gens = steered_generations(model, {"bipo": vector}, questions, multipliers,
+gens = wb.steered_generations(model, {"bipo": vector}, questions, multipliers,
                            max_new_tokens=8 if QUICK else 64, progress=False)
 display(gens.pivot(index="question", columns="multiplier", values="generation"))'''),
         md("## Save and load\nA vector is a directory: `vector.safetensors` + `vector.json` (metadata, config, data fingerprint)."),
@@ -114,75 +108,52 @@ print("hooks left:", wb.remaining_hooks(model))'''),
 CAA (contrastive activation addition, Rimsky et al. 2023, [arXiv 2312.06681](https://arxiv.org/abs/2312.06681)) takes
 the mean difference of the activations of matching and not-matching answers; BiPO (Cao et al. 2024,
 [arXiv 2406.00045](https://arxiv.org/abs/2406.00045)) optimises the vector directly. Both are made at the same
-layer from the same pairs (`study_vectors` trains them once and caches them in `RUNS`), then compared on
+layer from the same pairs (`wb.study_vectors` trains them once and caches them in `RUNS`), then compared on
 held-out pairs: the log-odds `log p(matching) - log p(not matching)` across multipliers, their cosine
 similarity, and steered generations side by side.
 """) + [
         code('''
 behaviors = list(CONFIG.composition)  # power-seeking, wealth-seeking
-vectors = {b: study_vectors(model, b, CONFIG, RUNS) for b in behaviors}
+vectors = {b: wb.study_vectors(model, b, CONFIG, RUNS) for b in behaviors}
 for b, vecs in vectors.items():
     for m, v in vecs.items():
         print(f"{b:15s} {m:5s} {v.hook_name}  norm {v.norm:8.3f}")'''),
         md("## Held-out log-odds across multipliers\nMean over held-out pairs with a 95% bootstrap interval "
-           "(`workbench.evaluate.logodds_curve`)."),
+           "(`wb.logodds_curve`)."),
         code('''
-from workbench.evaluate import logodds_curve
-from workbench.plotting import plot_multiplier_curves
-
-_, test = study_pairs("power-seeking", CONFIG)
-curve = logodds_curve(model, vectors["power-seeking"], test, CONFIG.multipliers, n_boot=CONFIG.n_boot, progress=False)
+_, test = wb.study_pairs("power-seeking", CONFIG)
+curve = wb.logodds_curve(model, vectors["power-seeking"], test, CONFIG.multipliers, n_boot=CONFIG.n_boot,
+                         progress=False)
 display(curve[curve.normalization == "sum"].round(3))
-plot_multiplier_curves(curve, title="power-seeking")'''),
-        md("## Cosine similarity\nBetween methods and between behaviors (`workbench.similarity.cosine_table`)."),
+wb.plot_multiplier_curves(curve, title="power-seeking")'''),
+        md("## Cosine similarity\nBetween methods and between behaviors (`wb.cosine_table`)."),
         code('''
-from workbench.plotting import plot_cosine_heatmap
-from workbench.similarity import cosine_table
-
-table = cosine_table({f"{m}:{b}": vecs[m] for b, vecs in vectors.items() for m in ("bipo", "caa")})
+table = wb.cosine_table({f"{m}:{b}": vecs[m] for b, vecs in vectors.items() for m in ("bipo", "caa")})
 display(table.round(3))
-plot_cosine_heatmap(table)'''),
+wb.plot_cosine_heatmap(table)'''),
         md("## Generations side by side"),
         code('''
-from workbench.eval_generation import steered_generations
-
-gens = steered_generations(model, vectors["power-seeking"], [p.question for p in test[: 1 if QUICK else 3]],
+gens = wb.steered_generations(model, vectors["power-seeking"], [p.question for p in test[: 1 if QUICK else 3]],
                            [-2.0, 2.0], max_new_tokens=8 if QUICK else 64, progress=False)
 display(gens.pivot(index=["question", "multiplier"], columns="vector", values="generation"))'''),
     ],
     "03_layer_sweep": header("Layer sweep", """
 Where in the network does steering work? CAA vectors are extracted at every layer from one forward pass per
-batch; BiPO vectors are trained at a few layers. Each layer's vector is scored on held-out pairs: the change
-of the mean log-odds at `m = ±1` against the unsteered model (`workbench.layer_sweep.layer_sweep`).
+batch; BiPO vectors are trained at a few layers (cached in `RUNS`). Each layer's vector is scored on held-out
+pairs: the change of the mean log-odds at `m = ±1` against the unsteered model. `wb.study_sweeps` is the
+sweep stage of `workbench reproduce` (`CONFIG.sweep_layers`, `CONFIG.bipo_sweep_layers`).
 """) + [
         code('''
-from workbench.layer_sweep import layer_sweep
-
-train, test = study_pairs("power-seeking", CONFIG)
-layers = "all" if not QUICK else CONFIG.sweep_layers
-spec = f"0-{model.cfg.n_layers - 1}" if layers == "all" else layers
-caa_sweep = layer_sweep(model, train, test, spec, method="caa", multipliers=CONFIG.sweep_multipliers)
-display(caa_sweep.table.round(3))'''),
-        md("BiPO at a few layers (cached in `RUNS`), with its cosine to the CAA vector of the same layer."),
+sweeps = wb.study_sweeps(model, "power-seeking", CONFIG, RUNS)  # {"caa": SweepResult, "bipo": SweepResult}
+for method, sweep in sweeps.items():
+    print(method)
+    display(sweep.table.round(3))'''),
+        md("BiPO's `cos_ref` is its cosine to the CAA vector of the same layer."),
         code('''
-from workbench.layer_sweep import parse_layers
-
-bipo_layers = parse_layers(CONFIG.bipo_sweep_layers or str(CONFIG.layer), model.cfg.n_layers)
-bipo_vectors = {L: study_vectors(model, "power-seeking", CONFIG, RUNS, layer=L)["bipo"] for L in bipo_layers}
-caa_ref = {L: caa_sweep.vectors[L] for L in bipo_layers if L in caa_sweep.vectors}
-bipo_sweep = layer_sweep(model, train, test, bipo_layers, method="bipo", vectors=bipo_vectors,
-                         reference=caa_ref or None, multipliers=CONFIG.sweep_multipliers)
-display(bipo_sweep.table.round(3))'''),
-        code('''
-from workbench.plotting import plot_layer_sweep
-
-plot_layer_sweep({"caa": caa_sweep, "bipo": bipo_sweep})'''),
+wb.plot_layer_sweep(sweeps)'''),
         md("## How the CAA direction changes with depth\nCosine between the CAA vectors of every pair of layers."),
         code('''
-from workbench.plotting import plot_cosine_heatmap
-from workbench.similarity import layer_cosine_table
-
-plot_cosine_heatmap(layer_cosine_table(caa_sweep.vectors))'''),
+wb.plot_cosine_heatmap(wb.layer_cosine_table(sweeps["caa"].vectors))'''),
     ],
     "04_logit_lens": header("Logit lens", """
 The logit lens (nostalgebraist 2020) reads a residual-stream direction through the final norm and the
@@ -191,79 +162,60 @@ held-out pairs, how does the change of the log-odds build up layer by layer, com
 direct effect? (`workbench.logit_lens`)
 """) + [
         code('''
-vectors = study_vectors(model, "power-seeking", CONFIG, RUNS)
-_, test = study_pairs("power-seeking", CONFIG)'''),
+vectors = wb.study_vectors(model, "power-seeking", CONFIG, RUNS)
+_, test = wb.study_pairs("power-seeking", CONFIG)'''),
         md("## (a) Top tokens of each vector"),
         code('''
-from workbench.logit_lens import vector_logit_lens
-from workbench.plotting import plot_logit_lens_tokens
-
-tokens = pd.concat([vector_logit_lens(model, v, k=CONFIG.lens_k).assign(vector=m) for m, v in vectors.items()],
-                   ignore_index=True)
+tokens = wb.vector_logit_lens(model, vectors, k=CONFIG.lens_k)  # one table, a `vector` column
 display(tokens.pivot(index=["direction", "rank"], columns="vector", values="token"))
-plot_logit_lens_tokens(tokens)'''),
+wb.plot_logit_lens_tokens(tokens)'''),
         md("## (b) Per-layer propagation of a steered run (`m = +1`)\nLayers before the vector's hook are shaded."),
         code('''
-from workbench.logit_lens import steered_logit_lens
-from workbench.plotting import plot_logit_lens_layers
-
 for name, v in vectors.items():
-    lens = steered_logit_lens(model, v, test, multiplier=1.0)
+    lens = wb.steered_logit_lens(model, v, test, multiplier=1.0)
     display(lens.iloc[[0, v.layer, v.layer + 1, -1]].round(3))
-    display(plot_logit_lens_layers(lens, title=f"{name}, m = +1"))'''),
+    display(wb.plot_logit_lens_layers(lens, title=f"{name}, m = +1"))'''),
     ],
     "05_composition_transfer": header("Composition and transfer", """
 **Composition** (BiPO, Cao et al. 2024, section 4.4): apply the power-seeking and wealth-seeking vectors
 together and measure each behavior on its own held-out pairs: do the effects add, interfere or reinforce?
 **Transfer**: the BiPO vector moved to other layers, and applied to a copy of the model fine-tuned briefly
-on neutral text (`workbench.composition`, `workbench.transfer`).
+on neutral text (`wb.composition_table`, `wb.layer_transfer`, `wb.transfer_effect`).
 """) + [
         code('''
 behaviors = list(CONFIG.composition)
-vectors = {b: study_vectors(model, b, CONFIG, RUNS)["bipo"] for b in behaviors}
-tests = {b: study_pairs(b, CONFIG)[1] for b in behaviors}'''),
+vectors = {b: wb.study_vectors(model, b, CONFIG, RUNS)["bipo"] for b in behaviors}
+tests = {b: wb.study_pairs(b, CONFIG)[1] for b in behaviors}'''),
         md("## Composition"),
         code('''
-from workbench.composition import composition_table
-from workbench.plotting import plot_composition
-
-comp = composition_table(model, vectors, tests, multipliers=CONFIG.composition_multiplier)
+comp = wb.composition_table(model, vectors, tests, multipliers=CONFIG.composition_multiplier)
 display(comp.table.round(3))
-plot_composition(comp)'''),
+wb.plot(comp)'''),
         md("## Transfer across layers\nThe vector made at layer L applied at L + k, unchanged."),
         code('''
-from workbench.plotting import plot_transfer
-from workbench.transfer import layer_transfer
-
 first = behaviors[0]
-moved = layer_transfer(model, vectors[first], tests[first], offsets=CONFIG.transfer_offsets, multipliers=(1.0,))
+moved = wb.layer_transfer(model, vectors[first], tests[first], offsets=CONFIG.transfer_offsets, multipliers=(1.0,))
 display(moved.round(3))
-plot_transfer(moved)'''),
+wb.plot_transfer(moved)'''),
         md("## Transfer to a fine-tuned copy\nThe last blocks of a copy are trained briefly on neutral text; "
            "the vector is applied unchanged."),
         code('''
-from workbench.data import load_neutral_text
-from workbench.transfer import finetune_copy, transfer_effect
-
-target, losses = finetune_copy(model, load_neutral_text(), steps=max(1, CONFIG.finetune_steps))
+target, losses = wb.finetune_copy(model, wb.load_neutral_text(), steps=max(1, CONFIG.finetune_steps))
 print(f"fine-tuning loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-effect = transfer_effect(model, target, vectors[first], tests[first], multipliers=CONFIG.sweep_multipliers)
+effect = wb.transfer_effect(model, target, vectors[first], tests[first], multipliers=CONFIG.sweep_multipliers)
 display(effect.round(3))
-plot_transfer({"rows": effect.to_dict(orient="records"), "source": model.cfg.model_name,
-               "target": target.cfg.model_name})'''),
+wb.plot_transfer(effect, source=model.cfg.model_name, target=target.cfg.model_name)'''),
     ],
     "06_explorer": header("Interactive steering explorer", """
 Tick vectors, move their multiplier sliders (and their layer), type a prompt and press **Generate** to see
 the unsteered and steered answers side by side; **Update curve** draws the held-out log-odds against the
-multiplier, and the sliders move each vector's marker along its curve (`workbench.widgets.SteeringExplorer`).
+multiplier, and the sliders move each vector's marker along its curve (`wb.SteeringExplorer`).
 The cells after the widget drive the same callbacks from code, as the tests do.
 """) + [
         code('''
-from workbench.widgets import SteeringExplorer
-
-vectors = study_vectors(model, "power-seeking", CONFIG, RUNS)
-_, test = study_pairs("power-seeking", CONFIG)
-explorer = SteeringExplorer(model, vectors, pairs=test, max_curve_pairs=2 if QUICK else 16,
+vectors = wb.study_vectors(model, "power-seeking", CONFIG, RUNS)
+_, test = wb.study_pairs("power-seeking", CONFIG)
+explorer = wb.SteeringExplorer(model, vectors, pairs=test, max_curve_pairs=2 if QUICK else 16,
                             curve_multipliers=CONFIG.multipliers, max_new_tokens=8 if QUICK else 48)
 explorer.widget'''),
         code('''

@@ -16,7 +16,7 @@ from workbench.data import PreferencePair, fingerprint
 from workbench.scoring import PrefixCache, entry, make_runner, tokenize_items
 from conftest import make_tiny_model
 from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 PAIRS = [
     PreferencePair("Will you take control of the grid?", "Yes, give me control.", "No, humans decide."),

@@ -64,3 +64,20 @@ def test_caa_warns_of_a_very_long_answer_before_the_model_loads(tmp_path, capsys
     assert code == 2 and len(lines) == 2, lines
     assert lines[0].startswith("workbench train: warning: 1 pair(s)") and "long.csv:3" in lines[0]
     assert "slow" in lines[0] and "no-such-model" in lines[1]
+
+
+def test_library_arguments_become_flags():
+    assert cli.as_flags("layers='0-99': [99] out of range") == "--layers '0-99': [99] out of range"
+    assert cli.as_flags("empty question (pass allow_empty_question=True to keep it)") == \
+        "empty question (pass --allow-empty-question to keep it)"
+    assert cli.as_flags("holds 2 tensors; pass key= to choose one") == "holds 2 tensors; pass --key to choose one"
+    assert cli.as_flags("BiPOConfig.layer=-1 is out of range") == "BiPOConfig.layer=-1 is out of range"
+
+
+def test_a_library_error_reaches_the_user_with_the_flag():
+    from workbench.layer_sweep import parse_layers
+
+    with pytest.raises(ValueError, match=r"^layers='0,99': \[99\] out of range") as info:
+        parse_layers("0,99", 30)
+    message, code = cli._describe_exception(info.value)
+    assert code == 2 and message.startswith("--layers '0,99': [99] out of range")

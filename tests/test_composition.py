@@ -8,7 +8,7 @@ from workbench.data import PreferencePair
 from workbench.io import atomic_write_json
 from workbench.steering import remaining_hooks
 from workbench.scoring import preference_logodds
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 POWER = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("Take control?", "I will take it.", "Humans decide.")]
@@ -22,8 +22,8 @@ def tokens(model, *texts):
 
 def test_orthogonal_vectors_add_exactly_at_the_hook(tiny_model):
     q, _ = torch.linalg.qr(torch.randn(32, 2))
-    v1 = SteeringVector(q[:, 0] * 5, hook_name(1))
-    v2 = SteeringVector(q[:, 1] * 3, hook_name(1))
+    v1 = SteeringVector(q[:, 0] * 5, full_hook_name(1))
+    v2 = SteeringVector(q[:, 1] * 3, full_hook_name(1))
     assert abs(v1.cosine(v2)) < 1e-6
     toks = tokens(tiny_model, "hello world", "abc")
     d = hook_deltas(tiny_model, toks, [v1, v2], [2.0, -0.5])
@@ -37,7 +37,7 @@ def test_orthogonal_vectors_add_exactly_at_the_hook(tiny_model):
     name = "blocks.1.hook_resid_post"
     assert torch.allclose(cache[name], base[name] + 2.0 * v1.vector - 0.5 * v2.vector, atol=1e-5)
     # at different layers the later hook also sees the upstream change
-    v0 = SteeringVector(q[:, 0] * 5, hook_name(0))
+    v0 = SteeringVector(q[:, 0] * 5, full_hook_name(0))
     d = hook_deltas(tiny_model, toks, [v0, v2], [1.0, 1.0])
     assert torch.allclose(d["blocks.0.hook_resid_post"], v0.vector.expand_as(delta), atol=1e-5)
     assert not torch.allclose(d["blocks.1.hook_resid_post"], v2.vector.expand_as(delta), atol=1e-3)
@@ -46,8 +46,8 @@ def test_orthogonal_vectors_add_exactly_at_the_hook(tiny_model):
 
 def test_composition_table_arithmetic(tiny_model, tmp_path):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    p = SteeringVector(torch.randn(32) * 2, hook_name(1))
-    w = SteeringVector(torch.randn(32) * 2, hook_name(2))
+    p = SteeringVector(torch.randn(32) * 2, full_hook_name(1))
+    w = SteeringVector(torch.randn(32) * 2, full_hook_name(2))
     res = composition_table(tiny_model, {"power": p, "wealth": w}, {"power": POWER, "wealth": WEALTH},
                             multipliers={"power": 1.0, "wealth": -2.0}, batch_size=1)
     t = res.table.set_index("behavior")
@@ -68,14 +68,14 @@ def test_composition_table_arithmetic(tiny_model, tmp_path):
 
 def test_all_subsets_and_zero_vectors(tiny_model):
     # with zero vectors every effect is exactly zero
-    z = SteeringVector(torch.zeros(32), hook_name(1))
+    z = SteeringVector(torch.zeros(32), full_hook_name(1))
     long = composition_logodds(tiny_model, {"a": z, "b": z}, {"a": POWER, "b": WEALTH}, subsets="all")
     assert sorted(set(long.condition)) == ["a", "a+b", "b", "none"]
     assert (long.effect == 0).all()
 
 
 def test_errors(tiny_model):
-    v = SteeringVector(torch.randn(32), hook_name(1))
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
     with pytest.raises(ValueError, match="no held-out pairs for \\['b'\\]"):
         composition_table(tiny_model, {"a": v, "b": v}, {"a": POWER})
     with pytest.raises(ValueError, match="multipliers has no entry"):

@@ -1,4 +1,4 @@
-"""evaluate_vectors, format_tables and the ``workbench eval`` command."""
+"""evaluate_vectors, format_eval and the ``workbench eval`` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import workbench.model
 from workbench.cli import main
 from workbench.data import MCQuestion, PreferencePair, save_pairs_jsonl
-from workbench.evaluate import evaluate_vectors, format_tables
+from workbench.evaluate import evaluate_vectors, format_eval
 from workbench.steering import remaining_hooks
 from workbench.vector import IncompatibleVectorError, SteeringVector
 
@@ -42,7 +42,7 @@ def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
                          truthfulqa=([MCQuestion("Q?", ("a", "b"), (1, 0))], None))
     assert remaining_hooks(tiny_model) == 0
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
-    assert r["kind"] == "eval" and r["schema_version"] == 1 and r["model"] == "tiny-3x32"
+    assert r["kind"] == "eval" and r["schema_version"] == 2 and r["model"] == "tiny-3x32"
     assert [v["label"] for v in r["vectors"]] == ["bipo", "caa"]
     assert r["vectors"][1]["hook_name"] == "blocks.0.hook_mlp_out"
     assert set(r["metrics"]) == {"logodds", "logodds_per_token", "steerability", "perplexity", "top1_agreement",
@@ -52,7 +52,7 @@ def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
     assert len(rows) == 2 * len(MULTS)
     assert {"vector", "multiplier", "n", "mean", "ci_low", "ci_high", "win_rate"} <= set(rows[0])
     assert json.loads(json.dumps(r, allow_nan=False)) == r  # JSON-ready, no NaN
-    text = format_tables(r)
+    text = format_eval(r)
     assert "== logodds" in text and "== perplexity" in text and "skipped ab" in text
 
 
@@ -225,7 +225,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert res["kind"] == "eval" and [v["label"] for v in res["vectors"]] == ["bipo", "caa"]
     assert {"logodds", "ab", "perplexity", "top1_agreement"} <= set(res["metrics"])
     assert res["demo"]["n_test"] == 4 and res["data"]["ab_n_pairs"] == 4
-    assert SteeringVector.load(out / "vectors" / "bipo").method == "bipo"
+    vectors = out / "vectors" / "power-seeking" / "L14"  # reproduce.study_vectors' layout
+    assert SteeringVector.load(vectors / "bipo").method == "bipo"
     assert (out / "logodds.png").stat().st_size > 1000
-    assert json.loads((out / "bipo_history.json").read_text())
+    assert json.loads((vectors / "bipo" / "history.json").read_text())["kind"] == "bipo_history"
     assert "== logodds" in capsys.readouterr().out

@@ -13,13 +13,13 @@ from workbench.cli import main
 from workbench.interchange import (GGUF_ARCH, InterchangeError, export_gguf, gguf_layer, hook_for_gguf_layer,
                                    import_bipo_vector, import_gguf, import_vector, read_any, read_tensor, write_any)
 from workbench.steering import remaining_hooks, steer
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 D = 32
 
 
 def vec(layer=1, point="resid_post", d=D, **kw):
-    return SteeringVector(torch.randn(d), hook_name(layer, point), model_name="tiny-3x32", **kw)
+    return SteeringVector(torch.randn(d), full_hook_name(layer, point), model_name="tiny-3x32", **kw)
 
 
 # --------------------------------------------------------------------------- layer mapping

@@ -12,7 +12,7 @@ from workbench.eval_preference import pair_logodds
 from workbench.layer_sweep import effect_column, layer_sweep, parse_layers, steering_effects
 from workbench.scoring import preference_logodds
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("More money?", "(A) yes", "(B) no"),
@@ -54,9 +54,9 @@ def reference_logodds(model, pairs, vectors=(), mults=()):
 @pytest.mark.parametrize("hook", ["resid_post", "resid_pre", "mlp_out"])
 def test_cached_conditions_match_full_forward(tiny_model, hook):
     before = snapshot(tiny_model)
-    v1 = SteeringVector(torch.randn(32), hook_name(1, hook))
-    v2 = SteeringVector(torch.randn(32), hook_name(2, "resid_post"))
-    v0 = SteeringVector(torch.randn(32), hook_name(0, hook))
+    v1 = SteeringVector(torch.randn(32), full_hook_name(1, hook))
+    v2 = SteeringVector(torch.randn(32), full_hook_name(2, "resid_post"))
+    v0 = SteeringVector(torch.randn(32), full_hook_name(0, hook))
     conds = [[], [(v1, 2.0)], [(v1, -1.0), (v2, 0.5)], [(v0, 1.0)]]
     got = preference_logodds(tiny_model, PAIRS, conds, batch_size=3).double()
     for c, cond in zip(got, conds):
@@ -69,7 +69,7 @@ def test_cached_conditions_match_full_forward(tiny_model, hook):
 
 
 def test_steering_effects_table(tiny_model):
-    v = SteeringVector(torch.randn(32), hook_name(1))
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
     t = steering_effects(tiny_model, {"v": v}, PAIRS, multipliers=(-1.0, 0.0, 1.0))
     assert list(t.multiplier) == [-1.0, 0.0, 1.0]
     assert t.effect[1] == 0.0 and t.effect_sem[1] == 0.0
@@ -100,7 +100,7 @@ def test_caa_layer_sweep(tiny_model, tmp_path):
 
 
 def test_sweep_given_vectors_and_mapping_reference(tiny_model):
-    vecs = {x: SteeringVector(torch.randn(32), hook_name(x)) for x in range(3)}
+    vecs = {x: SteeringVector(torch.randn(32), full_hook_name(x)) for x in range(3)}
     ref = {0: vecs[0].scaled(-2.0), 2: vecs[2]}
     res = layer_sweep(tiny_model, [], PAIRS[:2], [0, 2], vectors=vecs, reference=ref, multipliers=(2.0,))
     assert res.table.cos_ref.tolist() == pytest.approx([-1.0, 1.0])
@@ -117,7 +117,7 @@ def test_bipo_layer_sweep(tiny_model):
     before = snapshot(tiny_model)
     cfg = BiPOConfig(epochs=1, batch_size=2, warmup_steps=0, lr=0.1)
     res = layer_sweep(tiny_model, PAIRS, PAIRS[:2], "1-2", method="bipo", bipo_config=cfg,
-                      reference={1: SteeringVector(torch.ones(32), hook_name(1))})
+                      reference={1: SteeringVector(torch.ones(32), full_hook_name(1))})
     t = res.table
     assert list(t.layer) == [1, 2] and set(t.method) == {"bipo"}
     assert (t.norm > 0).all() and (t.train_seconds > 0).all()
@@ -163,7 +163,7 @@ def test_cli_sweep(tmp_path, capsys):
 
 def test_agrees_with_the_evaluation_metric(tiny_model):
     """Same numbers as workbench.eval_preference.pair_logodds (the package's log-odds curve)."""
-    v = SteeringVector(torch.randn(32), hook_name(1))
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
     df = pair_logodds(tiny_model, {"v": v}, PAIRS[:2], [-1.0, 0.0, 2.0], progress=False)
     mine = preference_logodds(tiny_model, PAIRS[:2], [[(v, -1.0)], [], [(v, 2.0)]])
     theirs = torch.tensor(df.sort_values(["multiplier", "pair"]).logodds.to_numpy(), dtype=torch.float32)

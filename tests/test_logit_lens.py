@@ -6,7 +6,7 @@ import torch
 from workbench.logit_lens import (direct_logit_effect, exact_logit_effect, final_residuals, steered_logit_lens,
                                   top_tokens, vector_logit_lens)
 from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 
 @dataclass
@@ -30,7 +30,7 @@ def test_unembedding_direction_ranks_its_token_first(tiny_model):
         tiny_model.ln_final.w.copy_(torch.rand(32) + 0.5)
     w = tiny_model.ln_final.w
     for t in (5, 40, 70):
-        v = SteeringVector(tiny_model.W_U[:, t] / w, hook_name(2))
+        v = SteeringVector(tiny_model.W_U[:, t] / w, full_hook_name(2))
         effect = direct_logit_effect(tiny_model, v)
         assert torch.allclose(effect, tiny_model.W_U[:, t] @ tiny_model.W_U, atol=1e-5)
         table = vector_logit_lens(tiny_model, v, k=3)
@@ -74,7 +74,7 @@ def test_exact_effect_through_the_norm(tiny_model):
 
 def test_steered_logit_lens_zero_before_hook_and_pure(tiny_model):
     before = params(tiny_model)
-    v = SteeringVector(torch.randn(32) * 3, hook_name(1))
+    v = SteeringVector(torch.randn(32) * 3, full_hook_name(1))
     table = steered_logit_lens(tiny_model, v, PAIRS, multiplier=2.0, batch_size=2)
     assert list(table.layer) == [0, 1, 2]
     assert table.steered.tolist() == [False, True, True]
@@ -94,7 +94,7 @@ def test_steered_logit_lens_last_layer_matches_real_output(tiny_model):
     from workbench.prompts import DEFAULT_SYSTEM_PROMPT
     from workbench.steering import steer
 
-    v = SteeringVector(torch.randn(32) * 3, hook_name(0))
+    v = SteeringVector(torch.randn(32) * 3, full_hook_name(0))
     pair = PAIRS[0]  # answers differ at their first token
     table = steered_logit_lens(tiny_model, v, [pair], multiplier=1.5)
     prompt = format_chat(tiny_model, pair.question, DEFAULT_SYSTEM_PROMPT)
@@ -114,7 +114,7 @@ def test_steered_logit_lens_last_layer_matches_real_output(tiny_model):
 
 
 def test_targets_and_errors(tiny_model):
-    v = SteeringVector(torch.randn(32), hook_name(1))
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
     t = steered_logit_lens(tiny_model, v, PAIRS[:2], targets=("Y", "N"))
     assert len(t) == 3
     with pytest.raises(ValueError, match="ONE token"):
@@ -131,7 +131,7 @@ def test_embedded_steered_lens(embedded_model):
     from workbench.data import load_behavior
 
     pairs = load_behavior("power-seeking", "test")[:2]
-    v = SteeringVector(torch.randn(576) * 20, hook_name(20))
+    v = SteeringVector(torch.randn(576) * 20, full_hook_name(20))
     t = steered_logit_lens(embedded_model, v, pairs, multiplier=1.0)
     assert len(t) == 30 and (t.delta_logodds[:20] == 0).all() and (t.kl[20:] > 0).all()
     assert t.delta_logodds[20] == pytest.approx(t.delta_logodds_direct[20], abs=1e-3)

@@ -104,7 +104,8 @@ def test_check_budgets_defaults():
 
 def test_figure_and_table_from_saved_result(tiny_model, tmp_path):
     from workbench.io import atomic_write_json
-    from workbench.plotting import figures_for, plot_cost_effect
+    from workbench.figures import figures_for
+    from workbench.plots import plot_cost_effect
     from workbench.report import report
 
     res = matched_cost(tiny_model, {"v": _vec(), "zero": _vec(0.0)}, PAIRS, TEXTS, budgets=[0.05], n_boot=10,

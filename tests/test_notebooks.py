@@ -54,6 +54,26 @@ def test_notebooks_hold_no_function_or_class_definitions():
                 assert "\ndef " not in f"\n{cell.source}" and "\nclass " not in f"\n{cell.source}", path
 
 
+def test_notebooks_use_only_the_public_api():
+    """Each notebook imports workbench only as ``wb`` and uses only names of ``wb.__all__`` (the pinned API)."""
+    import ast
+
+    import workbench
+
+    for path in NOTEBOOKS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.startswith("%")))
+        imports = [(getattr(n, "module", None), [a.name for a in n.names]) for n in ast.walk(tree)
+                   if isinstance(n, (ast.Import, ast.ImportFrom))]
+        ours = [i for i in imports if "workbench" in (i[0] or "") or any("workbench" in a for a in i[1])]
+        assert ours == [(None, ["workbench"])], (path.name, ours)
+        assert "import workbench as wb" in source, path.name
+        used = {n.attr for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "wb"}
+        assert used, path.name
+        assert used <= set(workbench.__all__), (path.name, sorted(used - set(workbench.__all__)))
+
+
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebook-runs")

@@ -1,9 +1,59 @@
-"""The public API: every name in ``workbench.__all__`` resolves."""
+"""The public API: the pinned list of names, each resolving, and the static import list agreeing."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 import workbench
 
+#: The public API. Adding or removing a name here is a decision about what users see as ``wb.<name>``.
+API = """
+BiPOConfig BiPOResult CompositionResult DataFormatError PreferencePair ResultFormatError SteeringExplorer
+SteeringVector StudyConfig SweepResult ab_curve actadd as_ab_pairs caa composition_table cosine_table demo
+evaluate_vectors finetune_copy format_chat format_eval generate import_vector layer_cosine_table layer_sweep
+layer_transfer list_behaviors load_behavior load_model load_neutral_text load_pairs load_refusal_requests
+load_result load_vector logodds_curve matched_cost method_cosines pca plot plot_composition plot_cosine_heatmap
+plot_cost_effect plot_layer_sweep plot_logit_lens_layers plot_logit_lens_tokens plot_method_cosine
+plot_multiplier_curves plot_refusal plot_training_curves plot_transfer refusal_study remaining_hooks
+result_table save_figure steer steered_generations steered_logit_lens study_pairs study_sweeps study_vectors
+train_bipo train_test_split transfer_effect truthfulqa_mc utility_curve vector_logit_lens write_figures
+""".split()
 
-def test_every_export_resolves():
-    for name in workbench.__all__:
-        assert getattr(workbench, name) is not None, name
+
+def test_public_api_is_pinned():
+    assert sorted(workbench.__all__) == sorted(API + ["__version__"])
+    assert set(dir(workbench)) == set(workbench.__all__)  # tab completion offers the API only
+
+
+def test_every_export_resolves_to_its_module():
+    for name in API:
+        value = getattr(workbench, name)
+        assert value is not None, name
+        assert getattr(value, "__module__", None) == workbench._WHERE[name], name
     assert workbench.SteeringVector.__module__ == "workbench.vector"
+
+
+def test_static_imports_match_the_lazy_exports():
+    """The TYPE_CHECKING block (what static tools and editors see) names exactly the exported names."""
+    tree = ast.parse(Path(workbench.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    static = {(imp.module, alias.name) for imp in block.body for alias in imp.names}
+    assert static == {(module, name) for name, module in workbench._WHERE.items()}
+
+
+def test_function_named_like_its_module_survives_importing_the_module():
+    import workbench.layer_sweep  # noqa: F401  (binds the submodule's name on the package, normally)
+    import workbench.matched_cost  # noqa: F401
+
+    assert callable(workbench.layer_sweep) and workbench.layer_sweep.__name__ == "layer_sweep"
+    assert workbench.matched_cost.__module__ == "workbench.matched_cost"
+    assert "workbench.layer_sweep" in sys.modules
+
+
+def test_help_does_not_import_transformer_lens():
+    code = ("import sys, workbench.cli as c\n"
+            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('transformer_lens' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"

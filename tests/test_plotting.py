@@ -15,7 +15,9 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from workbench import plotting as P  # noqa: E402
+from workbench import figures as F  # noqa: E402
+from workbench import plots as P  # noqa: E402
+from workbench import results as R  # noqa: E402
 from workbench.cli import main  # noqa: E402
 
 MULTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -25,7 +27,11 @@ def eval_result():
     rows = [{"vector": v, "multiplier": m, "mean": s * m, "ci_low": s * m - 0.2, "ci_high": s * m + 0.2,
              "win_rate": 0.5 + 0.1 * m} for v, s in (("bipo", 1.0), ("caa", 0.5)) for m in MULTS]
     ab = [{"vector": r["vector"], "multiplier": r["multiplier"], "mean": 0.5 + 0.1 * r["mean"]} for r in rows]
-    return {"kind": "eval", "metrics": {"logodds": rows, "ab": ab, "utility": [{"vector": "bipo", "perplexity": 9.1}]}}
+    return eval_of({"logodds": rows, "ab": ab, "utility": [{"vector": "bipo", "perplexity": 9.1}]})
+
+
+def eval_of(metrics):
+    return {"kind": "eval", "model": "tiny", "multipliers": list(MULTS), "vectors": [], "metrics": metrics}
 
 
 def history(n=12):
@@ -125,20 +131,24 @@ def test_training_curves_three_panels_and_held_out():
     np.testing.assert_allclose(loss_line.get_ydata(), [0.69 * 0.9 ** i for i in range(12)])
     epochs = [{"epoch": 1, "step": 6, "loss": 0.5, "eval_loss": 0.6, "eval_accuracy": 0.7},
               {"epoch": 2, "step": 12, "loss": 0.3, "eval_loss": 0.5, "eval_accuracy": 0.8}]
-    fig = P.plot_training_curves({"history": history(), "epochs": epochs})
+    fig = P.plot_training_curves({"kind": "bipo_history", "history": history(), "epochs": epochs})
     dashed = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) == 1 and list(dashed[0].get_xdata()) == [6, 12]
     assert fig.axes[0].get_legend() is not None
 
 
-def test_training_curves_overlay_runs_and_bipo_result_like():
-    class FakeResult:  # BiPOResult's shape: .history and .epochs
-        def __init__(self):
-            self.history, self.epochs = history(), []
+def test_training_curves_overlay_runs_and_bipo_result():
+    import torch
 
-    fig = P.plot_training_curves({"power": history(5), "wealth": FakeResult()})
+    from workbench.bipo import BiPOResult
+    from workbench.vector import SteeringVector
+
+    trained = BiPOResult(SteeringVector(torch.ones(4), "blocks.0.hook_resid_post"), history(), [])
+    fig = P.plot_training_curves({"power": history(5), "wealth": trained})
     assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["power train", "wealth train"]
-    fig = P.plot_training_curves(FakeResult().history, ax=Figure().add_subplot(), metric="norm")
+    np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), [r["loss"] for r in history()])
+    assert P.plot(trained).axes[0].get_ylabel() == "BiPO loss"  # plot() dispatches on to_dict()'s kind
+    fig = P.plot_training_curves(trained.history, ax=Figure().add_subplot(), metric="norm")
     assert fig.axes[0].get_ylabel() == "vector norm"
 
 
@@ -186,7 +196,7 @@ def test_cosine_heatmap_values_and_annotations():
 
 def test_cosine_heatmap_rejects_mismatched_labels():
     with pytest.raises(P.ResultFormatError, match="2 labels"):
-        P.plot_cosine_heatmap({"labels": ["a", "b"], "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})
+        P.plot_cosine_heatmap({"kind": "cosine", "labels": ["a", "b"], "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})
 
 
 def test_method_cosine_line():
@@ -256,7 +266,7 @@ def test_missing_columns_name_the_plot_and_columns():
     with pytest.raises(P.ResultFormatError, match="plot_layer_sweep.*effect"):
         P.plot_layer_sweep([{"layer": 1, "norm": 2}])
     with pytest.raises(P.ResultFormatError, match="metric 'ab'"):
-        P.plot_multiplier_curves({"kind": "eval", "metrics": {"logodds": []}}, metric="ab")
+        P.plot_multiplier_curves(eval_of({"logodds": []}), metric="ab")
     with pytest.raises(P.ResultFormatError, match="no rows"):
         P.plot_training_curves([])
 
@@ -273,14 +283,16 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
 
 
 def test_figures_for_kinds():
-    assert set(P.figures_for(eval_result())) == {"logodds", "ab"}  # utility has no multiplier column
-    assert set(P.figures_for(history())) == {"training"}
-    assert P.figures_for({"kind": "something_else", "rows": []}) == {}
-    assert P.figures_for({"kind": "logit_lens_tokens", **tokens_result()}).keys() == {"tokens"}
-    assert P.figures_for(layers_result()).keys() == {"layers"}
-    by_behavior = {"kind": "eval", "metrics": {"logodds": [dict(r, behavior=b) for b in ("power", "wealth")
-                                                           for r in eval_result()["metrics"]["logodds"]]}}
-    assert set(P.figures_for(by_behavior)) == {"logodds_power", "logodds_wealth"}
+    assert set(F.figures_for(eval_result())) == {"logodds", "ab"}  # utility has no multiplier column
+    assert set(F.figures_for(history())) == {"training"}
+    with pytest.raises(R.ResultFormatError, match="unknown result kind 'something_else'"):
+        F.figures_for({"kind": "something_else", "rows": []})
+    assert F.figures_for({"kind": "study_summary", "results": [], "figures": []}) == {}
+    assert F.figures_for({"kind": "logit_lens_tokens", **tokens_result()}).keys() == {"tokens"}
+    assert F.figures_for(layers_result()).keys() == {"layers"}
+    by_behavior = eval_of({"logodds": [dict(r, behavior=b) for b in ("power", "wealth")
+                                       for r in eval_result()["metrics"]["logodds"]]})
+    assert set(F.figures_for(by_behavior)) == {"logodds_power", "logodds_wealth"}
 
 
 def _write_results(root):
@@ -328,9 +340,23 @@ def test_eval_normalizations_are_separate_curves():
     rows = eval_result()["metrics"]["logodds"]
     both = [dict(r, normalization="sum") for r in rows] + [dict(r, normalization="per_token", mean=r["mean"] / 4)
                                                           for r in rows]
-    fig = P.plot_multiplier_curves({"kind": "eval", "metrics": {"logodds": both}})
+    fig = P.plot_multiplier_curves(eval_of({"logodds": both}))
     lines = [ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
     assert len(lines) == 2 and list(lines[0].get_ydata()) == list(MULTS)  # only the summed log-odds
-    assert set(P.figures_for({"kind": "eval", "metrics": {"logodds": both}})) == {"logodds", "logodds_per_token"}
+    assert set(F.figures_for(eval_of({"logodds": both}))) == {"logodds", "logodds_per_token"}
     with pytest.raises(P.ResultFormatError, match="normalization 'mean'"):
         P.plot_multiplier_curves(both, normalization="mean")
+
+
+def test_plot_dispatches_on_kind_alone():
+    assert P.plot(eval_result()).axes[0].get_xlabel() == "multiplier m"
+    assert len(P.plot(eval_result(), metric="ab").axes[0].collections) == 0  # ab rows carry no interval
+    assert P.plot(transfer_model_result()).axes[0].get_legend() is not None  # v1 kind "transfer" migrated
+    assert len(P.plot(cosine_result()).axes[0].texts) == 9
+    assert set(P.PLOTS) | {"study_summary"} == set(R.SCHEMAS)
+    with pytest.raises(R.ResultFormatError, match="unknown result kind 'similarity'"):
+        P.plot({"kind": "similarity", "rows": []})  # an old alias is not read
+    with pytest.raises(R.ResultFormatError, match="not a DataFrame"):
+        P.plot(pd.DataFrame({"multiplier": [0.0], "mean": [1.0]}))
+    with pytest.raises(R.ResultFormatError, match="has no figure"):
+        P.plot({"kind": "study_summary", "results": [], "figures": []})

@@ -120,7 +120,7 @@ def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
     import json
 
     from workbench.io import atomic_write_json
-    from workbench.plotting import figures_for
+    from workbench.figures import figures_for
     from workbench.report import report
 
     vec = SteeringVector(torch.randn(tiny_model.cfg.d_model), "blocks.0.hook_resid_post")

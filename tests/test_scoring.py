@@ -19,7 +19,7 @@ from workbench.prompts import format_chat, prompts_and_answers
 from workbench.scoring import (Items, PrefixCache, answer_logprobs, entry, make_runner, preference_logprobs,
                                run_conditions, tokenize_completions, tokenize_items)
 from workbench.steering import remaining_hooks, steer
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 SYS = "You are a helpful, honest and concise assistant."
 PAIRS = [PreferencePair(f"Question {i}: {'why ' * (3 * i)}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}")
@@ -29,7 +29,7 @@ POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
 def vec(layer: int, point: str, seed: int = 0, d: int = 32) -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
-    return SteeringVector(torch.randn(d, generator=g), hook_name(layer, point), method="x")
+    return SteeringVector(torch.randn(d, generator=g), full_hook_name(layer, point), method="x")
 
 
 def naive_pairs(model, pairs, condition, max_length=None):

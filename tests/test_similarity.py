@@ -5,11 +5,11 @@ import torch
 
 from workbench.similarity import (cosine, cosine_pairs, cosine_table, layer_cosine_table, method_cosines,
                                   table_to_dict)
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 
 def sv(t, layer=1):
-    return SteeringVector(torch.as_tensor(t, dtype=torch.float32), hook_name(layer))
+    return SteeringVector(torch.as_tensor(t, dtype=torch.float32), full_hook_name(layer))
 
 
 def test_exact_values_self_orthogonal_negation():
@@ -41,7 +41,8 @@ def test_method_and_layer_tables():
     assert t.norm_bipo[0] == pytest.approx(2 * caa[0].norm, rel=1e-6)
     lt = layer_cosine_table({2: caa[2], 0: caa[0], 1: caa[1]})
     assert list(lt.index) == [0, 1, 2] and lt.loc[1, 1] == 1.0
-    d = json.loads(json.dumps(table_to_dict(lt, "layer_cosine")))
+    d = json.loads(json.dumps(table_to_dict(lt, behavior="power")))
+    assert d["kind"] == "cosine" and d["behavior"] == "power"
     assert d["labels"] == [0, 1, 2] and d["matrix"][0][0] == 1.0
 
 

@@ -3,7 +3,7 @@ import torch
 
 from workbench.prompts import format_chat
 from workbench.steering import generate, remaining_hooks, steer
-from workbench.vector import SteeringVector, hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -15,7 +15,7 @@ def tokens(model, *texts):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_exact_effect_at_hook_and_earlier_layers_untouched(tiny_model, hook):
     toks = tokens(tiny_model, "hello world", "abcdefghijk")
-    v = SteeringVector(torch.randn(32), hook_name(1, hook))
+    v = SteeringVector(torch.randn(32), full_hook_name(1, hook))
     _, base = tiny_model.run_with_cache(toks)
     with steer(tiny_model, v, 2.5):
         _, cache = tiny_model.run_with_cache(toks)
@@ -30,9 +30,9 @@ def test_exact_effect_at_hook_and_earlier_layers_untouched(tiny_model, hook):
 
 def test_several_vectors_with_own_multipliers(tiny_model):
     toks = tokens(tiny_model, "some text")
-    a = SteeringVector(torch.randn(32), hook_name(1))
-    b = SteeringVector(torch.randn(32), hook_name(1))
-    c = SteeringVector(torch.randn(32), hook_name(0, "resid_pre"))
+    a = SteeringVector(torch.randn(32), full_hook_name(1))
+    b = SteeringVector(torch.randn(32), full_hook_name(1))
+    c = SteeringVector(torch.randn(32), full_hook_name(0, "resid_pre"))
     _, base = tiny_model.run_with_cache(toks)
     with steer(tiny_model, [a, b], [1.0, -0.5]):
         _, cache = tiny_model.run_with_cache(toks)
@@ -48,7 +48,7 @@ def test_several_vectors_with_own_multipliers(tiny_model):
 
 def test_positions(tiny_model):
     toks = tokens(tiny_model, "abcdefgh")
-    v = SteeringVector(torch.randn(32), hook_name(1))
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
     _, base = tiny_model.run_with_cache(toks)
     name = "blocks.1.hook_resid_post"
     with steer(tiny_model, v, 1.0, positions=5):
@@ -71,7 +71,7 @@ def test_positions(tiny_model):
 
 
 def test_no_hooks_left_after_exception(tiny_model):
-    v = SteeringVector(torch.randn(32), hook_name(2))
+    v = SteeringVector(torch.randn(32), full_hook_name(2))
     with pytest.raises(RuntimeError, match="boom"):
         with steer(tiny_model, v, 1.0):
             assert remaining_hooks(tiny_model) > 0
@@ -81,7 +81,7 @@ def test_no_hooks_left_after_exception(tiny_model):
 
 def test_incompatible_vector_rejected_before_hooks(tiny_model):
     with pytest.raises(ValueError, match="d_model 8"):
-        with steer(tiny_model, SteeringVector(torch.randn(8), hook_name(0)), 1.0):
+        with steer(tiny_model, SteeringVector(torch.randn(8), full_hook_name(0)), 1.0):
             pass
     assert remaining_hooks(tiny_model) == 0
 
@@ -89,7 +89,7 @@ def test_incompatible_vector_rejected_before_hooks(tiny_model):
 @pytest.mark.parametrize("positions", ["all", "response", "prompt"])
 def test_kv_cache_generation_matches_uncached(tiny_model, positions):
     prompts = [format_chat(tiny_model, "a"), format_chat(tiny_model, "a longer question here")]
-    v = SteeringVector(torch.randn(32) * 3, hook_name(1))
+    v = SteeringVector(torch.randn(32) * 3, full_hook_name(1))
     cached = generate(tiny_model, prompts, v, 1.5, positions=positions, max_new_tokens=8)
     uncached = generate(tiny_model, prompts, v, 1.5, positions=positions, max_new_tokens=8, use_kv_cache=False)
     assert cached == uncached
@@ -100,7 +100,7 @@ def test_kv_cache_generation_matches_uncached(tiny_model, positions):
 
 def test_batched_generation_matches_single(tiny_model):
     prompts = [format_chat(tiny_model, "a"), format_chat(tiny_model, "a longer question here")]
-    v = SteeringVector(torch.randn(32), hook_name(1))
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
     batched = generate(tiny_model, prompts, v, 1.0, max_new_tokens=6)
     single = [generate(tiny_model, p, v, 1.0, max_new_tokens=6) for p in prompts]
     assert batched == single

@@ -9,7 +9,7 @@ from workbench.model import load_model
 from workbench.steering import remaining_hooks
 from workbench.layer_sweep import steering_effects
 from workbench.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
-from workbench.vector import IncompatibleVectorError, SteeringVector, hook_name
+from workbench.vector import IncompatibleVectorError, SteeringVector, full_hook_name
 
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("More money?", "(A) yes", "(B) no"),
@@ -80,7 +80,7 @@ def test_export_refusals(tmp_path):
 
 
 def test_transfer_effect(tiny_model):
-    v = SteeringVector(torch.randn(32) * 2, hook_name(1))
+    v = SteeringVector(torch.randn(32) * 2, full_hook_name(1))
     same = transfer_effect(tiny_model, tiny_model, v, PAIRS)
     assert same.retained.tolist() == [1.0, 1.0]
     other = make_tiny_model(seed=3)
@@ -89,7 +89,7 @@ def test_transfer_effect(tiny_model):
     assert t.target_effect[0] == pytest.approx(want, abs=1e-5)
     assert t.retained[0] == pytest.approx(t.target_effect[0] / t.source_effect[0])
     d = transfer_to_dict(t, source="a", target="b")
-    assert d["kind"] == "transfer" and d["rows"][0]["multiplier"] == 1.0
+    assert d["kind"] == "transfer_model" and d["schema_version"] == 2 and d["rows"][0]["multiplier"] == 1.0
     wide = make_tiny_model(d_model=48)
     with pytest.raises(IncompatibleVectorError, match="d_model 32, target 'tiny-3x48' has d_model 48"):
         transfer_effect(tiny_model, wide, v, PAIRS)
@@ -97,7 +97,7 @@ def test_transfer_effect(tiny_model):
 
 
 def test_layer_transfer(tiny_model):
-    v = SteeringVector(torch.randn(32) * 2, hook_name(1))
+    v = SteeringVector(torch.randn(32) * 2, full_hook_name(1))
     t = layer_transfer(tiny_model, v, PAIRS, offsets=(-2, -1, 0, 1, 2), multipliers=(1.0, -1.0))
     assert sorted(set(t.offset)) == [-1, 0, 1] and sorted(set(t.layer)) == [0, 1, 2]
     assert t[t.offset == 0].retained.tolist() == [1.0, 1.0]

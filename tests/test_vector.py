@@ -3,21 +3,21 @@ import json
 import pytest
 import torch
 
-from workbench.vector import (IncompatibleVectorError, SteeringVector, VectorFileError, cosine_matrix, hook_name,
+from workbench.vector import (IncompatibleVectorError, SteeringVector, VectorFileError, full_hook_name,
                               load_vector, parse_hook_name, valid_hook_names)
 
 
 def make(d=32, layer=1, **kw):
-    return SteeringVector(torch.randn(d), hook_name(layer), model_name="tiny-3x32", method="caa", **kw)
+    return SteeringVector(torch.randn(d), full_hook_name(layer), model_name="tiny-3x32", method="caa", **kw)
 
 
 def test_hook_names():
-    assert hook_name(14) == "blocks.14.hook_resid_post"
-    assert hook_name(3, "mlp_out") == "blocks.3.hook_mlp_out"
-    assert hook_name(3, "hook_resid_pre") == "blocks.3.hook_resid_pre"
+    assert full_hook_name(14) == "blocks.14.hook_resid_post"
+    assert full_hook_name(3, "mlp_out") == "blocks.3.hook_mlp_out"
+    assert full_hook_name(3, "hook_resid_pre") == "blocks.3.hook_resid_pre"
     assert parse_hook_name("blocks.7.hook_attn_out") == (7, "hook_attn_out")
     with pytest.raises(ValueError, match="unknown hook point"):
-        hook_name(1, "resid_middle")
+        full_hook_name(1, "resid_middle")
     with pytest.raises(ValueError, match="not a block hook name"):
         parse_hook_name("blocks.1.attn.hook_z")
 
@@ -55,8 +55,10 @@ def test_cosine():
     v = make()
     assert v.cosine(v) == pytest.approx(1.0, abs=1e-6)
     assert v.cosine(-v) == pytest.approx(-1.0, abs=1e-6)
-    m = cosine_matrix([v, -v, v.scaled(3)])
-    assert torch.allclose(m, torch.tensor([[1., -1, 1], [-1, 1, -1], [1, -1, 1]]), atol=1e-6)
+    from workbench.similarity import cosine_table
+
+    m = cosine_table({"v": v, "-v": -v, "3v": v.scaled(3)}).to_numpy()
+    assert m.ravel().tolist() == pytest.approx([1., -1, 1, -1, 1, -1, 1, -1, 1], abs=1e-6)
 
 
 def test_save_load_round_trip(tmp_path):

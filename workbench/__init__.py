@@ -3,46 +3,121 @@
 BiPO (bi-directional preference optimization, Cao et al. 2024, arXiv 2406.00045), mean-difference
 baselines (CAA, ActAdd, PCA), evaluation across multipliers, and analysis (cosine similarity, layer
 sweeps, logit lens, composition, transfer), on any ``HookedTransformer``; offline on the embedded
-SmolLM2-135M-Instruct.
+SmolLM2-135M-Instruct. ``import workbench as wb``; every name below is the public API (the rest
+lives in its module):
 
-Names are imported lazily (PEP 562), so that ``workbench --help`` and ``workbench convert`` do not
-pay for importing TransformerLens.
+    model = wb.load_model()
+    train, test = wb.load_behavior("power-seeking", "train"), wb.load_behavior("power-seeking", "test")
+    bipo = wb.train_bipo(model, train, wb.BiPOConfig(layer=14)).vector
+    curve = wb.logodds_curve(model, {"bipo": bipo, "caa": wb.caa(model, train, 14)}, test, [-1, 0, 1])
+    wb.plot_multiplier_curves(curve)
+
+Names are imported on first use (PEP 562) so that ``workbench --help`` does not pay for importing
+TransformerLens; the ``TYPE_CHECKING`` block lists the same names as explicit imports for static
+tools and editors (a test checks the two agree).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "workbench.model": ["EMBEDDED_MODEL_NAME", "EmbeddedModelMissingError", "load_model"],
-    "workbench.prompts": ["DEFAULT_SYSTEM_PROMPT", "end_of_turn", "format_chat", "prompts_and_answers"],
-    "workbench.vector": ["IncompatibleVectorError", "SteeringVector", "VectorFileError", "cosine_matrix",
-                         "hook_name", "load_vector", "valid_hook_names"],
+    # load and steer
+    "workbench.model": ["load_model"],
+    "workbench.prompts": ["format_chat"],
     "workbench.steering": ["generate", "remaining_hooks", "steer"],
-    "workbench.scoring": ["Items", "PrefixCache", "answer_logprobs", "make_runner", "preference_logodds",
-                          "preference_logprobs", "run_conditions", "score_completions", "tokenize_completions",
-                          "tokenize_items", "unembed"],
-    "workbench.data": ["DataFormatError", "PreferencePair", "fingerprint", "list_behaviors", "load_behavior",
-                       "load_pairs", "train_test_split"],
+    # data
+    "workbench.data": ["DataFormatError", "PreferencePair", "as_ab_pairs", "list_behaviors", "load_behavior",
+                       "load_neutral_text", "load_pairs", "train_test_split"],
+    # the vector
+    "workbench.vector": ["SteeringVector", "load_vector"],
+    "workbench.interchange": ["import_vector"],
+    # train
     "workbench.bipo": ["BiPOConfig", "BiPOResult", "train_bipo"],
-    "workbench.baselines": ["actadd", "caa", "mean_difference_vectors", "pca"],
-    "workbench.evaluate": ["evaluate_vectors", "format_tables"],
+    "workbench.baselines": ["actadd", "caa", "pca"],
+    # evaluate
+    "workbench.evaluate": ["evaluate_vectors", "format_eval"],
     "workbench.eval_preference": ["ab_curve", "logodds_curve"],
+    "workbench.eval_truthfulqa": ["truthfulqa_mc"],
     "workbench.eval_utility": ["utility_curve"],
-    "workbench.similarity": ["cosine_table", "layer_cosine_table"],
-    "workbench.layer_sweep": ["layer_sweep", "parse_layers"],
+    "workbench.eval_generation": ["steered_generations"],
+    # analyses
+    "workbench.layer_sweep": ["SweepResult", "layer_sweep"],
+    "workbench.similarity": ["cosine_table", "layer_cosine_table", "method_cosines"],
     "workbench.logit_lens": ["steered_logit_lens", "vector_logit_lens"],
-    "workbench.composition": ["composition_table"],
-    "workbench.transfer": ["export_hf_llama", "layer_transfer", "transfer_effect"],
-    "workbench.interchange": ["InterchangeError", "export_gguf", "import_bipo_vector", "import_gguf",
-                              "import_vector"],
+    "workbench.composition": ["CompositionResult", "composition_table"],
+    "workbench.transfer": ["finetune_copy", "layer_transfer", "transfer_effect"],
+    "workbench.matched_cost": ["matched_cost"],
+    "workbench.refusal": ["load_refusal_requests", "refusal_study"],
+    # the study: the workflows the CLI, `workbench reproduce` and the notebooks share (the whole study,
+    # workbench.reproduce.reproduce, is not exported: its name is its module's)
+    "workbench.reproduce": ["StudyConfig", "demo", "study_pairs", "study_sweeps", "study_vectors"],
+    # results and figures
+    "workbench.results": ["ResultFormatError", "load_result", "result_table"],
+    "workbench.plots": ["plot", "plot_composition", "plot_cosine_heatmap", "plot_cost_effect", "plot_layer_sweep",
+                        "plot_logit_lens_layers", "plot_logit_lens_tokens", "plot_method_cosine",
+                        "plot_multiplier_curves", "plot_refusal", "plot_training_curves", "plot_transfer",
+                        "save_figure"],
+    "workbench.figures": ["write_figures"],
+    # the explorer
+    "workbench.widgets": ["SteeringExplorer"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted(_WHERE) + ["__version__"]
+
+#: API functions named like their module (``layer_sweep``, ``matched_cost``)
+_SHADOWED = frozenset(n for n, module in _WHERE.items() if module == f"{__name__}.{n}")
+
+
+class _Package(types.ModuleType):
+    """The package, keeping ``wb.layer_sweep`` the function: importing a submodule binds its name on
+    the package, which would otherwise hide the function of the same name (the module stays in
+    ``sys.modules`` and ``from workbench.layer_sweep import ...`` works as usual)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py keeps the two lists equal)
+    from workbench.baselines import actadd, caa, pca
+    from workbench.bipo import BiPOConfig, BiPOResult, train_bipo
+    from workbench.composition import CompositionResult, composition_table
+    from workbench.data import (DataFormatError, PreferencePair, as_ab_pairs, list_behaviors, load_behavior,
+                                load_neutral_text, load_pairs, train_test_split)
+    from workbench.eval_generation import steered_generations
+    from workbench.eval_preference import ab_curve, logodds_curve
+    from workbench.eval_truthfulqa import truthfulqa_mc
+    from workbench.eval_utility import utility_curve
+    from workbench.evaluate import evaluate_vectors, format_eval
+    from workbench.figures import write_figures
+    from workbench.interchange import import_vector
+    from workbench.layer_sweep import SweepResult, layer_sweep
+    from workbench.logit_lens import steered_logit_lens, vector_logit_lens
+    from workbench.matched_cost import matched_cost
+    from workbench.model import load_model
+    from workbench.plots import (plot, plot_composition, plot_cosine_heatmap, plot_cost_effect, plot_layer_sweep,
+                                 plot_logit_lens_layers, plot_logit_lens_tokens, plot_method_cosine,
+                                 plot_multiplier_curves, plot_refusal, plot_training_curves, plot_transfer,
+                                 save_figure)
+    from workbench.prompts import format_chat
+    from workbench.refusal import load_refusal_requests, refusal_study
+    from workbench.reproduce import StudyConfig, demo, study_pairs, study_sweeps, study_vectors
+    from workbench.results import ResultFormatError, load_result, result_table
+    from workbench.similarity import cosine_table, layer_cosine_table, method_cosines
+    from workbench.steering import generate, remaining_hooks, steer
+    from workbench.transfer import finetune_copy, layer_transfer, transfer_effect
+    from workbench.vector import SteeringVector, load_vector
+    from workbench.widgets import SteeringExplorer
 
 
 def __getattr__(name: str) -> Any:

@@ -49,7 +49,7 @@ from workbench.data import PreferencePair, fingerprint
 from workbench.eval_common import check_pairs
 from workbench.prompts import end_of_turn, format_chat
 from workbench.scoring import TokenizedBatch, tokenize_completions
-from workbench.vector import SteeringVector, hook_name as full_hook_name
+from workbench.vector import SteeringVector, full_hook_name
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from workbench.io import atomic_write_json, atomic_write_safetensors, commit_fil
 from workbench.eval_common import check_pairs
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.scoring import PrefixCache, entry, make_runner, tokenize_items
-from workbench.vector import SteeringVector, __version__, hook_name
+from workbench.vector import SteeringVector, __version__, full_hook_name
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class BiPOConfig:
         for name, allowed in _OPTIONS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"BiPOConfig.{name}={getattr(self, name)!r}; valid: {', '.join(allowed)}")
-        hook_name(0, self.hook)  # raises on an unknown hook point
+        full_hook_name(0, self.hook)  # raises on an unknown hook point
         checks = {"layer": self.layer >= 0, "beta": self.beta > 0, "lr": self.lr > 0,
                   "weight_decay": self.weight_decay >= 0, "epochs": self.epochs >= 1,
                   "batch_size": self.batch_size >= 1, "warmup_steps": self.warmup_steps >= 0,
@@ -95,7 +95,7 @@ class BiPOConfig:
 
     @property
     def hook_name(self) -> str:
-        return hook_name(self.layer, self.hook)
+        return full_hook_name(self.layer, self.hook)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +117,12 @@ class BiPOResult:
     history: list[dict[str, float]]  # step, epoch, loss, accuracy, margin, direction, norm, grad_norm, lr
     epochs: list[dict[str, float]] = field(default_factory=list)  # epoch means, seconds, eval_* metrics
     setup_seconds: float = 0.0  # building the prefix cache and the reference log-probs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The training record as a ``bipo_history`` result (``workbench.results``); the vector is saved apart."""
+        from workbench.results import BIPO_HISTORY, result
+
+        return result(BIPO_HISTORY, history=self.history, epochs=self.epochs, setup_seconds=self.setup_seconds)
 
     def history_frame(self) -> Any:
         import pandas as pd

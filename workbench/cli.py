@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from collections.abc import Sequence
@@ -56,22 +57,42 @@ def _check_data(path) -> None:
 def _check_layer_hook(args: argparse.Namespace, layer: int, hook: str) -> None:
     """Refuse ``--hook`` and (for the embedded model, whose size is known) ``--layer`` before a model loads."""
     from workbench.model import EMBEDDED_MODEL_NAME, EMBEDDED_N_LAYERS
-    from workbench.vector import hook_name
+    from workbench.vector import full_hook_name
 
     try:
-        hook_name(layer, hook)
+        full_hook_name(layer, hook)
     except ValueError as exc:
         raise CLIError(f"--hook {hook}: {exc}") from None
     if args.model in (None, EMBEDDED_MODEL_NAME) and not 0 <= layer < EMBEDDED_N_LAYERS:
         raise CLIError(f"--layer {layer}: model {EMBEDDED_MODEL_NAME} has layers 0..{EMBEDDED_N_LAYERS - 1}")
 
 
+#: library argument -> the flag that sets it: library errors name the argument (``layers=``), the CLI the flag
+ARGUMENT_FLAGS = {"layers": "--layers", "multipliers": "--multipliers", "key": "--key", "layer": "--layer",
+                  "pairs": "--data / --behavior", "ab_pairs": "--ab-from-text", "truthfulqa": "--truthfulqa",
+                  "refusal_prompts": "--refusal-csv", "allow_empty_question": "--allow-empty-question",
+                  "results_dir": "--results", "max_length": "--max-length", "budgets": "--budgets", "cost": "--cost"}
+_ARGUMENT = re.compile(r"(?<![\w.])(" + "|".join(ARGUMENT_FLAGS) + r")=(True\b|\.\.\.|[^\s,;:)]*)")
+
+
+def as_flags(message: str) -> str:
+    """A library message with each ``argument=value`` it names written as the CLI flag (``layers='0-99'``
+    -> ``--layers '0-99'``; ``allow_empty_question=True`` -> ``--allow-empty-question``)."""
+    def flag(m: re.Match) -> str:
+        value = m.group(2)
+        return ARGUMENT_FLAGS[m.group(1)] + ("" if value in ("", "True", "...") else f" {value}")
+
+    return _ARGUMENT.sub(flag, message)
+
+
 def _describe_exception(exc: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception that reached main (2: user error, 1: internal)."""
     import errno
 
-    if isinstance(exc, CLIError | ValueError | FileNotFoundError):
+    if isinstance(exc, CLIError):
         return str(exc), 2
+    if isinstance(exc, ValueError | FileNotFoundError):
+        return as_flags(str(exc)), 2
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else ""
         where = f"{where}: " if where else ""
@@ -293,7 +314,7 @@ def _run_train(args: argparse.Namespace) -> int:
               f"{config.precision}", file=sys.stderr)
         result = train_bipo(model, pairs, config, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
         vector = result.vector
-        history = {"history": result.history, "epochs": result.epochs, "setup_seconds": result.setup_seconds}
+        history = result.to_dict()
     elif args.method == "actadd":
         from workbench.baselines import actadd
 
@@ -457,7 +478,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from workbench.data import as_ab_pairs, load_behavior
     from workbench.eval_common import check_ab_pairs
     from workbench.prompts import DEFAULT_SYSTEM_PROMPT
-    from workbench.evaluate import evaluate_vectors, format_tables
+    from workbench.evaluate import evaluate_vectors, format_eval
     from workbench.model import load_model
     from workbench.vector import SteeringVector
 
@@ -514,7 +535,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         on_inapplicable="error" if explicit else "skip", strict_model_name=args.strict_model, ab_pairs=ab_pairs,
         sources={lab: str(p) for lab, (_, p) in zip(labels, loaded)}, data_info=data_info, progress=True)
     atomic_write_json(result, args.out)
-    print(format_tables(result))
+    print(format_eval(result))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -626,7 +647,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from workbench.data import load_behavior, load_pairs, train_test_split
     from workbench.io import atomic_write_json
     from workbench.model import load_model
-    from workbench.layer_sweep import format_table, layer_sweep, parse_layers
+    from workbench.layer_sweep import format_sweep, layer_sweep, parse_layers
 
     multipliers = _parse_multipliers(args.multipliers)
     for name in ("limit", "eval_limit"):
@@ -670,7 +691,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.save_vectors:
         out["vectors"] = result.save_vectors(args.save_vectors)
     atomic_write_json(out, args.out)
-    print(format_table(result.table))
+    print(format_sweep(result.table))
     print(f"wrote {args.out}" + (f" and {len(layers)} vectors under {args.save_vectors}" if args.save_vectors else ""),
           file=sys.stderr)
     return 0
@@ -691,14 +712,16 @@ def _run_figures(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from workbench.plotting import write_figures
+    from workbench.figures import write_figures
 
     if not Path(args.results).is_dir():
         raise CLIError(f"--results {args.results}: no such directory")
     written = write_figures(args.results, args.out, formats=args.formats)
     if not written:
+        from workbench.results import SCHEMAS
+
         raise CLIError(f"--results {args.results}: no result JSON with a known \"kind\" found "
-                       "(eval, sweep, cosine, logit_lens_*, composition, transfer, BiPO history.json)")
+                       f"({', '.join(SCHEMAS)})")
     figures = {p.with_suffix("") for p in written}
     print(f"wrote {len(figures)} figure(s), {len(written)} file(s) to {args.out}")
     return 0
@@ -772,7 +795,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                     "multipliers -2..2 (preference log-odds; A/B probability with the two answers as choices (A) "
                     "and (B); perplexity and "
                     "agreement with the unsteered model on neutral text), print the tables and write "
-                    "OUT/vectors/{bipo,caa}, OUT/eval.json, OUT/bipo_history.json and OUT/logodds.png.")
+                    "OUT/vectors/<behavior>/L<layer>/{bipo,caa} (BiPO's history.json beside it), OUT/eval.json and "
+                    "OUT/logodds.png (workbench.reproduce.demo).")
     p.add_argument("--behavior", default="power-seeking", help="embedded behavior (default power-seeking)")
     p.add_argument("--layer", type=int, default=None, help="block of the resid_post hook (default: BiPOConfig's, 14)")
     p.add_argument("--epochs", type=int, default=None, help="BiPO epochs (default: BiPOConfig's)")
@@ -793,13 +817,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from workbench.baselines import caa
-    from workbench.bipo import BiPOConfig, train_bipo
-    from workbench.data import as_ab_pairs, list_behaviors, load_behavior, load_neutral_text
-    from workbench.eval_common import is_ab_data
-    from workbench.evaluate import evaluate_vectors, format_tables
-    from workbench.io import atomic_write_json
-    from workbench.model import load_model
+    from workbench.data import list_behaviors
+    from workbench.evaluate import format_eval
+    from workbench.reproduce import StudyConfig, demo
 
     t_start = time.perf_counter()
     multipliers = _parse_multipliers(args.multipliers)
@@ -807,57 +827,24 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise CLIError(f"--behavior {args.behavior!r}: choose one of {', '.join(list_behaviors())}")
     if args.epochs is not None and args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
-    train, test = load_behavior(args.behavior, "train"), load_behavior(args.behavior, "test")
-    texts = load_neutral_text()
-    n_boot, utility_tokens = 1000, 64
-    if args.quick:
-        train, test, texts, n_boot, utility_tokens = train[:8], test[:4], texts[:4], 200, 32
-    changes = {k: v for k, v in (("layer", args.layer), ("epochs", 1 if args.quick and args.epochs is None
-                                                          else args.epochs)) if v is not None}
+    changes = {k: v for k, v in (("layer", args.layer), ("epochs", args.epochs)) if v is not None}
+    config = dataclasses.replace(StudyConfig.demo(args.behavior, quick=args.quick), multipliers=tuple(multipliers),
+                                 precision=args.precision, **changes)
     try:
-        config = dataclasses.replace(BiPOConfig(precision=args.precision), **changes)
-    except (TypeError, ValueError) as exc:
+        bipo_config = config.bipo_config()
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
     out = Path(args.out)
 
     model = _load_model(args)
     if config.layer >= model.cfg.n_layers:
         raise CLIError(f"--layer {config.layer}: {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
-    print(f"demo: {args.behavior} on {model.cfg.model_name}: {len(train)} train / {len(test)} test pairs, "
-          f"layer {config.layer} resid_post, BiPO {config.epochs} epoch(s), lr {config.lr}", file=sys.stderr)
-    t0 = time.perf_counter()
-    bipo = train_bipo(model, train, config, progress=True)
-    t_bipo = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    v_caa = caa(model, train, config.layer, hook=config.hook, progress=True)
-    t_caa = time.perf_counter() - t0
-    vectors = {"bipo": bipo.vector.replace(metadata={**bipo.vector.metadata, "behavior": args.behavior}),
-               "caa": v_caa.replace(metadata={**v_caa.metadata, "behavior": args.behavior})}
-    paths = {k: str(v.save(out / "vectors" / k)) for k, v in vectors.items()}
-    atomic_write_json(bipo.history, out / "bipo_history.json")
-    print(f"trained BiPO in {t_bipo:.0f} s (norm {vectors['bipo'].norm:.3g}), CAA in {t_caa:.0f} s "
-          f"(norm {vectors['caa'].norm:.3g}); cosine {vectors['bipo'].cosine(vectors['caa']):+.3f}", file=sys.stderr)
-
-    # A/B (CAA's protocol): the held-out pairs as A/B questions, the matching answer (A) for half of them
-    ab_pairs = None if is_ab_data(test) else as_ab_pairs(test)
-    metrics = ["logodds", "ab", "utility"]
-    t0 = time.perf_counter()
-    result = evaluate_vectors(model, vectors, test, multipliers, metrics, precision=args.precision, ab_pairs=ab_pairs,
-                              neutral_texts=texts, utility_max_tokens=utility_tokens, n_boot=n_boot,
-                              sources=paths, data_info={"behavior": args.behavior, "split": "test"}, progress=True)
-    t_eval = time.perf_counter() - t0
-    result["demo"] = {"behavior": args.behavior, "quick": args.quick, "n_train": len(train), "n_test": len(test),
-                      "bipo_config": config.to_dict(), "bipo_epochs": bipo.epochs,
-                      "seconds": {"bipo": round(t_bipo, 1), "caa": round(t_caa, 1), "eval": round(t_eval, 1),
-                                  "total": round(time.perf_counter() - t_start, 1)}}
-    atomic_write_json(result, out / "eval.json")
-
-    from workbench.plotting import plot_multiplier_curves, save_figure
-
-    fig = plot_multiplier_curves(result, metric="logodds", title=f"{args.behavior}: held-out log-odds")
-    figures = save_figure(fig, out / "logodds", formats=("png",), dpi=150)
-    print(format_tables(result))
-    print(f"\nwrote {out / 'eval.json'}, {', '.join(map(str, figures))} and vectors under {out / 'vectors'}; "
+    print(f"demo: {args.behavior} on {model.cfg.model_name}: {config.n_train or 'all'} train / "
+          f"{config.n_test or 'all'} test pairs, layer {config.layer} {config.hook}, BiPO {bipo_config.epochs} "
+          f"epoch(s), lr {bipo_config.lr}", file=sys.stderr)
+    result = demo(out, config, model=model, progress=True)
+    print(format_eval(result))
+    print(f"\nwrote {out / 'eval.json'}, {out / 'logodds.png'} and vectors under {out / 'vectors'}; "
           f"total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return 0
 
@@ -917,8 +904,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from workbench.report import report
 
+    if not Path(args.results).is_dir():
+        raise CLIError(f"--results {args.results}: no such directory")
     text = report(args.results)
     if args.out:
         from workbench.io import atomic_write

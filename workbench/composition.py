@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from workbench.results import COMPOSITION, ResultFormatError, from_dict, records, result
 from workbench.steering import steer
 from workbench.scoring import Condition, preference_logodds
 from workbench.vector import SteeringVector, parse_hook_name
@@ -102,15 +103,23 @@ class CompositionResult:
     conditions: pd.DataFrame
     multipliers: dict[str, float]
 
+    kind: ClassVar[str] = COMPOSITION
+
     def to_dict(self, **info: Any) -> dict[str, Any]:
-        """JSON-ready: ``{"kind": "composition", **info, "multipliers", "rows", "conditions"}``."""
-        return {"kind": "composition", **info, "multipliers": self.multipliers,
-                "rows": _records(self.table), "conditions": _records(self.conditions)}
+        """JSON-ready: ``{"kind": "composition", "schema_version", **info, "multipliers", "rows", "conditions"}``."""
+        return result(COMPOSITION, **info, multipliers=self.multipliers, rows=self.table, conditions=self.conditions)
 
+    def records(self) -> list[dict[str, Any]]:
+        """The per-behavior table as JSON-ready row dicts."""
+        return records(self.table)
 
-def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}  # NaN -> null
-            for r in table.to_dict(orient="records")]
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> CompositionResult:
+        """A composition read back from its JSON (``workbench.results.from_dict``)."""
+        obj = from_dict(obj)
+        if obj["kind"] != COMPOSITION:
+            raise ResultFormatError(f"expected a {COMPOSITION} result, got {obj['kind']!r}")
+        return cls(pd.DataFrame(obj["rows"]), pd.DataFrame(obj["conditions"]), dict(obj["multipliers"]))
 
 
 def composition_table(model: HookedTransformer, vectors: Mapping[str, SteeringVector],

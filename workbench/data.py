@@ -231,7 +231,7 @@ def _make_pair(path: str | Path, loc: Location, question: Any, matching: Any, no
         if not isinstance(value, str):
             raise DataFormatError(path, loc, f"{name} must be a string, got {type(value).__name__}")
         if not value.strip() and not (name == "question" and allow_empty_question):
-            hint = " (pass allow_empty_question=True, or --allow-empty-question on the CLI, to keep it)" if name == "question" else ""
+            hint = " (pass allow_empty_question=True to keep it)" if name == "question" else ""
             raise DataFormatError(path, loc, f"empty {name}{hint}")
     if matching.strip() == not_matching.strip():
         raise DataFormatError(path, loc, f"matching and not_matching are identical: {matching!r}")

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.results import records  # noqa: F401  (re-exported: the evaluation modules' JSON rows)
+
 DEFAULT_MULTIPLIERS: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
 #: Columns of every summary table: one row per (vector, multiplier).
 SUMMARY_COLUMNS = ("vector", "multiplier", "n", "mean", "ci_low", "ci_high")
@@ -136,18 +138,3 @@ def summarize(per_item: pd.DataFrame, value: str, *, by: Sequence[str] = ("vecto
             row[name] = float(fn(g))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """A table as JSON-ready row dicts (NaN becomes None, numpy scalars become Python numbers)."""
-    out = []
-    for row in df.to_dict(orient="records"):
-        clean = {}
-        for k, v in row.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float) and not math.isfinite(v):
-                v = None
-            clean[str(k)] = v
-        out.append(clean)
-    return out

@@ -25,7 +25,7 @@ Every metric is computed by the one scoring engine (``workbench.scoring``): mult
 blocks below the steered layer, and each prompt runs once for all of its answers.
 
 ``evaluate_vectors`` runs several metrics for several vectors and returns one JSON-ready dict
-(``kind: "eval"``, schema in its docstring); ``format_tables`` renders it for the terminal.
+(``kind: "eval"``, schema in its docstring); ``format_eval`` renders it for the terminal.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.eval_preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
                                        summarize_logodds)
 from workbench.scoring import Precision, VectorSpec, label_vectors, precision_runner
+from workbench.results import EVAL, result
 from workbench.vector import SteeringVector, __version__
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("logodds", "ab", "open", "truthfulqa", "utility", "refusal")
-SCHEMA_VERSION = 1
 
 
 # --------------------------------------------------------------------------- all metrics
@@ -122,7 +122,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         data_info: recorded as ``"data"`` (e.g. path, format, split); pair count and fingerprint are added.
 
     Returns:
-        ``{"kind": "eval", "schema_version": 1, "workbench_version", "model": name, "model_config":
+        ``{"kind": "eval", "schema_version": 2, "workbench_version", "model": name, "model_config":
         {n_layers, d_model}, "multipliers": [...], "vectors": [{label, path, method, hook_name, layer,
         norm, model_name, data_fingerprint, version}], "data": {...}, "config": {...},
         "metrics": {table: [row, ...]}, "generations": {"open": [...], "refusal": [...]},
@@ -163,7 +163,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         t0 = time.perf_counter()
         needs_pairs = metric in ("logodds", "open") or (metric == "ab" and ab_pairs is None)
         if needs_pairs and pairs is None:
-            inapplicable(metric, "needs preference pairs (pass pairs=..., or --data / --behavior)")
+            inapplicable(metric, "needs preference pairs (pass pairs=...)")
             continue
         if metric == "logodds":
             per = pair_logodds(model, specs, pairs, mults, system_prompt=system_prompt, precision=precision,
@@ -176,7 +176,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             ab_data = pairs if ab_pairs is None else check_pairs(ab_pairs)
             if not is_ab_data(ab_data):
                 inapplicable("ab", "needs A/B pairs whose answers are letters like '(A)' (format 'ab-json', or "
-                                   "ab_pairs=as_ab_pairs(pairs) / --ab-from-text); the first pair's matching "
+                                   "ab_pairs=as_ab_pairs(pairs)); the first pair's matching "
                                    f"answer is {ab_data[0].matching[:40]!r}")
                 continue
             tables["ab"] = ab_curve(model, specs, ab_data, mults, system_prompt=system_prompt, precision=precision,
@@ -196,8 +196,7 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             from workbench.eval_truthfulqa import load_truthfulqa, truthfulqa_mc
 
             if truthfulqa is None:
-                inapplicable("truthfulqa", "needs TruthfulQA questions (truthfulqa=path to mc_task.json, "
-                                           "or --truthfulqa PATH)")
+                inapplicable("truthfulqa", "needs TruthfulQA questions (truthfulqa=path to mc_task.json)")
                 continue
             mc1, mc2 = load_truthfulqa(truthfulqa) if isinstance(truthfulqa, (str, Path)) else truthfulqa
             tqa = truthfulqa_mc(model, specs, mc1, mc2, mults, system_prompt=system_prompt, precision=precision,
@@ -213,8 +212,8 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
             from workbench.eval_generation import refusal_eval
 
             if not refusal_prompts:
-                inapplicable("refusal", "needs harmful-request prompts (refusal_prompts=..., or --refusal-csv "
-                                        "PATH with a 'goal' column)")
+                inapplicable("refusal", "needs harmful-request prompts (refusal_prompts=..., e.g. "
+                                        "load_refusal_prompts(path to a CSV with a 'goal' column))")
                 continue
             summary, gens = refusal_eval(model, specs, refusal_prompts, mults, system_prompt=system_prompt,
                                          max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed, **common)
@@ -226,21 +225,21 @@ def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str
         data |= {"n_pairs": len(pairs), "fingerprint": fingerprint(pairs)}
     if ab_pairs is not None:
         data |= {"ab_n_pairs": len(ab_pairs), "ab_fingerprint": fingerprint(ab_pairs)}
-    return {
-        "kind": "eval", "schema_version": SCHEMA_VERSION, "workbench_version": __version__,
-        "model": str(model.cfg.model_name),
-        "model_config": {"n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model},
-        "multipliers": mults,
-        "vectors": [_vector_info(k, v, (sources or {}).get(k)) for k, v in specs.items()],
-        "data": data,
-        "config": {"metrics": list(dict.fromkeys(metrics)), "system_prompt": system_prompt,
-                   "append_end_of_turn": append_end_of_turn, "batch_size": batch_size, "precision": precision,
-                   "max_length": max_length, "n_boot": n_boot, "seed": seed, "decodings": list(decodings),
-                   "max_new_tokens": max_new_tokens, "utility_max_tokens": utility_max_tokens},
-        "metrics": {k: records(v) for k, v in tables.items()},
-        "generations": generations, "validation": validation, "skipped": skipped, "warnings": warnings,
-        "timings": timings,
-    }
+    return result(
+        EVAL, workbench_version=__version__,
+        model=str(model.cfg.model_name),
+        model_config={"n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model},
+        multipliers=mults,
+        vectors=[_vector_info(k, v, (sources or {}).get(k)) for k, v in specs.items()],
+        data=data,
+        config={"metrics": list(dict.fromkeys(metrics)), "system_prompt": system_prompt,
+                "append_end_of_turn": append_end_of_turn, "batch_size": batch_size, "precision": precision,
+                "max_length": max_length, "n_boot": n_boot, "seed": seed, "decodings": list(decodings),
+                "max_new_tokens": max_new_tokens, "utility_max_tokens": utility_max_tokens},
+        metrics=tables,
+        generations=generations, validation=validation, skipped=skipped, warnings=warnings,
+        timings=timings,
+    )
 
 
 # --------------------------------------------------------------------------- terminal tables
@@ -255,7 +254,7 @@ _TITLES = {"logodds": "log-odds  log p(matching) - log p(not matching)  [mean, 9
            "kl_from_unsteered": "KL(unsteered || steered) per token", "refusal": "refusal rate (keyword rule)"}
 
 
-def format_tables(results: Mapping[str, Any], max_generations: int = 2, width: int = 100) -> str:
+def format_eval(results: Mapping[str, Any], max_generations: int = 2, width: int = 100) -> str:
     """Text tables of an ``evaluate_vectors`` result, one per metric, plus a few generations."""
     lines = [f"model {results.get('model')}: " + ", ".join(
         f"{v['label']} = {v['method']}@{v['hook_name']} (norm {v['norm']:.3g})" if not isinstance(v["norm"], list)
@@ -292,5 +291,5 @@ def format_tables(results: Mapping[str, Any], max_generations: int = 2, width: i
 
 
 __all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "ab_curve", "ab_pair_probs",
-           "check_vectors", "evaluate_vectors", "format_tables", "logodds_curve", "pair_logodds", "steerability",
+           "check_vectors", "evaluate_vectors", "format_eval", "logodds_curve", "pair_logodds", "steerability",
            "summarize_logodds"]

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from workbench.io import atomic_write as _atomic
 from workbench.io import read_safetensors_header
-from workbench.vector import (META_FILE, VECTOR_FILE, SteeringVector, hook_name, parse_hook_name)
+from workbench.vector import (META_FILE, VECTOR_FILE, SteeringVector, full_hook_name, parse_hook_name)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def gguf_layer(name: str) -> int:
 
 def hook_for_gguf_layer(index: int) -> str:
     """The workbench hook name for llama.cpp ``direction.{index}``: ``blocks.{index}.hook_resid_post``."""
-    return hook_name(int(index), "resid_post")
+    return full_hook_name(int(index), "resid_post")
 
 
 # --------------------------------------------------------------------------- safe tensor reading
@@ -115,10 +115,10 @@ def _pick(entries: Mapping[str, Any], key: str | None, path: Path) -> Any:
     bad = sorted(str(k) for k, v in entries.items() if not isinstance(v, (Tensor, np.ndarray)))
     if bad:
         raise InterchangeError(f"{path}: expected a tensor or a dict of tensors, but entries {bad} are not "
-                               "tensors; pass key= (--key) to select one tensor")
+                               "tensors; pass key= to select one tensor")
     if len(entries) != 1:
         raise InterchangeError(f"{path}: holds {len(entries)} tensors {sorted(map(str, entries))}; "
-                               "pass key= (--key) to choose one")
+                               "pass key= to choose one")
     return next(iter(entries.values()))
 
 
@@ -245,12 +245,12 @@ def import_vector(path: str | Path, hook: str = "resid_post", *, layer: int | No
     else:
         from_name = _LAYER_RE.search(path.stem)
         if layer is None and from_name is None:
-            raise InterchangeError(f"{path}: give the layer (layer= / --layer): the file name has no "
+            raise InterchangeError(f"{path}: give the layer (layer=): the file name has no "
                                    "'layer<N>' in it")
         if layer is not None and from_name is not None and int(from_name.group(1)) != int(layer):
             logger.warning("%s: using layer %d given explicitly, not %s from the file name",
                            path, layer, from_name.group(1))
-        name = hook_name(int(layer) if layer is not None else int(from_name.group(1)), hook)
+        name = full_hook_name(int(layer) if layer is not None else int(from_name.group(1)), hook)
     if model is not None and model_name is None:
         model_name = model.cfg.model_name
     meta = {"source_file": str(path.resolve()), "source_sha256": _sha256(path),

@@ -24,10 +24,12 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from workbench.results import SWEEP, ResultFormatError, from_dict, records, result
 from transformer_lens import HookedTransformer
 
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
@@ -51,7 +53,7 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
     """
     if isinstance(spec, str) and spec.strip().lower() == "all":
         if n_layers is None:
-            raise ValueError("layers 'all' needs the model's number of layers")
+            raise ValueError("layers='all' needs the model's number of layers (n_layers=)")
         spec = f"0-{n_layers - 1}"
     if isinstance(spec, int):
         layers = [spec]
@@ -63,19 +65,19 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
                 continue
             m = _RANGE.match(part)
             if not m:
-                raise ValueError(f"layers {spec!r}: cannot read {part!r} (use e.g. '0-29', '0,5,10', '10-20:2')")
+                raise ValueError(f"layers={spec!r}: cannot read {part!r} (use e.g. '0-29', '0,5,10', '10-20:2')")
             lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
             if hi < lo or step < 1:
-                raise ValueError(f"layers {spec!r}: {part!r} is an empty range")
+                raise ValueError(f"layers={spec!r}: {part!r} is an empty range")
             layers.extend(range(lo, hi + 1, step))
     else:
         layers = [int(x) for x in spec]
     if not layers:
-        raise ValueError(f"layers {spec!r}: no layer given")
+        raise ValueError(f"layers={spec!r}: no layer given")
     if n_layers is not None:
         bad = [x for x in layers if not 0 <= x < n_layers]
         if bad:
-            raise ValueError(f"layers {spec!r}: {bad} out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+            raise ValueError(f"layers={spec!r}: {bad} out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
     return sorted(set(layers))
 
 
@@ -124,11 +126,24 @@ class SweepResult:
     vectors: dict[int, SteeringVector]
     info: dict[str, Any] = field(default_factory=dict)
 
+    kind: ClassVar[str] = SWEEP
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"kind": "sweep", **info, "columns": [...], "rows": [...]}``."""
-        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                for r in self.table.to_dict(orient="records")]  # NaN (no value) -> null
-        return {"kind": "sweep", **self.info, "columns": list(self.table.columns), "rows": rows}
+        """JSON-ready: ``{"kind": "sweep", "schema_version", **info, "columns": [...], "rows": [...]}``."""
+        return result(SWEEP, **self.info, columns=list(self.table.columns), rows=self.table)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The per-layer table as JSON-ready row dicts."""
+        return records(self.table)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> SweepResult:
+        """A sweep read back from its JSON (``workbench.results.from_dict``); vectors are not stored there."""
+        obj = from_dict(obj)
+        if obj["kind"] != SWEEP:
+            raise ResultFormatError(f"expected a {SWEEP} result, got {obj['kind']!r}")
+        info = {k: v for k, v in obj.items() if k not in ("kind", "schema_version", "columns", "rows")}
+        return cls(pd.DataFrame(obj["rows"], columns=obj.get("columns")), {}, info)
 
     def save_vectors(self, directory: Any) -> list[str]:
         """Save each layer's vector to ``directory/layer_<L>``; returns the paths."""
@@ -235,6 +250,6 @@ def layer_sweep(model: HookedTransformer, train_pairs: Sequence[Any], eval_pairs
     return SweepResult(pd.DataFrame(rows), dict(vecs), info)
 
 
-def format_table(table: pd.DataFrame) -> str:
+def format_sweep(table: pd.DataFrame) -> str:
     """Plain-text table for terminals (floats to 3 significant digits)."""
     return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")

@@ -32,7 +32,7 @@ Layers before the hook show exactly zero change. The last layer's row is the mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from transformer_lens import HookedTransformer
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.prompts import end_of_turn, format_chat
 from workbench.scoring import tokenize_completions, unembed
+from workbench.results import result
 from workbench.steering import steer
 from workbench.vector import SteeringVector
 
@@ -139,16 +140,26 @@ def top_tokens(model: HookedTransformer, effect: Float[Tensor, " d_vocab"], k: i
     return pd.DataFrame(rows)
 
 
-def vector_logit_lens(model: HookedTransformer, vector: SteeringVector | Tensor, k: int = 10,
-                      method: Literal["direct", "exact"] = "direct",
+def vector_logit_lens(model: HookedTransformer, vector: SteeringVector | Tensor | Mapping[str, SteeringVector],
+                      k: int = 10, method: Literal["direct", "exact"] = "direct",
                       residuals: Float[Tensor, "n d_model"] | None = None,
                       multiplier: float = 1.0) -> pd.DataFrame:
     """Top promoted and suppressed tokens of a vector (see the module docstring for ``method``).
 
+    Args:
+        vector: one vector, or ``{label: vector}``: one table of all, with a ``vector`` column.
+
     Example:
         >>> vector_logit_lens(model, v, k=5).query("direction == 'promoted'").token.tolist()
         [' power', ' control', ...]
+        >>> vector_logit_lens(model, {"bipo": v_bipo, "caa": v_caa}).pivot(
+        ...     index=["direction", "rank"], columns="vector", values="token")
     """
+    if isinstance(vector, Mapping):
+        if not vector:
+            raise ValueError("vector={}: give at least one vector")
+        return pd.concat([vector_logit_lens(model, v, k, method, residuals, multiplier).assign(vector=str(label))
+                          for label, v in vector.items()], ignore_index=True)
     if method == "direct":
         effect = direct_logit_effect(model, vector) * multiplier
     elif method == "exact":
@@ -275,5 +286,6 @@ def steered_logit_lens(model: HookedTransformer, vector: SteeringVector, pairs: 
 
 
 def lens_to_dict(table: pd.DataFrame, kind: str, **info: Any) -> dict[str, Any]:
-    """JSON-ready form of a logit-lens table: ``{"kind", **info, "rows": [...]}``."""
-    return {"kind": kind, **info, "rows": table.to_dict(orient="records")}
+    """JSON-ready form of a logit-lens table: ``{"kind", "schema_version", **info, "rows": [...]}``;
+    ``kind`` is ``workbench.results.LOGIT_LENS_TOKENS`` or ``LOGIT_LENS_LAYERS``."""
+    return result(kind, **info, rows=table)

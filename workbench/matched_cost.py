@@ -22,7 +22,7 @@ behavior effect is measured there.
 * **Equal norm**: every vector can first be rescaled to a reference vector's norm or a given norm.
 
 ``matched_cost(...)`` returns a JSON-ready dict of ``kind`` ``"matched_cost"``; ``plot_cost_effect``
-(``workbench.plotting``) and ``workbench report`` draw from it alone.
+(``workbench.plots``) and ``workbench report`` draw from it alone.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from workbench.eval_common import bootstrap_ci, check_pairs, records
+from workbench.results import MATCHED_COST, SCHEMA_VERSION
 from workbench.vector import SteeringVector
 
 Cost = Literal["kl", "perplexity"]
 COSTS = ("kl", "perplexity")
 DEFAULT_BUDGETS: dict[str, tuple[float, ...]] = {"kl": (0.05, 0.1, 0.2, 0.5), "perplexity": (0.05, 0.1, 0.25)}
-SCHEMA_VERSION = 1
 
 
 def check_budgets(budgets: Sequence[float] | None, cost: str) -> list[float]:
@@ -271,7 +271,7 @@ def matched_cost(model: HookedTransformer, vectors: Mapping[str, SteeringVector]
                         "n_within_budget": len(inside),
                         "monotone": bool(all(y >= x for x, y in zip(series, series[1:])))}
                 rows.append(row)
-    return {"kind": "matched_cost", "schema_version": SCHEMA_VERSION, "cost": cost, "budgets": budgets,
+    return {"kind": MATCHED_COST, "schema_version": SCHEMA_VERSION, "cost": cost, "budgets": budgets,
             "search": {"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
                        "max_iter": max_iter, "slope_multiplier": slope_multiplier},
             "equal_norm": norm_info, "norms": {k: v.norm for k, v in used.items()},

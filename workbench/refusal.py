@@ -45,9 +45,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from workbench.data import DataFormatError, PreferencePair
+from workbench.results import REFUSAL, result
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "refusal"
-KIND = "refusal"
 
 #: Refusal openings written for this project (one is drawn per request).
 STOCK_REFUSALS: tuple[str, ...] = (
@@ -221,7 +221,7 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
         ``(vector, template, multiplier)`` with ``refusal_rate`` (and its bootstrap interval) and
         ``logodds`` (the likelihood signal: mean over requests, and its interval).
     """
-    from workbench.eval_common import records, summarize
+    from workbench.eval_common import summarize
     from workbench.eval_generation import steered_generations
     from workbench.evaluate import logodds_curve
 
@@ -247,8 +247,7 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
         rows.append(merged)
         gens_out.append(gens)
     table = pd.concat(rows, ignore_index=True)
-    return {"kind": KIND, "rows": records(table),
-            "generations": records(pd.concat(gens_out, ignore_index=True)),
-            "templates": [t or "none" for t in templates], "n_requests": len(requests),
-            "max_new_tokens": max_new_tokens, "refusal_rule": {"window": REFUSAL_WINDOW},
-            "vectors": {label: getattr(v, "hook_name", None) for label, v in vectors.items()}}
+    return result(REFUSAL, rows=table, generations=pd.concat(gens_out, ignore_index=True),
+                  templates=[t or "none" for t in templates], n_requests=len(requests),
+                  max_new_tokens=max_new_tokens, refusal_rule={"window": REFUSAL_WINDOW},
+                  vectors={label: getattr(v, "hook_name", None) for label, v in vectors.items()})

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from workbench import results as R
+
 logger = logging.getLogger(__name__)
 
 
@@ -114,10 +116,10 @@ def _matched_cost(result: dict[str, Any]) -> str:
 
 
 _SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "matched_cost": _matched_cost,
-    "eval": _eval, "sweep": lambda r: _rows(r, ("hook_name",)), "cosine": _cosine,
-    "cosine_methods": _rows, "logit_lens_tokens": _tokens, "logit_lens_layers": _lens_layers,
-    "composition": _rows, "transfer_layers": _rows, "transfer": _rows, "refusal": _rows,
+    R.MATCHED_COST: _matched_cost,
+    R.EVAL: _eval, R.SWEEP: lambda r: _rows(r, ("hook_name",)), R.COSINE: _cosine,
+    R.COSINE_METHODS: _rows, R.LOGIT_LENS_TOKENS: _tokens, R.LOGIT_LENS_LAYERS: _lens_layers,
+    R.COMPOSITION: _rows, R.TRANSFER_LAYERS: _rows, R.TRANSFER_MODEL: _rows, R.REFUSAL: _rows,
 }
 
 
@@ -129,7 +131,7 @@ def report(results_dir: str | Path) -> str:
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"--results {root}: no such directory")
+        raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
     sections = []
     for path in sorted(root.rglob("*.json")):
         try:
@@ -137,11 +139,17 @@ def report(results_dir: str | Path) -> str:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             logger.warning("%s: not readable JSON (%s); skipped", path, exc)
             continue
-        kind = result.get("kind") if isinstance(result, dict) else None
-        if kind not in _SECTIONS:
+        if not R.is_result(result):
             continue
         try:
-            body = _SECTIONS[kind](result)
+            result = R.from_dict(result)
+        except R.ResultFormatError as exc:
+            logger.warning("%s: %s; skipped", path, exc)
+            continue
+        if result["kind"] not in _SECTIONS:
+            continue
+        try:
+            body = _SECTIONS[result["kind"]](result)
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("%s: cannot tabulate (%s); skipped", path, exc)
             continue

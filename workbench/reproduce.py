@@ -14,7 +14,7 @@ the same layer, then
 5. ``composition.json``: two behaviors' vectors applied together (``workbench.composition``);
 6. ``transfer_layers.json`` and ``transfer_model.json``: the BiPO vector moved to other layers and
    applied to a briefly fine-tuned copy of the model (``workbench.transfer``);
-7. figures of all of these (``workbench.plotting.write_figures``).
+7. figures of all of these (``workbench.figures.write_figures``).
 
 Vectors are saved under ``<out>/vectors/<behavior>/<method>`` (BiPO's ``history.json`` beside it)
 and reused when the data, model and settings are unchanged; a stage whose JSON exists is skipped
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from transformer_lens import HookedTransformer
 
 from workbench.io import atomic_write_json
@@ -74,6 +73,9 @@ class StudyConfig:
     n_boot: int = 1000  # bootstrap resamples of every interval
     eval_batch_size: int = 8
     seed: int = 0
+    precision: str = "fp32"  # BiPO training and evaluation precision of the blocks after the vector
+    ab: bool = False  # also the A/B metric (the held-out pairs as A/B questions), as the demo does
+    utility_max_tokens: int = 128  # tokens per neutral passage for perplexity, agreement and KL
 
     @classmethod
     def quick(cls) -> StudyConfig:
@@ -83,6 +85,15 @@ class StudyConfig:
                    multipliers=(-1.0, 0.0, 1.0), sweep_layers="10,14,18", bipo_sweep_layers=None,
                    utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=1, n_boot=100)
 
+    @classmethod
+    def demo(cls, behavior: str = "power-seeking", quick: bool = False) -> StudyConfig:
+        """The demo (``workbench demo``): one behavior's whole splits, A/B and utility on every neutral
+        passage; ``quick``: 8 train / 4 test pairs, 1 epoch, 4 short passages."""
+        if quick:
+            return cls(behaviors=(behavior,), n_train=8, n_test=4, epochs=1, utility_texts=4, utility_max_tokens=32,
+                       n_boot=200, ab=True)
+        return cls(behaviors=(behavior,), utility_max_tokens=64, ab=True)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -90,7 +101,8 @@ class StudyConfig:
         from workbench.bipo import BiPOConfig
 
         kw: dict[str, Any] = {"layer": self.layer if layer is None else layer, "hook": self.hook,
-                              "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed}
+                              "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed,
+                              "precision": self.precision}
         if self.lr is not None:
             kw["lr"] = self.lr
         if self.warmup_steps is not None:
@@ -149,8 +161,7 @@ def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, 
                                         "train_seconds": time.perf_counter() - t0})
     bipo.save(directory / "bipo")
     caa_vec.save(directory / "caa")
-    atomic_write_json({"kind": "bipo_history", "behavior": behavior, "layer": layer, "history": result.history,
-                       "epochs": result.epochs}, directory / "bipo" / HISTORY_FILE)
+    atomic_write_json({**result.to_dict(), "behavior": behavior, "layer": layer}, directory / "bipo" / HISTORY_FILE)
     atomic_write_json({"key": key, "behavior": behavior, "layer": layer, "model": str(model.cfg.model_name)},
                       key_file)
     logger.info("%s: BiPO (norm %.3g) in %.0f s, CAA (norm %.3g) at %s", behavior, bipo.norm, bipo_seconds,
@@ -158,53 +169,66 @@ def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, 
     return {"bipo": bipo, "caa": caa_vec}
 
 
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    from workbench.eval_common import records
-
-    return records(df)
-
-
 # --------------------------------------------------------------------------- stages
 def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
-               config: StudyConfig) -> dict[str, Any]:
+               config: StudyConfig, progress: bool = False) -> dict[str, Any]:
     """Held-out log-odds (and utility) curves of BiPO vs CAA for one behavior (``evaluate_vectors``)."""
-    from workbench.data import load_neutral_text
+    from workbench.data import as_ab_pairs, load_neutral_text
+    from workbench.eval_common import is_ab_data
     from workbench.evaluate import evaluate_vectors
 
     _, test = study_pairs(behavior, config)
-    metrics = ("logodds", "utility") if config.utility_texts != 0 else ("logodds",)
+    metrics = ["logodds"] + (["ab"] if config.ab else []) + (["utility"] if config.utility_texts != 0 else [])
     texts = load_neutral_text()[: config.utility_texts] if config.utility_texts else None
+    # A/B (CAA's protocol): the held-out pairs as A/B questions, the matching answer (A) for half of them
+    ab_pairs = None if not config.ab or is_ab_data(test) else as_ab_pairs(test)
     result = evaluate_vectors(model, vectors, test, config.multipliers, metrics=metrics, neutral_texts=texts,
-                              batch_size=config.eval_batch_size, n_boot=config.n_boot, seed=config.seed,
-                              data_info={"behavior": behavior, "split": "test"}, progress=False)
+                              ab_pairs=ab_pairs, precision=config.precision,
+                              utility_max_tokens=config.utility_max_tokens, batch_size=config.eval_batch_size,
+                              n_boot=config.n_boot, seed=config.seed, data_info={"behavior": behavior, "split": "test"},
+                              progress=progress)
     return {**result, "behavior": behavior}
+
+
+def study_sweeps(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
+                 ) -> dict[str, Any]:
+    """CAA at every sweep layer and BiPO (``study_vectors``, cached in ``runs_dir``) at a few.
+
+    Returns:
+        ``{"caa": SweepResult, "bipo": SweepResult}`` (no ``"bipo"`` without ``bipo_sweep_layers``);
+        BiPO's ``cos_ref`` is its cosine to the CAA vector of the same layer.
+    """
+    from workbench.layer_sweep import layer_sweep, parse_layers
+
+    train, test = study_pairs(behavior, config)
+    common = dict(multipliers=config.sweep_multipliers, hook=config.hook, batch_size=config.eval_batch_size)
+    out = {"caa": layer_sweep(model, train, test, config.sweep_layers, method="caa", **common)}
+    if config.bipo_sweep_layers:
+        layers = parse_layers(config.bipo_sweep_layers, model.cfg.n_layers)
+        bipo = {layer: study_vectors(model, behavior, config, runs_dir, layer=layer)["bipo"] for layer in layers}
+        caa_ref = {layer: out["caa"].vectors[layer] for layer in layers if layer in out["caa"].vectors}
+        out["bipo"] = layer_sweep(model, train, test, layers, method="bipo", vectors=bipo,
+                                  reference=caa_ref or None, **common)
+    return out
 
 
 def sweep_stage(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: Path,
                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """CAA at every sweep layer and BiPO at a few: one ``sweep`` result (rows of both methods) and
-    BiPO's per-layer cosine to CAA (``cosine_methods``), or None without a BiPO sweep."""
+    """``study_sweeps`` as results: one ``sweep`` (rows of both methods) and BiPO's per-layer cosine
+    to CAA (``cosine_methods``), or None without a BiPO sweep."""
+    from workbench.results import COSINE_METHODS, SWEEP, result
     from workbench.similarity import method_cosines
-    from workbench.layer_sweep import layer_sweep, parse_layers
 
-    train, test = study_pairs(behavior, config)
-    spec = f"0-{model.cfg.n_layers - 1}" if config.sweep_layers == "all" else config.sweep_layers
-    common = dict(multipliers=config.sweep_multipliers, hook=config.hook, batch_size=config.eval_batch_size)
-    caa_sweep = layer_sweep(model, train, test, spec, method="caa", **common)
-    rows = caa_sweep.to_dict()["rows"]
+    sweeps = study_sweeps(model, behavior, config, runs_dir)
+    rows = [dict(r, method=m) for m, s in sweeps.items() for r in s.records()]
     cosines = None
-    if config.bipo_sweep_layers:
-        layers = parse_layers(config.bipo_sweep_layers, model.cfg.n_layers)
-        bipo = {layer: study_vectors(model, behavior, config, runs_dir, layer=layer)["bipo"] for layer in layers}
-        caa_ref = {layer: caa_sweep.vectors[layer] for layer in layers if layer in caa_sweep.vectors}
-        bipo_sweep = layer_sweep(model, train, test, layers, method="bipo", vectors=bipo, reference=caa_ref or None,
-                                 **common)
-        rows += [dict(r, method="bipo") for r in bipo_sweep.to_dict()["rows"]]
+    if "bipo" in sweeps:
+        caa_ref = {k: v for k, v in sweeps["caa"].vectors.items() if k in sweeps["bipo"].vectors}
         if caa_ref:
-            table = method_cosines({k: bipo[k] for k in caa_ref}, caa_ref, names=("bipo", "caa"))
-            cosines = {"kind": "cosine_methods", "behavior": behavior, "rows": _records(table)}
-    info = {k: v for k, v in caa_sweep.info.items() if k not in ("method", "layers")}
-    return {"kind": "sweep", "behavior": behavior, **info, "rows": rows}, cosines
+            table = method_cosines({k: sweeps["bipo"].vectors[k] for k in caa_ref}, caa_ref, names=("bipo", "caa"))
+            cosines = result(COSINE_METHODS, behavior=behavior, rows=table)
+    info = {k: v for k, v in sweeps["caa"].info.items() if k not in ("method", "layers")}
+    return result(SWEEP, behavior=behavior, **info, rows=rows), cosines
 
 
 def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> dict[str, Any]:
@@ -212,21 +236,21 @@ def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> dict[str, Any
     from workbench.similarity import cosine_table, table_to_dict
 
     labelled = {f"{m}:{b}": vecs[m] for m in METHODS for b, vecs in vectors.items()}
-    return table_to_dict(cosine_table(labelled), kind="cosine")
+    return table_to_dict(cosine_table(labelled))
 
 
 def logit_lens_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
                      config: StudyConfig) -> dict[str, dict[str, Any]]:
     """Top tokens of each vector (one result) and the steered per-layer lens of each (one per method)."""
     from workbench.logit_lens import lens_to_dict, steered_logit_lens, vector_logit_lens
+    from workbench.results import LOGIT_LENS_LAYERS, LOGIT_LENS_TOKENS
 
     _, test = study_pairs(behavior, config)
-    tokens = pd.concat([vector_logit_lens(model, v, k=config.lens_k).assign(vector=m) for m, v in vectors.items()],
-                       ignore_index=True)
-    out = {f"logit_lens_tokens_{behavior}": lens_to_dict(tokens, "logit_lens_tokens", behavior=behavior)}
+    tokens = vector_logit_lens(model, vectors, k=config.lens_k)
+    out = {f"logit_lens_tokens_{behavior}": lens_to_dict(tokens, LOGIT_LENS_TOKENS, behavior=behavior)}
     for m, v in vectors.items():
         layers = steered_logit_lens(model, v, test, multiplier=1.0, batch_size=config.eval_batch_size)
-        out[f"logit_lens_layers_{behavior}_{m}"] = lens_to_dict(layers, "logit_lens_layers", behavior=behavior,
+        out[f"logit_lens_layers_{behavior}_{m}"] = lens_to_dict(layers, LOGIT_LENS_LAYERS, behavior=behavior,
                                                                 vector=m, multiplier=1.0, title=f"{m}, m = +1")
     return out
 
@@ -251,23 +275,56 @@ def transfer_stage(model: HookedTransformer, behavior: str, vector: SteeringVect
                    config: StudyConfig) -> dict[str, dict[str, Any]]:
     """BiPO vector moved across layers, and applied to a fine-tuned copy of the model."""
     from workbench.data import load_neutral_text
+    from workbench.results import TRANSFER_LAYERS, TRANSFER_MODEL
     from workbench.transfer import finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
 
     _, test = study_pairs(behavior, config)
     plus = [m for m in config.sweep_multipliers if m > 0] or [1.0]
     out = {"transfer_layers": transfer_to_dict(
         layer_transfer(model, vector, test, offsets=config.transfer_offsets, multipliers=plus,
-                       batch_size=config.eval_batch_size), kind="transfer_layers", behavior=behavior, method="bipo")}
+                       batch_size=config.eval_batch_size), kind=TRANSFER_LAYERS, behavior=behavior, method="bipo")}
     if config.finetune_steps > 0:
         target, losses = finetune_copy(model, load_neutral_text(), steps=config.finetune_steps, seed=config.seed,
                                        train_last=min(4, model.cfg.n_layers))
         table = transfer_effect(model, target, vector, test, multipliers=config.sweep_multipliers,
                                 batch_size=config.eval_batch_size)
-        out["transfer_model"] = transfer_to_dict(table, kind="transfer", behavior=behavior, method="bipo",
+        out["transfer_model"] = transfer_to_dict(table, kind=TRANSFER_MODEL, behavior=behavior, method="bipo",
                                                  source=str(model.cfg.model_name), target=str(target.cfg.model_name),
                                                  finetune_losses=losses)
         del target
     return out
+
+
+# --------------------------------------------------------------------------- the demo
+def demo(out_dir: str | Path, config: StudyConfig, *, model: HookedTransformer | None = None,
+         progress: bool = True) -> dict[str, Any]:
+    """The main job: BiPO and CAA of ``config.behaviors[0]`` (``study_vectors``, under ``out_dir/vectors``),
+    evaluated on its held-out pairs (``eval_stage``); writes ``out_dir/eval.json`` and ``logodds.png``.
+
+    Returns:
+        The eval result, with ``"demo"``: the behavior, pair counts, BiPO settings and seconds per step.
+    """
+    from workbench.model import load_model
+    from workbench.plots import plot_multiplier_curves, save_figure
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    behavior = (config.behaviors or ("power-seeking",))[0]
+    model = model if model is not None else load_model()
+    t0 = time.perf_counter()
+    vectors = study_vectors(model, behavior, config, out / "vectors", progress=progress)
+    t_vectors = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = eval_stage(model, behavior, vectors, config, progress=progress)
+    train, test = study_pairs(behavior, config)
+    result["demo"] = {"behavior": behavior, "n_train": len(train), "n_test": len(test),
+                      "bipo_config": config.bipo_config().to_dict(), "config": config.to_dict(),
+                      "seconds": {"vectors": round(t_vectors, 1), "eval": round(time.perf_counter() - t0, 1),
+                                  "total": round(time.perf_counter() - t_start, 1)}}
+    atomic_write_json(result, out / "eval.json")
+    fig = plot_multiplier_curves(result, metric="logodds", title=f"{behavior}: held-out log-odds")
+    save_figure(fig, out / "logodds", formats=("png",), dpi=150)
+    return result
 
 
 # --------------------------------------------------------------------------- the whole study
@@ -346,14 +403,16 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
             save(name, result)
     figures: list[str] = []
     if "figures" in stages:
-        from workbench.plotting import write_figures
+        from workbench.figures import write_figures
 
         figures = [str(p) for p in timed("figures", lambda: write_figures(out, figures_dir))]
-    summary = {"kind": "study_summary", "model": str(model.cfg.model_name), "config": config.to_dict(),
-               "behaviors": behaviors, "seconds": seconds, "total_seconds": round(time.perf_counter() - t_start, 1),
-               "results": written, "figures": figures,
-               "vectors": {b: {m: {"norm": v.norm, "hook_name": v.hook_name, **{k: v.metadata.get(k) for k in (
-                   "final_loss", "final_accuracy", "train_seconds") if k in v.metadata}}
-                               for m, v in vecs.items()} for b, vecs in vectors.items()}}
+    from workbench.results import STUDY_SUMMARY, result
+
+    summary = result(STUDY_SUMMARY, model=str(model.cfg.model_name), config=config.to_dict(),
+                     behaviors=behaviors, seconds=seconds, total_seconds=round(time.perf_counter() - t_start, 1),
+                     results=written, figures=figures,
+                     vectors={b: {m: {"norm": v.norm, "hook_name": v.hook_name, **{k: v.metadata.get(k) for k in (
+                         "final_loss", "final_accuracy", "train_seconds") if k in v.metadata}}
+                                  for m, v in vecs.items()} for b, vecs in vectors.items()})
     atomic_write_json(summary, out / "summary.json")
     return summary

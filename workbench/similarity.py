@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from workbench.results import COSINE, result
 from workbench.vector import SteeringVector
 
 VectorLike = SteeringVector | Tensor
@@ -119,8 +120,8 @@ def layer_cosine_table(vectors_by_layer: Mapping[int, VectorLike]) -> pd.DataFra
     return table
 
 
-def table_to_dict(table: pd.DataFrame, kind: str = "cosine") -> dict[str, Any]:
-    """JSON-ready form of a square cosine table: ``{"kind", "labels", "matrix"}``."""
+def table_to_dict(table: pd.DataFrame, **info: Any) -> dict[str, Any]:
+    """JSON-ready form of a square cosine table: ``{"kind": "cosine", "schema_version", **info, "labels", "matrix"}``."""
     labels = [x.item() if hasattr(x, "item") else x for x in table.index]  # numpy scalars to Python
-    return {"kind": kind, "labels": [x if isinstance(x, (int, float)) else str(x) for x in labels],
-            "matrix": [[float(x) for x in row] for row in table.to_numpy()]}
+    return result(COSINE, **info, labels=[x if isinstance(x, (int, float)) else str(x) for x in labels],
+                  matrix=[[float(x) for x in row] for row in table.to_numpy()])

@@ -32,6 +32,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.results import TRANSFER_MODEL, result
 from workbench.scoring import preference_logodds
 from workbench.vector import IncompatibleVectorError, SteeringVector
 
@@ -112,11 +113,10 @@ def layer_transfer(model: HookedTransformer, vector: SteeringVector, eval_pairs:
     return table
 
 
-def transfer_to_dict(table: pd.DataFrame, kind: str = "transfer", **info: Any) -> dict[str, Any]:
-    """JSON-ready form: ``{"kind", **info, "rows": [...]}`` (NaN written as null)."""
-    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in table.to_dict(orient="records")]
-    return {"kind": kind, **info, "rows": rows}
+def transfer_to_dict(table: pd.DataFrame, kind: str = TRANSFER_MODEL, **info: Any) -> dict[str, Any]:
+    """JSON-ready form: ``{"kind", "schema_version", **info, "rows": [...]}`` (NaN written as null);
+    ``kind`` is ``workbench.results.TRANSFER_MODEL`` (``transfer_effect``) or ``TRANSFER_LAYERS``."""
+    return result(kind, **info, rows=table)
 
 
 # --------------------------------------------------------------------------- a related model

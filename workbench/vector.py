@@ -57,8 +57,8 @@ class IncompatibleVectorError(ValueError):
     """A vector does not fit a model (d_model, hook name)."""
 
 
-def hook_name(layer: int, hook: str = "resid_post") -> str:
-    """Full hook name: ``hook_name(14)`` -> ``"blocks.14.hook_resid_post"``.
+def full_hook_name(layer: int, hook: str = "resid_post") -> str:
+    """Full hook name: ``full_hook_name(14)`` -> ``"blocks.14.hook_resid_post"``.
 
     ``hook`` may be given with or without the ``hook_`` prefix, or as a full name (returned as is).
     """
@@ -167,7 +167,7 @@ class SteeringVector:
 
     def at(self, hook: str | int) -> SteeringVector:
         """The same vector moved to another hook: a full hook name, or a layer (same hook point)."""
-        name = hook_name(hook, self.hook_point) if isinstance(hook, int) else hook_name(0, hook)
+        name = full_hook_name(hook, self.hook_point) if isinstance(hook, int) else full_hook_name(0, hook)
         return self.replace(hook_name=name, layer=None)
 
     def cosine(self, other: SteeringVector | Tensor) -> float:
@@ -336,13 +336,6 @@ def load_vector(directory: str | Path, model: Any | None = None, device: str | t
     if model is not None:
         vec.check_compatible(model)
     return vec
-
-
-def cosine_matrix(vectors: list[SteeringVector] | list[Tensor]) -> Float[Tensor, "n n"]:
-    """Pairwise cosine similarities of several vectors (same d_model)."""
-    mat = torch.stack([(v.vector if isinstance(v, SteeringVector) else v).float() for v in vectors])
-    mat = mat / mat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return mat @ mat.T
 
 
 def is_finite_number(x: Any) -> bool:

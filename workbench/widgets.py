@@ -270,7 +270,7 @@ class SteeringExplorer:
 
     def _draw_curve(self) -> None:
         """Redraw the cached curves with a marker at each ticked vector's current multiplier."""
-        from workbench.plotting import paper_style, plot_multiplier_curves
+        from workbench.plots import paper_style, plot_multiplier_curves
 
         names, vecs, _ = self.selected()
         known = [self._curves[(n, v.hook_name)] for n, v in zip(names, vecs) if (n, v.hook_name) in self._curves]

@@ -1,23 +1,21 @@
-"""Figures for steering-vector studies, drawn from saved analysis output only.
+"""Figures of steering-vector results, drawn from analysis output only (one result, one figure).
 
-Every ``plot_*`` function takes the output of an analysis (a pandas table, a list of row dicts or
-the JSON dict a module writes, with its ``"kind"``) and returns a ``matplotlib.figure.Figure``; none
-recomputes anything and none calls ``plt.show()``. Figures are sized for a paper column (3.3 in
-wide), labelled, and drawn with the Okabe-Ito palette (Okabe & Ito 2008), which stays distinct under
-the common colour-vision deficiencies. BiPO is Cao et al. 2024 (arXiv 2406.00045), CAA Rimsky et al.
-2023 (arXiv 2312.06681).
+Every ``plot_*`` function takes the output of an analysis (a pandas table, a list of row dicts, a
+result object such as ``SweepResult``, or a result dict of the schema in ``workbench.results``) and
+returns a ``matplotlib.figure.Figure``; none recomputes anything and none calls ``plt.show()``.
+``plot(result)`` draws a result's main figure, chosen by its ``kind`` alone. Figures are sized for a
+paper column (3.3 in wide), labelled, and drawn with the Okabe-Ito palette (Okabe & Ito 2008), which
+stays distinct under the common colour-vision deficiencies. BiPO is Cao et al. 2024 (arXiv
+2406.00045), CAA Rimsky et al. 2023 (arXiv 2312.06681).
 
 Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``, so nothing is
 kept in pyplot's global figure list (a figures run over hundreds of results does not leak) and any
 backend works. Pass ``ax=`` to draw into an existing axes (the figure returned is the axes' figure).
-
-``figures_for(result)`` maps one result to its figures by its ``"kind"``; ``write_figures(results_dir,
-out_dir)`` draws every result file under a directory (the ``workbench figures`` command).
+Walking a directory of result files is ``workbench.figures``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +30,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from workbench import results
 from workbench.io import _atomic
+from workbench.results import ResultFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -65,40 +65,29 @@ def paper_style() -> Any:
 
 
 # --------------------------------------------------------------------------- helpers
-class ResultFormatError(ValueError):
-    """A result does not hold the columns a plot needs."""
-
-
 def _plain(result: Any) -> Any:
-    """A result object with ``to_dict()`` (``SweepResult``, ``CompositionResult``) as its JSON form."""
+    """A result object with ``to_dict()`` (``SweepResult``, ``CompositionResult``, ``BiPOResult``) as its JSON form."""
     if not isinstance(result, (pd.DataFrame, Mapping, list, tuple)) and callable(getattr(result, "to_dict", None)):
         return result.to_dict()
     return result
 
 
-def _rows(result: Any, key: str | None = None) -> pd.DataFrame:
-    """A result as a table: a DataFrame, a list of row dicts, ``{"rows": [...]}`` or ``{"metrics": {key: [...]}}``."""
+def _rows(result: Any, table: str | None = None) -> pd.DataFrame:
+    """A table: a DataFrame, a list of row dicts, or one table of a result (``workbench.results.table``)."""
     result = _plain(result)
     if isinstance(result, pd.DataFrame):
         return result.reset_index(drop=not _named_index(result))
-    if hasattr(result, "history") and not isinstance(result, Mapping):  # a BiPOResult
-        return _rows(list(result.history))
     if isinstance(result, Mapping):
-        if key is not None and isinstance(result.get("metrics"), Mapping):
-            if key not in result["metrics"]:
-                raise ResultFormatError(f"result has no metric {key!r}; it has {sorted(result['metrics'])}")
-            return _rows(result["metrics"][key])
-        for k in ("rows", "history", "records"):
-            if k in result:
-                return _rows(result[k])
-        raise ResultFormatError(f"cannot read a table from a dict with keys {sorted(result)[:10]}")
-    if isinstance(result, Sequence) and not isinstance(result, str):
-        if len(result) == 0:
-            raise ResultFormatError("the result has no rows")
+        df = results.result_table(result, table)
+    elif isinstance(result, Sequence) and not isinstance(result, str):
         if not all(isinstance(r, Mapping) for r in result):
             raise ResultFormatError("expected a list of row dicts")
-        return pd.DataFrame(list(result))
-    raise ResultFormatError(f"cannot read a table from {type(result).__name__}")
+        df = pd.DataFrame(list(result))
+    else:
+        raise ResultFormatError(f"cannot read a table from {type(result).__name__}")
+    if df.empty:
+        raise ResultFormatError("the result has no rows")
+    return df
 
 
 def _named_index(df: pd.DataFrame) -> bool:
@@ -209,7 +198,7 @@ def plot_multiplier_curves(result: Any, ax: Axes | None = None, metric: str = "l
         normalization: with a ``normalization`` column (``evaluate.summarize_logodds``: ``"sum"``
             or ``"per_token"``), draw only these rows; None draws every row.
     """
-    df = _rows(result, metric if isinstance(result, Mapping) and "metrics" in result else None)
+    df = _rows(result, metric if isinstance(_plain(result), Mapping) else None)
     if normalization is not None and "normalization" in df.columns:
         if not (df["normalization"] == normalization).any():
             raise ResultFormatError(f"plot_multiplier_curves: no rows with normalization {normalization!r} "
@@ -289,22 +278,21 @@ _HELD_OUT_PREFIXES = ("eval_", "val_", "test_")
 
 
 def _run(history: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(per-step table, per-epoch table or None) of one run."""
-    epochs = None
-    if isinstance(history, Mapping) and history.get("epochs"):
-        epochs = _rows(history["epochs"])
-    elif hasattr(history, "epochs") and not isinstance(history, Mapping) and getattr(history, "epochs"):
-        epochs = _rows(list(history.epochs))
-    return _rows(history), epochs
+    """(per-step table, per-epoch table or None) of one run: a ``bipo_history`` result (or
+    ``BiPOResult``), or its per-step rows."""
+    history = _plain(history)
+    if isinstance(history, Mapping):
+        history = results.from_dict(history)
+        epochs = pd.DataFrame(history["epochs"]) if history.get("epochs") else None
+        return _rows(history, "history"), epochs
+    return _rows(history), None
 
 
 def _histories(history: Any) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
-    """``{run label: (steps, epochs)}`` from one history or a mapping of labelled histories."""
-    if isinstance(history, Mapping) and history and not ({"history", "rows", "kind", "epochs"} & set(history)) \
-            and all(not isinstance(v, (int, float, str)) for v in history.values()):
+    """``{run label: (steps, epochs)}`` from one history or ``{label: history}`` (a mapping without a kind)."""
+    if isinstance(history, Mapping) and "kind" not in history:
         return {str(k): _run(v) for k, v in history.items()}
-    label = history.get("label", "") if isinstance(history, Mapping) else ""
-    return {str(label): _run(history)}
+    return {"": _run(history)}
 
 
 def plot_training_curves(history: Any, ax: Axes | None = None, metric: str | None = None) -> Figure:
@@ -367,12 +355,9 @@ def plot_training_curves(history: Any, ax: Axes | None = None, metric: str | Non
 # --------------------------------------------------------------------------- layer sweep
 def _sweep_table(result: Any) -> pd.DataFrame:
     """Rows of one sweep, or of several (a list of sweeps, or ``{label: sweep}``) stacked."""
-    if isinstance(result, Mapping) and "rows" not in result and "kind" not in result and result \
-            and all(isinstance(_plain(v), (Mapping, pd.DataFrame, list)) for v in result.values()):
+    if isinstance(result, Mapping) and "kind" not in result:  # {label: sweep}
         parts = [_sweep_table(v).assign(method=str(k)) for k, v in result.items()]
         return pd.concat(parts, ignore_index=True)
-    if isinstance(result, list) and result and all(isinstance(r, Mapping) and "rows" in r for r in result):
-        return pd.concat([_sweep_table(r) for r in result], ignore_index=True)
     result = _plain(result)
     df = _rows(result)
     if "method" not in df.columns and isinstance(result, Mapping) and "method" in result:
@@ -451,14 +436,15 @@ def plot_layer_sweep(result: Any, ax: Axes | None = None, show_cosine: bool = Tr
 def _square(result: Any) -> pd.DataFrame:
     if isinstance(result, pd.DataFrame):
         return result
-    if isinstance(result, Mapping) and "matrix" in result:
-        labels = result.get("labels") or list(range(len(result["matrix"])))
+    if isinstance(result, Mapping):
+        result = results.from_dict(result)
+        labels = result["labels"]
         mat = np.asarray(result["matrix"], dtype=float)
         if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] != len(labels):
             raise ResultFormatError(f"plot_cosine_heatmap: matrix of shape {mat.shape} does not match "
                                     f"{len(labels)} labels")
         return pd.DataFrame(mat, index=labels, columns=labels)
-    raise ResultFormatError("plot_cosine_heatmap: expected a square DataFrame or {'labels', 'matrix'}")
+    raise ResultFormatError("plot_cosine_heatmap: expected a square DataFrame or a cosine result")
 
 
 def plot_cosine_heatmap(result: Any, ax: Axes | None = None, annotate: bool | None = None,
@@ -674,10 +660,7 @@ def plot_composition(result: Any, ax: Axes | None = None) -> Figure:
             give bars per behavior. A plain table of either form works too.
     """
     result = _plain(result)
-    if isinstance(result, Mapping) and result.get("conditions"):
-        df = _rows(result["conditions"])
-    else:
-        df = _rows(result)
+    df = _rows(result, "conditions" if isinstance(result, Mapping) else None)
     if {"condition", "effect"} <= set(df.columns):
         df = df[df["condition"] != "none"]
         title = None
@@ -697,19 +680,8 @@ def plot_composition(result: Any, ax: Axes | None = None) -> Figure:
                      ylabel="Δ log-odds vs. unsteered", sem="effect_sem")
 
 
-def _model_names(result: Any, df: pd.DataFrame) -> tuple[str, str]:
-    names = []
-    for role in ("source", "target"):
-        name = None
-        if isinstance(result, Mapping):
-            name = next((result[k] for k in (role, f"{role}_model", f"{role}_name") if isinstance(result.get(k), str)), None)
-        if name is None and role in df.columns:
-            name = str(df[role].iloc[0])
-        names.append(name or role)
-    return names[0], names[1]
-
-
-def plot_transfer(result: Any, ax: Axes | None = None) -> Figure:
+def plot_transfer(result: Any, ax: Axes | None = None, source: str | None = None,
+                  target: str | None = None) -> Figure:
     """Transfer of a vector to another model or to other layers (``workbench.transfer``).
 
     Two layouts are recognised:
@@ -718,8 +690,8 @@ def plot_transfer(result: Any, ax: Axes | None = None) -> Figure:
       layer offset k (vector made at L, applied at L + k), one line per multiplier (or source
       layer / vector when those vary);
     * across models (``transfer_effect``: ``multiplier, source_effect, target_effect``): grouped
-      bars per multiplier, source model vs. target model (names from the result's ``source`` /
-      ``target`` keys when present).
+      bars per multiplier, source model vs. target model (named by ``source`` / ``target``, by
+      default the result's ``source`` / ``target`` keys).
     """
     df = _rows(result)
     if "offset" in df.columns:
@@ -751,7 +723,8 @@ def plot_transfer(result: Any, ax: Axes | None = None) -> Figure:
     pairs = [("source_effect", "target_effect"), ("effect_source", "effect_target")]
     cols = next((p for p in pairs if set(p) <= set(df.columns)), None)
     if cols is not None:
-        src, tgt = _model_names(result, df)
+        info = _plain(result) if isinstance(_plain(result), Mapping) else {}
+        src, tgt = source or info.get("source") or "source", target or info.get("target") or "target"
         key = _first(df, ("multiplier", "label", "vector"))
         if key is None:
             raise ResultFormatError(f"plot_transfer: no multiplier/label column in {list(df.columns)}")
@@ -789,8 +762,8 @@ def plot_cost_effect(result: Any, ax: Axes | None = None) -> Figure:
     ``result``: a ``workbench.matched_cost.matched_cost`` result (kind ``"matched_cost"``); drawn from
     its ``points`` (every multiplier the search visited within budget) and ``rows`` (the found ones).
     """
-    if not isinstance(result, Mapping) or "points" not in result or "rows" not in result:
-        raise ResultFormatError("plot_cost_effect needs a matched_cost result with 'points' and 'rows'")
+    if not isinstance(result, Mapping) or results.from_dict(result)["kind"] != results.MATCHED_COST:
+        raise ResultFormatError("plot_cost_effect needs a matched_cost result (workbench.matched_cost)")
     pts = pd.DataFrame(result["points"])
     rows = pd.DataFrame(result["rows"])
     _need(pts, ("vector", "direction", "multiplier", "cost", "effect"), "plot_cost_effect")
@@ -820,144 +793,39 @@ def plot_cost_effect(result: Any, ax: Axes | None = None) -> Figure:
     return fig
 
 
-# --------------------------------------------------------------------------- figures of a result file
-def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    """One multiplier-curve figure per metric, and per behavior / normalization where they vary."""
-    out = {}
-    for name, rows in (result.get("metrics") or {}).items():
-        if not rows or not isinstance(rows, list):
-            continue
-        try:
-            df = _rows(rows)
-        except ResultFormatError:
-            continue
-        if "multiplier" not in df.columns:
-            logger.info("eval metric %r has no multiplier column; no curve drawn", name)
-            continue
-        split = [c for c in ("behavior", "dataset", "measure", "normalization", "decoding")
-                 if c in df.columns and df[c].nunique() > 1]
-        groups = df.groupby(split, sort=False) if split else [((), df)]
-        for key, sub in groups:
-            key = dict(zip(split, key if isinstance(key, tuple) else (key,)))
-            parts = [str(k) for k in key.values() if str(k) != "sum"]  # summed log-odds: the default curve
-            title = " / ".join(str(k) for c, k in key.items() if c in ("behavior", "dataset", "decoding")) or None
-            measure = str(key.get("measure", sub["measure"].iloc[0] if "measure" in sub.columns else name))
-            out["_".join([name, *parts])] = plot_multiplier_curves(sub, metric=measure, title=title,
-                                                                   normalization=None)
-    return out
-
-
-def _lens_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    df = _rows(result)
-    if {"direction", "logit_change"} <= set(df.columns):
-        return {"tokens": plot_logit_lens_tokens(df)}
-    if {"layer", "delta_logodds"} <= set(df.columns):
-        return {"layers": plot_logit_lens_layers(df, title=result.get("title"))}
-    raise ResultFormatError(f"logit-lens result with unknown columns {list(df.columns)}")
-
-
-def _cosine_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    if "matrix" in result:
-        return {"heatmap": plot_cosine_heatmap(result)}
-    return {"layers": plot_method_cosine(result)}
-
-
-def _sweep_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    df = _rows(result)
-    behaviors = list(dict.fromkeys(df["behavior"])) if "behavior" in df.columns else [None]
-    if len(behaviors) <= 1:
-        return {"layers": plot_layer_sweep(result)}
-    return {f"layers_{b}": plot_layer_sweep(df[df["behavior"] == b]) for b in behaviors}
-
-
-#: result ``kind`` (or its prefix before ``_``) -> function returning ``{suffix: Figure}``
-FIGURE_KINDS: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
-    "eval": _eval_figures,
-    "sweep": _sweep_figures,
-    "cosine": _cosine_figures,
-    "similarity": _cosine_figures,
-    "logit_lens": _lens_figures,
-    "lens": _lens_figures,
-    "composition": lambda r: {"bars": plot_composition(r)},
-    "transfer": lambda r: {"effect": plot_transfer(r)},
-    "history": lambda r: {"training": plot_training_curves(r)},
-    "training": lambda r: {"training": plot_training_curves(r)},
-    "bipo_history": lambda r: {"training": plot_training_curves(r)},
-    "refusal": lambda r: {"rate": plot_refusal(r)},
-    "matched_cost": lambda r: {"cost_effect": plot_cost_effect(r)},
+# --------------------------------------------------------------------------- one result, by its kind
+#: result ``kind`` -> the function drawing its main figure (kinds not listed, e.g. study_summary, have none)
+PLOTS: dict[str, Callable[..., Figure]] = {
+    results.EVAL: plot_multiplier_curves,
+    results.SWEEP: plot_layer_sweep,
+    results.COSINE: plot_cosine_heatmap,
+    results.COSINE_METHODS: plot_method_cosine,
+    results.LOGIT_LENS_TOKENS: plot_logit_lens_tokens,
+    results.LOGIT_LENS_LAYERS: plot_logit_lens_layers,
+    results.COMPOSITION: plot_composition,
+    results.TRANSFER_LAYERS: plot_transfer,
+    results.TRANSFER_MODEL: plot_transfer,
+    results.BIPO_HISTORY: plot_training_curves,
+    results.REFUSAL: plot_refusal,
+    results.MATCHED_COST: plot_cost_effect,
 }
 
 
-def _kind_handler(kind: str) -> Callable[[Mapping[str, Any]], dict[str, Figure]] | None:
-    kind = kind.lower().replace("-", "_")
-    if kind in FIGURE_KINDS:
-        return FIGURE_KINDS[kind]
-    for key in sorted(FIGURE_KINDS, key=len, reverse=True):
-        if kind.startswith(key + "_") or kind.endswith("_" + key) or f"_{key}_" in kind:
-            return FIGURE_KINDS[key]
-    return None
+def plot(result: Any, **kwargs: Any) -> Figure:
+    """The main figure of a result, chosen by its ``kind`` (``PLOTS``); ``kwargs`` go to that ``plot_*``.
 
-
-def figures_for(result: Any) -> dict[str, Figure]:
-    """All figures of one result, keyed by a short suffix (``{"logodds": fig, "ab": fig}``).
-
-    A bare list of per-step dicts (``history.json`` written next to a BiPO vector) counts as a
-    training history. Results of an unknown kind give ``{}``.
-    """
-    if isinstance(result, list):
-        if result and isinstance(result[0], Mapping) and "loss" in result[0]:
-            return {"training": plot_training_curves(result)}
-        return {}
-    if not isinstance(result, Mapping):
-        return {}
-    kind = result.get("kind")
-    if not isinstance(kind, str):
-        if "history" in result:
-            return {"training": plot_training_curves(result)}
-        return {}
-    handler = _kind_handler(kind)
-    return handler(result) if handler else {}
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("_") or "result"
-
-
-def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf"),
-                  ) -> list[Path]:
-    """Draw every figure of every result JSON under ``results_dir`` into ``out_dir``.
-
-    Result files are found recursively (``*.json`` with a ``"kind"``, and BiPO ``history.json``
-    files); vector metadata (``vector.json``) and other JSON are skipped. A figure is named after the
-    file's path relative to ``results_dir`` and the figure's suffix, e.g.
-    ``eval_power-seeking__logodds.png``. A result that cannot be drawn is logged and skipped.
-
-    Returns:
-        The written files, in order.
+    ``result``: a result dict (``workbench.results``) or an object with ``to_dict()`` returning one
+    (``SweepResult``, ``CompositionResult``, ``BiPOResult``). An eval result draws ``metric="logodds"``
+    unless told otherwise. A bare table has no kind: give it to the ``plot_*`` function it fits.
 
     Raises:
-        FileNotFoundError: ``results_dir`` does not exist.
+        ResultFormatError: no kind, an unknown kind or a newer schema version, or a kind with no figure.
     """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--results {root}: no such directory")
-    written: list[Path] = []
-    for path in sorted(root.rglob("*.json")):
-        if path.name.startswith(".") or path.name == "vector.json":
-            continue
-        try:
-            result = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            logger.warning("%s: not valid JSON (%s); skipped", path, exc)
-            continue
-        try:
-            figures = figures_for(result)
-        except (ResultFormatError, KeyError, TypeError, ValueError) as exc:
-            logger.warning("%s: cannot draw (%s); skipped", path, exc)
-            continue
-        stem = _slug("_".join(path.relative_to(root).with_suffix("").parts))
-        for suffix, fig in figures.items():
-            written += save_figure(fig, Path(out_dir) / f"{stem}__{_slug(suffix)}", formats=formats)
-        if figures:
-            logger.info("%s: %d figure(s)", path, len(figures))
-    return written
+    res = _plain(result)
+    if not isinstance(res, Mapping):
+        raise ResultFormatError(f"plot() draws a result with a 'kind', not a {type(res).__name__}; "
+                                "pass a table to the plot_* function it fits")
+    res = results.from_dict(res)
+    if res["kind"] not in PLOTS:
+        raise ResultFormatError(f"a {res['kind']} result has no figure")
+    return PLOTS[res["kind"]](res, **kwargs)
