@@ -351,12 +351,16 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
                 row[k] = sum(vals) / len(vals) if vals else None
                 row[f"{k}_std"] = _std(vals) if vals else None
             rows.append(row)
-    clean = lambda rs: [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}  # noqa: E731
-                        for r in rs]
-    return {"kind": "sweep", "method": spec.method, "model": spec.model or "embedded", "hook": spec.hook,
-            "layers": list(spec.layers), "multipliers": [float(m) for m in spec.multipliers],
-            "seeds": list(spec.seeds if spec.method == "bipo" else spec.seeds[:1]), "data": list(spec.data),
-            "study": spec.to_dict(), "columns": list(rows[0]), "rows": clean(rows), "seed_rows": clean(seed_rows)}
+    import pandas as pd
+
+    from workbench.eval_common import records
+    from workbench.results import SWEEP, result
+
+    return result(SWEEP, method=spec.method, model=spec.model or "embedded", hook=spec.hook, layers=list(spec.layers),
+                  multipliers=[float(m) for m in spec.multipliers],
+                  seeds=list(spec.seeds if spec.method == "bipo" else spec.seeds[:1]), data=list(spec.data),
+                  study=spec.to_dict(), columns=list(rows[0]), rows=pd.DataFrame(rows),
+                  seed_rows=records(pd.DataFrame(seed_rows)))
 
 
 def _cosine_or_nan(cosine: Any, v: Any, prev: Any) -> float:
