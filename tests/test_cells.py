@@ -102,3 +102,24 @@ def test_cli_sweep_with_seeds_and_executor(model_dir, tmp_path, capsys):
     assert (tmp_path / "sweep_cells" / "cells" / "power-seeking" / "bipo" / "L02" / "seed1" / "cell.json").is_file()
     assert main(args) == 0  # resubmitted: every cell complete, nothing runs
     assert "0 cell(s) run, 4 of 4 already complete" in capsys.readouterr().err
+
+
+def test_reproduce_makes_its_bipo_vectors_as_cells_over_seeds(model_dir, tmp_path):
+    import dataclasses
+
+    from workbench.model import load_model
+    from workbench.reproduce import StudyConfig, reproduce
+
+    config = dataclasses.replace(StudyConfig.quick(), layer=1, bipo_sweep_layers="2", batch_size=2, n_train=4,
+                                 n_test=3, warmup_steps=0)
+    model = load_model(model_dir)
+    summary = reproduce(tmp_path, config, model=model, stages=("vectors",), executor="debug", seeds=(0, 1),
+                        cells_model=(model_dir, "cpu", "fp32"))
+    seeds = json.loads((tmp_path / "seeds.json").read_text())
+    assert seeds["seeds"] == [0, 1] and {r["layer"] for r in seeds["rows"]} == {1, 2}
+    assert all(r["n_seeds"] == 2 for r in seeds["rows"]) and len(seeds["rows"]) == 4  # 2 behaviors x 2 layers
+    # the stages use the seed-0 cell's vector, not a second training run
+    cell = SteeringVector.load(Cell("power-seeking", "bipo", 1, 0).directory(tmp_path))
+    used = SteeringVector.load(tmp_path / "vectors" / "power-seeking" / "L01" / "bipo")
+    torch.testing.assert_close(used.vector, cell.vector)
+    assert "cells" in summary["seconds"]

@@ -574,16 +574,17 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     _add_executor_args(p)
 
 
-def _add_executor_args(p: argparse.ArgumentParser) -> None:
+def _add_executor_args(p: argparse.ArgumentParser, cells_dir: bool = True) -> None:
     """``--executor`` and the Slurm options of a study run as cells (``workbench.cells``)."""
     g = p.add_argument_group("cells and cluster (workbench.cells)")
     g.add_argument("--executor", choices=("inline", "debug", "local", "slurm"), default="inline",
                    help="inline (default): this process; local: one subprocess per job; slurm: sbatch job arrays; "
                         "debug: submitit's debug executor")
-    g.add_argument("--cells-dir", default=None, metavar="DIR",
-                   help="where each (data, method, layer, seed) cell is written and found again after a kill "
-                        "(default: OUT without .json, plus _cells); implied by --executor other than inline or "
-                        "several --seeds")
+    if cells_dir:
+        g.add_argument("--cells-dir", default=None, metavar="DIR",
+                       help="where each (data, method, layer, seed) cell is written and found again after a kill "
+                            "(default: OUT without .json, plus _cells); implied by --executor other than inline or "
+                            "several --seeds")
     g.add_argument("--partition", default=None, help="Slurm partition")
     g.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per Slurm task (default 0)")
     g.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per Slurm task")
@@ -861,6 +862,10 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", nargs="+", default=None, help="subset of: vectors eval sweep cosine logit_lens "
                    "composition transfer figures (default: all)")
     p.add_argument("--force", action="store_true", help="recompute stages whose JSON already exists")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="BiPO seeds of the study's vectors, made as cells and aggregated into seeds.json "
+                        "(default: the study's seed only)")
+    _add_executor_args(p, cells_dir=False)
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
@@ -884,13 +889,19 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     if bad:
         raise CLIError(f"--stages: unknown stage(s) {bad}; valid: {' '.join(STAGES)}")
     model = None
-    if args.model is not None or args.device != "cpu" or args.dtype != "fp32" or args.n_devices != 1:
-        from workbench.model import load_model
-
+    if args.executor == "inline" and (args.model is not None or args.device != "cpu" or args.dtype != "fp32"
+                                      or args.n_devices != 1):
         model = _load_model(args)
+    if args.seeds and config.seed not in args.seeds:
+        raise CLIError(f"--seeds {' '.join(map(str, args.seeds))}: must include the study's seed {config.seed}")
+    from workbench.cells import SlurmOptions
+
+    slurm = SlurmOptions(partition=args.partition, gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                         time_min=args.time, array_parallelism=args.array_parallelism)
     t0 = time.perf_counter()
     summary = reproduce(args.out, config, model=model, figures_dir=args.figures, stages=stages, force=args.force,
-                        log=lambda line: print(line, flush=True))
+                        log=lambda line: print(line, flush=True), executor=args.executor, seeds=args.seeds,
+                        cells_model=(args.model, args.device, args.dtype), slurm=slurm)
     print(f"{len(summary['results'])} result file(s) in {args.out}, {len(summary['figures'])} figure file(s) in "
           f"{args.figures}; {time.perf_counter() - t0:.0f} s")
     return 0

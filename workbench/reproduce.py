@@ -128,12 +128,16 @@ def _key(model: HookedTransformer, behavior: str, config: StudyConfig, layer: in
 
 
 def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
-                  layer: int | None = None, progress: bool = False) -> dict[str, SteeringVector]:
+                  layer: int | None = None, progress: bool = False,
+                  cells: tuple[Any, Path] | None = None) -> dict[str, SteeringVector]:
     """BiPO and CAA vectors of one behavior at one layer, loaded from ``runs_dir`` or made and saved.
 
     Vectors live in ``runs_dir/<behavior>/L<layer>/{bipo,caa}``; BiPO's per-step history is written
     beside its vector as ``history.json`` (``{"kind": "bipo_history", "history", "epochs"}``). A
     saved pair is reused only when model, data and BiPO settings are the same (``study_key.json``).
+
+    With ``cells`` (``(StudySpec, root)`` of ``cells_spec``), BiPO's vector is the complete cell of
+    ``config.seed`` at this layer when there is one (made by a cluster job), instead of training here.
 
     Returns:
         ``{"bipo": vector, "caa": vector}``.
@@ -151,7 +155,15 @@ def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, 
         logger.info("reusing vectors in %s", directory)
         return {m: SteeringVector.load(directory / m) for m in METHODS}
     t0 = time.perf_counter()
-    result = train_bipo(model, train, config.bipo_config(layer), progress=progress)
+    cell = _bipo_cell(behavior, layer, config, cells)
+    if cell is not None:
+        from workbench.bipo import BiPOResult
+
+        vec = SteeringVector.load(cell)
+        result = BiPOResult(vec, [], [])
+        logger.info("%s: BiPO vector from the cell in %s", behavior, cell)
+    else:
+        result = train_bipo(model, train, config.bipo_config(layer), progress=progress)
     bipo_seconds = time.perf_counter() - t0
     bipo = result.vector.replace(metadata={**result.vector.metadata, "behavior": behavior,
                                            "train_seconds": bipo_seconds})
@@ -167,6 +179,31 @@ def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, 
     logger.info("%s: BiPO (norm %.3g) in %.0f s, CAA (norm %.3g) at %s", behavior, bipo.norm, bipo_seconds,
                 caa_vec.norm, bipo.hook_name)
     return {"bipo": bipo, "caa": caa_vec}
+
+
+def cells_spec(config: StudyConfig, behaviors: Sequence[str], seeds: Sequence[int], model: str | None = None,
+               device: str = "cpu", dtype: str = "fp32") -> Any:
+    """The study's BiPO vectors as cells (``workbench.cells``): every behavior at the main layer and the
+    BiPO sweep layers, for every seed; their aggregate is ``seeds.json`` (mean and spread over seeds)."""
+    from workbench.cells import StudySpec
+    from workbench.layer_sweep import parse_layers
+
+    layers = {config.layer} | (set(parse_layers(config.bipo_sweep_layers)) if config.bipo_sweep_layers else set())
+    bipo = {k: v for k, v in config.bipo_config().to_dict().items() if k not in ("layer", "hook", "seed")}
+    return StudySpec(data=tuple(behaviors), method="bipo", layers=tuple(sorted(layers)), seeds=tuple(seeds),
+                     model=model, device=device, dtype=dtype, hook=config.hook,
+                     multipliers=tuple(config.sweep_multipliers), n_train=config.n_train, n_test=config.n_test,
+                     bipo=bipo, batch_size=config.eval_batch_size)
+
+
+def _bipo_cell(behavior: str, layer: int, config: StudyConfig, cells: tuple[Any, Path] | None) -> Path | None:
+    if cells is None:
+        return None
+    from workbench.cells import Cell, is_complete
+
+    spec, root = cells
+    cell = Cell(behavior, "bipo", layer, config.seed)
+    return cell.directory(root) if layer in spec.layers and is_complete(spec, cell, root) else None
 
 
 # --------------------------------------------------------------------------- stages
@@ -191,7 +228,7 @@ def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, Steer
 
 
 def study_sweeps(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
-                 ) -> dict[str, Any]:
+                 cells: tuple[Any, Path] | None = None) -> dict[str, Any]:
     """CAA at every sweep layer and BiPO (``study_vectors``, cached in ``runs_dir``) at a few.
 
     Returns:
@@ -205,7 +242,8 @@ def study_sweeps(model: HookedTransformer, behavior: str, config: StudyConfig, r
     out = {"caa": layer_sweep(model, train, test, config.sweep_layers, method="caa", **common)}
     if config.bipo_sweep_layers:
         layers = parse_layers(config.bipo_sweep_layers, model.cfg.n_layers)
-        bipo = {layer: study_vectors(model, behavior, config, runs_dir, layer=layer)["bipo"] for layer in layers}
+        bipo = {layer: study_vectors(model, behavior, config, runs_dir, layer=layer, cells=cells)["bipo"]
+                for layer in layers}
         caa_ref = {layer: out["caa"].vectors[layer] for layer in layers if layer in out["caa"].vectors}
         out["bipo"] = layer_sweep(model, train, test, layers, method="bipo", vectors=bipo,
                                   reference=caa_ref or None, **common)
@@ -213,13 +251,13 @@ def study_sweeps(model: HookedTransformer, behavior: str, config: StudyConfig, r
 
 
 def sweep_stage(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: Path,
-                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                cells: tuple[Any, Path] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``study_sweeps`` as results: one ``sweep`` (rows of both methods) and BiPO's per-layer cosine
     to CAA (``cosine_methods``), or None without a BiPO sweep."""
     from workbench.results import COSINE_METHODS, SWEEP, result
     from workbench.similarity import method_cosines
 
-    sweeps = study_sweeps(model, behavior, config, runs_dir)
+    sweeps = study_sweeps(model, behavior, config, runs_dir, cells)
     rows = [dict(r, method=m) for m, s in sweeps.items() for r in s.records()]
     cosines = None
     if "bipo" in sweeps:
@@ -330,8 +368,16 @@ def demo(out_dir: str | Path, config: StudyConfig, *, model: HookedTransformer |
 # --------------------------------------------------------------------------- the whole study
 def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: HookedTransformer | None = None,
               figures_dir: str | Path | None = None, stages: Sequence[str] = STAGES, force: bool = False,
-              progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: bool = False, log: Callable[[str], None] | None = None, executor: str = "inline",
+              seeds: Sequence[int] | None = None, cells_model: tuple[str | None, str, str] = (None, "cpu", "fp32"),
+              slurm: Any = None) -> dict[str, Any]:
     """Run the study into ``out_dir`` (see the module docstring) and draw its figures.
+
+    With ``executor`` other than ``"inline"`` or several ``seeds``, the BiPO vectors are first made as
+    cells (``cells_spec``: every behavior, the main and the BiPO sweep layers, every seed) by that
+    executor, each job loading ``cells_model`` (name or directory, device, dtype); a killed study
+    resubmitted runs only the missing cells. ``seeds.json`` aggregates them over seeds; the stages use
+    the vectors of ``config.seed``.
 
     Args:
         out_dir: results directory (JSON results, ``vectors/``, ``summary.json``).
@@ -378,16 +424,35 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
         return stage in stages and (force or not all((out / f"{n}.json").is_file() for n in names))
 
     t_start = time.perf_counter()
-    model = timed("load_model", lambda: model if model is not None else load_model())
+    seeds = tuple(seeds) if seeds else (config.seed,)
+    cells = None
+    load = lambda: model if model is not None else load_model(  # noqa: E731
+        cells_model[0], device=cells_model[1], dtype=cells_model[2])
+    if executor == "inline":
+        model = timed("load_model", load)
+    if executor != "inline" or len(seeds) > 1:
+        from workbench.cells import SlurmOptions, aggregate, run_study
+
+        if config.seed not in seeds:
+            raise ValueError(f"seeds={list(seeds)} must include the study's seed {config.seed}")
+        spec = cells_spec(config, behaviors, seeds, *cells_model)
+        inline_model = model if executor == "inline" else None
+        timed("cells", lambda: run_study(spec, out, executor=executor, model=inline_model,
+                                         slurm=slurm or SlurmOptions()))
+        save("seeds", aggregate(spec, out))
+        cells = (spec, out)
+    if executor != "inline":
+        model = timed("load_model", load)
     runs = out / "vectors"
-    vectors = {b: timed(f"vectors:{b}", lambda b=b: study_vectors(model, b, config, runs, progress=progress))
+    vectors = {b: timed(f"vectors:{b}", lambda b=b: study_vectors(model, b, config, runs, progress=progress,
+                                                                  cells=cells))
                for b in behaviors}
     first = behaviors[0]
     for b in behaviors:
         if todo("eval", f"eval_{b}"):
             save(f"eval_{b}", timed(f"eval:{b}", lambda b=b: eval_stage(model, b, vectors[b], config)))
     if todo("sweep", f"sweep_{first}"):
-        sweep, cosines = timed("sweep", lambda: sweep_stage(model, first, config, runs))
+        sweep, cosines = timed("sweep", lambda: sweep_stage(model, first, config, runs, cells))
         save(f"sweep_{first}", sweep)
         save(f"cosine_methods_{first}", cosines)
     if todo("cosine", "cosine"):
