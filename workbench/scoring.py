@@ -30,7 +30,9 @@ at every position of its hook point (``resid_pre``, ``resid_mid``, ``resid_post`
   the rows that predict answer tokens, in fp32, whatever dtype ran the blocks.
 
 Every tensor the engine creates lives on the model's device; vectors are moved to the activation's
-device and dtype where they are added.
+device and dtype where they are added. With blocks split over several GPUs (TransformerLens'
+``n_devices``), ``block_device`` is the one layer-to-device map: prompt keys and values are gathered on
+the device of the block that holds them, and read-out indices follow the final residual's device.
 
 **Memory.** With ``b`` items per batch, ``T`` their prompt + answer tokens (``T <= b * (P + k * A)``
 for prompts of ``P`` and ``k`` answers of ``A`` tokens), ``S`` distinct start layers and model width
@@ -421,10 +423,19 @@ def _assemble(model: HookedTransformer, items: Items, idx: Sequence[int]) -> _Ba
     return _Batch(idx_t, answer_idx, tp, m_p, ta, m_a, owner)
 
 
+def block_device(model: HookedTransformer, layer: int) -> torch.device:
+    """The device of block ``layer`` (TransformerLens' placement; the model's device on one device)."""
+    from transformer_lens.utilities.devices import get_device_for_block_index
+
+    return torch.device(get_device_for_block_index(layer, model.cfg))
+
+
 def _shared_kv(kv: TransformerLensKeyValueCache, owner: Tensor, m_p: Tensor) -> TransformerLensKeyValueCache:
-    """The prompt cache gathered for each answer's prompt, frozen."""
-    entries = [TransformerLensKeyValueCacheEntry(e.past_keys[owner], e.past_values[owner], frozen=True)
-               for e in kv.entries]
+    """The prompt cache gathered for each answer's prompt (on each entry's own device), frozen."""
+    entries = []
+    for e in kv.entries:
+        idx = owner.to(e.past_keys.device)
+        entries.append(TransformerLensKeyValueCacheEntry(e.past_keys[idx], e.past_values[idx], frozen=True))
     return TransformerLensKeyValueCache(entries, previous_attention_mask=m_p[owner].int(), frozen=True)
 
 
@@ -538,15 +549,16 @@ class Readout:
 
 def _readout(r_p: Tensor, r_a: Tensor, batch: _Batch) -> Readout:
     n_a = len(batch.owner)
-    dev = r_a.device
-    last_p = batch.m_p.sum(1) - 1  # (b,)
-    first = r_p[batch.owner, last_p[batch.owner]]  # (n_a, d): predicts answer token 0
-    pred = batch.m_a[:, 1:]  # answer position t-1 predicts token t
+    dev = r_a.device  # the last block's device (several GPUs: not the first's)
+    owner, m_p, m_a, ta = (t.to(dev) for t in (batch.owner, batch.m_p, batch.m_a, batch.ta))
+    last_p = m_p.sum(1) - 1  # (b,)
+    first = r_p.to(dev)[owner, last_p[owner]]  # (n_a, d): predicts answer token 0
+    pred = m_a[:, 1:]  # answer position t-1 predicts token t
     r, c = pred.nonzero(as_tuple=True)
     h = torch.cat([first, r_a[r, c]])
-    targets = torch.cat([batch.ta[:, 0], batch.ta[r, c + 1]])
+    targets = torch.cat([ta[:, 0], ta[r, c + 1]])
     answer = torch.cat([torch.arange(n_a, device=dev), r])
-    h_last = r_a[torch.arange(n_a, device=dev), batch.m_a.sum(1) - 1]
+    h_last = r_a[torch.arange(n_a, device=dev), m_a.sum(1) - 1]
     return Readout(h, targets, answer, h_last)
 
 
@@ -726,7 +738,8 @@ class PrefixCache:
             x_p, x_a = _Stream(model, batch).at(start)
             if ref is not None:
                 r_p, r_a = _run_blocks(runner, start, model.cfg.n_layers, x_p, x_a, batch)
-                ref[batch.idx.to(dev)] = _readout(r_p, r_a, batch).logprobs(model, len(batch.owner)).view(-1, k)
+                lp = _readout(r_p, r_a, batch).logprobs(model, len(batch.owner)).view(-1, k)
+                ref[batch.idx.to(dev)] = lp.to(dev)
             for j, i in enumerate(batch.idx.tolist()):
                 p_res[i] = x_p[j, : len(items.prompts[i])].to(dtype)
             for j, a in enumerate(batch.answer_idx.tolist()):
