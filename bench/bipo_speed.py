@@ -119,6 +119,13 @@ def trainer_flops(model, start_layer: int, p_len: torch.Tensor, a_len: torch.Ten
     return total
 
 
+def setup_flops(model, p_len: torch.Tensor, a_len: torch.Tensor) -> float:
+    """Model FLOPs of the setup pass: every prompt once and both its answers through every block, unembedded."""
+    n = model.cfg.n_layers
+    return sum(flops_block_tokens(model, int(p), int(p), n) + flops_block_tokens(model, int(a.sum()), int(p + a.max()), n)
+               + unembed_flops(model, int(a.sum())) for p, a in zip(p_len, a_len))
+
+
 def official_flops(model, lengths: list[int], layer: int) -> float:
     """Model FLOPs of one official-style step on a padded batch of sequences of ``lengths``."""
     n, t = len(lengths), max(lengths)
@@ -201,6 +208,8 @@ def run(model, pairs, precision: str, layer: int, batching: str = "random") -> d
         "max_abs_loss_difference": max(abs(a - b) for a, b in zip(fast_losses, off["losses"])),
         "vector_cosine": float(torch.nn.functional.cosine_similarity(res.vector.vector, off["vector"], dim=0)),
         "workbench_model_gflop": fast_flops / 1e9, "official_model_gflop": off["flops"] / 1e9,
+        "workbench_setup_model_gflop": setup_flops(model, p_len, a_len) / 1e9,
+        "workbench_setup_gflops_per_s": setup_flops(model, p_len, a_len) / res.setup_seconds / 1e9,
         "workbench_gflops_per_s": fast_flops / step_seconds / 1e9,
         "official_gflops_per_s": off["flops"] / off["seconds"] / 1e9,
         "matmul_gflops_per_s": peak, "workbench_share_of_matmul_peak": fast_flops / step_seconds / 1e9 / peak["peak"],

@@ -704,7 +704,7 @@ class PrefixCache:
     @classmethod
     @torch.no_grad()
     def build(cls, model: HookedTransformer, items: Items, hook_name: str, *,
-              runner: HookedTransformer | None = None, reference: bool = True, batch_size: int = 32,
+              runner: HookedTransformer | None = None, reference: bool = True, batch_size: int = 8,
               dtype: torch.dtype | None = None, progress: bool = False) -> PrefixCache:
         """Run the unsteered model once over every item; keep the residual where ``hook_name``'s vector enters.
 
@@ -715,7 +715,7 @@ class PrefixCache:
             runner: runs the blocks after the cache point for the reference log-probs (default
                 ``model``; pass the runner that will score, e.g. a bf16 ``make_runner`` copy).
             reference: also keep the unsteered log-probs (``reference``).
-            batch_size: items per forward pass of this pass (no gradient: larger than a step's).
+            batch_size: items per forward pass (length-sorted; larger batches pad more: 8 measured fastest).
             dtype: storage dtype of the cached residuals (default ``runner``'s dtype).
         """
         from tqdm.auto import tqdm
