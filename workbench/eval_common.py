@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,26 @@ def check_ab_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
     return out
 
 
+def bootstrap_interval(n: int, statistic: Callable[[np.ndarray], np.ndarray], n_boot: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """The one percentile bootstrap: ``statistic(idx)`` over ``n_boot`` resamples of ``n`` items.
+
+    ``statistic`` maps a ``(k, n)`` array of resampled item indices to ``k`` values (drawn in chunks of
+    bounded memory, the same random stream as one draw). ``n_boot=0`` gives ``(nan, nan)``.
+    """
+    if n_boot <= 0 or n == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // n)  # bounded memory for many items
+    for s in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - s)
+        stats[s: s + k] = statistic(rng.integers(0, n, size=(k, n)))
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(values: np.ndarray | Sequence[float], n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (resampling items with replacement).
@@ -104,17 +124,7 @@ def bootstrap_ci(values: np.ndarray | Sequence[float], n_boot: int = 1000, level
         return math.nan, math.nan
     if x.size == 1:
         return float(x[0]), float(x[0])
-    if n_boot <= 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // x.size)  # bounded memory for many items
-    for s in range(0, n_boot, chunk):
-        k = min(chunk, n_boot - s)
-        means[s: s + k] = x[rng.integers(0, x.size, size=(k, x.size))].mean(1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return bootstrap_interval(x.size, lambda idx: x[idx].mean(1), n_boot=n_boot, level=level, seed=seed)
 
 
 def summarize(per_item: pd.DataFrame, value: str, *, by: Sequence[str] = ("vector", "multiplier"),

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers
+from workbench.eval_common import DEFAULT_MULTIPLIERS, bootstrap_interval, check_multipliers
 from workbench.scoring import Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions, unembed
 
 MEASURES = ("perplexity", "top1_agreement", "kl_from_unsteered")
@@ -98,15 +98,12 @@ def utility_per_text(model: HookedTransformer, vectors: VectorSpec | Mapping[str
 
 
 def _ratio_ci(num: np.ndarray, den: np.ndarray, transform: Any, n_boot: int, seed: int) -> tuple[float, float]:
-    """Bootstrap interval (over texts) of ``transform(sum(num) / sum(den))``."""
-    if len(num) < 2 or n_boot <= 0:
+    """Bootstrap interval (over texts) of ``transform(sum(num) / sum(den))`` (``eval_common.bootstrap_interval``)."""
+    if len(num) < 2:
         v = float(transform(num.sum() / den.sum()))
-        return (v, v) if len(num) < 2 else (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
-    stats = transform(num[idx].sum(1) / den[idx].sum(1))
-    lo, hi = np.quantile(stats, [0.025, 0.975])
-    return float(lo), float(hi)
+        return v, v
+    return bootstrap_interval(len(num), lambda idx: transform(num[idx].sum(1) / den[idx].sum(1)), n_boot=n_boot,
+                              seed=seed)
 
 
 def summarize_utility(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
