@@ -229,7 +229,7 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
     if saved.get("format_version") != _CHECKPOINT_VERSION:
         raise ValueError(f"{meta_path}: checkpoint format_version {saved.get('format_version')!r} is not "
                          f"{_CHECKPOINT_VERSION}")
-    saved_config, config_now = saved.get("config") or {}, meta["config"]
+    saved_config, config_now = saved.get("config") or {}, json.loads(json.dumps(meta["config"]))  # tuples: lists
     fields = sorted(k for k in set(saved_config) | set(config_now) if saved_config.get(k) != config_now.get(k))
     if fields:
         raise ValueError(f"{meta_path}: checkpoint from another config, cannot resume (differs in "
