@@ -1,5 +1,6 @@
 """RePS training: the loss against a hand computation, the trainer's step against a plain full-forward
-implementation, learning on a tiny model, resume, and the CLI."""
+implementation, learning on a tiny model, resume, and the CLI (the embedded-model run is
+tests/test_bipo.py::test_embedded_short_run_moves_log_odds[reps], on the shared trainer)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from test_bipo import PAIRS, plain_logprob
-from workbench.bipo import _step, train_bipo
+from test_bipo import PAIRS, TINY, Interrupt, plain_logprob, stop_after_first
+from workbench.bipo import BiPOConfig, _step, train_bipo
 from workbench.data import PreferencePair, fingerprint
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.reps import REPS, RePSConfig, _reps_signed, reps_loss, train_reps
@@ -26,8 +27,7 @@ HELD_OUT = [
 
 
 def tiny_config(**kw) -> RePSConfig:
-    base = dict(layer=1, lr=0.1, epochs=2, batch_size=2, warmup_steps=1, max_length=None)
-    return RePSConfig(**(base | kw))
+    return RePSConfig(**(TINY | kw))
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -134,27 +134,15 @@ def test_training_lowers_the_loss_and_moves_held_out_log_odds(tiny_model):
 
 def test_reps_and_bipo_differ_only_in_the_objective(tiny_model):
     """Same data, seed and schedule: different vectors (the loss differs), each described by its method."""
-    shared = dict(layer=1, lr=0.1, epochs=2, batch_size=2, warmup_steps=1, max_length=None)
-    from workbench.bipo import BiPOConfig
-
-    reps = train_reps(tiny_model, PAIRS, RePSConfig(**shared), progress=False)
-    bipo = train_bipo(tiny_model, PAIRS, BiPOConfig(**shared), progress=False)
+    reps = train_reps(tiny_model, PAIRS, RePSConfig(**TINY), progress=False)
+    bipo = train_bipo(tiny_model, PAIRS, BiPOConfig(**TINY), progress=False)
     assert (reps.vector.method, bipo.vector.method) == ("reps", "bipo")
     assert not torch.equal(reps.vector.vector, bipo.vector.vector)
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     cfg = tiny_config(epochs=2, init="random", factors=(0.5, 1.0, 2.0))
     straight = train_reps(tiny_model, PAIRS, cfg, progress=False)
-
-    def stop_after_first(record):
-        if record["epoch"] == 1:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train_reps(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, progress=False, callback=stop_after_first)
     assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 1
@@ -164,12 +152,8 @@ def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     assert len({h["factor"] for h in straight.history}) > 1  # the factor draws are part of the resumed state
     files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert files == {"checkpoint.safetensors", "checkpoint.json", "vector.safetensors", "vector.json"}
-    # a BiPO run cannot continue a RePS checkpoint
-    from workbench.bipo import BiPOConfig
-
-    with pytest.raises(ValueError, match="another config"):
-        train_bipo(tiny_model, PAIRS, BiPOConfig(layer=1, epochs=2, batch_size=2, warmup_steps=1, max_length=None),
-                   checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="another config"):  # a BiPO run cannot continue a RePS checkpoint
+        train_bipo(tiny_model, PAIRS, BiPOConfig(**TINY), checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -195,16 +179,3 @@ def test_cli_train_reps_end_to_end(tiny_model, tmp_path, monkeypatch, capsys):
     assert code == 2 and "--lr" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
-
-# --------------------------------------------------------------------------- embedded model
-@pytest.mark.embedded
-def test_embedded_short_run_moves_log_odds(embedded_model):
-    """A few RePS steps on the embedded model already separate +v from -v on the training pairs."""
-    from workbench.data import load_behavior
-
-    pairs = load_behavior("power-seeking", "train")[:8]
-    res = train_reps(embedded_model, pairs, RePSConfig(epochs=1, batch_size=4, warmup_steps=0),
-                     progress=False, eval_pairs=pairs[:4])
-    last = res.epochs[-1]
-    assert last["eval_logodds_plus"] > last["eval_logodds_zero"] > last["eval_logodds_minus"]
-    assert remaining_hooks(embedded_model) == 0

@@ -112,16 +112,11 @@ def train_reps(model: HookedTransformer, pairs: Sequence[Any], config: RePSConfi
                checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                eval_pairs: Sequence[Any] | None = None,
                callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
-    """Train a RePS steering vector on preference pairs (the arguments are ``train_bipo``'s).
+    """Train a RePS steering vector on preference pairs; the arguments are ``train_bipo``'s.
 
-    Returns:
-        ``TrainResult`` with the ``SteeringVector`` (method ``"reps"``), per-step ``history``
-        (``margin_plus``, ``margin_minus``: the two terms' margins) and per-epoch ``epochs``.
-
-    Example:
-        >>> from workbench.data import load_behavior
-        >>> result = train_reps(model, load_behavior("power-seeking"), RePSConfig(layer=14))
-        >>> result.vector.save("runs/power-seeking-reps")
+    The ``TrainResult``'s vector has method ``"reps"``; each ``history`` record adds the two terms'
+    margins (``margin_plus``, ``margin_minus``) and the drawn ``factor``. For example
+    ``train_reps(model, load_behavior("power-seeking"), RePSConfig(layer=14)).vector.save("runs/reps")``.
     """
     return train_preference_vector(model, pairs, config, REPS, checkpoint_dir=checkpoint_dir, resume=resume,
                                    progress=progress, eval_pairs=eval_pairs, callback=callback)
