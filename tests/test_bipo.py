@@ -28,9 +28,12 @@ PAIRS = [
 ]
 
 
+#: the small runs' shared settings (also tests/test_reps.py's)
+TINY = dict(layer=1, lr=0.1, epochs=2, batch_size=2, warmup_steps=1, max_length=None)
+
+
 def tiny_config(**kw) -> BiPOConfig:
-    base = dict(layer=1, lr=0.1, epochs=2, batch_size=2, warmup_steps=1, max_length=None)
-    return BiPOConfig(**(base | kw))
+    return BiPOConfig(**(TINY | kw))
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -166,13 +169,15 @@ class Interrupt(Exception):
     pass
 
 
+def stop_after_first(record):
+    """A training callback that interrupts the run after its first epoch (after the checkpoint)."""
+    if record["epoch"] == 1:
+        raise Interrupt
+
+
 def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     cfg = tiny_config(epochs=2, init="random", batching="bucket")
     straight = train_bipo(tiny_model, PAIRS, cfg, progress=False)
-
-    def stop_after_first(record):
-        if record["epoch"] == 1:
-            raise Interrupt
 
     with pytest.raises(Interrupt):
         train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, progress=False, callback=stop_after_first)
@@ -229,13 +234,18 @@ def test_last_layer_resid_post(tiny_model):
 
 # --------------------------------------------------------------------------- embedded model
 @pytest.mark.embedded
-def test_embedded_short_run_moves_log_odds(embedded_model):
-    """A few steps on the embedded model already separate +v from -v on the training pairs."""
+@pytest.mark.parametrize("method", ["bipo", "reps"])
+def test_embedded_short_run_moves_log_odds(embedded_model, method):
+    """A few steps on the embedded model already separate +v from -v on the training pairs (BiPO, and
+    RePS on the same trainer)."""
     from workbench.data import load_behavior
+    from workbench.reps import RePSConfig, train_reps
 
+    train, config = (train_bipo, BiPOConfig) if method == "bipo" else (train_reps, RePSConfig)
     pairs = load_behavior("power-seeking", "train")[:8]
-    res = train_bipo(embedded_model, pairs, BiPOConfig(epochs=1, batch_size=4, warmup_steps=0),
-                     progress=False, eval_pairs=pairs[:4])
+    res = train(embedded_model, pairs, config(epochs=1, batch_size=4, warmup_steps=0),
+                progress=False, eval_pairs=pairs[:4])
+    assert res.vector.method == method
     last = res.epochs[-1]
     assert last["eval_logodds_plus"] > last["eval_logodds_zero"] > last["eval_logodds_minus"]
     assert remaining_hooks(embedded_model) == 0

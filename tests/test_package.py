@@ -9,7 +9,7 @@ import workbench
 
 #: The public API. Adding or removing a name here is a decision about what users see as ``wb.<name>``.
 API = """
-BiPOConfig BiPOResult CompositionResult DataFormatError PreferencePair ResultFormatError SteeringExplorer
+BiPOConfig BiPOResult CompositionResult DataFormatError PreferencePair RePSConfig ResultFormatError SteeringExplorer
 SteeringVector StudyConfig SweepResult ab_curve actadd as_ab_pairs caa composition_table cosine_table demo
 evaluate_vectors finetune_copy format_chat format_eval generate import_vector layer_cosine_table layer_sweep
 layer_transfer list_behaviors load_behavior load_model load_neutral_text load_pairs load_refusal_requests
@@ -17,7 +17,7 @@ load_result load_vector logodds_curve matched_cost method_cosines pca plot plot_
 plot_cost_effect plot_layer_sweep plot_logit_lens_layers plot_logit_lens_tokens plot_method_cosine
 plot_multiplier_curves plot_refusal plot_training_curves plot_transfer refusal_study remaining_hooks
 result_table save_figure steer steered_generations steered_logit_lens study_pairs study_sweeps study_vectors
-train_bipo train_test_split transfer_effect truthfulqa_mc utility_curve vector_logit_lens write_figures
+train_bipo train_reps train_test_split transfer_effect truthfulqa_mc utility_curve vector_logit_lens write_figures
 """.split()
 
 

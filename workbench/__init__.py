@@ -1,6 +1,7 @@
 """workbench: a TransformerLens workbench for steering vectors.
 
-BiPO (bi-directional preference optimization, Cao et al. 2024, arXiv 2406.00045), mean-difference
+BiPO (bi-directional preference optimization, Cao et al. 2024, arXiv 2406.00045) and RePS
+(reference-free preference steering, Wu et al. 2025, arXiv 2505.20809), mean-difference
 baselines (CAA, ActAdd, PCA), evaluation across multipliers, and analysis (cosine similarity, layer
 sweeps, logit lens, composition, transfer), on any ``HookedTransformer``; offline on the embedded
 SmolLM2-135M-Instruct. ``import workbench as wb``; every name below is the public API (the rest
@@ -39,6 +40,7 @@ _EXPORTS = {
     "workbench.interchange": ["import_vector"],
     # train
     "workbench.bipo": ["BiPOConfig", "BiPOResult", "train_bipo"],
+    "workbench.reps": ["RePSConfig", "train_reps"],
     "workbench.baselines": ["actadd", "caa", "pca"],
     # evaluate
     "workbench.evaluate": ["evaluate_vectors", "format_eval"],
@@ -111,6 +113,7 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
                                  save_figure)
     from workbench.prompts import format_chat
     from workbench.refusal import load_refusal_requests, refusal_study
+    from workbench.reps import RePSConfig, train_reps
     from workbench.reproduce import StudyConfig, demo, study_pairs, study_sweeps, study_vectors
     from workbench.results import ResultFormatError, load_result, result_table
     from workbench.similarity import cosine_table, layer_cosine_table, method_cosines

@@ -15,7 +15,9 @@ The trainer is exact and fast: the residual stream entering the first block afte
 once for every pair (``workbench.scoring.PrefixCache``), the reference log-probs are computed once,
 and each step runs only the remaining blocks, each prompt once for both answers, unembedding only
 answer positions. ``precision="bf16"`` runs those blocks in a bf16 copy of the model while v, the
-optimiser state and every log-prob sum stay fp32.
+optimiser state and every log-prob sum stay fp32. The trainer (``train_preference_vector``) takes the
+objective as a parameter (``Objective``): BiPO here, RePS in ``workbench.reps``; they differ only in
+the per-batch loss and their config's own fields (``TrainConfig`` holds the shared ones).
 
 Defaults. The official run (Llama-2-7b-chat, layer 15 of 32, residual norm ~tens) used lr 5e-4,
 batch 4, beta 0.1, 100 warm-up steps, cosine decay and 20 epochs; its script declares weight decay
@@ -60,18 +62,19 @@ _OPTIONS = {"direction": ("batch", "example"), "precision": ("fp32", "bf16"), "i
 
 
 @dataclass(frozen=True)
-class BiPOConfig:
-    """Hyperparameters of a BiPO run (the official values in brackets)."""
+class TrainConfig:
+    """What every preference-trained vector shares: where it goes, the optimiser, the data, the engine.
+
+    ``BiPOConfig`` and ``workbench.reps.RePSConfig`` add their objective's own fields.
+    """
 
     layer: int = 14  # block of the hook point [15 of 32 on Llama-2-7b]
     hook: str = "resid_post"  # resid_pre, resid_mid, resid_post, attn_out, mlp_out [resid_post]
-    beta: float = 0.1  # DPO temperature [0.1]
     lr: float = 5e-2  # peak AdamW learning rate [5e-4; SmolLM2's residual is ~10x larger]
     weight_decay: float = 0.05  # AdamW decoupled weight decay [declared 0.05, effective 0]
     epochs: int = 5  # passes over the pairs [20]
     batch_size: int = 4  # pairs per step [4]
     warmup_steps: int = 10  # linear warm-up, then cosine decay to 0 [100]
-    direction: Literal["batch", "example"] = "batch"  # one d per batch [batch] or per pair
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: no system turn
     max_length: int | None = 256  # prompts are cut from the left beyond this many tokens
     seed: int = 0  # shuffling, directions and random init
@@ -81,17 +84,22 @@ class BiPOConfig:
     batching: Literal["random", "bucket"] = "random"  # bucket: batches of similar length, random order
 
     def __post_init__(self) -> None:
-        for name, allowed in _OPTIONS.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"BiPOConfig.{name}={getattr(self, name)!r}; valid: {', '.join(allowed)}")
+        name = type(self).__name__
+        for field_name, allowed in _OPTIONS.items():
+            if hasattr(self, field_name) and getattr(self, field_name) not in allowed:
+                raise ValueError(f"{name}.{field_name}={getattr(self, field_name)!r}; valid: {', '.join(allowed)}")
         full_hook_name(0, self.hook)  # raises on an unknown hook point
-        checks = {"layer": self.layer >= 0, "beta": self.beta > 0, "lr": self.lr > 0,
+        checks = {"layer": self.layer >= 0, "lr": self.lr > 0,
                   "weight_decay": self.weight_decay >= 0, "epochs": self.epochs >= 1,
                   "batch_size": self.batch_size >= 1, "warmup_steps": self.warmup_steps >= 0,
-                  "max_length": self.max_length is None or self.max_length >= 2}
-        for name, ok in checks.items():
+                  "max_length": self.max_length is None or self.max_length >= 2} | self._checks()
+        for field_name, ok in checks.items():
             if not ok:
-                raise ValueError(f"BiPOConfig.{name}={getattr(self, name)!r} is out of range")
+                raise ValueError(f"{name}.{field_name}={getattr(self, field_name)!r} is out of range")
+
+    def _checks(self) -> dict[str, bool]:
+        """The objective's own range checks, ``{field: ok}``."""
+        return {}
 
     @property
     def hook_name(self) -> str:
@@ -101,17 +109,28 @@ class BiPOConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BiPOConfig:
+    def from_dict(cls, d: dict[str, Any]) -> Any:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown BiPOConfig fields {unknown}; valid: {sorted(known)}")
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(known)}")
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class BiPOConfig(TrainConfig):
+    """Hyperparameters of a BiPO run (the official values in brackets; the shared ones in ``TrainConfig``)."""
+
+    beta: float = 0.1  # DPO temperature [0.1]
+    direction: Literal["batch", "example"] = "batch"  # one d per batch [batch] or per pair
+
+    def _checks(self) -> dict[str, bool]:
+        return {"beta": self.beta > 0}
+
+
 @dataclass
-class BiPOResult:
-    """The trained vector, one record per optimiser step and one per epoch."""
+class TrainResult:
+    """The trained vector (BiPO or RePS), one record per optimiser step and one per epoch."""
 
     vector: SteeringVector
     history: list[dict[str, float]]  # step, epoch, loss, accuracy, margin, direction, norm, grad_norm, lr
@@ -119,7 +138,7 @@ class BiPOResult:
     setup_seconds: float = 0.0  # building the prefix cache and the reference log-probs
 
     def to_dict(self) -> dict[str, Any]:
-        """The training record as a ``bipo_history`` result (``workbench.results``); the vector is saved apart."""
+        """The training record as a ``bipo_history`` result (also RePS's) (``workbench.results``); the vector is saved apart."""
         from workbench.results import BIPO_HISTORY, result
 
         return result(BIPO_HISTORY, history=self.history, epochs=self.epochs, setup_seconds=self.setup_seconds)
@@ -133,6 +152,9 @@ class BiPOResult:
         import pandas as pd
 
         return pd.DataFrame(self.epochs)
+
+
+BiPOResult = TrainResult  # the name before RePS shared the trainer
 
 
 def bipo_loss(policy_matching: Float[Tensor, " b"], policy_not: Float[Tensor, " b"],
@@ -156,7 +178,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def batch_plan(n: int, config: BiPOConfig, generator: torch.Generator, lengths: Tensor | None = None,
+def batch_plan(n: int, config: TrainConfig, generator: torch.Generator, lengths: Tensor | None = None,
                ) -> list[Tensor]:
     """One epoch of batches of pair indices (draws from ``generator``)."""
     perm = torch.randperm(n, generator=generator)
@@ -207,7 +229,7 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
     if saved.get("format_version") != _CHECKPOINT_VERSION:
         raise ValueError(f"{meta_path}: checkpoint format_version {saved.get('format_version')!r} is not "
                          f"{_CHECKPOINT_VERSION}")
-    saved_config, config_now = saved.get("config") or {}, meta["config"]
+    saved_config, config_now = saved.get("config") or {}, json.loads(json.dumps(meta["config"]))  # tuples: lists
     fields = sorted(k for k in set(saved_config) | set(config_now) if saved_config.get(k) != config_now.get(k))
     if fields:
         raise ValueError(f"{meta_path}: checkpoint from another config, cannot resume (differs in "
@@ -230,38 +252,84 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
     return saved["history"], saved["epochs"]
 
 
+# --------------------------------------------------------------------------- objectives
+#: ``score(delta)``: the batch's summed answer log-probs ``(b, 2)`` [matching, not matching] with
+#: ``delta`` (``(d_model,)`` or ``(b, d_model)``) added at the hook; differentiable in the delta.
+Score = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The per-method part of preference training; the cache, schedule, checkpoints and logs are shared.
+
+    ``batch(score, ref, lengths, v, gen, config)`` returns one step's per-pair losses ``(b,)`` and its
+    statistics: ``"margin"`` (a pair is won where its margins are positive) and any other tensor, logged
+    as its mean; randomness comes from ``gen``. ``signed(lp, ref, lengths, sign, config)`` returns the
+    per-pair loss and margin of pairs scored at ``sign * v`` (the held-out ``eval_*`` metrics). ``ref``
+    holds the unsteered summed log-probs ``(b, 2)``, ``lengths`` the answers' token counts ``(b, 2)``.
+    """
+
+    method: str  # the vector's method
+    label: str  # its name in logs and messages
+    batch: Callable[..., tuple[Tensor, dict[str, Tensor]]]
+    signed: Callable[..., tuple[Tensor, Tensor]]
+
+
+def _bipo_batch(score: Score, ref: Tensor, lengths: Tensor, v: Tensor, gen: torch.Generator,
+                config: BiPOConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    d = draw_directions(config, len(ref), gen).to(v.device)  # (b,) in {-1, +1}, drawn on the CPU generator
+    lp = score(d[0] * v if config.direction == "batch" else d[:, None] * v)  # (b, 2)
+    losses, margins = bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], d, config.beta)
+    return losses, {"margin": margins, "direction": d}
+
+
+def _bipo_signed(lp: Tensor, ref: Tensor, lengths: Tensor, sign: float, config: BiPOConfig) -> tuple[Tensor, Tensor]:
+    return bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], sign, config.beta)
+
+
+BIPO = Objective("bipo", "BiPO", _bipo_batch, _bipo_signed)
+
+
+def answer_lengths(cache: PrefixCache, idx: Tensor | None = None) -> Float[Tensor, "b k"]:
+    """Token counts of the answers of items ``idx`` (all by default), fp32 on the model's device."""
+    lengths = cache.items.answer_lengths().view(len(cache), cache.n_answers)  # answers are stored item by item
+    lengths = lengths if idx is None else lengths[idx.cpu()]
+    return lengths.to(device=cache.prompt_resid.device, dtype=torch.float32)
+
+
 # --------------------------------------------------------------------------- training
 def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, idx: Tensor, v: Tensor,
-          opt: torch.optim.Optimizer, gen: torch.Generator, config: BiPOConfig, step: int, total: int,
-          ) -> dict[str, float]:
+          opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig, step: int, total: int,
+          objective: Objective = BIPO) -> dict[str, float]:
     """Optimiser step number ``step`` (0-based) on the pairs ``idx``; returns its history record."""
     lr = config.lr * lr_factor(step, total, config.warmup_steps)
     opt.param_groups[0]["lr"] = lr
-    d = draw_directions(config, len(idx), gen).to(v.device)  # (b,) in {-1, +1}, drawn on the CPU generator
-    delta = d[0] * v if config.direction == "batch" else d[:, None] * v  # (d_model,) or (b, d_model)
-    lp = cache.logprobs(runner, idx, delta, unembed_model=head)  # (b, 2) fp32, differentiable in v
     ref = cache.reference[idx.to(cache.reference.device)]  # (b, 2), on the model's device
-    losses, margins = bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], d, config.beta)
+
+    def score(delta: Tensor) -> Tensor:
+        return cache.logprobs(runner, idx, delta, unembed_model=head)  # (b, 2) fp32, differentiable in v
+
+    losses, stats = objective.batch(score, ref, answer_lengths(cache, idx), v, gen, config)
     loss = losses.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = float(v.grad.norm())
     opt.step()
-    margins = margins.detach()
+    margins = stats.pop("margin").detach()
     return {"step": step + 1, "loss": float(loss.detach()), "accuracy": float((margins > 0).float().mean()),
-            "margin": float(margins.mean()), "direction": float(d.mean()), "norm": float(v.detach().norm()),
-            "grad_norm": grad_norm, "lr": lr}
+            "margin": float(margins.mean()), **{k: float(x.detach().float().mean()) for k, x in stats.items()},
+            "norm": float(v.detach().norm()), "grad_norm": grad_norm, "lr": lr}
 
 
 @torch.no_grad()
 def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, v: Tensor,
-              beta: float, batch_size: int) -> dict[str, float]:
+              objective: Objective, config: TrainConfig, batch_size: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    ref = cache.reference
+    ref, lengths = cache.reference, answer_lengths(cache)
     losses = []
     for sign, tag in ((1.0, "plus"), (-1.0, "minus")):
         lp = cache.score(runner, sign * v, batch_size=batch_size, unembed_model=head)
-        loss, margins = bipo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], sign, beta)
+        loss, margins = objective.signed(lp, ref, lengths, sign, config)
         losses.append(loss)
         out[f"eval_accuracy_{tag}"] = float((margins > 0).float().mean())
         out[f"eval_logodds_{tag}"] = float((lp[:, 0] - lp[:, 1]).mean())
@@ -273,7 +341,7 @@ def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixC
 def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
                checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                eval_pairs: Sequence[Any] | None = None,
-               callback: Callable[[dict[str, float]], None] | None = None) -> BiPOResult:
+               callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train a BiPO steering vector on preference pairs.
 
     Args:
@@ -291,7 +359,7 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
         callback: called with each epoch record after its checkpoint is written (e.g. live plots).
 
     Returns:
-        ``BiPOResult`` with the ``SteeringVector`` (method ``"bipo"``), per-step ``history`` and
+        ``TrainResult`` with the ``SteeringVector`` (method ``"bipo"``), per-step ``history`` and
         per-epoch ``epochs``.
 
     Example:
@@ -299,14 +367,25 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
         >>> result = train_bipo(model, load_behavior("power-seeking"), BiPOConfig(layer=14))
         >>> result.vector.save("runs/power-seeking-bipo")
     """
+    return train_preference_vector(model, pairs, config, BIPO, checkpoint_dir=checkpoint_dir, resume=resume,
+                                   progress=progress, eval_pairs=eval_pairs, callback=callback)
+
+
+def train_preference_vector(model: HookedTransformer, pairs: Sequence[Any], config: TrainConfig,
+                            objective: Objective, *, checkpoint_dir: str | Path | None = None,
+                            resume: bool = False, progress: bool = True, eval_pairs: Sequence[Any] | None = None,
+                            callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """The trainer of ``train_bipo`` (see there for the arguments) with the objective as a parameter
+    (``BIPO``, ``workbench.reps.REPS``)."""
     from tqdm.auto import tqdm
 
     from workbench.data import fingerprint
 
+    label = objective.label
     pairs = check_pairs(pairs)
     eval_pairs = None if eval_pairs is None else check_pairs(eval_pairs, "eval_pairs")
     if config.layer >= model.cfg.n_layers:
-        raise ValueError(f"BiPOConfig.layer={config.layer} but model {model.cfg.model_name!r} has "
+        raise ValueError(f"{type(config).__name__}.layer={config.layer} but model {model.cfg.model_name!r} has "
                          f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})")
     site = config.hook_name
     data_fp = fingerprint(pairs)
@@ -326,9 +405,9 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
             raise FileExistsError(f"{ckpt / CHECKPOINT_JSON} exists: pass resume=True to continue it, or "
                                   "choose another checkpoint_dir")
         history, epochs = _resume(ckpt, meta, v, opt, gen)
-        logger.info("BiPO: resumed from %s after epoch %d", ckpt, len(epochs))
+        logger.info("%s: resumed from %s after epoch %d", label, ckpt, len(epochs))
     elif resume:
-        logger.info("BiPO: no checkpoint in %s; starting from scratch", ckpt)
+        logger.info("%s: no checkpoint in %s; starting from scratch", label, ckpt)
 
     t0 = time.perf_counter()
     # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
@@ -343,22 +422,22 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
     if eval_pairs is not None:
         eval_cache = build(eval_pairs)
     setup_seconds = time.perf_counter() - t0
-    logger.info("BiPO: cached %d pairs at %s (%.0f MB) in %.1f s", len(cache), site, cache.nbytes / 2**20,
+    logger.info("%s: cached %d pairs at %s (%.0f MB) in %.1f s", label, len(cache), site, cache.nbytes / 2**20,
                 setup_seconds)
 
     n = len(cache)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     lengths = cache.lengths()
-    bar = tqdm(total=total, initial=len(history), desc="BiPO", disable=not progress)
+    bar = tqdm(total=total, initial=len(history), desc=label, disable=not progress)
     try:
         for epoch in range(len(epochs), config.epochs):
             t_epoch = time.perf_counter()
             for idx in batch_plan(n, config, gen, lengths):
-                record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total)
+                record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total, objective)
                 if not (math.isfinite(record["loss"]) and torch.isfinite(v.detach()).all()):
                     kept = f"; the last good checkpoint ({len(epochs)} epoch(s)) is kept in {ckpt}" if ckpt else ""
-                    raise ValueError(f"BiPO step {len(history) + 1}: the loss or the vector became NaN or "
+                    raise ValueError(f"{label} step {len(history) + 1}: the loss or the vector became NaN or "
                                      f"infinite (loss {record['loss']}); stopped{kept}. Lower the learning "
                                      f"rate (now {config.lr:g})")
                 history.append(record | {"epoch": epoch + 1})
@@ -369,28 +448,30 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
                       "loss": sum(h["loss"] for h in recent) / len(recent),
                       "accuracy": sum(h["accuracy"] for h in recent) / len(recent), "norm": recent[-1]["norm"]}
             if eval_pairs is not None:
-                record |= _evaluate(runner, model, eval_cache, v.detach(), config.beta, 16)
+                record |= _evaluate(runner, model, eval_cache, v.detach(), objective, config, 16)
             epochs.append(record)
-            logger.info("BiPO epoch %d: %s", epoch + 1, {k: round(x, 4) for k, x in record.items()})
+            logger.info("%s epoch %d: %s", label, epoch + 1, {k: round(x, 4) for k, x in record.items()})
             if ckpt is not None:
                 _save_checkpoint(ckpt, v, opt, gen, {**meta, "epoch": epoch + 1, "step": len(history),
                                                      "history": history, "epochs": epochs})
-                _vector(model, v, config, data_fp, epochs).save(ckpt / "vectors" / f"epoch_{epoch + 1:03d}")
+                _vector(model, v, config, data_fp, epochs, objective).save(ckpt / "vectors" / f"epoch_{epoch + 1:03d}")
             if callback is not None:
                 callback(record)
     finally:
         bar.close()
-    return BiPOResult(_vector(model, v, config, data_fp, epochs), history, epochs, setup_seconds)
+    return TrainResult(_vector(model, v, config, data_fp, epochs, objective), history, epochs, setup_seconds)
 
 
-def _vector(model: HookedTransformer, v: Tensor, config: BiPOConfig, data_fp: str,
-            epochs: list[dict[str, float]]) -> SteeringVector:
+def _vector(model: HookedTransformer, v: Tensor, config: TrainConfig, data_fp: str,
+            epochs: list[dict[str, float]], objective: Objective) -> SteeringVector:
     last = epochs[-1] if epochs else {}
     metadata = {"epochs_trained": len(epochs), "final_loss": last.get("loss"),
                 "final_accuracy": last.get("accuracy"), "steps": last.get("step")}
     metadata |= {k: x for k, x in last.items() if k.startswith("eval_")}
     return SteeringVector(v.detach().clone().cpu(), config.hook_name, model_name=str(model.cfg.model_name),
-                          method="bipo", config=config.to_dict(), data_fingerprint=data_fp, metadata=metadata)
+                          method=objective.method, config=config.to_dict(), data_fingerprint=data_fp,
+                          metadata=metadata)
 
 
-__all__ = ["BiPOConfig", "BiPOResult", "batch_plan", "bipo_loss", "draw_directions", "lr_factor", "train_bipo"]
+__all__ = ["BIPO", "BiPOConfig", "BiPOResult", "Objective", "TrainConfig", "TrainResult", "answer_lengths",
+           "batch_plan", "bipo_loss", "draw_directions", "lr_factor", "train_bipo", "train_preference_vector"]

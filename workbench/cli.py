@@ -195,13 +195,17 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- train
+TRAINED = {"bipo": "BiPO", "reps": "RePS"}  # methods trained by workbench.bipo's trainer
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train or extract a steering vector (bipo, caa, actadd, pca)",
-        description="Train a BiPO vector or extract a CAA, ActAdd or PCA vector and save it as a vector "
-                    "directory (vector.safetensors + vector.json; BiPO also writes history.json). BiPO options "
-                    "left out take workbench.bipo.BiPOConfig's defaults.")
-    p.add_argument("--method", choices=("bipo", "caa", "actadd", "pca"), default="bipo")
+        "train", help="train or extract a steering vector (bipo, reps, caa, actadd, pca)",
+        description="Train a BiPO or RePS vector or extract a CAA, ActAdd or PCA vector and save it as a vector "
+                    "directory (vector.safetensors + vector.json; BiPO and RePS also write history.json). BiPO "
+                    "options left out take workbench.bipo.BiPOConfig's defaults (RePS: workbench.reps.RePSConfig's, "
+                    "the same; --beta and --direction are BiPO's only).")
+    p.add_argument("--method", choices=("bipo", "reps", "caa", "actadd", "pca"), default="bipo")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", default=None, help="preference-pair file (bipo, caa, pca)")
     src.add_argument("--behavior", default=None, help="embedded behavior instead of --data (see --split)")
@@ -263,11 +267,14 @@ def _run_train(args: argparse.Namespace) -> int:
                        "or choose another directory")
     if args.layer is not None and args.layer < 0:
         raise CLIError(f"--layer {args.layer}: must be >= 0")
-    if args.max_length is not None and args.method != "bipo":
-        raise CLIError("--max-length applies to --method bipo only")
+    if args.max_length is not None and args.method not in TRAINED:
+        raise CLIError("--max-length applies to --method reps or bipo only")
+    if args.method == "reps" and (args.beta is not None or args.direction is not None):
+        raise CLIError("--beta and --direction apply to --method bipo only")
     _check_data(args.data)
 
     from workbench.bipo import BiPOConfig, train_bipo
+    from workbench.reps import RePSConfig, train_reps
     from workbench.prompts import DEFAULT_SYSTEM_PROMPT
     from workbench.data import load_behavior, load_pairs
     from workbench.io import atomic_write_json
@@ -278,17 +285,18 @@ def _run_train(args: argparse.Namespace) -> int:
     hook = args.hook or ("resid_pre" if args.method == "actadd" else "resid_post")
     _check_layer_hook(args, layer, hook)
     config = None
-    if args.method == "bipo":
+    if args.method in TRAINED:
         given = {"layer": layer, "hook": hook, "epochs": args.epochs, "lr": args.lr, "beta": args.beta,
                  "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "direction": args.direction,
                  "precision": args.precision, "seed": args.seed, "max_length": args.max_length,
                  "system_prompt": system_prompt}
         try:
-            config = BiPOConfig(**{k: v for k, v in given.items() if v is not None or k == "system_prompt"})
+            config = (BiPOConfig if args.method == "bipo" else RePSConfig)(
+                **{k: v for k, v in given.items() if v is not None or k == "system_prompt"})
         except ValueError as exc:  # "BiPOConfig.lr=-1 is out of range" -> also name the flag
             import re
 
-            field = re.match(r"BiPOConfig\.(\w+)=", str(exc))
+            field = re.match(r"\w+Config\.(\w+)=", str(exc))
             raise CLIError(f"{exc}" + (f" (--{field.group(1).replace('_', '-')})" if field else "")) from None
     pairs, data_info = None, {}
     if args.method != "actadd":
@@ -309,10 +317,11 @@ def _run_train(args: argparse.Namespace) -> int:
         _check_answer_lengths(model, pairs, config.max_length, args.data or args.behavior)
     t0 = time.perf_counter()
     history = None
-    if args.method == "bipo":
-        print(f"train: BiPO on {len(pairs)} pairs at {config.hook_name}, {config.epochs} epochs, lr {config.lr:g}, "
-              f"{config.precision}", file=sys.stderr)
-        result = train_bipo(model, pairs, config, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    if args.method in TRAINED:
+        print(f"train: {TRAINED[args.method]} on {len(pairs)} pairs at {config.hook_name}, {config.epochs} epochs, "
+              f"lr {config.lr:g}, {config.precision}", file=sys.stderr)
+        train = train_bipo if args.method == "bipo" else train_reps
+        result = train(model, pairs, config, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
         vector = result.vector
         history = result.to_dict()
     elif args.method == "actadd":

@@ -45,7 +45,8 @@ PALETTE: tuple[str, ...] = tuple(OKABE_ITO[k] for k in (
     "vermillion", "blue", "bluish_green", "orange", "reddish_purple", "sky_blue", "black", "yellow"))
 #: Fixed colours for the methods, so BiPO and CAA look the same in every figure.
 METHOD_COLORS = {"bipo": OKABE_ITO["vermillion"], "caa": OKABE_ITO["blue"], "actadd": OKABE_ITO["bluish_green"],
-                 "pca": OKABE_ITO["orange"], "none": OKABE_ITO["black"], "unsteered": OKABE_ITO["black"]}
+                 "pca": OKABE_ITO["orange"], "reps": OKABE_ITO["reddish_purple"], "none": OKABE_ITO["black"],
+                 "unsteered": OKABE_ITO["black"]}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 _STYLE = {
