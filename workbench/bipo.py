@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
 from workbench.eval_common import check_pairs
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
@@ -225,7 +225,7 @@ def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.O
 
 
 # --------------------------------------------------------------------------- training
-def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, idx: Tensor, v: Tensor,
+def _step(runner: Model, head: Model, cache: PrefixCache, idx: Tensor, v: Tensor,
           opt: torch.optim.Optimizer, gen: torch.Generator, config: BiPOConfig, step: int, total: int,
           ) -> dict[str, float]:
     """Optimiser step number ``step`` (0-based) on the pairs ``idx``; returns its history record."""
@@ -248,7 +248,7 @@ def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache
 
 
 @torch.no_grad()
-def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, v: Tensor,
+def _evaluate(runner: Model, head: Model, cache: PrefixCache, v: Tensor,
               beta: float, batch_size: int) -> dict[str, float]:
     out: dict[str, float] = {}
     ref = cache.reference
@@ -264,7 +264,7 @@ def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixC
     return out
 
 
-def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
+def train_bipo(model: Model, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
                checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                eval_pairs: Sequence[Any] | None = None,
                callback: Callable[[dict[str, float]], None] | None = None) -> BiPOResult:
@@ -377,7 +377,7 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
     return BiPOResult(_vector(model, v, config, data_fp, epochs), history, epochs, setup_seconds)
 
 
-def _vector(model: HookedTransformer, v: Tensor, config: BiPOConfig, data_fp: str,
+def _vector(model: Model, v: Tensor, config: BiPOConfig, data_fp: str,
             epochs: list[dict[str, float]]) -> SteeringVector:
     last = epochs[-1] if epochs else {}
     metadata = {"epochs_trained": len(epochs), "final_loss": last.get("loss"),

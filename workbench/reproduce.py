@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.io import atomic_write_json
 from workbench.vector import SteeringVector
 
@@ -107,7 +107,7 @@ def study_pairs(behavior: str, config: StudyConfig) -> tuple[list[Any], list[Any
     return train[: config.n_train], test[: config.n_test]
 
 
-def _key(model: HookedTransformer, behavior: str, config: StudyConfig, layer: int, train: Sequence[Any]) -> str:
+def _key(model: Model, behavior: str, config: StudyConfig, layer: int, train: Sequence[Any]) -> str:
     from workbench.data import fingerprint
 
     spec = {"model": str(model.cfg.model_name), "behavior": behavior, "data": fingerprint(train),
@@ -115,7 +115,7 @@ def _key(model: HookedTransformer, behavior: str, config: StudyConfig, layer: in
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
+def study_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
                   layer: int | None = None, progress: bool = False) -> dict[str, SteeringVector]:
     """BiPO and CAA vectors of one behavior at one layer, loaded from ``runs_dir`` or made and saved.
 
@@ -165,7 +165,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- stages
-def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
+def eval_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
                config: StudyConfig) -> dict[str, Any]:
     """Held-out log-odds (and utility) curves of BiPO vs CAA for one behavior (``evaluate_vectors``)."""
     from workbench.data import load_neutral_text
@@ -180,7 +180,7 @@ def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, Steer
     return {**result, "behavior": behavior}
 
 
-def sweep_stage(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: Path,
+def sweep_stage(model: Model, behavior: str, config: StudyConfig, runs_dir: Path,
                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """CAA at every sweep layer and BiPO at a few: one ``sweep`` result (rows of both methods) and
     BiPO's per-layer cosine to CAA (``cosine_methods``), or None without a BiPO sweep."""
@@ -215,7 +215,7 @@ def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> dict[str, Any
     return table_to_dict(cosine_table(labelled), kind="cosine")
 
 
-def logit_lens_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
+def logit_lens_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
                      config: StudyConfig) -> dict[str, dict[str, Any]]:
     """Top tokens of each vector (one result) and the steered per-layer lens of each (one per method)."""
     from workbench.logit_lens import lens_to_dict, steered_logit_lens, vector_logit_lens
@@ -231,7 +231,7 @@ def logit_lens_stage(model: HookedTransformer, behavior: str, vectors: dict[str,
     return out
 
 
-def composition_stage(model: HookedTransformer, vectors: dict[str, dict[str, SteeringVector]],
+def composition_stage(model: Model, vectors: dict[str, dict[str, SteeringVector]],
                       config: StudyConfig) -> dict[str, Any] | None:
     """The BiPO vectors of ``config.composition`` applied together: a ``composition`` result."""
     from workbench.composition import composition_table
@@ -247,7 +247,7 @@ def composition_stage(model: HookedTransformer, vectors: dict[str, dict[str, Ste
     return result.to_dict(method="bipo")
 
 
-def transfer_stage(model: HookedTransformer, behavior: str, vector: SteeringVector,
+def transfer_stage(model: Model, behavior: str, vector: SteeringVector,
                    config: StudyConfig) -> dict[str, dict[str, Any]]:
     """BiPO vector moved across layers, and applied to a fine-tuned copy of the model."""
     from workbench.data import load_neutral_text
@@ -271,7 +271,7 @@ def transfer_stage(model: HookedTransformer, behavior: str, vector: SteeringVect
 
 
 # --------------------------------------------------------------------------- the whole study
-def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: HookedTransformer | None = None,
+def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: Model | None = None,
               figures_dir: str | Path | None = None, stages: Sequence[str] = STAGES, force: bool = False,
               progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the study into ``out_dir`` (see the module docstring) and draw its figures.

@@ -29,8 +29,8 @@ from typing import Any
 import einops
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.io import atomic_write_json, atomic_write_safetensors
 from workbench.scoring import preference_logodds
 from workbench.vector import IncompatibleVectorError, SteeringVector
@@ -39,13 +39,13 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- measuring transfer
-def _mean_effects(model: HookedTransformer, vector: SteeringVector, pairs: Sequence[Any],
+def _mean_effects(model: Model, vector: SteeringVector, pairs: Sequence[Any],
                   multipliers: Sequence[float], **kwargs: Any) -> tuple[float, list[float]]:
     lo = preference_logodds(model, pairs, [()] + [((vector, float(m)),) for m in multipliers], **kwargs)
     return float(lo[0].mean()), [float((row - lo[0]).mean()) for row in lo[1:]]
 
 
-def transfer_effect(source: HookedTransformer, target: HookedTransformer, vector: SteeringVector,
+def transfer_effect(source: Model, target: Model, vector: SteeringVector,
                     eval_pairs: Sequence[Any], multipliers: Sequence[float] = (-1.0, 1.0),
                     **kwargs: Any) -> pd.DataFrame:
     """Steering effect of ``vector`` on ``source`` and on ``target``, and the share retained.
@@ -80,7 +80,7 @@ def transfer_effect(source: HookedTransformer, target: HookedTransformer, vector
                          for m, s, t in zip(multipliers, eff_s, eff_t)])
 
 
-def layer_transfer(model: HookedTransformer, vector: SteeringVector, eval_pairs: Sequence[Any],
+def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[Any],
                    offsets: Sequence[int] = (-2, -1, 0, 1, 2), multipliers: Sequence[float] = (1.0,),
                    **kwargs: Any) -> pd.DataFrame:
     """Effect of ``vector`` moved from its layer L to L + k (same hook point), for each offset k.
@@ -124,9 +124,9 @@ def _is_bias(name: str) -> bool:
     return name.split(".")[-1].lstrip("_").startswith("b_")
 
 
-def finetune_copy(model: HookedTransformer, texts: Sequence[str], steps: int = 20, lr: float = 1e-5,
+def finetune_copy(model: Model, texts: Sequence[str], steps: int = 20, lr: float = 1e-5,
                   train_last: int = 4, seq_len: int = 64, batch_size: int = 4, seed: int = 0,
-                  name: str | None = None) -> tuple[HookedTransformer, list[float]]:
+                  name: str | None = None) -> tuple[Model, list[float]]:
     """A copy of ``model`` trained briefly by next-token prediction on ``texts``; ``model`` is untouched.
 
     Only the last ``train_last`` blocks (and nothing else: embeddings, final norm and unembedding
@@ -171,7 +171,7 @@ def finetune_copy(model: HookedTransformer, texts: Sequence[str], steps: int = 2
     return tuned, losses
 
 
-def _llama_config(model: HookedTransformer) -> dict[str, Any]:
+def _llama_config(model: Model) -> dict[str, Any]:
     from transformers import LlamaConfig
 
     c = model.cfg
@@ -206,7 +206,7 @@ def _llama_config(model: HookedTransformer) -> dict[str, Any]:
     return d
 
 
-def _hf_state_dict(model: HookedTransformer, tied: bool) -> dict[str, torch.Tensor]:
+def _hf_state_dict(model: Model, tied: bool) -> dict[str, torch.Tensor]:
     """TransformerLens weights in HF Llama layout (inverse of ``convert_llama_weights``)."""
     c = model.cfg
     sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.W_E, "model.norm.weight": model.ln_final.w}
@@ -233,7 +233,7 @@ def _hf_state_dict(model: HookedTransformer, tied: bool) -> dict[str, torch.Tens
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
 
 
-def export_hf_llama(model: HookedTransformer, directory: str | Path, overwrite: bool = False) -> Path:
+def export_hf_llama(model: Model, directory: str | Path, overwrite: bool = False) -> Path:
     """Write a Llama-style ``HookedTransformer`` as a Hugging Face ``LlamaForCausalLM`` directory.
 
     The directory gets ``config.json``, ``model.safetensors`` (fp32) and the tokenizer files, and
