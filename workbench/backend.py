@@ -86,15 +86,17 @@ def final_residual(model: Model, tokens: Tensor, attention_mask: Tensor | None =
 def remaining_hooks(model: Model) -> int:
     """Forward/backward hooks a caller attached anywhere in ``model`` (0 when clean).
 
-    On a ``HookedTransformer`` every hook counts (hook points and raw module hooks); on a bridge,
-    hooks on its hook points (``model.hooks``, ``run_with_hooks``, ``add_hook``), not the module
-    hooks the bridge installs for itself.
+    Each hook counts once: those on hook points (``model.hooks``, ``run_with_hooks``, ``add_hook``)
+    and, on a ``HookedTransformer``, raw torch hooks on any other module. A bridge's other module
+    hooks are its own (about 150 on a fresh one) and are not counted.
     """
+    from transformer_lens.hook_points import HookPoint
+
     points = {id(hp): hp for hp in model.hook_dict.values()}.values()  # a bridge lists aliases twice
     n = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points)
     if not is_bridge(model):
         n += sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                 for m in model.modules())
+                 for m in model.modules() if not isinstance(m, HookPoint))
     return n
 
 
@@ -111,7 +113,8 @@ def boot_bridge(name: str, *, model_name: str, prepend_bos: bool, hf_model: Any 
     used as they are (no LayerNorm folding, no centering), as workbench's ``HookedTransformer``
     models are, so a vector trained on one line steers the other identically. ``cfg`` is set to the
     facts workbench relies on: ``model_name`` (workbench's name, not the HF id),
-    ``default_prepend_bos`` (False for chat models such as SmolLM2), ``rotary_base`` (the model's own
+    ``default_prepend_bos`` (False for chat models such as SmolLM2), ``tokenizer_prepends_bos`` (what
+    the tokenizer does), ``rotary_base`` (the model's own
     ``rope_theta``; the bridge reports 10000) and ``dtype``. ``boot_kwargs``: ``device``, ``dtype``,
     ``device_map``, ``n_devices``, ``max_memory`` (accelerate's placement over several GPUs).
     """
@@ -121,7 +124,9 @@ def boot_bridge(name: str, *, model_name: str, prepend_bos: bool, hf_model: Any 
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
     bridge.cfg.model_name = model_name
     bridge.cfg.default_prepend_bos = prepend_bos
-    bridge.cfg.tokenizer_prepends_bos = prepend_bos
+    tok = bridge.tokenizer  # the bridge turns its add_bos_token on: to_tokens must know, to strip it
+    if tok is not None and tok.bos_token_id is not None:
+        bridge.cfg.tokenizer_prepends_bos = tok("a")["input_ids"][:1] == [tok.bos_token_id]
     bridge.cfg.rotary_base = hf_rotary_base(bridge.original_model.config)
     bridge.cfg.dtype = next(bridge.original_model.parameters()).dtype
     bridge.eval()
