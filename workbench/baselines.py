@@ -134,9 +134,9 @@ def _reduce(act: Float[Tensor, "batch pos d_model"], batch: TokenizedBatch,
     return total / mask.sum(1, keepdim=True).float()
 
 
-def _record(act: Tensor, hook: Any, *, store: dict[str, Tensor], batch: TokenizedBatch,
+def _record(act: Tensor, hook: Any, *, name: str, store: dict[str, Tensor], batch: TokenizedBatch,  # noqa: ARG001
             positions: Tensor | None) -> None:
-    store[hook.name] = _reduce(act, batch, positions).cpu()
+    store[name] = _reduce(act, batch, positions).cpu()  # keyed by the requested name (a bridge's hook.name differs)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -198,7 +198,7 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
         batch = batch.to(device)
         store: dict[str, Tensor] = {}
         fn = partial(_record, store=store, batch=batch, positions=positions)
-        with model.hooks(fwd_hooks=[(name, fn) for name in names]):
+        with model.hooks(fwd_hooks=[(name, partial(fn, name=name)) for name in names]):
             model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop)
         k = len(idx)
         for name, layer in names.items():

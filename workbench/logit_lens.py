@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from workbench.backend import Model
+from workbench.backend import Model, final_residual
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.prompts import end_of_turn, format_chat
 from workbench.scoring import tokenize_completions, unembed
@@ -97,7 +97,7 @@ def final_residuals(model: Model, texts: Sequence[str], max_positions: int = 512
         for i, e in enumerate(enc):
             tokens[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
         dev = model.cfg.device
-        resid = model(tokens.to(dev), attention_mask=mask.to(dev), stop_at_layer=model.cfg.n_layers)
+        resid = final_residual(model, tokens.to(dev), mask.to(dev))
         rows.append(resid[mask.to(dev).bool()].float().cpu())  # (real tokens, d_model)
     out = torch.cat(rows)
     if len(out) > max_positions:
@@ -197,8 +197,8 @@ def _read_points(model: Model, pairs: Sequence[Any], system_prompt: str | None,
     return batch, batch.prompt_lengths - 1 + torch.tensor(offsets), torch.tensor(pos_t), torch.tensor(neg_t)
 
 
-def _store(act: Tensor, hook: Any, *, out: dict[str, Tensor], rows: Tensor, cols: Tensor) -> None:
-    out[hook.name] = act[rows, cols].detach().float()  # (n, d_model)
+def _store(act: Tensor, hook: Any, *, name: str, out: dict[str, Tensor], rows: Tensor, cols: Tensor) -> None:  # noqa: ARG001
+    out[name] = act[rows, cols].detach().float()  # (n, d_model); keyed by the requested name (a bridge's hook.name differs)
 
 
 def _lens_logprobs(model: Model, resid: Tensor) -> Tensor:
@@ -242,7 +242,7 @@ def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any
         reads: list[dict[str, Tensor]] = []
         for steered in (False, True):
             out: dict[str, Tensor] = {}
-            hooks = [(n, partial(_store, out=out, rows=rows, cols=c)) for n in names]
+            hooks = [(n, partial(_store, name=n, out=out, rows=rows, cols=c)) for n in names]
             with steer(model, [vector] if steered else [], [multiplier] if steered else []):
                 with model.hooks(fwd_hooks=hooks):  # registered after steer's hook: reads steered values
                     model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=n_layers)

@@ -30,7 +30,7 @@ import einops
 import pandas as pd
 import torch
 
-from workbench.backend import Model
+from workbench.backend import Model, is_bridge
 from workbench.io import atomic_write_json, atomic_write_safetensors
 from workbench.scoring import preference_logodds
 from workbench.vector import IncompatibleVectorError, SteeringVector
@@ -233,6 +233,22 @@ def _hf_state_dict(model: Model, tied: bool) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
 
 
+def _bridge_llama(model: Model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config and fp32 weights of the transformers Llama inside a bridge (TransformerLens 4)."""
+    hf = model.original_model
+    if type(hf).__name__ != "LlamaForCausalLM":
+        raise ValueError(f"model {model.cfg.model_name!r} is not Llama-style: it wraps a {type(hf).__name__}")
+    config = {**hf.config.to_dict(), "architectures": ["LlamaForCausalLM"], "dtype": "float32"}
+    tied = bool(config.get("tie_word_embeddings"))
+    # the bridge wraps each module (``._original_component`` in the names) and gives lm_head a zero bias
+    state = {k.replace("._original_component", ""): v for k, v in hf.state_dict().items()}
+    bias = state.pop("lm_head.bias", None)
+    if bias is not None and bias.abs().max() > 0:
+        raise ValueError("the unembedding has a non-zero bias, which a Llama checkpoint cannot hold")
+    return config, {k: v.detach().float().contiguous().clone() for k, v in state.items()
+                    if not (tied and k == "lm_head.weight")}
+
+
 def export_hf_llama(model: Model, directory: str | Path, overwrite: bool = False) -> Path:
     """Write a Llama-style ``HookedTransformer`` as a Hugging Face ``LlamaForCausalLM`` directory.
 
@@ -249,12 +265,16 @@ def export_hf_llama(model: Model, directory: str | Path, overwrite: bool = False
         raise ValueError(f"{directory} exists; pass overwrite=True to replace it")
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer to export")
-    config = _llama_config(model)
+    if is_bridge(model):  # a TransformerBridge wraps the transformers model itself: written as it is
+        config, state = _bridge_llama(model)
+    else:
+        config = _llama_config(model)
+        state = _hf_state_dict(model, config["tie_word_embeddings"])
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.tokenizer.save_pretrained(tmp)
-        atomic_write_safetensors(_hf_state_dict(model, config["tie_word_embeddings"]), tmp / "model.safetensors",
+        atomic_write_safetensors(state, tmp / "model.safetensors",
                                  metadata={"format": "pt"})
         atomic_write_json(config, tmp / "config.json")
         os.chmod(tmp, 0o755)
