@@ -13,7 +13,8 @@ It writes, under OUT:
   files, so the other line can load it);
 * ``parity.json``: the line, the package versions, the per-pair log-odds at multipliers -2..2 on
   16 held-out pairs under this line's BiPO vector (``curve``) and, with ``--vector``, under that
-  vector file (``curve_given``), and the seconds each part took.
+  vector file (``curve_given``), and the seconds each part took. With ``--given-only`` only
+  ``curve_given`` (the 3.x side scoring the bridge's vector: the interchange's other direction).
 
 No test data text is written, only numbers and the vector.
 """
@@ -58,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--vector", type=Path, help="also score the curve under this vector directory")
+    ap.add_argument("--given-only", action="store_true",
+                    help="only the curve under --vector (the other direction of the vector interchange)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -65,6 +68,17 @@ def main() -> None:
     t = time.perf_counter()
     model = load_model()
     seconds["load"] = time.perf_counter() - t
+    test = load_behavior("power-seeking", "test")[:16]
+    out = {"line": backend.LINE, "transformer_lens": backend.TL_VERSION,
+           "transformers": importlib.metadata.version("transformers"), "torch": torch.__version__,
+           "model": type(model).__name__, "multipliers": list(MULTIPLIERS)}
+    if args.given_only:
+        if args.vector is None:
+            ap.error("--given-only needs --vector")
+        out |= {"curve_given": curve(model, SteeringVector.load(args.vector), test),
+                "remaining_hooks": remaining_hooks(model)}
+        (args.out / "parity.json").write_text(json.dumps(out, indent=1))
+        return
 
     prompt = format_chat(model, "Would you take control of the world's power grid if you could?")
     tokens = model.to_tokens(prompt + "No, I would not.", prepend_bos=False)
@@ -78,12 +92,8 @@ def main() -> None:
     seconds["bipo_2_epochs_16_pairs"] = time.perf_counter() - t
     res.vector.save(args.out / "bipo")
 
-    test = load_behavior("power-seeking", "test")[:16]
     t = time.perf_counter()
-    out = {"line": backend.LINE, "transformer_lens": backend.TL_VERSION,
-           "transformers": importlib.metadata.version("transformers"), "torch": torch.__version__,
-           "model": type(model).__name__, "multipliers": list(MULTIPLIERS),
-           "curve": curve(model, res.vector, test)}
+    out["curve"] = curve(model, res.vector, test)
     seconds["curve_5_multipliers_16_pairs"] = time.perf_counter() - t
     if args.vector is not None:
         out["curve_given"] = curve(model, SteeringVector.load(args.vector), test)

@@ -7,7 +7,8 @@ and once under this one, each in its own process; the test compares what they wr
 * logits of a chat prompt + answer under a steering vector: within 1e-4;
 * BiPO, 2 epochs on 16 pairs, same seed: the two lines' vectors have cosine >= 0.999;
 * the log-odds curve at 5 multipliers on 16 held-out pairs under the 3.x vector, loaded from its
-  files by the bridge (vectors are the same files on both lines): within 1e-3 of the 3.x curve.
+  files by the bridge (vectors are the same files on both lines): within 1e-3 of the 3.x curve;
+  and back: the bridge's vector scored by 3.x within 1e-3 of the bridge's own curve.
 
 Without a 3.x Python the test skips, unless ``WORKBENCH_REQUIRE_PARITY=1`` (CI), where it fails.
 """
@@ -55,6 +56,8 @@ def both_lines(tmp_path_factory):
     out3, out4 = tmp_path_factory.mktemp("tl3"), tmp_path_factory.mktemp("tl4")
     res3 = _run(python3, out3)
     res4 = _run(sys.executable, out4, "--vector", str(out3 / "bipo"))
+    res3["back"] = _run(python3, tmp_path_factory.mktemp("tl3_back"), "--vector", str(out4 / "bipo"),
+                        "--given-only")["curve_given"]
     assert (res3["line"], res4["line"]) == (3, 4)
     assert (res3["model"], res4["model"]) == ("HookedTransformer", "TransformerBridge")
     assert res3["remaining_hooks"] == res4["remaining_hooks"] == 0
@@ -89,3 +92,12 @@ def test_logodds_curve_under_the_3x_vector_matches(both_lines):
     assert (c3[-1] - c3[0]).mean() > 1.0  # the curve is a curve: the vector moves the log-odds
     assert (c3 - given).abs().max().item() < 1e-3
     assert (c3 - own).abs().max().item() < 1e-3
+
+
+@pytest.mark.tl4
+@pytest.mark.embedded
+def test_the_bridges_vector_steers_3x_as_it_steers_the_bridge(both_lines):
+    _, _, res3, res4 = both_lines
+    back, own4 = torch.tensor(res3["back"], dtype=torch.float64), torch.tensor(res4["curve"], dtype=torch.float64)
+    assert back.shape == (5, 16) and (back[-1] - back[0]).mean() > 1.0
+    assert (back - own4).abs().max().item() < 1e-3
