@@ -49,6 +49,11 @@ def make_tiny_tokenizer(chat: bool = True):
 
 def make_tiny_model(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: bool = True,
                     dtype: torch.dtype = torch.float32):
+    """A tiny random Llama: a ``HookedTransformer`` on TransformerLens 3.x, a ``TransformerBridge`` on 4.x."""
+    from workbench.backend import LINE
+
+    if LINE == 4:
+        return make_tiny_bridge(n_layers, d_model, seed, chat, dtype)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tok = make_tiny_tokenizer(chat=chat)
@@ -69,6 +74,41 @@ def make_tiny_model(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: b
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def make_tiny_bridge(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: bool = True,
+                     dtype: torch.dtype = torch.float32):
+    """The same tiny Llama as a ``TransformerBridge`` (TransformerLens 4) around a random transformers model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench.backend import boot_bridge
+
+    tok = make_tiny_tokenizer(chat=chat)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(config)
+    with torch.no_grad():  # as make_tiny_model: wide enough for non-trivial outputs
+        for p in hf.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.3)
+    hf.to(dtype).eval()
+    name = f"tiny-{n_layers}x{d_model}"
+    return boot_bridge(name, hf_model=hf, tokenizer=tok, model_name=name, prepend_bos=False, dtype=dtype)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``tl3`` tests (HookedTransformer internals: weight layout, prefix skip) skip on TransformerLens 4;
+    ``tl4`` tests (the bridge against the 3.x line) skip on 3.x."""
+    from workbench.backend import LINE
+
+    for item in items:
+        for marker, line in (("tl3", 3), ("tl4", 4)):
+            if item.get_closest_marker(marker) and LINE != line:
+                item.add_marker(pytest.mark.skip(reason=f"needs TransformerLens {line}.x (installed: {LINE}.x)"))
 
 
 @pytest.fixture(autouse=True)

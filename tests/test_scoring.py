@@ -202,6 +202,7 @@ def _storages(*modules) -> dict[int, int]:
     return out
 
 
+@pytest.mark.tl3
 def test_runner_shares_weights_lays_out_only_block_matrices_and_leaves_the_model_alone(tiny_model):
     before = {k: p.clone() for k, p in tiny_model.state_dict().items()}
     runner = make_runner(tiny_model, 2)

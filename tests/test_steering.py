@@ -113,6 +113,7 @@ def test_sampled_generation_repeatable_with_seed(tiny_model):
     assert a == b
 
 
+@pytest.mark.tl3
 def test_generation_decodes_with_laid_out_weights_and_same_tokens(tiny_model):
     from workbench.steering import _generation_model
 

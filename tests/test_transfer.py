@@ -46,6 +46,7 @@ def test_export_and_reload_gives_the_same_logits(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary left behind
 
 
+@pytest.mark.tl3  # HookedTransformer weights: ties found by equality, random biases
 def test_export_tied_embeddings(tmp_path):
     m = llama_like(seed=1)
     with torch.no_grad():
@@ -67,6 +68,7 @@ def test_path_containing_llama_loads(tmp_path):
     assert torch.allclose(back(toks), m(toks), atol=1e-4)
 
 
+@pytest.mark.tl3  # HookedTransformer weights: ties found by equality, random biases
 def test_export_refusals(tmp_path):
     m = make_tiny_model()  # random attention biases: not a Llama checkpoint
     with pytest.raises(ValueError, match="non-zero biases"):

@@ -31,7 +31,8 @@ _EXPORTS = {
     # load and steer
     "workbench.model": ["load_model"],
     "workbench.prompts": ["format_chat"],
-    "workbench.steering": ["generate", "remaining_hooks", "steer"],
+    "workbench.steering": ["generate", "steer"],
+    "workbench.backend": ["remaining_hooks"],
     # data
     "workbench.data": ["DataFormatError", "PreferencePair", "as_ab_pairs", "list_behaviors", "load_behavior",
                        "load_neutral_text", "load_pairs", "train_test_split"],
@@ -117,7 +118,8 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.reproduce import StudyConfig, demo, study_pairs, study_sweeps, study_vectors
     from workbench.results import ResultFormatError, load_result, result_table
     from workbench.similarity import cosine_table, layer_cosine_table, method_cosines
-    from workbench.steering import generate, remaining_hooks, steer
+    from workbench.backend import remaining_hooks
+    from workbench.steering import generate, steer
     from workbench.transfer import finetune_copy, layer_transfer, transfer_effect
     from workbench.vector import SteeringVector, load_vector
     from workbench.widgets import SteeringExplorer

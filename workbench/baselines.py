@@ -42,8 +42,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT  # BiPO's official system prompt
 from workbench.data import PreferencePair, fingerprint
 from workbench.eval_common import check_pairs
@@ -77,7 +77,7 @@ def _as_layer(layer: Any) -> int:
         raise ValueError(f"layer must be an int, got {layer!r}") from None
 
 
-def _check_layers(model: HookedTransformer, layers: Sequence[int] | int, hook: str) -> list[int]:
+def _check_layers(model: Model, layers: Sequence[int] | int, hook: str) -> list[int]:
     if hook.startswith("blocks."):
         raise ValueError(f"hook={hook!r}: give the hook point inside the block ('resid_post', 'resid_pre', "
                          "'attn_out' ...), not a full hook name; the layer comes from `layers`")
@@ -99,7 +99,7 @@ def _check_layers(model: HookedTransformer, layers: Sequence[int] | int, hook: s
 
 
 # --------------------------------------------------------------------------- positions
-def _letter_index(model: HookedTransformer, answer: str, where: str) -> int:
+def _letter_index(model: Model, answer: str, where: str) -> int:
     """Index (within the answer's own tokens) of the token holding the A/B letter."""
     m = _LETTER_IN_PARENS.search(answer) or _LEADING_LETTER.match(answer)
     if m is None:
@@ -134,14 +134,14 @@ def _reduce(act: Float[Tensor, "batch pos d_model"], batch: TokenizedBatch,
     return total / mask.sum(1, keepdim=True).float()
 
 
-def _record(act: Tensor, hook: Any, *, store: dict[str, Tensor], batch: TokenizedBatch,
+def _record(act: Tensor, hook: Any, *, name: str, store: dict[str, Tensor], batch: TokenizedBatch,  # noqa: ARG001
             positions: Tensor | None) -> None:
-    store[hook.name] = _reduce(act, batch, positions).cpu()
+    store[name] = _reduce(act, batch, positions).cpu()  # keyed by the requested name (a bridge's hook.name differs)
 
 
 # --------------------------------------------------------------------------- extraction
 @torch.no_grad()
-def extract_activations(model: HookedTransformer, pairs: Sequence[PreferencePair], layers: Sequence[int] | int,
+def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: Sequence[int] | int,
                         hook: str = "resid_post", position: Position = "answer_mean",
                         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8,
                         progress: bool = True, append_end_of_turn: bool = False,
@@ -198,7 +198,7 @@ def extract_activations(model: HookedTransformer, pairs: Sequence[PreferencePair
         batch = batch.to(device)
         store: dict[str, Tensor] = {}
         fn = partial(_record, store=store, batch=batch, positions=positions)
-        with model.hooks(fwd_hooks=[(name, fn) for name in names]):
+        with model.hooks(fwd_hooks=[(name, partial(fn, name=name)) for name in names]):
             model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop)
         k = len(idx)
         for name, layer in names.items():
@@ -221,7 +221,7 @@ def _refuse_prompt_last(position: str) -> None:
                          f"position rule ({', '.join(p for p in POSITIONS if p != 'prompt_last')})")
 
 
-def mean_difference_vectors(model: HookedTransformer, pairs: Sequence[PreferencePair],
+def mean_difference_vectors(model: Model, pairs: Sequence[PreferencePair],
                             layers: Sequence[int] | int, hook: str = "resid_post",
                             position: Position = "answer_mean",
                             system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8,
@@ -256,7 +256,7 @@ def mean_difference_vectors(model: HookedTransformer, pairs: Sequence[Preference
     return out
 
 
-def caa(model: HookedTransformer, pairs: Sequence[PreferencePair], layer: int, hook: str = "resid_post",
+def caa(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "resid_post",
         position: Position = "answer_mean", **kwargs: Any) -> SteeringVector:
     """One CAA vector: ``mean_difference_vectors`` at a single layer (same keyword arguments).
 
@@ -289,7 +289,7 @@ def first_principal_component(diffs: Float[Tensor, "n d_model"], center: bool = 
     return vh[0], share
 
 
-def pca(model: HookedTransformer, pairs: Sequence[PreferencePair], layer: int, hook: str = "resid_post",
+def pca(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "resid_post",
         position: Position = "answer_mean", center: bool = False,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8, progress: bool = True,
         append_end_of_turn: bool = False, max_length: int | None = None) -> SteeringVector:
@@ -328,7 +328,7 @@ def pca(model: HookedTransformer, pairs: Sequence[PreferencePair], layer: int, h
 
 # --------------------------------------------------------------------------- ActAdd
 @torch.no_grad()
-def actadd(model: HookedTransformer, positive: str, negative: str, layer: int, hook: str = "resid_pre",
+def actadd(model: Model, positive: str, negative: str, layer: int, hook: str = "resid_pre",
            position: Literal["last", "sum", "mean"] = "last", pad_text: str = " ",
            prepend_bos: bool | None = None) -> SteeringVector:
     """ActAdd: ``act(positive) - act(negative)`` for one pair of raw prompts (no chat template).

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
 from workbench.eval_common import check_pairs
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
@@ -298,7 +298,7 @@ def answer_lengths(cache: PrefixCache, idx: Tensor | None = None) -> Float[Tenso
 
 
 # --------------------------------------------------------------------------- training
-def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, idx: Tensor, v: Tensor,
+def _step(runner: Model, head: Model, cache: PrefixCache, idx: Tensor, v: Tensor,
           opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig, step: int, total: int,
           objective: Objective = BIPO) -> dict[str, float]:
     """Optimiser step number ``step`` (0-based) on the pairs ``idx``; returns its history record."""
@@ -322,7 +322,7 @@ def _step(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache
 
 
 @torch.no_grad()
-def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixCache, v: Tensor,
+def _evaluate(runner: Model, head: Model, cache: PrefixCache, v: Tensor,
               objective: Objective, config: TrainConfig, batch_size: int) -> dict[str, float]:
     out: dict[str, float] = {}
     ref, lengths = cache.reference, answer_lengths(cache)
@@ -338,7 +338,7 @@ def _evaluate(runner: HookedTransformer, head: HookedTransformer, cache: PrefixC
     return out
 
 
-def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
+def train_bipo(model: Model, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
                checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                eval_pairs: Sequence[Any] | None = None,
                callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
@@ -371,7 +371,7 @@ def train_bipo(model: HookedTransformer, pairs: Sequence[Any], config: BiPOConfi
                                    progress=progress, eval_pairs=eval_pairs, callback=callback)
 
 
-def train_preference_vector(model: HookedTransformer, pairs: Sequence[Any], config: TrainConfig,
+def train_preference_vector(model: Model, pairs: Sequence[Any], config: TrainConfig,
                             objective: Objective, *, checkpoint_dir: str | Path | None = None,
                             resume: bool = False, progress: bool = True, eval_pairs: Sequence[Any] | None = None,
                             callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
@@ -462,7 +462,7 @@ def train_preference_vector(model: HookedTransformer, pairs: Sequence[Any], conf
     return TrainResult(_vector(model, v, config, data_fp, epochs, objective), history, epochs, setup_seconds)
 
 
-def _vector(model: HookedTransformer, v: Tensor, config: TrainConfig, data_fp: str,
+def _vector(model: Model, v: Tensor, config: TrainConfig, data_fp: str,
             epochs: list[dict[str, float]], objective: Objective) -> SteeringVector:
     last = epochs[-1] if epochs else {}
     metadata = {"epochs_trained": len(epochs), "final_loss": last.get("loss"),

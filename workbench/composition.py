@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.results import COMPOSITION, ResultFormatError, from_dict, records, result
 from workbench.steering import steer
 from workbench.scoring import Condition, preference_logodds
@@ -55,7 +55,7 @@ def _check(vectors: Mapping[str, SteeringVector], multipliers: Mapping[str, floa
     return mults
 
 
-def composition_logodds(model: HookedTransformer, vectors: Mapping[str, SteeringVector],
+def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
                         eval_pairs: Mapping[str, Sequence[Any]], multipliers: Mapping[str, float] | float = 1.0,
                         subsets: str = "singles", **kwargs: Any) -> pd.DataFrame:
     """Mean held-out log-odds of every behavior under each steering condition (tidy, long form).
@@ -122,7 +122,7 @@ class CompositionResult:
         return cls(pd.DataFrame(obj["rows"]), pd.DataFrame(obj["conditions"]), dict(obj["multipliers"]))
 
 
-def composition_table(model: HookedTransformer, vectors: Mapping[str, SteeringVector],
+def composition_table(model: Model, vectors: Mapping[str, SteeringVector],
                       eval_pairs: Mapping[str, Sequence[Any]], multipliers: Mapping[str, float] | float = 1.0,
                       **kwargs: Any) -> CompositionResult:
     """Per behavior: own, cross, combined effect, interaction and retained share (module docstring).
@@ -149,7 +149,7 @@ def composition_table(model: HookedTransformer, vectors: Mapping[str, SteeringVe
 
 
 @torch.no_grad()
-def hook_deltas(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], vectors: Sequence[SteeringVector],
+def hook_deltas(model: Model, tokens: Int[Tensor, "batch pos"], vectors: Sequence[SteeringVector],
                 multipliers: Sequence[float], attention_mask: Int[Tensor, "batch pos"] | None = None,
                 ) -> dict[str, Float[Tensor, "batch pos d_model"]]:
     """Activation at each vector's hook under the combination minus the unsteered activation.

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers, check_pairs, summarize
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.scoring import VectorSpec, label_vectors
@@ -50,7 +50,7 @@ DECODINGS = ("greedy", "sampled")
 
 
 # --------------------------------------------------------------------------- generation
-def _generate_all(model: HookedTransformer, vecs: Sequence[Any], prompts: Sequence[str], m: float, *,
+def _generate_all(model: Model, vecs: Sequence[Any], prompts: Sequence[str], m: float, *,
                   decoding: str, max_new_tokens: int, batch_size: int, temperature: float,
                   top_p: float | None, seed: int) -> list[str]:
     out: list[str] = []
@@ -64,7 +64,7 @@ def _generate_all(model: HookedTransformer, vecs: Sequence[Any], prompts: Sequen
     return [t.strip() for t in out]
 
 
-def steered_generations(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
+def steered_generations(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                         questions: Sequence[str], multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, decodings: Sequence[str] = ("greedy",),
                         max_new_tokens: int = 48, batch_size: int = 16, temperature: float = 1.0,
@@ -93,7 +93,7 @@ def steered_generations(model: HookedTransformer, vectors: VectorSpec | Mapping[
 
 
 # --------------------------------------------------------------------------- open-ended scoring
-def _judge_prompt(model: HookedTransformer, question: str, generation: str, system_prompt: str | None) -> str:
+def _judge_prompt(model: Model, question: str, generation: str, system_prompt: str | None) -> str:
     tok = model.tokenizer
     if has_chat_template(tok):
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + [
@@ -108,7 +108,7 @@ def _judge_prompt(model: HookedTransformer, question: str, generation: str, syst
 
 
 @torch.no_grad()
-def _score_two(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[Sequence[str]],
+def _score_two(model: Model, prompts: Sequence[str], answers: Sequence[Sequence[str]],
                batch_size: int, max_length: int | None) -> np.ndarray:
     """``(n, 2)`` unsteered log-probs, each prompt run once for both answers (``workbench.scoring``)."""
     from workbench.scoring import answer_logprobs, tokenize_items
@@ -117,7 +117,7 @@ def _score_two(model: HookedTransformer, prompts: Sequence[str], answers: Sequen
     return answer_logprobs(model, items, [()], batch_size=batch_size)[0].view(len(prompts), 2).double().numpy()
 
 
-def score_open_ended(model: HookedTransformer, pairs: Sequence[Any], generations: Sequence[str],
+def score_open_ended(model: Model, pairs: Sequence[Any], generations: Sequence[str],
                      items: Sequence[int], *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                      batch_size: int = 16, max_length: int | None = 512) -> pd.DataFrame:
     """Likelihood-judge scores (module docstring) of ``generations[k]`` for pair ``pairs[items[k]]``.
@@ -139,7 +139,7 @@ def score_open_ended(model: HookedTransformer, pairs: Sequence[Any], generations
     return pd.DataFrame({"raw": raw, "score": raw - (prior[:, 0] - prior[:, 1])})
 
 
-def validate_open_scorer(model: HookedTransformer, pairs: Sequence[Any], *,
+def validate_open_scorer(model: Model, pairs: Sequence[Any], *,
                          system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16) -> pd.DataFrame:
     """How often the judge ranks the right reference first when the generation IS a reference.
 
@@ -164,7 +164,7 @@ def validate_open_scorer(model: HookedTransformer, pairs: Sequence[Any], *,
     return pd.DataFrame(rows)
 
 
-def open_ended_eval(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+def open_ended_eval(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                     multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, decodings: Sequence[str] = ("greedy", "sampled"),
                     max_new_tokens: int = 48, batch_size: int = 16, seed: int = 0, n_boot: int = 1000,
@@ -200,7 +200,7 @@ def load_refusal_prompts(path: str | Path, limit: int | None = None) -> list[str
     return [r.goal for r in load_advbench(path, limit=limit, require_target=False)]
 
 
-def refusal_eval(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], prompts: Sequence[str],
+def refusal_eval(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], prompts: Sequence[str],
                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 48, batch_size: int = 16,
                  n_boot: int = 1000, seed: int = 0,

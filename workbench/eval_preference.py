@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.eval_common import DEFAULT_MULTIPLIERS, check_ab_pairs, check_multipliers, check_pairs, summarize
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
 from workbench.scoring import (Precision, VectorSpec, label_vectors, preference_logprobs, run_conditions,
@@ -41,11 +41,11 @@ def _frame(specs: Mapping[str, Any], keys: Sequence[tuple[str, float]], n: int,
 
 # --------------------------------------------------------------------------- 1. log-odds
 @torch.no_grad()
-def pair_logodds(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+def pair_logodds(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
                  batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
-                 progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
+                 progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
     """Per-pair answer log-probs and log-odds at each multiplier (``workbench.scoring.preference_logprobs``).
 
     Args:
@@ -94,7 +94,7 @@ def summarize_logodds(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     return pd.concat(out, ignore_index=True)
 
 
-def logodds_curve(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+def logodds_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                   multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
                   **kwargs: Any) -> pd.DataFrame:
     """Preference log-odds curve over multipliers (see ``pair_logodds`` for the arguments).
@@ -129,7 +129,7 @@ def steerability(per_pair: pd.DataFrame, column: str = "logodds", n_boot: int = 
 
 
 # --------------------------------------------------------------------------- 2. A/B probability
-def _letter_token(model: HookedTransformer, letter: str) -> int:
+def _letter_token(model: Model, letter: str) -> int:
     ids = model.tokenizer(letter, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ValueError(f"answer letter {letter!r} is {len(ids)} tokens for this tokenizer; the 'ab' metric "
@@ -138,11 +138,11 @@ def _letter_token(model: HookedTransformer, letter: str) -> int:
 
 
 @torch.no_grad()
-def ab_pair_probs(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+def ab_pair_probs(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                   multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                   system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
                   precision: Precision = "fp32", max_length: int | None = 512,
-                  progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
+                  progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
     """CAA's A/B probability per pair: prompt ``chat(question)``, answer ``"("``, next token A vs B.
 
     Returns:
@@ -169,7 +169,7 @@ def ab_pair_probs(model: HookedTransformer, vectors: VectorSpec | Mapping[str, V
     return _frame(specs, keys, n, {"p_matching": v[:, :, 0], "p_letters": v[:, :, 1], "logit_diff": v[:, :, 2]})
 
 
-def ab_curve(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+def ab_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
              multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
              **kwargs: Any) -> pd.DataFrame:
     """A/B behavior probability per (vector, multiplier): ``mean`` p(matching) with its interval,

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers, summarize
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat
 from workbench.scoring import Precision, VectorSpec, answer_logprobs, label_vectors, sweep_conditions, tokenize_items
@@ -52,12 +52,12 @@ def _check_questions(questions: Sequence[Any] | None, what: str) -> list[Any]:
 
 
 @torch.no_grad()
-def truthfulqa_per_question(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
+def truthfulqa_per_question(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                             mc1: Sequence[Any] | None, mc2: Sequence[Any] | None,
                             multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                             system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = False,
                             batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 512,
-                            progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
+                            progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
     """MC1 correctness and MC2 true mass per (vector, multiplier, targets, question).
 
     Args:
@@ -102,7 +102,7 @@ def truthfulqa_per_question(model: HookedTransformer, vectors: VectorSpec | Mapp
     return pd.concat(frames, ignore_index=True)
 
 
-def truthfulqa_mc(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
+def truthfulqa_mc(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                   mc1: Sequence[Any] | None, mc2: Sequence[Any] | None,
                   multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
                   **kwargs: Any) -> pd.DataFrame:

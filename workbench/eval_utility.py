@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.eval_common import DEFAULT_MULTIPLIERS, bootstrap_interval, check_multipliers
 from workbench.scoring import Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions, unembed
 
 MEASURES = ("perplexity", "top1_agreement", "kl_from_unsteered")
 
 
-def _tokenize_texts(model: HookedTransformer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+def _tokenize_texts(model: Model, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     tok = model.tokenizer
     bos = tok.bos_token_id if model.cfg.default_prepend_bos else None
     out = []
@@ -44,10 +44,10 @@ def _tokenize_texts(model: HookedTransformer, texts: Sequence[str], max_tokens: 
 
 
 @torch.no_grad()
-def utility_per_text(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
+def utility_per_text(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                      texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                      max_tokens: int = 128, batch_size: int = 8, precision: Precision = "fp32",
-                     chunk: int = 256, progress: bool = True, runner: HookedTransformer | None = None) -> pd.DataFrame:
+                     chunk: int = 256, progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
     """Per passage and multiplier: summed NLL, top-1 agreements and summed KL over predicted tokens.
 
     Args:
@@ -125,7 +125,7 @@ def summarize_utility(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     return pd.DataFrame(rows)
 
 
-def utility_curve(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
+def utility_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                   texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                   n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
     """Perplexity, top-1 agreement and KL with the unsteered model per (vector, multiplier).

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.eval_common import DEFAULT_MULTIPLIERS, check_multipliers, check_pairs, is_ab_data, records
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.eval_preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
@@ -65,7 +65,7 @@ def _vector_info(label: str, vecs: list[SteeringVector], source: str | None) -> 
     return info
 
 
-def check_vectors(model: HookedTransformer, specs: Mapping[str, list[SteeringVector]],
+def check_vectors(model: Model, specs: Mapping[str, list[SteeringVector]],
                   strict_model_name: bool = False) -> list[str]:
     """Check every vector fits ``model``; returns warnings.
 
@@ -89,7 +89,7 @@ def _split_by(df: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
     return {str(k): g.drop(columns=column).reset_index(drop=True) for k, g in df.groupby(column, sort=False)}
 
 
-def evaluate_vectors(model: HookedTransformer, vectors: VectorSpec | Mapping[str, VectorSpec],
+def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                      pairs: Sequence[Any] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
                      metrics: Sequence[str] = ("logodds", "ab", "utility"), *,
                      system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,

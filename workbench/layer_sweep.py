@@ -30,8 +30,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from workbench.results import SWEEP, ResultFormatError, from_dict, records, result
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.scoring import Condition, preference_logodds
 from workbench.similarity import cosine
@@ -81,7 +81,7 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
     return sorted(set(layers))
 
 
-def steering_effects(model: HookedTransformer, vectors: Mapping[Any, SteeringVector], pairs: Sequence[Any],
+def steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs: Sequence[Any],
                      multipliers: Sequence[float] = (-1.0, 1.0), **kwargs: Any) -> pd.DataFrame:
     """Effect of each vector alone at each multiplier: mean log-odds change against ``m = 0``.
 
@@ -152,7 +152,7 @@ class SweepResult:
         return [str(v.save(Path(directory) / f"layer_{layer:02d}")) for layer, v in sorted(self.vectors.items())]
 
 
-def _bipo_vectors(model: HookedTransformer, pairs: Sequence[Any], layers: Sequence[int], hook: str,
+def _bipo_vectors(model: Model, pairs: Sequence[Any], layers: Sequence[int], hook: str,
                   bipo_config: Any, progress: bool) -> tuple[dict[int, SteeringVector], dict[int, float]]:
     import dataclasses
 
@@ -169,7 +169,7 @@ def _bipo_vectors(model: HookedTransformer, pairs: Sequence[Any], layers: Sequen
     return vectors, seconds
 
 
-def layer_sweep(model: HookedTransformer, train_pairs: Sequence[Any], eval_pairs: Sequence[Any],
+def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[Any],
                 layers: str | Sequence[int], method: Literal["caa", "bipo"] = "caa",
                 multipliers: Sequence[float] = (-1.0, 1.0), hook: str = "resid_post",
                 reference: SteeringVector | Mapping[int, SteeringVector] | int | None = None,

@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model, final_residual
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.prompts import end_of_turn, format_chat
 from workbench.scoring import tokenize_completions, unembed
@@ -52,18 +52,18 @@ from workbench.vector import SteeringVector
 
 
 # --------------------------------------------------------------------------- (a) the vector itself
-def _ln_weight(model: HookedTransformer) -> Float[Tensor, " d_model"]:
+def _ln_weight(model: Model) -> Float[Tensor, " d_model"]:
     w = getattr(model.ln_final, "w", None)
     if w is None:  # RMSPre / LNPre: the weight was folded into W_U
         return torch.ones(model.cfg.d_model, device=model.W_U.device)
     return w.detach().float()
 
 
-def _centres(model: HookedTransformer) -> bool:
+def _centres(model: Model) -> bool:
     return model.cfg.normalization_type in ("LN", "LNPre")
 
 
-def direct_logit_effect(model: HookedTransformer, vector: SteeringVector | Tensor) -> Float[Tensor, " d_vocab"]:
+def direct_logit_effect(model: Model, vector: SteeringVector | Tensor) -> Float[Tensor, " d_vocab"]:
     """``W_U^T (w_ln * v)`` (``v`` centred for LayerNorm): logit change per unit normalised residual.
 
     Not centred over the vocabulary (see ``vector_logit_lens`` for the relative form).
@@ -78,7 +78,7 @@ def direct_logit_effect(model: HookedTransformer, vector: SteeringVector | Tenso
 
 
 @torch.no_grad()
-def final_residuals(model: HookedTransformer, texts: Sequence[str], max_positions: int = 512,
+def final_residuals(model: Model, texts: Sequence[str], max_positions: int = 512,
                     batch_size: int = 8) -> Float[Tensor, "n d_model"]:
     """Final residual streams (before ``ln_final``) at every real token of ``texts``, in fp32.
 
@@ -98,7 +98,7 @@ def final_residuals(model: HookedTransformer, texts: Sequence[str], max_position
         for i, e in enumerate(enc):
             tokens[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
         dev = model.cfg.device
-        resid = model(tokens.to(dev), attention_mask=mask.to(dev), stop_at_layer=model.cfg.n_layers)
+        resid = final_residual(model, tokens.to(dev), mask.to(dev))
         rows.append(resid[mask.to(dev).bool()].float().cpu())  # (real tokens, d_model)
     out = torch.cat(rows)
     if len(out) > max_positions:
@@ -107,7 +107,7 @@ def final_residuals(model: HookedTransformer, texts: Sequence[str], max_position
 
 
 @torch.no_grad()
-def exact_logit_effect(model: HookedTransformer, vector: SteeringVector | Tensor,
+def exact_logit_effect(model: Model, vector: SteeringVector | Tensor,
                        residuals: Float[Tensor, "n d_model"], multiplier: float = 1.0,
                        batch_size: int = 64) -> Float[Tensor, " d_vocab"]:
     """Mean over sample final residuals ``h`` of ``logits(ln(h + m v)) - logits(ln(h))`` (fp32)."""
@@ -123,7 +123,7 @@ def exact_logit_effect(model: HookedTransformer, vector: SteeringVector | Tensor
     return total / len(residuals)
 
 
-def top_tokens(model: HookedTransformer, effect: Float[Tensor, " d_vocab"], k: int = 10) -> pd.DataFrame:
+def top_tokens(model: Model, effect: Float[Tensor, " d_vocab"], k: int = 10) -> pd.DataFrame:
     """The ``k`` most promoted and ``k`` most suppressed tokens of a logit-change vector.
 
     Returns:
@@ -140,7 +140,7 @@ def top_tokens(model: HookedTransformer, effect: Float[Tensor, " d_vocab"], k: i
     return pd.DataFrame(rows)
 
 
-def vector_logit_lens(model: HookedTransformer, vector: SteeringVector | Tensor | Mapping[str, SteeringVector],
+def vector_logit_lens(model: Model, vector: SteeringVector | Tensor | Mapping[str, SteeringVector],
                       k: int = 10, method: Literal["direct", "exact"] = "direct",
                       residuals: Float[Tensor, "n d_model"] | None = None,
                       multiplier: float = 1.0) -> pd.DataFrame:
@@ -174,11 +174,11 @@ def vector_logit_lens(model: HookedTransformer, vector: SteeringVector | Tensor 
 
 
 # --------------------------------------------------------------------------- (b) a steered run
-def _encode(model: HookedTransformer, text: str) -> list[int]:
+def _encode(model: Model, text: str) -> list[int]:
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _read_points(model: HookedTransformer, pairs: Sequence[Any], system_prompt: str | None,
+def _read_points(model: Model, pairs: Sequence[Any], system_prompt: str | None,
                  targets: tuple[str, str] | tuple[int, int] | None):
     """Batch, read position per row and the (matching, not-matching) target token per row."""
     if not pairs:
@@ -208,16 +208,16 @@ def _read_points(model: HookedTransformer, pairs: Sequence[Any], system_prompt: 
     return batch, batch.prompt_lengths - 1 + torch.tensor(offsets), torch.tensor(pos_t), torch.tensor(neg_t)
 
 
-def _store(act: Tensor, hook: Any, *, out: dict[str, Tensor], rows: Tensor, cols: Tensor) -> None:
-    out[hook.name] = act[rows, cols].detach().float()  # (n, d_model)
+def _store(act: Tensor, hook: Any, *, name: str, out: dict[str, Tensor], rows: Tensor, cols: Tensor) -> None:  # noqa: ARG001
+    out[name] = act[rows, cols].detach().float()  # (n, d_model); keyed by the requested name (a bridge's hook.name differs)
 
 
-def _lens_logprobs(model: HookedTransformer, resid: Tensor) -> Tensor:
+def _lens_logprobs(model: Model, resid: Tensor) -> Tensor:
     return torch.log_softmax(unembed(model, resid), dim=-1)  # (n, d_vocab)
 
 
 @torch.no_grad()
-def steered_logit_lens(model: HookedTransformer, vector: SteeringVector, pairs: Sequence[Any],
+def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any],
                        multiplier: float = 1.0, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                        targets: tuple[str, str] | tuple[int, int] | None = None,
                        batch_size: int = 8) -> pd.DataFrame:
@@ -253,7 +253,7 @@ def steered_logit_lens(model: HookedTransformer, vector: SteeringVector, pairs: 
         reads: list[dict[str, Tensor]] = []
         for steered in (False, True):
             out: dict[str, Tensor] = {}
-            hooks = [(n, partial(_store, out=out, rows=rows, cols=c)) for n in names]
+            hooks = [(n, partial(_store, name=n, out=out, rows=rows, cols=c)) for n in names]
             with steer(model, [vector] if steered else [], [multiplier] if steered else []):
                 with model.hooks(fwd_hooks=hooks):  # registered after steer's hook: reads steered values
                     model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=n_layers)

@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.eval_common import bootstrap_ci, check_pairs, records
 from workbench.results import MATCHED_COST, SCHEMA_VERSION
 from workbench.vector import SteeringVector
@@ -91,7 +91,7 @@ def rescale(vectors: Mapping[str, SteeringVector], equal_norm: str | float | Non
 class _CostProbe:
     """Cost of one vector at multipliers, through ``utility_per_text`` (memoised)."""
 
-    def __init__(self, model: HookedTransformer, label: str, vector: SteeringVector, texts: Sequence[str],
+    def __init__(self, model: Model, label: str, vector: SteeringVector, texts: Sequence[str],
                  cost: str, utility_kw: Mapping[str, Any]):
         self.model, self.label, self.vector, self.texts = model, label, vector, list(texts)
         self.cost, self.kw = cost, dict(utility_kw)
@@ -163,7 +163,7 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
             "converged": False, "max_cost_seen": max_seen, "steps": steps}
 
 
-def _effects(model: HookedTransformer, label: str, vector: SteeringVector, pairs: Sequence[Any], mults: Sequence[float],
+def _effects(model: Model, label: str, vector: SteeringVector, pairs: Sequence[Any], mults: Sequence[float],
              ab_pairs: Sequence[Any] | None, n_boot: int, seed: int, kw: Mapping[str, Any]) -> dict[float, dict]:
     """Per multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals."""
     from workbench.eval_preference import ab_pair_probs, pair_logodds
@@ -185,7 +185,7 @@ def _effects(model: HookedTransformer, label: str, vector: SteeringVector, pairs
     return out
 
 
-def matched_cost(model: HookedTransformer, vectors: Mapping[str, SteeringVector], pairs: Sequence[Any],
+def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Sequence[Any],
                  texts: Sequence[str] | None = None, *, cost: Cost = "kl", budgets: Sequence[float] | None = None,
                  equal_norm: str | float | None = None, ab_pairs: Sequence[Any] | None = None,
                  start: float = 0.25, growth: float = 2.0, max_multiplier: float = 64.0, rel_tol: float = 0.05,

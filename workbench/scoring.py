@@ -29,6 +29,13 @@ at every position of its hook point (``resid_pre``, ``resid_mid``, ``resid_post`
 * log-probs use *answer-only unembedding* (``unembed``): ``ln_final`` and ``W_U`` are applied only at
   the rows that predict answer tokens, in fp32, whatever dtype ran the blocks.
 
+**On a TransformerBridge** (TransformerLens 4) blocks cannot be skipped and keys/values cannot be
+shared (``start_at_layer`` runs every block, ``past_kv_cache`` is ignored), so each condition runs
+one full forward pass over the prompt + answer rows (``_full_readout``), every delta added by a hook
+at its own hook point and the final residual read before ``ln_final`` (``backend.final_residual``);
+the ``Readout`` and everything after it are the same. ``PrefixCache`` then keeps only the items and
+the reference log-probs, and ``logprobs`` runs the full forward (still differentiable in the delta).
+
 Every tensor the engine creates lives on the model's device; vectors are moved to the activation's
 device and dtype where they are added. With blocks split over several GPUs (TransformerLens'
 ``n_devices``), ``block_device`` is the one layer-to-device map: prompt keys and values are gathered on
@@ -56,10 +63,8 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from workbench.backend import Model, final_residual, is_bridge, to_dtype
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.vector import SteeringVector, parse_hook_name
 
@@ -109,16 +114,16 @@ class TokenizedBatch:
                                                       self.prompt_lengths, self.lengths)))
 
 
-def _encode(model: HookedTransformer, text: str) -> list[int]:
+def _encode(model: Model, text: str) -> list[int]:
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _pad_id(model: HookedTransformer) -> int:
+def _pad_id(model: Model) -> int:
     tok = model.tokenizer
     return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
 
-def _encode_parts(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[str],
+def _encode_parts(model: Model, prompts: Sequence[str], answers: Sequence[str],
                   max_length: int | None, groups: Sequence[int] | None) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids) per row: BOS prepended when the config asks, prompts cut per group."""
     if len(prompts) != len(answers):
@@ -147,7 +152,7 @@ def _encode_parts(model: HookedTransformer, prompts: Sequence[str], answers: Seq
     return [(p_ids[min(cut, len(p_ids)):], a_ids) for (p_ids, a_ids), cut in zip(encoded, cuts)]
 
 
-def tokenize_completions(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[str],
+def tokenize_completions(model: Model, prompts: Sequence[str], answers: Sequence[str],
                          max_length: int | None = None, groups: Sequence[int] | None = None) -> TokenizedBatch:
     """Tokenize ``prompt + answer`` rows into one right-padded batch (exact boundary).
 
@@ -214,7 +219,7 @@ class Items:
                    tuple(torch.as_tensor(list(x), dtype=torch.long) for a in answers for x in a), offsets)
 
 
-def tokenize_items(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[Sequence[str]],
+def tokenize_items(model: Model, prompts: Sequence[str], answers: Sequence[Sequence[str]],
                    max_length: int | None = None) -> Items:
     """``Items`` from prompt strings and each prompt's answer strings (see the module docstring)."""
     if len(prompts) != len(answers) or not prompts:
@@ -231,7 +236,7 @@ def tokenize_items(model: HookedTransformer, prompts: Sequence[str], answers: Se
 
 
 # =========================================================================== unembedding
-def unembed(model: HookedTransformer, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+def unembed(model: Model, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
     """fp32 logits of final residuals ``h`` (before ``ln_final``): ``ln_final``, ``W_U``, ``b_U``, soft cap.
 
     Only the given rows are unembedded (answer-only unembedding); ``model`` (the caller's model, in
@@ -247,7 +252,7 @@ def unembed(model: HookedTransformer, h: Float[Tensor, "n d_model"]) -> Float[Te
     return logits
 
 
-def token_logprobs(model: HookedTransformer, h: Float[Tensor, "n d_model"],
+def token_logprobs(model: Model, h: Float[Tensor, "n d_model"],
                    targets: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
     """fp32 ``log p(targets[i])`` predicted from final residual row ``h[i]``."""
     logits = unembed(model, h)
@@ -255,7 +260,7 @@ def token_logprobs(model: HookedTransformer, h: Float[Tensor, "n d_model"],
 
 
 # =========================================================================== runners
-def entry(model: HookedTransformer, hook_name: str) -> tuple[int, bool]:
+def entry(model: Model, hook_name: str) -> tuple[int, bool]:
     """``(start layer, direct)`` of a vector at ``hook_name``.
 
     The start layer is the first block whose input the vector can change; ``direct`` is True when
@@ -274,8 +279,8 @@ def entry(model: HookedTransformer, hook_name: str) -> tuple[int, bool]:
     return layer, False
 
 
-def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype | None = None, *,
-                unembed: bool = False) -> HookedTransformer:
+def make_runner(model: Model, start_layer: int, dtype: torch.dtype | None = None, *,
+                unembed: bool = False) -> Model:
     """The model that runs blocks ``start_layer..``: ``model`` itself, or a copy of those blocks only.
 
     * Same dtype, not on CPU: ``model`` itself (no copy).
@@ -287,6 +292,8 @@ def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype |
     * Another dtype (``torch.bfloat16``): blocks ``start_layer..`` converted straight into that dtype
       (and laid out on CPU), never through an fp32 copy. Memory: those blocks' parameters and float
       buffers (rotary tables) in the new dtype.
+    * A ``TransformerBridge`` (TransformerLens 4) runs every block on each call: ``model`` itself in
+      its dtype, else a whole copy in ``dtype`` (no layout trick: its kernels are transformers').
 
     Everything else (embedding, earlier blocks, ``ln_final``, ``W_U``, tokenizer) is shared with
     ``model``; with ``unembed=True`` the runner also gets its own laid-out ``W_U`` (callers that
@@ -294,6 +301,10 @@ def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype |
     """
     dtype = dtype or model.cfg.dtype
     on_cpu = torch.device(model.cfg.device or "cpu").type == "cpu"
+    if is_bridge(model):  # runs every block anyway: itself, or a whole copy in the other dtype
+        if dtype == model.cfg.dtype:
+            return model
+        return to_dtype(copy.deepcopy(model, {id(model.tokenizer): model.tokenizer}), dtype)
     if dtype == model.cfg.dtype and not on_cpu and not unembed:
         return model
     modules = list(model.blocks[start_layer:]) + ([model.unembed] if unembed else [])
@@ -319,7 +330,7 @@ def make_runner(model: HookedTransformer, start_layer: int, dtype: torch.dtype |
     return runner
 
 
-def precision_runner(model: HookedTransformer, precision: Precision | str, start_layer: int = 0) -> HookedTransformer:
+def precision_runner(model: Model, precision: Precision | str, start_layer: int = 0) -> Model:
     """The runner of blocks ``start_layer..`` for ``precision`` (``"fp32"``: ``model`` itself)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -338,7 +349,7 @@ def as_vector_list(spec: VectorSpec, what: str = "vectors") -> list[SteeringVect
 
 
 def label_vectors(vectors: VectorSpec | Mapping[str, VectorSpec],
-                  model: HookedTransformer | None = None) -> dict[str, list[SteeringVector]]:
+                  model: Model | None = None) -> dict[str, list[SteeringVector]]:
     """``{label: [vectors applied together]}`` from one vector, a list (one composition) or a dict.
 
     A single vector is labelled by its method (``"bipo"``); a composition by ``"bipo+caa"``. With
@@ -383,7 +394,7 @@ def condition_deltas(condition: Condition) -> list[Delta]:
     return [(v.hook_name, v.vector.float() * float(m)) for v, m in condition if m != 0]
 
 
-def start_layer(model: HookedTransformer, deltas: Sequence[Delta]) -> int:
+def start_layer(model: Model, deltas: Sequence[Delta]) -> int:
     """First block any delta changes (``n_layers`` for none)."""
     return min((entry(model, name)[0] for name, _ in deltas), default=model.cfg.n_layers)
 
@@ -411,7 +422,7 @@ def _pad(seqs: Sequence[Tensor], pad: int, device: torch.device | str) -> tuple[
     return out.to(device), mask.to(device)
 
 
-def _assemble(model: HookedTransformer, items: Items, idx: Sequence[int]) -> _Batch:
+def _assemble(model: Model, items: Items, idx: Sequence[int]) -> _Batch:
     dev = model.cfg.device
     idx_t = torch.as_tensor(list(idx), dtype=torch.long)
     spans = [range(int(items.answer_offsets[i]), int(items.answer_offsets[i + 1])) for i in idx_t.tolist()]
@@ -423,15 +434,19 @@ def _assemble(model: HookedTransformer, items: Items, idx: Sequence[int]) -> _Ba
     return _Batch(idx_t, answer_idx, tp, m_p, ta, m_a, owner)
 
 
-def block_device(model: HookedTransformer, layer: int) -> torch.device:
+def block_device(model: Model, layer: int) -> torch.device:
     """The device of block ``layer`` (TransformerLens' placement; the model's device on one device)."""
     from transformer_lens.utilities.devices import get_device_for_block_index
 
     return torch.device(get_device_for_block_index(layer, model.cfg))
 
 
-def _shared_kv(kv: TransformerLensKeyValueCache, owner: Tensor, m_p: Tensor) -> TransformerLensKeyValueCache:
-    """The prompt cache gathered for each answer's prompt (on each entry's own device), frozen."""
+def _shared_kv(kv: object, owner: Tensor, m_p: Tensor) -> object:
+    """The prompt cache gathered for each answer's prompt (on each entry's own device), frozen
+    (``HookedTransformer`` only)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
     entries = []
     for e in kv.entries:
         idx = owner.to(e.past_keys.device)
@@ -440,7 +455,7 @@ def _shared_kv(kv: TransformerLensKeyValueCache, owner: Tensor, m_p: Tensor) -> 
 
 
 @contextlib.contextmanager
-def _delta_hooks(runner: HookedTransformer, hooked: Sequence[Delta], rows: dict[str, Tensor]) -> Iterator[None]:
+def _delta_hooks(runner: Model, hooked: Sequence[Delta], rows: dict[str, Tensor]) -> Iterator[None]:
     """Hooks adding each delta at every position; per-item deltas read ``rows["now"]`` (the pass's items)."""
     if not hooked:
         yield
@@ -456,9 +471,11 @@ def _delta_hooks(runner: HookedTransformer, hooked: Sequence[Delta], rows: dict[
         yield
 
 
-def _run_blocks(runner: HookedTransformer, start: int, stop: int, x_p: Tensor, x_a: Tensor, batch: _Batch,
+def _run_blocks(runner: Model, start: int, stop: int, x_p: Tensor, x_a: Tensor, batch: _Batch,
                 hooked: Sequence[Delta] = ()) -> tuple[Tensor, Tensor]:
     """Blocks ``start..stop-1`` on the prompts, then on their answers against the prompts' key/value cache."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
     if start >= stop:
         return x_p, x_a
     b = x_p.shape[0]
@@ -476,7 +493,7 @@ def _run_blocks(runner: HookedTransformer, start: int, stop: int, x_p: Tensor, x
     return r_p, r_a
 
 
-def _embed(model: HookedTransformer, batch: _Batch) -> tuple[Tensor, Tensor]:
+def _embed(model: Model, batch: _Batch) -> tuple[Tensor, Tensor]:
     """Residuals entering block 0: prompt and answer embedded together, so positions are right."""
     P = batch.tp.shape[1]
     full = torch.cat([batch.tp[batch.owner], batch.ta], dim=1)
@@ -489,7 +506,7 @@ def _embed(model: HookedTransformer, batch: _Batch) -> tuple[Tensor, Tensor]:
 class _Stream:
     """The unsteered residual stream of one batch at increasing layers; each block runs at most once."""
 
-    def __init__(self, model: HookedTransformer, batch: _Batch) -> None:
+    def __init__(self, model: Model, batch: _Batch) -> None:
         self.model, self.batch = model, batch
         self.cache: dict[int, tuple[Tensor, Tensor]] = {}
 
@@ -506,7 +523,7 @@ class _Stream:
         return self.cache[layer]
 
 
-def _apply(model: HookedTransformer, runner: HookedTransformer, stream_at: tuple[Tensor, Tensor], start: int,
+def _apply(model: Model, runner: Model, stream_at: tuple[Tensor, Tensor], start: int,
            deltas: Sequence[Delta], batch: _Batch) -> tuple[Tensor, Tensor]:
     """Final residuals (before ``ln_final``) of one batch with ``deltas`` added, from the residual at ``start``."""
     x_p, x_a = (x.to(runner.cfg.dtype) for x in stream_at)
@@ -541,7 +558,7 @@ class Readout:
     answer: Int[Tensor, " n_tokens"]
     h_last: Float[Tensor, "n_answers d_model"]
 
-    def logprobs(self, model: HookedTransformer, n_answers: int) -> Float[Tensor, " n_answers"]:
+    def logprobs(self, model: Model, n_answers: int) -> Float[Tensor, " n_answers"]:
         """Summed fp32 log-prob of each answer's tokens."""
         lp = token_logprobs(model, self.h, self.targets)
         return torch.zeros(n_answers, dtype=lp.dtype, device=lp.device).index_add(0, self.answer, lp)
@@ -562,7 +579,30 @@ def _readout(r_p: Tensor, r_a: Tensor, batch: _Batch) -> Readout:
     return Readout(h, targets, answer, h_last)
 
 
-def _check_positions(model: HookedTransformer) -> None:
+def _full_readout(runner: Model, batch: _Batch, deltas: Sequence[Delta]) -> Readout:
+    """The ``Readout`` of one full forward pass per answer (prompt + answer, right-padded), ``deltas`` hooked.
+
+    The bridge's path (``TransformerBridge`` cannot start at a layer or share keys/values); it is
+    also the plain reference the fast path must match. Differentiable in the deltas.
+    """
+    dev = batch.ta.device
+    n_a, P = len(batch.owner), batch.tp.shape[1]
+    lp, la = batch.m_p.sum(1)[batch.owner], batch.m_a.sum(1)  # (n_a,) prompt and answer lengths
+    pos = torch.arange(int((lp + la).max()), device=dev).expand(n_a, -1)  # (n_a, T)
+    prompt = batch.tp[batch.owner].gather(1, pos.clamp(max=P - 1))
+    answer = batch.ta.gather(1, (pos - lp[:, None]).clamp(0, batch.ta.shape[1] - 1))
+    tokens = torch.where(pos < lp[:, None], prompt, answer)  # after its end a row repeats (right padding)
+    mask = (pos < (lp + la)[:, None]).long()
+    with _delta_hooks(runner, deltas, {"now": batch.owner}):
+        x = final_residual(runner, tokens, mask)  # (n_a, T, d)
+    rows = torch.arange(n_a, device=dev)
+    r, c = batch.m_a[:, 1:].nonzero(as_tuple=True)  # answer position c predicts answer token c + 1
+    h = torch.cat([x[rows, lp - 1], x[r, lp[r] + c]])
+    targets = torch.cat([batch.ta[:, 0], batch.ta[r, c + 1]])
+    return Readout(h, targets, torch.cat([rows, r]), x[rows, lp + la - 1])
+
+
+def _check_positions(model: Model) -> None:
     if model.cfg.positional_embedding_type not in _SUPPORTED_POSITIONS:
         raise NotImplementedError(f"the scoring engine supports {_SUPPORTED_POSITIONS} positions, not "
                                   f"{model.cfg.positional_embedding_type!r}")
@@ -577,8 +617,8 @@ def _batches(items: Items, batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def run_conditions(model: HookedTransformer, items: Items, conditions: Sequence[Condition], *,
-                   batch_size: int = 16, precision: Precision = "fp32", runner: HookedTransformer | None = None,
+def run_conditions(model: Model, items: Items, conditions: Sequence[Condition], *,
+                   batch_size: int = 16, precision: Precision = "fp32", runner: Model | None = None,
                    progress: bool = False, desc: str = "scoring",
                    ) -> Iterator[tuple[Tensor, Tensor, list[Readout]]]:
     """For each batch: ``(item indices, answer indices, one Readout per condition)``.
@@ -602,21 +642,23 @@ def run_conditions(model: HookedTransformer, items: Items, conditions: Sequence[
         starts = [s if d else first for s, d in zip(starts, deltas)]
     keys = [tuple((id(v), float(m)) for v, m in c if m != 0) for c in conditions]
     order = sorted(range(len(conditions)), key=starts.__getitem__)  # going up: each block once
+    bridge = is_bridge(runner)
     for idx in tqdm(_batches(items, batch_size), desc=desc, disable=not progress, leave=False):
         batch = _assemble(model, items, idx)
-        stream = _Stream(model, batch)
+        stream = None if bridge else _Stream(model, batch)
         out: dict[int, Readout] = {}
         seen: dict[tuple, Readout] = {}
         for c in order:
             if keys[c] not in seen:
-                seen[keys[c]] = _readout(*_apply(model, runner, stream.at(starts[c]), starts[c], deltas[c], batch),
-                                         batch)
+                seen[keys[c]] = (_full_readout(runner, batch, deltas[c]) if stream is None else
+                                 _readout(*_apply(model, runner, stream.at(starts[c]), starts[c], deltas[c], batch),
+                                          batch))
             out[c] = seen[keys[c]]
         yield batch.idx, batch.answer_idx, [out[c] for c in range(len(conditions))]
 
 
-def answer_logprobs(model: HookedTransformer, items: Items, conditions: Sequence[Condition], *,
-                    batch_size: int = 16, precision: Precision = "fp32", runner: HookedTransformer | None = None,
+def answer_logprobs(model: Model, items: Items, conditions: Sequence[Condition], *,
+                    batch_size: int = 16, precision: Precision = "fp32", runner: Model | None = None,
                     progress: bool = False) -> Float[Tensor, "n_conditions n_answers"]:
     """Summed fp32 log-prob of every answer under each condition (on the CPU)."""
     out = torch.empty(len(conditions), items.n_answers, dtype=torch.float32)
@@ -627,10 +669,10 @@ def answer_logprobs(model: HookedTransformer, items: Items, conditions: Sequence
     return out
 
 
-def preference_logprobs(model: HookedTransformer, pairs: Sequence[object], conditions: Sequence[Condition], *,
+def preference_logprobs(model: Model, pairs: Sequence[object], conditions: Sequence[Condition], *,
                         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
                         max_length: int | None = 256, batch_size: int = 16, precision: Precision = "fp32",
-                        runner: HookedTransformer | None = None, progress: bool = False,
+                        runner: Model | None = None, progress: bool = False,
                         ) -> tuple[Float[Tensor, "n_conditions n_pairs 2"], Int[Tensor, "n_pairs 2"]]:
     """``log p(matching)`` and ``log p(not_matching)`` of every pair under each condition.
 
@@ -657,7 +699,7 @@ def preference_logprobs(model: HookedTransformer, pairs: Sequence[object], condi
     return lp.view(len(conditions), len(pairs), 2), items.answer_lengths().view(len(pairs), 2)
 
 
-def preference_logodds(model: HookedTransformer, pairs: Sequence[object], conditions: Sequence[Condition],
+def preference_logodds(model: Model, pairs: Sequence[object], conditions: Sequence[Condition],
                        **kwargs: object) -> Float[Tensor, "n_conditions n_pairs"]:
     """``log p(matching) - log p(not_matching)`` of every pair under each condition (``preference_logprobs``).
 
@@ -703,8 +745,8 @@ class PrefixCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: HookedTransformer, items: Items, hook_name: str, *,
-              runner: HookedTransformer | None = None, reference: bool = True, batch_size: int = 8,
+    def build(cls, model: Model, items: Items, hook_name: str, *,
+              runner: Model | None = None, reference: bool = True, batch_size: int = 8,
               dtype: torch.dtype | None = None, progress: bool = False) -> PrefixCache:
         """Run the unsteered model once over every item; keep the residual where ``hook_name``'s vector enters.
 
@@ -733,6 +775,13 @@ class PrefixCache:
         a_res: list[Tensor | None] = [None] * items.n_answers
         ref = torch.empty(n, k, device=dev) if reference else None
         a_len = items.answer_lengths()
+        if is_bridge(model):  # nothing to cache but the reference: every step runs the full forward
+            for idx in _batches(items, batch_size) if ref is not None else ():
+                batch = _assemble(model, items, idx)
+                ref[batch.idx.to(dev)] = _full_readout(runner, batch, []).logprobs(model, len(batch.owner)).view(-1, k)
+            empty = torch.empty(0, model.cfg.d_model, dtype=dtype, device=dev)
+            return cls(hook_name, start, items, empty, torch.zeros(n + 1, dtype=torch.long), empty,
+                       torch.zeros(items.n_answers + 1, dtype=torch.long), ref, k)
         for idx in tqdm(_batches(items, batch_size), desc="prefix cache", disable=not progress, leave=False):
             batch = _assemble(model, items, idx)
             x_p, x_a = _Stream(model, batch).at(start)
@@ -755,8 +804,8 @@ class PrefixCache:
         index = start[:, None] + torch.minimum(pos[None, :], length[:, None] - 1)
         return flat[index.to(flat.device)]
 
-    def logprobs(self, runner: HookedTransformer, index: Sequence[int] | Tensor, delta: Tensor | None = None, *,
-                 unembed_model: HookedTransformer | None = None) -> Float[Tensor, "batch k"]:
+    def logprobs(self, runner: Model, index: Sequence[int] | Tensor, delta: Tensor | None = None, *,
+                 unembed_model: Model | None = None) -> Float[Tensor, "batch k"]:
         """Summed fp32 answer log-probs of items ``index`` with ``delta`` added at ``hook_name``.
 
         Args:
@@ -770,6 +819,9 @@ class PrefixCache:
         rows = torch.as_tensor(index, dtype=torch.long).view(-1).cpu()
         batch = _assemble(head, self.items, rows.tolist())
         a_rows = batch.answer_idx
+        if is_bridge(runner):
+            readout = _full_readout(runner, batch, [] if delta is None else [(self.hook_name, delta)])
+            return readout.logprobs(head, len(a_rows)).view(len(rows), self.n_answers)
         x_p = self._gather(self.prompt_resid, self.prompt_offsets, rows)
         x_a = self._gather(self.answer_resid, self.answer_offsets, a_rows)
         deltas = [] if delta is None else [(self.hook_name, delta)]
@@ -778,8 +830,8 @@ class PrefixCache:
 
 
     @torch.no_grad()
-    def score(self, runner: HookedTransformer, delta: Tensor | None = None, *, batch_size: int = 16,
-              unembed_model: HookedTransformer | None = None) -> Float[Tensor, "n_items k"]:
+    def score(self, runner: Model, delta: Tensor | None = None, *, batch_size: int = 16,
+              unembed_model: Model | None = None) -> Float[Tensor, "n_items k"]:
         """``logprobs`` of every item in length-sorted batches (no gradient), on the model's device."""
         out = None
         for idx in _batches(self.items, batch_size):
@@ -791,7 +843,7 @@ class PrefixCache:
 
 # =========================================================================== convenience
 @torch.no_grad()
-def score_completions(model: HookedTransformer, prompts: Sequence[str], answers: Sequence[str],
+def score_completions(model: Model, prompts: Sequence[str], answers: Sequence[str],
                       batch_size: int = 16, per_token: bool = False,
                       max_length: int | None = None) -> Float[Tensor, " n"]:
     """Unsteered ``log p(answer | prompt)`` of each (prompt, answer) row (mean per token with ``per_token``)."""

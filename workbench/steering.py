@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model, is_bridge, kv_cache_ok, remaining_hooks
 from workbench.vector import SteeringVector
 
 Positions = Literal["all"] | int | tuple[str, int] | Bool[Tensor, "batch pos"]
@@ -70,7 +70,7 @@ def _position_mask(positions: Positions, act: Tensor, offset: int) -> Tensor | N
     return keep.to(act.dtype).view(1, -1, 1)
 
 
-def steering_hooks(model: HookedTransformer, vectors: Sequence[SteeringVector], multipliers: Sequence[float],
+def steering_hooks(model: Model, vectors: Sequence[SteeringVector], multipliers: Sequence[float],
                    positions: Positions = "all", counter: _PositionCounter | None = None,
                    ) -> list[tuple[str, Any]]:
     """``(hook_name, fn)`` pairs adding ``m * v`` at each vector's hook, for ``model.hooks``."""
@@ -109,9 +109,9 @@ def _as_lists(vectors: SteeringVector | Sequence[SteeringVector],
 
 
 @contextlib.contextmanager
-def steer(model: HookedTransformer, vectors: SteeringVector | Sequence[SteeringVector],
+def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector],
           multipliers: float | Sequence[float] | None = None, positions: Positions = "all",
-          *, _counter: _PositionCounter | None = None) -> Iterator[HookedTransformer]:
+          *, _counter: _PositionCounter | None = None) -> Iterator[Model]:
     """Add ``multiplier * vector`` at each vector's hook point inside the ``with`` block.
 
     Args:
@@ -130,16 +130,10 @@ def steer(model: HookedTransformer, vectors: SteeringVector | Sequence[SteeringV
         yield model
 
 
-def remaining_hooks(model: HookedTransformer) -> int:
-    """Number of forward/backward hooks attached anywhere in ``model`` (0 when clean)."""
-    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values()) + sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-
-
 _GENERATION_COPY_MAX_BYTES = 2 * 2**30
 
 
-def _generation_model(model: HookedTransformer) -> HookedTransformer:
+def _generation_model(model: Model) -> Model:
     """The model that decodes: a copy with its weights laid out for TransformerLens' matmuls.
 
     TransformerLens copies every block weight (and ``W_U``) into a transposed contiguous tensor at
@@ -147,9 +141,10 @@ def _generation_model(model: HookedTransformer) -> HookedTransformer:
     (about half of the time on the embedded model). ``workbench.scoring.make_runner`` makes them
     once per call, pre-laid-out, with bit-identical results (about the cost of one decoding step).
     ``model`` itself decodes when it has hooks attached (the caller's own hooks must fire), when it
-    has no blocks, or when the copy would exceed 2 GiB.
+    has no blocks, or when the copy would exceed 2 GiB, and a ``TransformerBridge`` always (its
+    kernels are transformers', which need no such copy).
     """
-    if remaining_hooks(model) or not len(model.blocks):
+    if is_bridge(model) or remaining_hooks(model) or not len(model.blocks):
         return model
     if sum(p.numel() * p.element_size() for p in model.parameters()) > _GENERATION_COPY_MAX_BYTES:
         return model
@@ -159,7 +154,7 @@ def _generation_model(model: HookedTransformer) -> HookedTransformer:
 
 
 @torch.no_grad()
-def generate(model: HookedTransformer, prompts: str | Sequence[str],
+def generate(model: Model, prompts: str | Sequence[str],
              vectors: SteeringVector | Sequence[SteeringVector] = (),
              multipliers: float | Sequence[float] | None = None, positions: Positions | str = "all",
              max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
@@ -172,6 +167,8 @@ def generate(model: HookedTransformer, prompts: str | Sequence[str],
         positions: as in ``steer``; additionally ``"prompt"`` (prompt tokens only) and
             ``"response"`` (generated tokens only), resolved against the padded prompt length.
         do_sample, temperature, top_p, seed: sampling; ``seed`` makes sampled output repeatable.
+        use_kv_cache: decode with the key/value cache; ignored (no cache) on a bridge with a
+            transformers release whose cached generation is wrong (``backend.kv_cache_ok``).
 
     Returns:
         The generated text of each prompt (without the prompt), special tokens removed.
@@ -192,6 +189,7 @@ def generate(model: HookedTransformer, prompts: str | Sequence[str],
     elif positions == "response":
         positions = n_prompt
     vecs, mults = _as_lists(vectors, multipliers) if vectors else ([], [])
+    use_kv_cache = use_kv_cache and kv_cache_ok(model)
     counter = _PositionCounter(cumulative=use_kv_cache)
     if seed is not None:
         torch.manual_seed(seed)

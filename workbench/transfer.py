@@ -29,8 +29,8 @@ from typing import Any
 import einops
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model, is_bridge
 from workbench.io import atomic_write_json, atomic_write_safetensors
 from workbench.results import TRANSFER_MODEL, result
 from workbench.scoring import preference_logodds
@@ -40,13 +40,13 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- measuring transfer
-def _mean_effects(model: HookedTransformer, vector: SteeringVector, pairs: Sequence[Any],
+def _mean_effects(model: Model, vector: SteeringVector, pairs: Sequence[Any],
                   multipliers: Sequence[float], **kwargs: Any) -> tuple[float, list[float]]:
     lo = preference_logodds(model, pairs, [()] + [((vector, float(m)),) for m in multipliers], **kwargs)
     return float(lo[0].mean()), [float((row - lo[0]).mean()) for row in lo[1:]]
 
 
-def transfer_effect(source: HookedTransformer, target: HookedTransformer, vector: SteeringVector,
+def transfer_effect(source: Model, target: Model, vector: SteeringVector,
                     eval_pairs: Sequence[Any], multipliers: Sequence[float] = (-1.0, 1.0),
                     **kwargs: Any) -> pd.DataFrame:
     """Steering effect of ``vector`` on ``source`` and on ``target``, and the share retained.
@@ -81,7 +81,7 @@ def transfer_effect(source: HookedTransformer, target: HookedTransformer, vector
                          for m, s, t in zip(multipliers, eff_s, eff_t)])
 
 
-def layer_transfer(model: HookedTransformer, vector: SteeringVector, eval_pairs: Sequence[Any],
+def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[Any],
                    offsets: Sequence[int] = (-2, -1, 0, 1, 2), multipliers: Sequence[float] = (1.0,),
                    **kwargs: Any) -> pd.DataFrame:
     """Effect of ``vector`` moved from its layer L to L + k (same hook point), for each offset k.
@@ -124,9 +124,9 @@ def _is_bias(name: str) -> bool:
     return name.split(".")[-1].lstrip("_").startswith("b_")
 
 
-def finetune_copy(model: HookedTransformer, texts: Sequence[str], steps: int = 20, lr: float = 1e-5,
+def finetune_copy(model: Model, texts: Sequence[str], steps: int = 20, lr: float = 1e-5,
                   train_last: int = 4, seq_len: int = 64, batch_size: int = 4, seed: int = 0,
-                  name: str | None = None) -> tuple[HookedTransformer, list[float]]:
+                  name: str | None = None) -> tuple[Model, list[float]]:
     """A copy of ``model`` trained briefly by next-token prediction on ``texts``; ``model`` is untouched.
 
     Only the last ``train_last`` blocks (and nothing else: embeddings, final norm and unembedding
@@ -171,7 +171,7 @@ def finetune_copy(model: HookedTransformer, texts: Sequence[str], steps: int = 2
     return tuned, losses
 
 
-def _llama_config(model: HookedTransformer) -> dict[str, Any]:
+def _llama_config(model: Model) -> dict[str, Any]:
     from transformers import LlamaConfig
 
     c = model.cfg
@@ -206,7 +206,7 @@ def _llama_config(model: HookedTransformer) -> dict[str, Any]:
     return d
 
 
-def _hf_state_dict(model: HookedTransformer, tied: bool) -> dict[str, torch.Tensor]:
+def _hf_state_dict(model: Model, tied: bool) -> dict[str, torch.Tensor]:
     """TransformerLens weights in HF Llama layout (inverse of ``convert_llama_weights``)."""
     c = model.cfg
     sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.W_E, "model.norm.weight": model.ln_final.w}
@@ -233,7 +233,23 @@ def _hf_state_dict(model: HookedTransformer, tied: bool) -> dict[str, torch.Tens
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
 
 
-def export_hf_llama(model: HookedTransformer, directory: str | Path, overwrite: bool = False) -> Path:
+def _bridge_llama(model: Model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config and fp32 weights of the transformers Llama inside a bridge (TransformerLens 4)."""
+    hf = model.original_model
+    if type(hf).__name__ != "LlamaForCausalLM":
+        raise ValueError(f"model {model.cfg.model_name!r} is not Llama-style: it wraps a {type(hf).__name__}")
+    config = {**hf.config.to_dict(), "architectures": ["LlamaForCausalLM"], "dtype": "float32"}
+    tied = bool(config.get("tie_word_embeddings"))
+    # the bridge wraps each module (``._original_component`` in the names) and gives lm_head a zero bias
+    state = {k.replace("._original_component", ""): v for k, v in hf.state_dict().items()}
+    bias = state.pop("lm_head.bias", None)
+    if bias is not None and bias.abs().max() > 0:
+        raise ValueError("the unembedding has a non-zero bias, which a Llama checkpoint cannot hold")
+    return config, {k: v.detach().float().contiguous().clone() for k, v in state.items()
+                    if not (tied and k == "lm_head.weight")}
+
+
+def export_hf_llama(model: Model, directory: str | Path, overwrite: bool = False) -> Path:
     """Write a Llama-style ``HookedTransformer`` as a Hugging Face ``LlamaForCausalLM`` directory.
 
     The directory gets ``config.json``, ``model.safetensors`` (fp32) and the tokenizer files, and
@@ -249,12 +265,16 @@ def export_hf_llama(model: HookedTransformer, directory: str | Path, overwrite: 
         raise ValueError(f"{directory} exists; pass overwrite=True to replace it")
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer to export")
-    config = _llama_config(model)
+    if is_bridge(model):  # a TransformerBridge wraps the transformers model itself: written as it is
+        config, state = _bridge_llama(model)
+    else:
+        config = _llama_config(model)
+        state = _hf_state_dict(model, config["tie_word_embeddings"])
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.tokenizer.save_pretrained(tmp)
-        atomic_write_safetensors(_hf_state_dict(model, config["tie_word_embeddings"]), tmp / "model.safetensors",
+        atomic_write_safetensors(state, tmp / "model.safetensors",
                                  metadata={"format": "pt"})
         atomic_write_json(config, tmp / "config.json")
         os.chmod(tmp, 0o755)

@@ -30,8 +30,8 @@ from typing import Any
 import ipywidgets as W
 import numpy as np
 import pandas as pd
-from transformer_lens import HookedTransformer
 
+from workbench.backend import Model
 from workbench.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.prompts import format_chat
 from workbench.steering import generate
@@ -81,7 +81,7 @@ class SteeringExplorer:
         last_curve: the last ``on_curve`` table (``vector, multiplier, mean, ci_low, ci_high, ...``).
     """
 
-    def __init__(self, model: HookedTransformer, vectors: Mapping[str, SteeringVector],
+    def __init__(self, model: Model, vectors: Mapping[str, SteeringVector],
                  pairs: Sequence[Any] | None = None, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                  prompt: str = DEFAULT_PROMPT, multiplier_range: tuple[float, float] = (-4.0, 4.0),
                  multiplier_step: float = 0.25, initial_multiplier: float = 1.0,
