@@ -84,7 +84,8 @@ def test_caa_layer_sweep(tiny_model, tmp_path):
     assert list(t.layer) == [0, 1, 2] and set(t.method) == {"caa"}
     assert t.cos_ref[1] == 1.0
     assert t.norm.tolist() == pytest.approx([res.vectors[x].norm for x in range(3)])
-    assert t.cos_prev.isna()[0] and -1 <= t.cos_prev[1] <= 1
+    a, b = res.vectors[0].vector.double(), res.vectors[1].vector.double()
+    assert t.cos_prev.isna()[0] and t.cos_prev[1] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-6)
     # the effect columns agree with a direct evaluation of one layer
     lo = reference_logodds(tiny_model, PAIRS[:2], [res.vectors[2]], [1.0]) - reference_logodds(tiny_model, PAIRS[:2])
     assert t[effect_column(1.0)][2] == pytest.approx(float(lo.mean()), abs=1e-4)
