@@ -316,7 +316,6 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
     missing cells if the study is incomplete.
     """
     from workbench.layer_sweep import effect_column
-    from workbench.similarity import cosine
     from workbench.vector import SteeringVector
 
     root = Path(root)
@@ -334,7 +333,7 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
                 info = json.loads((cell.directory(root) / CELL_FILE).read_text())
                 v = SteeringVector.load(cell.directory(root))
                 row = {"data": data, "seed": seed, "layer": layer, "method": spec.method, "hook_name": info["hook_name"],
-                       "norm": info["norm"], "cos_prev": _cosine_or_nan(cosine, v, prev),
+                       "norm": info["norm"], "cos_prev": _cosine_or_nan(v, prev),
                        "base_logodds": info["base_logodds"], "train_seconds": info["train_seconds"]}
                 row |= {effect_column(float(m)): info["effects"][f"{float(m):+g}"] for m in spec.multipliers}
                 seed_rows.append(row)
@@ -363,8 +362,10 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
                   seed_rows=records(pd.DataFrame(seed_rows)))
 
 
-def _cosine_or_nan(cosine: Any, v: Any, prev: Any) -> float:
+def _cosine_or_nan(v: Any, prev: Any) -> float:
     """Cosine to the previous layer's vector; NaN for the first layer or a zero vector (no direction)."""
+    from workbench.similarity import cosine
+
     if prev is None or v.norm == 0 or prev.norm == 0:
         return float("nan")
     return cosine(v, prev)

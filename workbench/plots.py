@@ -112,6 +112,18 @@ def _new(ax: Axes | None, height: float = 2.3, width: float = COLUMN_WIDTH) -> t
     return fig, fig.add_subplot()
 
 
+def _main_and_lower(ax: Any, lower: bool, height: float, ratios: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """``(figure, main axes, lower axes or None)``: the caller's ``ax`` alone, or a new figure with a
+    lower panel sharing x (``lower``), or a new single-panel figure."""
+    if ax is not None:
+        return ax.figure, ax, None
+    if lower:
+        fig, grid = _subplots(2, 1, height=height, sharex=True, gridspec_kw={"height_ratios": list(ratios)})
+        return fig, grid[0, 0], grid[1, 0]
+    fig, main = _new(None)
+    return fig, main, None
+
+
 def _subplots(nrows: int, ncols: int, height: float, width: float = COLUMN_WIDTH, **kw: Any) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
@@ -399,14 +411,7 @@ def plot_layer_sweep(result: Any, ax: Axes | None = None, show_cosine: bool = Tr
     cos_col = _first(df, ("cos_ref", "cosine_to_ref"))
     cosine = show_cosine and ax is None and cos_col is not None and df[cos_col].notna().any()
     with paper_style():
-        if ax is not None:
-            fig, ax_eff, ax_cos = ax.figure, ax, None
-        elif cosine:
-            fig, grid = _subplots(2, 1, height=3.0, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-            ax_eff, ax_cos = grid[0, 0], grid[1, 0]
-        else:
-            fig, ax_eff = _new(None)
-            ax_cos = None
+        fig, ax_eff, ax_cos = _main_and_lower(ax, cosine, height=3.0, ratios=(2, 1))
         colors = _series_colors(list(dict.fromkeys(df["_series"])))
         n_series = df["_series"].nunique()
         for i, (label, g) in enumerate(df.groupby("_series", sort=False)):
@@ -569,14 +574,7 @@ def plot_logit_lens_layers(result: Any, ax: Axes | None = None, title: str | Non
     _need(df, ["layer", "delta_logodds"], "plot_logit_lens_layers")
     has_kl = "kl" in df.columns and ax is None
     with paper_style():
-        if ax is not None:
-            fig, a1, a2 = ax.figure, ax, None
-        elif has_kl:
-            fig, grid = _subplots(2, 1, height=2.8, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-            a1, a2 = grid[0, 0], grid[1, 0]
-        else:
-            fig, a1 = _new(None)
-            a2 = None
+        fig, a1, a2 = _main_and_lower(ax, has_kl, height=2.8, ratios=(3, 2))
         layer = df["layer"].to_numpy(float)
         a1.plot(layer, df["delta_logodds"].astype(float), color=OKABE_ITO["vermillion"], marker="o",
                 markersize=2.2, label="steered run")
