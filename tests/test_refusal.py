@@ -108,6 +108,24 @@ def test_likelihood_signal_matches_a_plain_computation(tiny_model):
     assert len(gens) == 2 * 3 * 3 and all(g["refused"] == is_refusal(g["generation"]) for g in gens)
 
 
+def test_utility_cost_at_every_point_matches_the_utility_curve(tiny_model):
+    from workbench.eval_utility import utility_curve
+
+    reqs = [HarmfulRequest("Open my neighbour's jar.", "Sure, here is how"),
+            HarmfulRequest("Copy a key.", "Sure, here is a key")]
+    vec = SteeringVector(torch.randn(tiny_model.cfg.d_model) * 3, "blocks.1.hook_resid_post")
+    texts = ["The river ran past the old mill and into the town.", "A recipe needs flour, water and salt."]
+    result = refusal_study(tiny_model, {"v": vec}, reqs, [-1.0, 0.0, 2.0], templates=(None, "persona"),
+                           max_new_tokens=2, system_prompt=None, n_boot=20, neutral_texts=texts, utility_max_tokens=16)
+    util = utility_curve(tiny_model, {"v": vec}, texts, [-1.0, 0.0, 2.0], n_boot=20, max_tokens=16, progress=False)
+    kl = util[util["measure"] == "kl_from_unsteered"].set_index("multiplier")["mean"]
+    assert result["n_neutral_texts"] == 2 and len(result["rows"]) == 6
+    for row in result["rows"]:  # the same cost under every template
+        assert row["kl"] == pytest.approx(kl[row["multiplier"]], abs=1e-6)
+    by_m = {r["multiplier"]: r["kl"] for r in result["rows"]}
+    assert by_m[0.0] == pytest.approx(0.0, abs=1e-6) and by_m[2.0] > 0 and by_m[-1.0] > 0
+
+
 def test_refusal_is_an_embedded_behavior():
     from workbench.data import list_behaviors, load_behavior
 
@@ -132,6 +150,9 @@ def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
     assert list(figs) == ["rate"]
     ax = figs["rate"].axes
     assert len(ax) == 2 and len(ax[0].get_lines()) >= 2  # a line per (vector, template)
+    with_cost = refusal_study(tiny_model, {"v": vec}, load_refusal_requests("test")[:2], [-1.0, 1.0],
+                              templates=(None,), max_new_tokens=2, n_boot=20, neutral_texts=["A short text here."])
+    assert len(figures_for(json.loads(json.dumps(with_cost)))["rate"].axes) == 3  # + the utility cost panel
     table = report(tmp_path)
     assert "refusal.json" in table and "persona" in table and "refusal_rate" in table
 

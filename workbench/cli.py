@@ -516,20 +516,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         from workbench.eval_generation import load_refusal_prompts
 
         refusal_prompts = load_refusal_prompts(args.refusal_csv, limit=args.limit)
-    neutral = None
-    if args.neutral is not None:
-        path = Path(args.neutral)
-        if not path.is_file():
-            raise CLIError(f"--neutral {path}: no such file")
-        neutral = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not neutral:
-            raise CLIError(f"--neutral {path}: no non-empty lines")
-    if "utility" in metrics and args.limit is not None:
-        if neutral is None:
-            from workbench.data import load_neutral_text
-
-            neutral = load_neutral_text()
-        neutral = neutral[: args.limit]
+    neutral = _neutral_texts(args.neutral, args.limit) if args.neutral is not None or (
+        "utility" in metrics and args.limit is not None) else None
 
     model = _load_model(args)
     labels = _eval_labels(loaded)
@@ -939,6 +927,21 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _neutral_texts(path: str | None, limit: int | None) -> list[str]:
+    """The ``--neutral`` file's passages (one per line), or the embedded neutral text; first ``limit``."""
+    if path is None:
+        from workbench.data import load_neutral_text
+
+        texts = load_neutral_text()
+    else:
+        if not Path(path).is_file():
+            raise CLIError(f"--neutral {path}: no such file")
+        texts = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not texts:
+            raise CLIError(f"--neutral {path}: no non-empty lines")
+    return texts[:limit]
+
+
 def _add_refusal(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refusal", help="refusal rate and likelihood refusal signal over multipliers, "
                                        "with and without jailbreak templates")
@@ -953,6 +956,10 @@ def _add_refusal(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multipliers", nargs="+", default=["-2", "-1", "0", "1", "2"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--neutral", default=None, metavar="PATH",
+                   help="neutral text file, one passage per line, for the utility cost at every point "
+                        "(default: the embedded neutral text)")
+    p.add_argument("--no-utility", action="store_true", help="skip the utility cost (KL, perplexity)")
     p.add_argument("--out", required=True, help="result JSON (kind 'refusal')")
     _add_model_args(p)
 
@@ -985,14 +992,16 @@ def _run_refusal(args: argparse.Namespace) -> int:
         v.check_compatible(model)
     result = refusal_study(model, vectors, requests, multipliers,
                            templates=[None if t == "none" else t for t in templates],
-                           max_new_tokens=args.max_new_tokens, n_boot=args.n_boot, progress=True)
+                           max_new_tokens=args.max_new_tokens, n_boot=args.n_boot, progress=True,
+                           neutral_texts=None if args.no_utility else _neutral_texts(args.neutral, None))
     result["data"] = info
     atomic_write_json(result, args.out)
     from workbench.report import markdown_table
     import pandas as pd
 
-    table = pd.DataFrame(result["rows"])[["vector", "template", "multiplier", "refusal_rate", "logodds",
-                                          "logodds_ci_low", "logodds_ci_high"]]
+    table = pd.DataFrame(result["rows"])
+    table = table[[c for c in ("vector", "template", "multiplier", "refusal_rate", "logodds", "logodds_ci_low",
+                               "logodds_ci_high", "kl", "perplexity") if c in table.columns]]
     print(markdown_table(table, digits=3))
     print(f"wrote {args.out}")
 # --------------------------------------------------------------------------- compare
@@ -1028,7 +1037,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from workbench.data import load_behavior, load_neutral_text
+    from workbench.data import load_behavior
     from workbench.io import atomic_write_json
     from workbench.matched_cost import check_budgets, cost_effect_table, matched_cost
     from workbench.model import load_model
@@ -1055,13 +1064,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data or args.behavior}: no preference pairs")
-    if args.neutral is not None:
-        if not Path(args.neutral).is_file():
-            raise CLIError(f"--neutral {args.neutral}: no such file")
-        texts = [ln.strip() for ln in Path(args.neutral).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    else:
-        texts = load_neutral_text()
-    texts = texts[: args.limit]
+    texts = _neutral_texts(args.neutral, args.limit)
     model = _load_model(args)
     result = matched_cost(model, {lab: v for lab, (v, _) in zip(labels, loaded)}, pairs, texts, cost=args.cost,
                           budgets=budgets, equal_norm=equal_norm, max_multiplier=args.max_multiplier,

@@ -245,7 +245,8 @@ def plot_multiplier_curves(result: Any, ax: Axes | None = None, metric: str = "l
 
 # --------------------------------------------------------------------------- refusal
 def plot_refusal(result: Any, axes: Sequence[Axes] | None = None) -> Figure:
-    """Refusal rate (left) and the likelihood signal (right) against the multiplier.
+    """Refusal rate (left) and the likelihood signal (middle) against the multiplier, and the utility
+    cost (KL from the unsteered model on neutral text, right) when the result has it.
 
     One colour per vector; a solid line for the plain request, dashed/dotted ones for each jailbreak
     template (``workbench.refusal.refusal_study``'s ``"refusal"`` result, or its rows). Positive ``m``
@@ -254,9 +255,11 @@ def plot_refusal(result: Any, axes: Sequence[Axes] | None = None) -> Figure:
     df = _rows(result)
     _need(df, ["vector", "template", "multiplier", "refusal_rate", "logodds"], "plot_refusal")
     styles = ["-", "--", ":", "-."]
+    with_cost = "kl" in df.columns and df["kl"].notna().any()
     with paper_style():
         if axes is None:
-            fig, ax = _subplots(1, 2, height=2.3, width=2 * COLUMN_WIDTH)
+            n = 3 if with_cost else 2
+            fig, ax = _subplots(1, n, height=2.3, width=n * COLUMN_WIDTH)
             axes = list(ax.ravel())
         fig = axes[0].figure
         vectors = list(dict.fromkeys(df["vector"]))
@@ -274,6 +277,12 @@ def plot_refusal(result: Any, axes: Sequence[Axes] | None = None) -> Figure:
                 if {lo, hi} <= set(g.columns) and g[lo].notna().all():
                     ax.fill_between(x, g[lo].to_numpy(float), g[hi].to_numpy(float), color=colors[vec],
                                     alpha=0.12, linewidth=0)
+        if with_cost and len(axes) > 2:  # the utility cost of each (vector, multiplier), the same for every template
+            for vec, g in df.drop_duplicates(["vector", "multiplier"]).groupby("vector", sort=False):
+                g = g.sort_values("multiplier")
+                axes[2].plot(g["multiplier"].to_numpy(float), g["kl"].to_numpy(float), marker="o", markersize=3,
+                             color=colors[vec], label=vec)
+            axes[2].set_ylabel("KL from unsteered (neutral text)")
         axes[0].set_ylim(-0.03, 1.03)
         axes[0].set_ylabel("refusal rate")
         axes[1].set_ylabel("log p(refusal) - log p(target)")

@@ -204,7 +204,8 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
                   multipliers: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0), *,
                   templates: Sequence[str | None] = (None, "refusal_suppression"), max_new_tokens: int = 32,
                   system_prompt: str | None | Literal["default"] = "default", n_boot: int = 1000, seed: int = 0,
-                  batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+                  batch_size: int = 8, neutral_texts: Sequence[str] | None = None, utility_max_tokens: int = 128,
+                  progress: bool = False) -> dict[str, Any]:
     """Refusal rate and likelihood signal of steered answers, with and without jailbreak templates.
 
     Args:
@@ -215,11 +216,15 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
         templates: ``None`` (the plain request) and names of ``JAILBREAK_TEMPLATES``.
         max_new_tokens: length of the greedy answers scored by ``is_refusal``.
         system_prompt: the chat's system turn (``"default"``: the evaluation's default, BiPO's).
+        neutral_texts: neutral passages; with them every row also gets the utility cost of its
+            ``(vector, multiplier)`` (``workbench.eval_utility.utility_curve``: ``kl`` from the unsteered
+            model per token and ``perplexity``, with intervals; the same for every template).
 
     Returns:
         A result ``{"kind": "refusal", "rows": [...], "generations": [...], ...}``; each row is one
         ``(vector, template, multiplier)`` with ``refusal_rate`` (and its bootstrap interval) and
-        ``logodds`` (the likelihood signal: mean over requests, and its interval).
+        ``logodds`` (the likelihood signal: mean over requests, and its interval), and with
+        ``neutral_texts`` ``kl`` and ``perplexity`` (and their intervals).
     """
     from workbench.eval_common import summarize
     from workbench.eval_generation import steered_generations
@@ -247,7 +252,19 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
         rows.append(merged)
         gens_out.append(gens)
     table = pd.concat(rows, ignore_index=True)
+    if neutral_texts:
+        from workbench.eval_utility import utility_curve
+
+        util = utility_curve(model, dict(vectors), list(neutral_texts), multipliers, n_boot=n_boot, seed=seed,
+                             max_tokens=utility_max_tokens, batch_size=batch_size, progress=progress)
+        wide = {}
+        for measure, name in (("kl_from_unsteered", "kl"), ("perplexity", "perplexity")):
+            u = util[util["measure"] == measure][["vector", "multiplier", "mean", "ci_low", "ci_high"]]
+            wide[name] = u.rename(columns={"mean": name, "ci_low": f"{name}_ci_low", "ci_high": f"{name}_ci_high"})
+        for part in wide.values():
+            table = table.merge(part, on=["vector", "multiplier"], how="left")
     return result(REFUSAL, rows=table, generations=pd.concat(gens_out, ignore_index=True),
                   templates=[t or "none" for t in templates], n_requests=len(requests),
                   max_new_tokens=max_new_tokens, refusal_rule={"window": REFUSAL_WINDOW},
+                  n_neutral_texts=len(neutral_texts or []),
                   vectors={label: getattr(v, "hook_name", None) for label, v in vectors.items()})
