@@ -161,6 +161,33 @@ def test_truthfulqa(tmp_path):
         MCQuestion("q", ("a", "b"), (1,))
 
 
+def test_truthfulqa_pairs_per_question_and_question_split(tmp_path):
+    from workbench.data import split_questions, train_test_split
+
+    path = write(tmp_path, "mc_task.json", json.dumps(TQA_ITEMS))
+    # mc2 of item 0: true (Blue., Light blue.), false (Green., Red.); the diagonal first
+    two = load_truthfulqa_mc(path, targets="mc2", per_question=2)
+    assert triples(two)[:2] == [(TQA_ITEMS[0]["question"], "Blue.", "Green."),
+                                (TQA_ITEMS[0]["question"], "Light blue.", "Red.")]
+    assert len(two) == 2 + 2  # item 1 has 1 true x 2 false
+    full = load_truthfulqa_mc(path, targets="mc2")
+    assert sorted(triples(load_truthfulqa_mc(path, targets="mc2", per_question=99))) == sorted(triples(full))
+    assert len(set(triples(full))) == len(full) == 6
+    assert triples(load_pairs(path, "truthfulqa-mc2", per_question=1)) == [
+        (TQA_ITEMS[0]["question"], "Blue.", "Green."), (TQA_ITEMS[1]["question"], "Eight.", "Six.")]
+    with pytest.raises(ValueError, match="per_question"):
+        load_truthfulqa_mc(path, per_question=0)
+    # the question split holds out exactly the questions the pair split holds out, for any seed
+    many = [dict(TQA_ITEMS[i % 2], question=f"Question {i}?") for i in range(20)]
+    many_path = write(tmp_path, "many.json", json.dumps(many))
+    for seed in range(4):
+        train, test = train_test_split(load_truthfulqa_mc(many_path, "mc2"), 0.3, seed)
+        q_train, q_test = split_questions(load_truthfulqa_questions(many_path, "mc2"), 0.3, seed)
+        assert {q.question for q in q_test} == {p.question for p in test}
+        assert {q.question for q in q_train} == {p.question for p in train}
+        assert len(q_test) == 6 and not {q.question for q in q_test} & {p.question for p in train}
+
+
 def test_guess_format_and_dispatch(tmp_path):
     csv_no_ext = write(tmp_path, "pairs.txt", "question,matching,not_matching\nq,a,b\n")
     assert guess_format(csv_no_ext) == "bipo-csv"

@@ -53,6 +53,10 @@ def test_load_truthfulqa_and_errors(tmp_path):
     path.write_text(json.dumps(items))
     mc1, mc2 = load_truthfulqa(path, limit=2)
     assert len(mc1) == 2 and mc2[0].labels == (1, 1, 0)
+    distinct = [dict(items[0], question=f"Q{i}?") for i in range(10)]
+    path.write_text(json.dumps(distinct))
+    mc1, mc2 = load_truthfulqa(path, test_fraction=0.3, split_seed=1)
+    assert [q.question for q in mc1] == [q.question for q in mc2] and len(mc1) == 3
     with pytest.raises(ValueError, match="no TruthfulQA questions"):
         truthfulqa_per_question(None, {}, [], [], progress=False)
     with pytest.raises(ValueError, match="exactly one"):

@@ -12,14 +12,17 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 import workbench.bipo  # noqa: E402
+import workbench.reps  # noqa: E402
 from workbench import reproduce as R  # noqa: E402
 from workbench.cli import main  # noqa: E402
 from workbench.steering import remaining_hooks  # noqa: E402
 from workbench.vector import SteeringVector  # noqa: E402
 
-TINY = R.StudyConfig(behaviors=("power-seeking", "wealth-seeking"), layer=1, n_train=4, n_test=2, epochs=1,
-                     warmup_steps=0, multipliers=(-1.0, 0.0, 1.0), sweep_layers="0,2", bipo_sweep_layers="2",
-                     utility_texts=0, lens_k=3, transfer_offsets=(-1, 0, 1), finetune_steps=1, n_boot=20)
+TINY = R.StudyConfig(behaviors=("power-seeking", "wealth-seeking", "refusal"), layer=1, n_train=4, n_test=2,
+                     epochs=1, warmup_steps=0, multipliers=(-1.0, 0.0, 1.0), sweep_layers="0,2", bipo_sweep_layers="2",
+                     utility_texts=0, lens_k=3, transfer_offsets=(-1, 0, 1), finetune_steps=1, n_boot=20,
+                     budgets=(0.05,), reps_epochs=1, refusal_templates=("none", "persona"), refusal_max_new_tokens=2,
+                     lora_kl_targets=())  # the LoRA stage: tests/test_lora.py (it needs a Llama-style model)
 
 
 def test_quick_config_is_small():
@@ -35,14 +38,24 @@ def test_reproduce_tiny_writes_results_figures_and_reuses_work(tiny_model, tmp_p
     lines = []
     summary = R.reproduce(out, TINY, model=tiny_model, figures_dir=figs, log=lines.append)
     names = {p.name for p in out.glob("*.json")}
-    assert names == {"eval_power-seeking.json", "eval_wealth-seeking.json", "sweep_power-seeking.json",
-                     "cosine_methods_power-seeking.json", "cosine.json", "logit_lens_tokens_power-seeking.json",
-                     "logit_lens_layers_power-seeking_bipo.json", "logit_lens_layers_power-seeking_caa.json",
-                     "composition.json", "transfer_layers.json", "transfer_model.json", "summary.json"}
+    behaviors = ("power-seeking", "wealth-seeking", "refusal")
+    assert names == {"sweep_power-seeking.json", "cosine_methods_power-seeking.json", "cosine.json",
+                     "logit_lens_tokens_power-seeking.json", "logit_lens_layers_power-seeking_bipo.json",
+                     "logit_lens_layers_power-seeking_caa.json", "composition.json", "transfer_layers.json",
+                     "transfer_model.json", "refusal.json", "summary.json",
+                     *(f"eval_{b}.json" for b in behaviors), *(f"compare_{b}.json" for b in behaviors)}
+    compare = json.loads((out / "compare_wealth-seeking.json").read_text())
+    assert compare["kind"] == "matched_cost" and compare["behavior"] == "wealth-seeking"
+    assert {r["vector"] for r in compare["rows"]} == {"bipo", "reps", "caa", "pca"} and compare["budgets"] == [0.05]
+    for m in ("reps", "pca"):
+        assert SteeringVector.load(out / "vectors" / "wealth-seeking" / "L01" / m).method == m
+    refusal = json.loads((out / "refusal.json").read_text())
+    assert refusal["templates"] == ["none", "persona"] and {r["vector"] for r in refusal["rows"]} == {"bipo", "caa"}
+    assert refusal["n_requests"] == 2 and "kl" not in refusal["rows"][0]  # utility_texts=0: no utility cost
     sweep = json.loads((out / "sweep_power-seeking.json").read_text())
     assert {(r["method"], r["layer"]) for r in sweep["rows"]} == {("caa", 0), ("caa", 2), ("bipo", 2)}
     cosine = json.loads((out / "cosine.json").read_text())
-    assert cosine["labels"] == ["bipo:power-seeking", "bipo:wealth-seeking", "caa:power-seeking", "caa:wealth-seeking"]
+    assert cosine["labels"] == [f"{m}:{b}" for m in ("bipo", "caa") for b in behaviors]
     ev = json.loads((out / "eval_power-seeking.json").read_text())
     assert {r["vector"] for r in ev["metrics"]["logodds"]} == {"bipo", "caa"}
     for m in ("bipo", "caa"):
@@ -63,12 +76,33 @@ def test_reproduce_tiny_writes_results_figures_and_reuses_work(tiny_model, tmp_p
         raise AssertionError("retrained")
 
     monkeypatch.setattr(workbench.bipo, "train_bipo", no_training)
-    again = R.reproduce(out, TINY, model=tiny_model, figures_dir=figs, stages=("vectors", "eval"))
-    assert again["results"] == [] and set(again["seconds"]) == {"load_model", "vectors:power-seeking",
-                                                                 "vectors:wealth-seeking"}
+    monkeypatch.setattr(workbench.reps, "train_reps", no_training)
+    again = R.reproduce(out, TINY, model=tiny_model, figures_dir=figs, stages=("vectors", "eval", "compare"))
+    assert again["results"] == [] and set(again["seconds"]) == {"load_model", *(f"vectors:{b}" for b in behaviors)}
+    assert set(again["all_seconds"]) >= {"sweep", "compare:refusal", "refusal"}  # the first run's stages are kept
     # other data (a different number of pairs) means new vectors
     with pytest.raises(AssertionError, match="retrained"):
         R.study_vectors(tiny_model, "power-seeking", dataclasses.replace(TINY, n_train=3), out / "vectors")
+
+
+def test_reproduce_truthfulness_stage_holds_out_questions(tiny_model, tmp_path):
+    items = [{"question": f"Is claim {i} true?", "mc1_targets": {f"Yes, {i}.": 1, f"No, {i}.": 0, "Maybe.": 0},
+              "mc2_targets": {f"Yes, {i}.": 1, "It is.": 1, f"No, {i}.": 0, "Maybe.": 0}} for i in range(8)]
+    path = tmp_path / "mc_task.json"
+    path.write_text(json.dumps(items))
+    config = dataclasses.replace(TINY, behaviors=("power-seeking",), truthfulqa=str(path), utility_texts=1)
+    R.reproduce(tmp_path / "out", config, model=tiny_model, stages=("truthfulness",))
+    res = json.loads((tmp_path / "out" / "truthfulness.json").read_text())
+    assert res["kind"] == "eval" and res["behavior"] == "truthfulness"
+    assert {"mc1", "mc2", "logodds", "kl_from_unsteered"} <= set(res["metrics"])
+    assert res["data"]["n_test_questions"] == 2  # n_test caps the 4 held-out questions
+    assert res["data"]["n_train_pairs"] == 8  # 4 training questions, 2 pairs each
+    from workbench.truthfulness import truthfulqa_split
+
+    train, _, mc1, _ = truthfulqa_split(path, 0.5, 0, 2)
+    assert len(mc1) == 4 and not {q.question for q in mc1} & {p.question for p in train}
+    v = SteeringVector.load(tmp_path / "out" / "vectors" / "truthfulness" / "bipo")
+    assert v.metadata["behavior"] == "truthfulness" and v.hook_name == "blocks.1.hook_resid_post"
 
 
 def test_reproduce_rejects_bad_stage_and_behavior(tiny_model, tmp_path):

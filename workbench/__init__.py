@@ -57,6 +57,8 @@ _EXPORTS = {
     "workbench.transfer": ["finetune_copy", "layer_transfer", "transfer_effect"],
     "workbench.matched_cost": ["matched_cost"],
     "workbench.refusal": ["load_refusal_requests", "refusal_study"],
+    "workbench.truthfulness": ["truthfulness_study"],
+    "workbench.lora": ["lora_finetunes", "lora_transfer"],
     # the study: the workflows the CLI, `workbench reproduce` and the notebooks share (the whole study,
     # workbench.reproduce.reproduce, is not exported: its name is its module's)
     "workbench.reproduce": ["StudyConfig", "demo", "study_pairs", "study_sweeps", "study_vectors"],
@@ -64,8 +66,8 @@ _EXPORTS = {
     "workbench.results": ["ResultFormatError", "load_result", "result_table"],
     "workbench.plots": ["plot", "plot_composition", "plot_cosine_heatmap", "plot_cost_effect", "plot_layer_sweep",
                         "plot_logit_lens_layers", "plot_logit_lens_tokens", "plot_method_cosine",
-                        "plot_multiplier_curves", "plot_refusal", "plot_training_curves", "plot_transfer",
-                        "save_figure"],
+                        "plot_lora_transfer", "plot_multiplier_curves", "plot_refusal", "plot_training_curves",
+                        "plot_transfer", "save_figure"],
     "workbench.figures": ["write_figures"],
     # the explorer
     "workbench.widgets": ["SteeringExplorer"],
@@ -106,12 +108,13 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.interchange import import_vector
     from workbench.layer_sweep import SweepResult, layer_sweep
     from workbench.logit_lens import steered_logit_lens, vector_logit_lens
+    from workbench.lora import lora_finetunes, lora_transfer
     from workbench.matched_cost import matched_cost
     from workbench.model import load_model
     from workbench.plots import (plot, plot_composition, plot_cosine_heatmap, plot_cost_effect, plot_layer_sweep,
-                                 plot_logit_lens_layers, plot_logit_lens_tokens, plot_method_cosine,
-                                 plot_multiplier_curves, plot_refusal, plot_training_curves, plot_transfer,
-                                 save_figure)
+                                 plot_logit_lens_layers, plot_logit_lens_tokens, plot_lora_transfer,
+                                 plot_method_cosine, plot_multiplier_curves, plot_refusal, plot_training_curves,
+                                 plot_transfer, save_figure)
     from workbench.prompts import format_chat
     from workbench.refusal import load_refusal_requests, refusal_study
     from workbench.reps import RePSConfig, train_reps
@@ -121,6 +124,7 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.backend import remaining_hooks
     from workbench.steering import generate, steer
     from workbench.transfer import finetune_copy, layer_transfer, transfer_effect
+    from workbench.truthfulness import truthfulness_study
     from workbench.vector import SteeringVector, load_vector
     from workbench.widgets import SteeringExplorer
 

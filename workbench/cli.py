@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import Any
 from collections.abc import Sequence
 
 
@@ -123,9 +124,17 @@ def _parse_multipliers(values: Sequence[str]) -> list[float]:
 
 
 # --------------------------------------------------------------------------- data options
-def _data_kw(args: argparse.Namespace) -> dict[str, bool]:
-    """Loader options of ``--data`` (``--allow-empty-question``)."""
-    return {"allow_empty_question": True} if getattr(args, "allow_empty_question", False) else {}
+def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
+    """Loader options of ``--data`` (``--allow-empty-question``, ``--pairs-per-question``)."""
+    kw: dict[str, Any] = {"allow_empty_question": True} if getattr(args, "allow_empty_question", False) else {}
+    per_question = getattr(args, "pairs_per_question", None)
+    if per_question is not None:
+        if not str(getattr(args, "format", "")).startswith("truthfulqa"):
+            raise CLIError(f"--pairs-per-question needs --format truthfulqa-mc1 or truthfulqa-mc2, not {args.format}")
+        if per_question < 1:
+            raise CLIError(f"--pairs-per-question must be >= 1, got {per_question}")
+        kw = {"per_question": per_question}
+    return kw
 
 
 def _add_holdout(p: argparse.ArgumentParser, part: str) -> None:
@@ -133,6 +142,8 @@ def _add_holdout(p: argparse.ArgumentParser, part: str) -> None:
                    help=f"split --data deterministically and use its {part} part (train and eval with the same "
                         "F and --split-seed see disjoint pairs)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the --test-fraction split (default 0)")
+    p.add_argument("--pairs-per-question", type=int, default=None, metavar="K",
+                   help="TruthfulQA formats: at most K (true, false) pairs per question (default: all)")
 
 
 def _data_part(args: argparse.Namespace, part: str) -> tuple[list, dict]:
@@ -510,7 +521,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     if "truthfulqa" in metrics:
         from workbench.eval_truthfulqa import load_truthfulqa
 
-        truthfulqa = load_truthfulqa(args.truthfulqa, args.limit)
+        if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+            raise CLIError(f"--test-fraction {args.test_fraction}: must be between 0 and 1")
+        # with --test-fraction: the held-out questions of the split the training pairs came from
+        truthfulqa = load_truthfulqa(args.truthfulqa, args.limit, test_fraction=args.test_fraction,
+                                     split_seed=args.split_seed)
     refusal_prompts = None
     if "refusal" in metrics:
         from workbench.eval_generation import load_refusal_prompts

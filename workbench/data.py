@@ -73,6 +73,7 @@ __all__ = [
     "PreferencePair",
     "fingerprint",
     "guess_format",
+    "held_out_keys",
     "list_behaviors",
     "load_ab_json",
     "load_behavior",
@@ -81,6 +82,7 @@ __all__ = [
     "load_pairs",
     "load_pairs_jsonl",
     "load_truthfulqa_mc",
+    "split_questions",
     "load_truthfulqa_questions",
     "save_pairs_jsonl",
     "train_test_split",
@@ -418,9 +420,9 @@ def load_truthfulqa_questions(path: str | Path,
     return questions
 
 
-def load_truthfulqa_mc(path: str | Path,
-                       targets: Literal["mc1", "mc2"] = "mc1") -> list[PreferencePair]:
-    """Load TruthfulQA as pairs: every (true answer, false answer) combination of each question.
+def load_truthfulqa_mc(path: str | Path, targets: Literal["mc1", "mc2"] = "mc1", *,
+                       per_question: int | None = None) -> list[PreferencePair]:
+    """Load TruthfulQA as pairs: (true answer, false answer) combinations of each question.
 
     ``matching`` is the true answer, so the behavior is truthfulness. For ``mc1`` a question with
     n false answers gives n pairs; for ``mc2``, n_true × n_false.
@@ -428,15 +430,25 @@ def load_truthfulqa_mc(path: str | Path,
     Args:
         path: TruthfulQA ``mc_task.json`` (or a slice of it).
         targets: ``"mc1"`` or ``"mc2"``.
+        per_question: at most this many pairs per question, taken along the diagonal of the
+            (true, false) grid (true answer ``i % n_true`` with false answer ``i % n_false``, then the
+            next diagonal), so every true and every false answer appears before any repeats; None: all.
 
     Returns:
         The pairs; pairs from one question share its ``source``.
     """
+    if per_question is not None and per_question < 1:
+        raise ValueError(f"per_question must be >= 1, got {per_question}")
     pairs = []
     for q in load_truthfulqa_questions(path, targets):
         true = [c for c, label in zip(q.choices, q.labels) if label]
         false = [c for c, label in zip(q.choices, q.labels) if not label]
-        pairs += [PreferencePair(q.question, t, f, q.source) for t in true for f in false]
+        n = len(true) * len(false)
+        # diagonals of the grid: (i, (i + k) % n_false) for k = 0, 1, ...; all n combinations once
+        order = [(i % len(true), (i + k) % len(false)) for k in range(len(false)) for i in range(len(true))]
+        order = list(dict.fromkeys(order))[:n]
+        pairs += [PreferencePair(q.question, true[i], false[j], q.source)
+                  for i, j in order[: per_question or n]]
     return pairs
 
 
@@ -560,19 +572,36 @@ def train_test_split(pairs: Sequence[PreferencePair], test_fraction: float = 0.2
     Returns:
         ``(train, test)``.
     """
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if not pairs:
         raise ValueError("cannot split an empty list of pairs")
     keys = [p.question if by_question else i for i, p in enumerate(pairs)]
+    test_keys = held_out_keys(keys, test_fraction, seed)
+    train = [p for p, k in zip(pairs, keys) if k not in test_keys]
+    test = [p for p, k in zip(pairs, keys) if k in test_keys]
+    return train, test
+
+
+def held_out_keys(keys: Sequence[Any], test_fraction: float = 0.2, seed: int = 0) -> set[Any]:
+    """The keys (questions) ``train_test_split`` holds out: the same for pairs and for the MC questions
+    they were built from (``split_questions``), since both see the questions in file order."""
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     groups = list(dict.fromkeys(keys))
     n_test = min(round(len(groups) * test_fraction), len(groups) - 1)
     if test_fraction > 0 and len(groups) > 1:
         n_test = max(n_test, 1)
-    test_keys = {groups[i] for i in random.Random(seed).sample(range(len(groups)), n_test)}
-    train = [p for p, k in zip(pairs, keys) if k not in test_keys]
-    test = [p for p, k in zip(pairs, keys) if k in test_keys]
-    return train, test
+    return {groups[i] for i in random.Random(seed).sample(range(len(groups)), n_test)}
+
+
+def split_questions(questions: Sequence[MCQuestion], test_fraction: float = 0.2,
+                    seed: int = 0) -> tuple[list[MCQuestion], list[MCQuestion]]:
+    """Multiple-choice questions split as ``train_test_split`` splits the pairs built from them: a
+    vector trained on ``train_test_split(load_truthfulqa_mc(path), f, seed)[0]`` never saw a question
+    of ``split_questions(load_truthfulqa_questions(path), f, seed)[1]``."""
+    if not questions:
+        raise ValueError("cannot split an empty list of questions")
+    test_keys = held_out_keys([q.question for q in questions], test_fraction, seed)
+    return ([q for q in questions if q.question not in test_keys], [q for q in questions if q.question in test_keys])
 
 
 def as_ab_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[PreferencePair]:

@@ -29,11 +29,19 @@ from workbench.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat
 from workbench.scoring import Precision, VectorSpec, answer_logprobs, label_vectors, sweep_conditions, tokenize_items
 
 
-def load_truthfulqa(path: str | Path, limit: int | None = None) -> tuple[list[Any], list[Any]]:
-    """``(mc1_questions, mc2_questions)`` from TruthfulQA's ``mc_task.json`` (first ``limit`` items)."""
-    from workbench.data import load_truthfulqa_questions
+def load_truthfulqa(path: str | Path, limit: int | None = None, *, test_fraction: float | None = None,
+                    split_seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """``(mc1_questions, mc2_questions)`` from TruthfulQA's ``mc_task.json`` (first ``limit`` items).
+
+    With ``test_fraction``, only the held-out questions of ``workbench.data.split_questions`` (the
+    questions that pairs split by ``train_test_split(pairs, test_fraction, split_seed)`` never
+    trained on), then the first ``limit`` of those.
+    """
+    from workbench.data import load_truthfulqa_questions, split_questions
 
     mc1, mc2 = load_truthfulqa_questions(path, "mc1"), load_truthfulqa_questions(path, "mc2")
+    if test_fraction is not None:
+        mc1, mc2 = split_questions(mc1, test_fraction, split_seed)[1], split_questions(mc2, test_fraction, split_seed)[1]
     return (mc1[:limit], mc2[:limit]) if limit is not None else (mc1, mc2)
 
 

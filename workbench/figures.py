@@ -57,7 +57,7 @@ SPLIT: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
 SUFFIX = {results.COSINE: "heatmap", results.COSINE_METHODS: "layers", results.LOGIT_LENS_TOKENS: "tokens",
           results.LOGIT_LENS_LAYERS: "layers", results.COMPOSITION: "bars", results.TRANSFER_LAYERS: "effect",
           results.TRANSFER_MODEL: "effect", results.BIPO_HISTORY: "training", results.REFUSAL: "rate",
-          results.MATCHED_COST: "cost_effect"}
+          results.MATCHED_COST: "cost_effect", results.TRANSFER_LORA: "retained"}
 
 
 def figures_for(result: Any) -> dict[str, Figure]:

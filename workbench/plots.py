@@ -801,6 +801,41 @@ def plot_cost_effect(result: Any, ax: Axes | None = None) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- LoRA transfer
+def plot_lora_transfer(result: Any, ax: Axes | None = None) -> Figure:
+    """Retained steering effect against the fine-tune's distance from the base (``workbench.lora``).
+
+    x: the fine-tune's mean KL from the base per token on neutral text (the base itself at 0, where
+    the retained share is 1 by definition); y: the log-odds shift at ``m`` on the target model over
+    the same shift on the model the vector was made on, with its 95 % interval. One line per
+    (vector, direction, sign of m): solid base -> fine-tune, dashed fine-tune -> base.
+    """
+    df = _rows(result)
+    _need(df, ["kl", "vector", "direction", "multiplier", "retained"], "plot_lora_transfer")
+    with paper_style():
+        fig, ax = _new(ax)
+        colors = _series_colors(list(dict.fromkeys(df["vector"])))
+        for (vec, direction, m), g in df.groupby(["vector", "direction", "multiplier"], sort=False):
+            g = g.sort_values("kl")
+            x = np.concatenate([[0.0], g["kl"].to_numpy(float)])
+            y = np.concatenate([[1.0], g["retained"].to_numpy(float)])
+            style = "-" if direction.startswith("base") else "--"
+            marker = "o" if m > 0 else "v"
+            ax.plot(x, y, linestyle=style, marker=marker, markersize=4, color=colors[vec],
+                    label=f"{vec}, m = {m:+g}, {direction.replace('->', ' → ')}")
+            if {"retained_ci_low", "retained_ci_high"} <= set(g.columns) and g["retained_ci_low"].notna().all():
+                yv = g["retained"].to_numpy(float)
+                err = np.vstack([yv - g["retained_ci_low"].to_numpy(float), g["retained_ci_high"].to_numpy(float) - yv])
+                ax.errorbar(g["kl"].to_numpy(float), yv, yerr=np.clip(err, 0, None), fmt="none", color=colors[vec],
+                            capsize=2, linewidth=0.8)
+        ax.axhline(1, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
+        ax.axhline(0, color="0.8", linewidth=0.5, zorder=0)
+        ax.set_xlabel("fine-tune's KL from the base per token (neutral text)")
+        ax.set_ylabel("effect retained (target / source)")
+        _legend(ax, fontsize="x-small")
+    return fig
+
+
 # --------------------------------------------------------------------------- one result, by its kind
 #: result ``kind`` -> the function drawing its main figure (kinds not listed, e.g. study_summary, have none)
 PLOTS: dict[str, Callable[..., Figure]] = {
@@ -813,6 +848,7 @@ PLOTS: dict[str, Callable[..., Figure]] = {
     results.COMPOSITION: plot_composition,
     results.TRANSFER_LAYERS: plot_transfer,
     results.TRANSFER_MODEL: plot_transfer,
+    results.TRANSFER_LORA: plot_lora_transfer,
     results.BIPO_HISTORY: plot_training_curves,
     results.REFUSAL: plot_refusal,
     results.MATCHED_COST: plot_cost_effect,

@@ -120,6 +120,7 @@ _SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     R.EVAL: _eval, R.SWEEP: lambda r: _rows(r, ("hook_name",)), R.COSINE: _cosine,
     R.COSINE_METHODS: _rows, R.LOGIT_LENS_TOKENS: _tokens, R.LOGIT_LENS_LAYERS: _lens_layers,
     R.COMPOSITION: _rows, R.TRANSFER_LAYERS: _rows, R.TRANSFER_MODEL: _rows, R.REFUSAL: _rows,
+    R.TRANSFER_LORA: lambda r: "\n\n".join([markdown_table(pd.DataFrame(r["finetunes"])), _rows(r)]),
 }
 
 

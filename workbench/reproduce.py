@@ -42,7 +42,9 @@ from workbench.vector import SteeringVector
 logger = logging.getLogger(__name__)
 
 METHODS = ("bipo", "caa")
-STAGES = ("vectors", "eval", "sweep", "cosine", "logit_lens", "composition", "transfer", "figures")
+EXTRA_METHODS = ("reps", "pca")  # made for the matched-cost comparison only
+STAGES = ("vectors", "eval", "compare", "sweep", "cosine", "logit_lens", "composition", "transfer",
+          "lora_transfer", "refusal", "truthfulness", "figures")
 KEY_FILE = "study_key.json"
 HISTORY_FILE = "history.json"
 
@@ -76,6 +78,23 @@ class StudyConfig:
     precision: str = "fp32"  # BiPO training and evaluation precision of the blocks after the vector
     ab: bool = False  # also the A/B metric (the held-out pairs as A/B questions), as the demo does
     utility_max_tokens: int = 128  # tokens per neutral passage for perplexity, agreement and KL
+    # matched cost (compare_<behavior>.json): BiPO, RePS, CAA and PCA at the main layer
+    compare_methods: tuple[str, ...] = ("bipo", "reps", "caa", "pca")
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)  # KL budgets
+    reps_epochs: int = 2  # RePS scores each batch twice (+v, -v): 2 epochs = 80 % of BiPO's 5 epochs' passes
+    # refusal (refusal.json, when "refusal" is among the behaviors): held-out requests, with templates
+    refusal_templates: tuple[str, ...] = ("none", "refusal_suppression", "persona")
+    refusal_max_new_tokens: int = 32
+    # LoRA transfer (transfer_lora.json): peft fine-tunes of the model at these KL distances
+    lora_kl_targets: tuple[float, ...] = (0.1, 0.5)  # (): no LoRA transfer (it needs a Llama-style model)
+    lora_max_steps: int = 400
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    # truthfulness (truthfulness.json): TruthfulQA's mc_task.json, a path given by the user (None: skipped)
+    truthfulqa: str | None = None
+    truthfulqa_test_fraction: float = 0.5  # questions held out (split by question)
+    truthfulqa_pairs_per_question: int = 2  # (true, false) pairs per training question, from mc2_targets
+    truthfulqa_n_train: int | None = None  # training pairs (None: all)
 
     @classmethod
     def quick(cls) -> StudyConfig:
@@ -83,7 +102,9 @@ class StudyConfig:
         one BiPO step, 3 CAA sweep layers. Its numbers only show that everything runs."""
         return cls(behaviors=("power-seeking", "wealth-seeking"), n_train=4, n_test=2, epochs=1, warmup_steps=0,
                    multipliers=(-1.0, 0.0, 1.0), sweep_layers="10,14,18", bipo_sweep_layers=None,
-                   utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=1, n_boot=100)
+                   utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=1, n_boot=100,
+                   budgets=(0.05,), reps_epochs=1, refusal_max_new_tokens=4, lora_kl_targets=(0.01,),
+                   lora_max_steps=4, truthfulqa_n_train=4)
 
     @classmethod
     def demo(cls, behavior: str = "power-seeking", quick: bool = False) -> StudyConfig:
@@ -108,6 +129,13 @@ class StudyConfig:
         if self.warmup_steps is not None:
             kw["warmup_steps"] = self.warmup_steps
         return BiPOConfig(**kw)
+
+    def reps_config(self, layer: int | None = None) -> Any:
+        """RePS at the same layer with BiPO's optimiser settings and ``reps_epochs`` epochs."""
+        from workbench.reps import RePSConfig
+
+        kw = {k: v for k, v in self.bipo_config(layer).to_dict().items() if k in RePSConfig.__dataclass_fields__}
+        return RePSConfig(**{**kw, "epochs": self.reps_epochs})
 
 
 # --------------------------------------------------------------------------- data and vectors
@@ -181,6 +209,43 @@ def study_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: st
     return {"bipo": bipo, "caa": caa_vec}
 
 
+def extra_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
+                  progress: bool = False) -> dict[str, SteeringVector]:
+    """RePS and PCA vectors of one behavior at the main layer (for the matched-cost comparison), loaded
+    from ``runs_dir/<behavior>/L<layer>/{reps,pca}`` or made and saved (``extra_key.json`` holds the
+    settings they were made with; RePS's ``history.json`` beside its vector)."""
+    from workbench.baselines import pca
+    from workbench.data import fingerprint
+    from workbench.reps import train_reps
+
+    wanted = [m for m in EXTRA_METHODS if m in config.compare_methods]
+    train, _ = study_pairs(behavior, config)
+    directory = Path(runs_dir) / behavior / f"L{config.layer:02d}"
+    spec = {"model": str(model.cfg.model_name), "behavior": behavior, "data": fingerprint(train),
+            "reps": config.reps_config().to_dict()}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    key_file = directory / "extra_key.json"
+    if key_file.is_file() and json.loads(key_file.read_text()).get("key") == key and all(
+            (directory / m / "vector.json").is_file() for m in wanted):
+        return {m: SteeringVector.load(directory / m) for m in wanted}
+    out: dict[str, SteeringVector] = {}
+    if "reps" in wanted:
+        t0 = time.perf_counter()
+        res = train_reps(model, train, config.reps_config(), progress=progress)
+        out["reps"] = res.vector.replace(metadata={**res.vector.metadata, "behavior": behavior,
+                                                   "train_seconds": time.perf_counter() - t0})
+        out["reps"].save(directory / "reps")
+        atomic_write_json({**res.to_dict(), "behavior": behavior, "layer": config.layer},
+                          directory / "reps" / HISTORY_FILE)
+    if "pca" in wanted:
+        out["pca"] = pca(model, train, config.layer, hook=config.hook, batch_size=config.eval_batch_size)
+        out["pca"] = out["pca"].replace(metadata={**out["pca"].metadata, "behavior": behavior})
+        out["pca"].save(directory / "pca")
+    atomic_write_json({"key": key, "behavior": behavior, "layer": config.layer}, key_file)
+    logger.info("%s: %s", behavior, ", ".join(f"{m} norm {v.norm:.3g}" for m, v in out.items()))
+    return out
+
+
 def cells_spec(config: StudyConfig, behaviors: Sequence[str], seeds: Sequence[int], model: str | None = None,
                device: str = "cpu", dtype: str = "fp32") -> Any:
     """The study's BiPO vectors as cells (``workbench.cells``): every behavior at the main layer and the
@@ -225,6 +290,79 @@ def eval_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
                               n_boot=config.n_boot, seed=config.seed, data_info={"behavior": behavior, "split": "test"},
                               progress=progress)
     return {**result, "behavior": behavior}
+
+
+def _neutral(config: StudyConfig, at_least_one: bool = False) -> list[str]:
+    """The neutral passages of the utility cost: the first ``utility_texts`` (None: all; 0: none, or the
+    first one where a cost is needed, as in the matched-cost search)."""
+    from workbench.data import load_neutral_text
+
+    n = config.utility_texts
+    return load_neutral_text()[: (max(n, 1) if at_least_one else n) if n is not None else None]
+
+
+def compare_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
+                  config: StudyConfig) -> dict[str, Any]:
+    """The matched-cost comparison of ``vectors`` on the behavior's held-out pairs: at each KL budget
+    on neutral text, both directions, the log-odds shift (``workbench.matched_cost``)."""
+    from workbench.matched_cost import matched_cost
+
+    _, test = study_pairs(behavior, config)
+    used = {m: vectors[m] for m in config.compare_methods if m in vectors}
+    res = matched_cost(model, used, test, _neutral(config, at_least_one=True), cost="kl", budgets=config.budgets, n_boot=config.n_boot,
+                       seed=config.seed, utility_kw={"max_tokens": config.utility_max_tokens,
+                                                     "batch_size": config.eval_batch_size,
+                                                     "precision": config.precision},
+                       logodds_kw={"batch_size": config.eval_batch_size, "precision": config.precision})
+    return {**res, "behavior": behavior, "data": {"behavior": behavior, "split": "test"}}
+
+
+def refusal_stage(model: Model, vectors: dict[str, SteeringVector], config: StudyConfig) -> dict[str, Any]:
+    """Refusal rate, likelihood signal and utility cost of the refusal vectors on the held-out requests,
+    plain and inside ``config.refusal_templates`` (``workbench.refusal.refusal_study``)."""
+    from workbench.refusal import load_refusal_requests, refusal_study
+
+    requests = load_refusal_requests("test")[: config.n_test]
+    res = refusal_study(model, {m: vectors[m] for m in METHODS}, requests, config.multipliers,
+                        templates=[None if t == "none" else t for t in config.refusal_templates],
+                        max_new_tokens=config.refusal_max_new_tokens, n_boot=config.n_boot, seed=config.seed,
+                        batch_size=config.eval_batch_size, neutral_texts=_neutral(config) or None,
+                        utility_max_tokens=config.utility_max_tokens)
+    return {**res, "data": {"behavior": "refusal", "split": "test"}}
+
+
+def truthfulness_stage(model: Model, config: StudyConfig, runs_dir: Path,
+                       progress: bool = False) -> dict[str, Any] | None:
+    """A truthfulness vector (BiPO and CAA at the main layer) from TruthfulQA's ``mc2_targets`` pairs of
+    the training questions, evaluated by MC1/MC2 (and held-out log-odds and utility) over multipliers on
+    questions it never saw (``workbench.truthfulness``). None without ``config.truthfulqa``."""
+    if config.truthfulqa is None:
+        logger.info("truthfulness: no TruthfulQA file (StudyConfig.truthfulqa / --truthfulqa); skipped")
+        return None
+    from workbench.truthfulness import truthfulness_study
+
+    return truthfulness_study(model, config.truthfulqa, runs_dir / "truthfulness", config.bipo_config(),
+                              test_fraction=config.truthfulqa_test_fraction,
+                              pairs_per_question=config.truthfulqa_pairs_per_question,
+                              n_train=config.truthfulqa_n_train, n_test=config.n_test,
+                              multipliers=config.multipliers, neutral_texts=_neutral(config) or None,
+                              utility_max_tokens=config.utility_max_tokens, batch_size=config.eval_batch_size,
+                              n_boot=config.n_boot, seed=config.seed, progress=progress)
+
+
+def lora_transfer_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector], config: StudyConfig,
+                        out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """BiPO and CAA vectors carried to LoRA fine-tunes of the model at ``config.lora_kl_targets``, and
+    vectors made on each fine-tune carried back (``workbench.lora``)."""
+    from workbench.lora import lora_transfer
+
+    train, test = study_pairs(behavior, config)
+    res = lora_transfer(model, {m: vectors[m] for m in METHODS}, train, test, out_dir / "finetunes",
+                        kl_targets=config.lora_kl_targets, bipo_config=config.bipo_config(),
+                        neutral_texts=_neutral(config, at_least_one=True), max_steps=config.lora_max_steps, rank=config.lora_rank,
+                        lr=config.lora_lr, utility_max_tokens=config.utility_max_tokens,
+                        batch_size=config.eval_batch_size, n_boot=config.n_boot, seed=config.seed, progress=progress)
+    return {**res, "behavior": behavior}
 
 
 def study_sweeps(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
@@ -451,6 +589,11 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
     for b in behaviors:
         if todo("eval", f"eval_{b}"):
             save(f"eval_{b}", timed(f"eval:{b}", lambda b=b: eval_stage(model, b, vectors[b], config)))
+    for b in behaviors:
+        if todo("compare", f"compare_{b}"):
+            extra = timed(f"vectors_extra:{b}", lambda b=b: extra_vectors(model, b, config, runs, progress=progress))
+            save(f"compare_{b}", timed(f"compare:{b}", lambda b=b, extra=extra: compare_stage(
+                model, b, {**vectors[b], **extra}, config)))
     if todo("sweep", f"sweep_{first}"):
         sweep, cosines = timed("sweep", lambda: sweep_stage(model, first, config, runs, cells))
         save(f"sweep_{first}", sweep)
@@ -466,6 +609,13 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
         for name, result in timed("transfer", lambda: transfer_stage(model, first, vectors[first]["bipo"],
                                                                      config)).items():
             save(name, result)
+    if config.lora_kl_targets and todo("lora_transfer", "transfer_lora"):
+        save("transfer_lora", timed("lora_transfer", lambda: lora_transfer_stage(model, first, vectors[first], config,
+                                                                                   out, progress=progress)))
+    if "refusal" in behaviors and todo("refusal", "refusal"):
+        save("refusal", timed("refusal", lambda: refusal_stage(model, vectors["refusal"], config)))
+    if todo("truthfulness", "truthfulness"):
+        save("truthfulness", timed("truthfulness", lambda: truthfulness_stage(model, config, runs, progress)))
     figures: list[str] = []
     if "figures" in stages:
         from workbench.figures import write_figures
@@ -473,8 +623,13 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
         figures = [str(p) for p in timed("figures", lambda: write_figures(out, figures_dir))]
     from workbench.results import STUDY_SUMMARY, result
 
+    previous = out / "summary.json"  # every stage's latest time, across runs of some stages
+    all_seconds = dict(seconds)
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        all_seconds = {**old.get("all_seconds", old.get("seconds", {})), **seconds}
     summary = result(STUDY_SUMMARY, model=str(model.cfg.model_name), config=config.to_dict(),
-                     behaviors=behaviors, seconds=seconds, total_seconds=round(time.perf_counter() - t_start, 1),
+                     behaviors=behaviors, seconds=seconds, all_seconds=all_seconds, total_seconds=round(time.perf_counter() - t_start, 1),
                      results=written, figures=figures,
                      vectors={b: {m: {"norm": v.norm, "hook_name": v.hook_name, **{k: v.metadata.get(k) for k in (
                          "final_loss", "final_accuracy", "train_seconds") if k in v.metadata}}

@@ -41,6 +41,7 @@ LOGIT_LENS_LAYERS = "logit_lens_layers"  # workbench.logit_lens.steered_logit_le
 COMPOSITION = "composition"  # workbench.composition.composition_table
 TRANSFER_LAYERS = "transfer_layers"  # workbench.transfer.layer_transfer
 TRANSFER_MODEL = "transfer_model"  # workbench.transfer.transfer_effect
+TRANSFER_LORA = "transfer_lora"  # workbench.lora.lora_transfer: vectors on LoRA fine-tunes and back
 BIPO_HISTORY = "bipo_history"  # workbench.bipo.BiPOResult: per step and per epoch
 REFUSAL = "refusal"  # workbench.refusal.refusal_study
 MATCHED_COST = "matched_cost"  # workbench.matched_cost.matched_cost
@@ -71,6 +72,7 @@ SCHEMAS: dict[str, Schema] = {s.kind: s for s in (
     Schema(COMPOSITION, ("rows", "conditions"), required=("multipliers",)),
     Schema(TRANSFER_LAYERS, ("rows",)),
     Schema(TRANSFER_MODEL, ("rows",)),
+    Schema(TRANSFER_LORA, ("rows", "finetunes")),
     Schema(BIPO_HISTORY, ("history", "epochs")),
     Schema(REFUSAL, ("rows", "generations")),
     Schema(MATCHED_COST, ("rows", "points", "slopes"), required=("cost", "budgets")),
@@ -236,5 +238,5 @@ def load_result(path: str | Path) -> dict[str, Any]:
 
 __all__ = ["BIPO_HISTORY", "COMPOSITION", "COSINE", "COSINE_METHODS", "EVAL", "LOGIT_LENS_LAYERS",
            "LOGIT_LENS_TOKENS", "MATCHED_COST", "REFUSAL", "SCHEMAS", "SCHEMA_VERSION", "STUDY_SUMMARY", "SWEEP",
-           "Schema", "ResultFormatError", "TRANSFER_LAYERS", "TRANSFER_MODEL", "from_dict", "is_result",
+           "Schema", "ResultFormatError", "TRANSFER_LAYERS", "TRANSFER_LORA", "TRANSFER_MODEL", "from_dict", "is_result",
            "load_result", "records", "result", "result_table", "rows", "table_names"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import einops
+import numpy as np
 import pandas as pd
 import torch
 
@@ -40,15 +42,17 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- measuring transfer
-def _mean_effects(model: Model, vector: SteeringVector, pairs: Sequence[Any],
-                  multipliers: Sequence[float], **kwargs: Any) -> tuple[float, list[float]]:
+def _pair_effects(model: Model, vector: SteeringVector, pairs: Sequence[Any],
+                  multipliers: Sequence[float], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: the unsteered log-odds ``(n,)`` and the shift from it at each multiplier ``(k, n)``."""
     lo = preference_logodds(model, pairs, [()] + [((vector, float(m)),) for m in multipliers], **kwargs)
-    return float(lo[0].mean()), [float((row - lo[0]).mean()) for row in lo[1:]]
+    lo = lo.detach().double().cpu().numpy()
+    return lo[0], lo[1:] - lo[0]
 
 
 def transfer_effect(source: Model, target: Model, vector: SteeringVector,
-                    eval_pairs: Sequence[Any], multipliers: Sequence[float] = (-1.0, 1.0),
-                    **kwargs: Any) -> pd.DataFrame:
+                    eval_pairs: Sequence[Any], multipliers: Sequence[float] = (-1.0, 1.0), *,
+                    n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
     """Steering effect of ``vector`` on ``source`` and on ``target``, and the share retained.
 
     Args:
@@ -57,11 +61,13 @@ def transfer_effect(source: Model, target: Model, vector: SteeringVector,
         vector: the steering vector (applied at its own hook in both models).
         eval_pairs: held-out preference pairs.
         multipliers: where the effect is measured.
+        n_boot, seed: the bootstrap over pairs of ``retained`` (both effects from the same resample).
         kwargs: passed to ``workbench.scoring.preference_logodds`` (``system_prompt``, ``batch_size``).
 
     Returns:
         One row per multiplier: ``multiplier, source_effect, target_effect, retained``
-        (target / source), ``source_base_logodds, target_base_logodds``.
+        (target / source), ``retained_ci_low, retained_ci_high`` (95 %), ``source_base_logodds,
+        target_base_logodds``.
 
     Raises:
         IncompatibleVectorError: the target's ``d_model`` differs or it lacks the hook.
@@ -73,12 +79,19 @@ def transfer_effect(source: Model, target: Model, vector: SteeringVector,
             f"{d_src}, target {target.cfg.model_name!r} has d_model {d_tgt}")
     vector.check_compatible(source)
     vector.check_compatible(target)
-    base_s, eff_s = _mean_effects(source, vector, eval_pairs, multipliers, **kwargs)
-    base_t, eff_t = _mean_effects(target, vector, eval_pairs, multipliers, **kwargs)
-    return pd.DataFrame([{"multiplier": float(m), "source_effect": s, "target_effect": t,
-                          "retained": t / s if s != 0 else float("nan"),
-                          "source_base_logodds": base_s, "target_base_logodds": base_t}
-                         for m, s, t in zip(multipliers, eff_s, eff_t)])
+    from workbench.eval_common import bootstrap_interval
+
+    base_s, eff_s = _pair_effects(source, vector, eval_pairs, multipliers, **kwargs)
+    base_t, eff_t = _pair_effects(target, vector, eval_pairs, multipliers, **kwargs)
+    rows = []
+    for m, s, t in zip(multipliers, eff_s, eff_t):
+        ratio = lambda idx, s=s, t=t: t[idx].mean(1) / s[idx].mean(1)  # noqa: E731
+        lo, hi = bootstrap_interval(len(s), ratio, n_boot=n_boot, seed=seed) if s.mean() != 0 else (math.nan,) * 2
+        rows.append({"multiplier": float(m), "source_effect": float(s.mean()), "target_effect": float(t.mean()),
+                     "retained": float(t.mean() / s.mean()) if s.mean() != 0 else float("nan"),
+                     "retained_ci_low": lo, "retained_ci_high": hi,
+                     "source_base_logodds": float(base_s.mean()), "target_base_logodds": float(base_t.mean())})
+    return pd.DataFrame(rows)
 
 
 def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[Any],
