@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the whole study on the embedded model and data: BiPO and CAA per behavior, evaluation
-# over multipliers, layer sweep, cosines, logit lens, composition, transfer, then every figure.
+# over multipliers, the matched-cost comparison (with RePS and PCA), layer sweep, cosines, logit lens,
+# composition, transfer (other layers, a fine-tuned copy, LoRA fine-tunes), refusal and jailbreak
+# templates, truthfulness on TruthfulQA ($TRUTHFULQA, default ../shared/data/truthfulqa/mc_task_dev.json,
+# when it exists), then every figure.
 #
 #   scripts/reproduce.sh            # the full study into results/full/ and figures/ (hours on a CPU)
 #   scripts/reproduce.sh --quick    # smoke test into results/quick/ (figures in results/quick/figures/)
@@ -16,4 +19,7 @@ if [[ " $* " == *" --quick "* ]]; then
 else
     out=results/full figs=figures
 fi
-exec "$PY" -m workbench -v reproduce --out "$out" --figures "$figs" "$@"
+# the truthfulness stage reads TruthfulQA from a path (public data, never copied into the project)
+tqa=${TRUTHFULQA:-../shared/data/truthfulqa/mc_task_dev.json}
+extra=(); [ -f "$tqa" ] && extra=(--truthfulqa "$tqa")
+exec "$PY" -m workbench -v reproduce --out "$out" --figures "$figs" "${extra[@]}" "$@"

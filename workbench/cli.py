@@ -871,8 +871,10 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--behaviors", nargs="+", default=None, help="embedded behaviors (default: all)")
     p.add_argument("--layer", type=int, default=None, help="layer of the main vectors (default: 14)")
-    p.add_argument("--stages", nargs="+", default=None, help="subset of: vectors eval sweep cosine logit_lens "
-                   "composition transfer figures (default: all)")
+    p.add_argument("--stages", nargs="+", default=None, help="subset of: vectors eval compare sweep cosine "
+                   "logit_lens composition transfer lora_transfer refusal truthfulness figures (default: all)")
+    p.add_argument("--truthfulqa", default=None, metavar="PATH",
+                   help="TruthfulQA mc_task.json for the truthfulness stage (without it the stage is skipped)")
     p.add_argument("--force", action="store_true", help="recompute stages whose JSON already exists")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="BiPO seeds of the study's vectors, made as cells and aggregated into seeds.json "
@@ -890,8 +892,10 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     from workbench.reproduce import STAGES, StudyConfig, reproduce
 
     config = StudyConfig.quick() if args.quick else StudyConfig()
+    if args.truthfulqa is not None and not Path(args.truthfulqa).is_file():
+        raise CLIError(f"--truthfulqa {args.truthfulqa}: no such file")
     changes = {k: v for k, v in (("behaviors", tuple(args.behaviors) if args.behaviors else None),
-                                 ("layer", args.layer)) if v is not None}
+                                 ("layer", args.layer), ("truthfulqa", args.truthfulqa)) if v is not None}
     try:
         config = dataclasses.replace(config, **changes)
     except (TypeError, ValueError) as exc:
