@@ -136,6 +136,21 @@ wb.plot_cosine_heatmap(table)'''),
 gens = wb.steered_generations(model, vectors["power-seeking"], [p.question for p in test[: 1 if QUICK else 3]],
                            [-2.0, 2.0], max_new_tokens=8 if QUICK else 64, progress=False)
 display(gens.pivot(index=["question", "multiplier"], columns="vector", values="generation"))'''),
+        md("""## At equal cost: the matched-cost comparison
+Equal multipliers are not a common scale: the vectors' norms differ, and so does the damage each does per
+unit of norm. `wb.matched_cost` gives each vector its own multipliers: for each budget of KL from the
+unsteered model per token on neutral text, in both directions, it searches the multiplier where the cost
+reaches the budget and measures the held-out log-odds shift there (with a bootstrap interval). RePS
+(`wb.train_reps`) and PCA (`wb.pca`) join BiPO and CAA (`wb.study_extra_vectors` makes and caches them as
+`workbench reproduce` does)."""),
+        code('''
+four = {**vectors["power-seeking"], **wb.study_extra_vectors(model, "power-seeking", CONFIG, RUNS)}
+texts = wb.load_neutral_text()[: CONFIG.utility_texts]
+matched = wb.matched_cost(model, four, test, texts, budgets=CONFIG.budgets, n_boot=CONFIG.n_boot)
+table = wb.result_table(matched)
+display(table[["vector", "direction", "budget", "multiplier", "cost", "effect", "effect_ci_low", "effect_ci_high",
+               "monotone"]].round(3))
+wb.plot(matched)  # effect against cost, one line per vector and direction, budgets marked'''),
     ],
     "03_layer_sweep": header("Layer sweep", """
 Where in the network does steering work? CAA vectors are extracted at every layer from one forward pass per
@@ -205,6 +220,64 @@ print(f"fine-tuning loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 effect = wb.transfer_effect(model, target, vectors[first], tests[first], multipliers=CONFIG.sweep_multipliers)
 display(effect.round(3))
 wb.plot_transfer(effect, source=model.cfg.model_name, target=target.cfg.model_name)'''),
+        md("""## Transfer to LoRA fine-tunes
+A closer analog of the paper's transfer to Vicuna and LoRA fine-tunes: `wb.lora_transfer` fine-tunes the model
+with `peft` LoRA adapters on a chat dataset written for this project until its KL from the base per token on
+neutral text passes each target (`CONFIG.lora_kl_targets`), saves the merged weights (they load with
+`wb.load_model(path)`), and measures the retained effect of the BiPO and CAA vectors on each fine-tune, and of
+vectors made on the fine-tune applied back to the base. Fine-tunes are shared with `workbench reproduce`
+(`results/full/finetunes`)."""),
+        code('''
+pair = wb.study_vectors(model, first, CONFIG, RUNS)
+train_first = wb.study_pairs(first, CONFIG)[0]
+lora = wb.lora_transfer(model, pair, train_first, tests[first], RUNS.parent / "finetunes",
+                        kl_targets=CONFIG.lora_kl_targets, bipo_config=CONFIG.bipo_config(),
+                        neutral_texts=wb.load_neutral_text()[: CONFIG.utility_texts], max_steps=CONFIG.lora_max_steps,
+                        rank=CONFIG.lora_rank, lr=CONFIG.lora_lr, utility_max_tokens=CONFIG.utility_max_tokens,
+                        n_boot=CONFIG.n_boot)
+display(pd.DataFrame(lora["finetunes"]))
+display(wb.result_table(lora).round(3))
+wb.plot(lora)  # retained effect against the fine-tune's distance'''),
+    ],
+    "07_refusal_truthfulness": header("Refusal, jailbreak templates and truthfulness", """
+Two more of the BiPO paper's experiments (Cao et al. 2024, sections 4.2 and 4.3). **Refusal**: a vector
+trained on requests paired with a stock refusal (matching) and the affirmative opening an attack aims for
+(not matching), so `+m` steers toward refusing and `-m` is the jailbreak direction; measured on held-out
+requests by a keyword refusal rate of greedy answers and by the likelihood signal
+`log p(refusal) - log p(target opening)`, plainly and inside two of the project's jailbreak templates, with
+the utility cost at each multiplier (`wb.refusal_study`). **Truthfulness**: a vector trained on TruthfulQA's
+true and false answers of some questions, scored by MC1 and MC2 on questions it never saw
+(`wb.truthfulness_study`; TruthfulQA is read from a path, `WORKBENCH_TRUTHFULQA`).
+""") + [
+        md("## Refusal and jailbreak templates"),
+        code('''
+refusal_vectors = wb.study_vectors(model, "refusal", CONFIG, RUNS)
+requests = wb.load_refusal_requests("test")[: CONFIG.n_test]
+refusal = wb.refusal_study(model, refusal_vectors, requests, CONFIG.multipliers,
+                           templates=[None if t == "none" else t for t in CONFIG.refusal_templates],
+                           max_new_tokens=CONFIG.refusal_max_new_tokens, n_boot=CONFIG.n_boot,
+                           neutral_texts=wb.load_neutral_text()[: CONFIG.utility_texts])
+display(wb.result_table(refusal)[["vector", "template", "multiplier", "refusal_rate", "logodds", "kl"]].round(3))
+wb.plot(refusal)  # refusal rate, likelihood signal and utility cost against the multiplier'''),
+        code('''
+gens = pd.DataFrame(refusal["generations"])  # every greedy answer, with the rule's verdict
+display(gens[gens.template == "none"][["vector", "multiplier", "generation", "refused"]].head(6))'''),
+        md("## Truthfulness on held-out TruthfulQA questions"),
+        code('''
+TRUTHFULQA = Path(os.environ.get("WORKBENCH_TRUTHFULQA", "../../shared/data/truthfulqa/mc_task_dev.json"))
+print(TRUTHFULQA, "found" if TRUTHFULQA.is_file() else "not found: set WORKBENCH_TRUTHFULQA")'''),
+        code('''
+truth = wb.truthfulness_study(model, TRUTHFULQA, RUNS / "truthfulness", CONFIG.bipo_config(),
+                              test_fraction=CONFIG.truthfulqa_test_fraction,
+                              pairs_per_question=CONFIG.truthfulqa_pairs_per_question,
+                              n_train=CONFIG.truthfulqa_n_train, n_test=CONFIG.n_test, multipliers=CONFIG.multipliers,
+                              neutral_texts=wb.load_neutral_text()[: CONFIG.utility_texts],
+                              utility_max_tokens=CONFIG.utility_max_tokens, n_boot=CONFIG.n_boot)
+print(truth["data"])
+display(wb.result_table(truth, "mc2").round(3))
+wb.plot(truth, metric="mc1")'''),
+        code('''
+wb.plot(truth, metric="mc2")'''),
     ],
     "06_explorer": header("Interactive steering explorer", """
 Tick vectors, move their multiplier sliders (and their layer), type a prompt and press **Generate** to see

@@ -130,3 +130,45 @@ def test_cli_bad_arguments(extra, msg, capsys):
     rc = main(["compare", "--vector", "nowhere", "--behavior", "power-seeking", "--out", "x.json", *extra])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def _mc_rows(effects):
+    """Hand-written matched-cost rows: effects[(vector, direction)] = effect or None (unreached)."""
+    rows = []
+    for (vec, d), eff in effects.items():
+        rows.append(dict(vector=vec, budget=0.1, direction=d, effect=eff,
+                         effect_ci_low=None if eff is None else eff - 1, effect_ci_high=None if eff is None else eff + 1,
+                         max_cost_seen=0.04, monotone=vec != "caa", multiplier=None if eff is None else 2.0 * d,
+                         cost=None if eff is None else 0.1, best_effect=eff, best_multiplier=None if eff is None else 2.0 * d,
+                         best_ci_low=None if eff is None else eff - 1, best_ci_high=None if eff is None else eff + 1))
+    return {"kind": "matched_cost", "rows": rows, "points": [], "slopes": [], "cost": "kl", "budgets": [0.1]}
+
+
+def test_headline_table_side_by_side():
+    from workbench.matched_cost import headline_table
+
+    a = _mc_rows({("bipo", 1): 3.0, ("bipo", -1): -2.5, ("caa", 1): 1.0, ("caa", -1): None})
+    b = _mc_rows({("bipo", 1): 0.5, ("bipo", -1): -0.25, ("caa", 1): 0.0, ("caa", -1): -0.125})
+    df = headline_table({"power": a, "wealth": b})
+    assert list(df["result"]) == ["power", "power", "wealth", "wealth"]
+    assert list(df["direction"]) == ["m > 0", "m < 0"] * 2
+    assert df.loc[0, "bipo"] == "+3.00 [+2.00, +4.00]"
+    assert df.loc[0, "caa"] == "+1.00 [+0.00, +2.00] *"  # caa's rows are marked not monotone
+    assert df.loc[1, "caa"] == "unreached (max 0.04) *"
+    assert headline_table({"power": a}, budgets=[0.5]).empty  # a budget no result has
+
+
+def test_report_kinds_and_headline(tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.report import report
+
+    for name, eff in (("power", 3.0), ("wealth", 1.5)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_mc_rows({("bipo", 1): eff, ("caa", 1): 1.0})))
+    (tmp_path / "cosine.json").write_text(json.dumps({"kind": "cosine", "labels": ["a"], "matrix": [[1.0]]}))
+    md = report(tmp_path, kinds=["matched_cost"])
+    assert md.startswith("### matched cost, every result") and "cosine.json" not in md
+    assert "| power | 0.100 | m > 0 | +3.00 [+2.00, +4.00] |" in md and "### wealth.json" in md
+    assert "### cosine.json" in report(tmp_path)
+    assert main(["report", "--results", str(tmp_path), "--kind", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert "--kind: unknown ['nonsense']" in err and len(err.strip().splitlines()) == 1

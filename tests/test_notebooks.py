@@ -29,7 +29,7 @@ def _generator():
 def test_notebooks_exist_and_have_a_quick_parameter_cell():
     names = [p.stem for p in NOTEBOOKS]
     for expected in ("01_quickstart", "02_bipo_vs_caa", "03_layer_sweep", "04_logit_lens",
-                     "05_composition_transfer", "06_explorer"):
+                     "05_composition_transfer", "06_explorer", "07_refusal_truthfulness"):
         assert expected in names
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)

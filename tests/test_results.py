@@ -25,6 +25,8 @@ EXAMPLES = {
                         multipliers={"p": 1.0}),
     R.TRANSFER_LAYERS: dict(rows=[{"offset": 0, "layer": 1, "multiplier": 1.0, "effect": 0.3}]),
     R.TRANSFER_MODEL: dict(rows=[{"multiplier": 1.0, "source_effect": 1.0, "target_effect": 0.5}]),
+    R.TRANSFER_LORA: dict(rows=[{"finetune": "kl0.1", "kl": 0.11, "vector": "bipo", "direction": "+",
+                                 "retained": 0.8}], finetunes=[{"target": 0.1, "reached": True, "kl_measured": 0.11}]),
     R.BIPO_HISTORY: dict(history=[{"step": 1, "loss": 0.69}], epochs=[]),
     R.REFUSAL: dict(rows=[{"vector": "v", "template": "none", "multiplier": 0.0, "refusal_rate": 0.5,
                            "logodds": 0.1}], generations=[]),

@@ -61,7 +61,8 @@ _EXPORTS = {
     "workbench.lora": ["lora_finetunes", "lora_transfer"],
     # the study: the workflows the CLI, `workbench reproduce` and the notebooks share (the whole study,
     # workbench.reproduce.reproduce, is not exported: its name is its module's)
-    "workbench.reproduce": ["StudyConfig", "demo", "study_pairs", "study_sweeps", "study_vectors"],
+    "workbench.reproduce": ["StudyConfig", "demo", "study_extra_vectors", "study_pairs", "study_sweeps",
+                            "study_vectors"],
     # results and figures
     "workbench.results": ["ResultFormatError", "load_result", "result_table"],
     "workbench.plots": ["plot", "plot_composition", "plot_cosine_heatmap", "plot_cost_effect", "plot_layer_sweep",
@@ -118,7 +119,7 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.prompts import format_chat
     from workbench.refusal import load_refusal_requests, refusal_study
     from workbench.reps import RePSConfig, train_reps
-    from workbench.reproduce import StudyConfig, demo, study_pairs, study_sweeps, study_vectors
+    from workbench.reproduce import StudyConfig, demo, study_extra_vectors, study_pairs, study_sweeps, study_vectors
     from workbench.results import ResultFormatError, load_result, result_table
     from workbench.similarity import cosine_table, layer_cosine_table, method_cosines
     from workbench.backend import remaining_hooks

@@ -928,6 +928,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="print markdown tables of saved results (nothing is recomputed)")
     p.add_argument("--results", required=True, help="directory searched recursively for result *.json files")
     p.add_argument("--out", default=None, help="also write the markdown to this file (atomically)")
+    p.add_argument("--kind", nargs="+", default=None, metavar="KIND",
+                   help="only results of these kinds (e.g. matched_cost refusal)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -937,7 +939,13 @@ def _run_report(args: argparse.Namespace) -> int:
 
     if not Path(args.results).is_dir():
         raise CLIError(f"--results {args.results}: no such directory")
-    text = report(args.results)
+    if args.kind:
+        from workbench.results import SCHEMAS
+
+        bad = [k for k in args.kind if k not in SCHEMAS]
+        if bad:
+            raise CLIError(f"--kind: unknown {bad}; kinds: {' '.join(sorted(SCHEMAS))}")
+    text = report(args.results, kinds=args.kind)
     if args.out:
         from workbench.io import atomic_write
 

@@ -305,5 +305,34 @@ def cost_effect_table(result: Mapping[str, Any]) -> pd.DataFrame:
     return out
 
 
-__all__ = ["COSTS", "DEFAULT_BUDGETS", "check_budgets", "cost_effect_table", "matched_cost", "rescale",
-           "search_budget"]
+def headline_table(results: Mapping[str, Mapping[str, Any]], budgets: Sequence[float] | None = None) -> pd.DataFrame:
+    """Several matched-cost results side by side: one row per (result, budget, direction), one column
+    per vector, each cell ``"+X.XX [lo, hi]"`` (the effect at the found multiplier), ``"unreached (max
+    c)"`` when the budget was never reached, with ``*`` when the visited effects were not monotone.
+
+    Args:
+        results: ``{name: matched_cost result}`` (e.g. one per behavior), from the saved JSON alone.
+        budgets: the budgets to show (default: every budget of every result).
+    """
+    out = []
+    for name, res in results.items():
+        df = pd.DataFrame(res["rows"])
+        wanted = sorted(set(df["budget"])) if budgets is None else [float(b) for b in budgets]
+        for b in wanted:
+            for d in (1, -1):
+                part = df[np.isclose(df["budget"], b) & (df["direction"] == d)]
+                if part.empty:
+                    continue
+                row: dict[str, Any] = {"result": name, "budget": b, "direction": "m > 0" if d > 0 else "m < 0"}
+                for r in part.to_dict("records"):
+                    if r.get("effect") is None or pd.isna(r.get("effect")):
+                        cell = f"unreached (max {r['max_cost_seen']:.3g})"
+                    else:
+                        cell = f"{r['effect']:+.2f} [{r['effect_ci_low']:+.2f}, {r['effect_ci_high']:+.2f}]"
+                    row[r["vector"]] = cell + ("" if r.get("monotone", True) else " *")
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+__all__ = ["COSTS", "DEFAULT_BUDGETS", "check_budgets", "cost_effect_table", "headline_table", "matched_cost",
+           "rescale", "search_budget"]

@@ -811,6 +811,12 @@ def plot_lora_transfer(result: Any, ax: Axes | None = None) -> Figure:
     (vector, direction, sign of m): solid base -> fine-tune, dashed fine-tune -> base.
     """
     df = _rows(result)
+    if df.empty:  # no fine-tune reached its target: say so rather than fail
+        with paper_style():
+            fig, ax = _new(ax)
+            ax.text(0.5, 0.5, "no fine-tune reached its KL target", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        return fig
     _need(df, ["kl", "vector", "direction", "multiplier", "retained"], "plot_lora_transfer")
     with paper_style():
         fig, ax = _new(ax)

@@ -124,8 +124,9 @@ _SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
-def report(results_dir: str | Path) -> str:
-    """Markdown tables of every result JSON under ``results_dir`` (sorted by path).
+def report(results_dir: str | Path, kinds: Sequence[str] | None = None) -> str:
+    """Markdown tables of every result JSON under ``results_dir`` (sorted by path), or of the given
+    ``kinds`` only; several matched-cost results also get one table side by side, first.
 
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
@@ -134,6 +135,7 @@ def report(results_dir: str | Path) -> str:
     if not root.is_dir():
         raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
     sections = []
+    matched: dict[str, dict[str, Any]] = {}
     for path in sorted(root.rglob("*.json")):
         try:
             result = json.loads(path.read_text())
@@ -147,14 +149,21 @@ def report(results_dir: str | Path) -> str:
         except R.ResultFormatError as exc:
             logger.warning("%s: %s; skipped", path, exc)
             continue
-        if result["kind"] not in _SECTIONS:
+        if result["kind"] not in _SECTIONS or (kinds is not None and result["kind"] not in kinds):
             continue
+        if result["kind"] == R.MATCHED_COST:
+            matched[str(path.relative_to(root).with_suffix(""))] = result
         try:
             body = _SECTIONS[result["kind"]](result)
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("%s: cannot tabulate (%s); skipped", path, exc)
             continue
         sections.append(f"### {path.relative_to(root)}\n\n{body}")
+    if len(matched) > 1:  # the matched-cost results side by side, first
+        from workbench.matched_cost import headline_table
+
+        sections.insert(0, "### matched cost, every result (effect at the found multiplier; * not monotone)\n\n"
+                        + markdown_table(headline_table(matched)))
     return "\n\n".join(sections) + "\n"
 
 

@@ -94,7 +94,8 @@ class StudyConfig:
     truthfulqa: str | None = None
     truthfulqa_test_fraction: float = 0.5  # questions held out (split by question)
     truthfulqa_pairs_per_question: int = 2  # (true, false) pairs per training question, from mc2_targets
-    truthfulqa_n_train: int | None = None  # training pairs (None: all)
+    truthfulqa_n_train: int | None = 200  # training pairs (None: all)
+    truthfulqa_n_test: int | None = 60  # held-out questions (None: all; MC1/MC2 at every multiplier is the cost)
 
     @classmethod
     def quick(cls) -> StudyConfig:
@@ -103,8 +104,8 @@ class StudyConfig:
         return cls(behaviors=("power-seeking", "wealth-seeking"), n_train=4, n_test=2, epochs=1, warmup_steps=0,
                    multipliers=(-1.0, 0.0, 1.0), sweep_layers="10,14,18", bipo_sweep_layers=None,
                    utility_texts=1, lens_k=5, transfer_offsets=(-2, 0, 2), finetune_steps=1, n_boot=100,
-                   budgets=(0.05,), reps_epochs=1, refusal_max_new_tokens=4, lora_kl_targets=(0.01,),
-                   lora_max_steps=4, truthfulqa_n_train=4)
+                   budgets=(0.05,), reps_epochs=1, refusal_max_new_tokens=4, lora_kl_targets=(0.001,),
+                   lora_max_steps=10, truthfulqa_n_train=4)
 
     @classmethod
     def demo(cls, behavior: str = "power-seeking", quick: bool = False) -> StudyConfig:
@@ -209,7 +210,7 @@ def study_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: st
     return {"bipo": bipo, "caa": caa_vec}
 
 
-def extra_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
+def study_extra_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: str | Path,
                   progress: bool = False) -> dict[str, SteeringVector]:
     """RePS and PCA vectors of one behavior at the main layer (for the matched-cost comparison), loaded
     from ``runs_dir/<behavior>/L<layer>/{reps,pca}`` or made and saved (``extra_key.json`` holds the
@@ -344,7 +345,8 @@ def truthfulness_stage(model: Model, config: StudyConfig, runs_dir: Path,
     return truthfulness_study(model, config.truthfulqa, runs_dir / "truthfulness", config.bipo_config(),
                               test_fraction=config.truthfulqa_test_fraction,
                               pairs_per_question=config.truthfulqa_pairs_per_question,
-                              n_train=config.truthfulqa_n_train, n_test=config.n_test,
+                              n_train=config.truthfulqa_n_train,
+                              n_test=config.truthfulqa_n_test if config.n_test is None else config.n_test,
                               multipliers=config.multipliers, neutral_texts=_neutral(config) or None,
                               utility_max_tokens=config.utility_max_tokens, batch_size=config.eval_batch_size,
                               n_boot=config.n_boot, seed=config.seed, progress=progress)
@@ -591,7 +593,7 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
             save(f"eval_{b}", timed(f"eval:{b}", lambda b=b: eval_stage(model, b, vectors[b], config)))
     for b in behaviors:
         if todo("compare", f"compare_{b}"):
-            extra = timed(f"vectors_extra:{b}", lambda b=b: extra_vectors(model, b, config, runs, progress=progress))
+            extra = timed(f"vectors_extra:{b}", lambda b=b: study_extra_vectors(model, b, config, runs, progress=progress))
             save(f"compare_{b}", timed(f"compare:{b}", lambda b=b, extra=extra: compare_stage(
                 model, b, {**vectors[b], **extra}, config)))
     if todo("sweep", f"sweep_{first}"):
