@@ -172,3 +172,26 @@ def test_report_kinds_and_headline(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path), "--kind", "nonsense"]) == 2
     err = capsys.readouterr().err
     assert "--kind: unknown ['nonsense']" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_interpolates_and_reuses_known_costs():
+    from workbench.matched_cost import search_budget
+
+    calls = []
+
+    def probe(m):  # a cost that grows like |m|**2.5, as KL does past the quadratic regime
+        calls.append(m)
+        return 0.01 * abs(m) ** 2.5
+
+    first = search_budget(probe, 0.1, -1, rel_tol=0.01)
+    assert first["reached"] and first["multiplier"] < 0
+    assert abs(probe(first["multiplier"]) - 0.1) <= 0.001 and first["steps"] <= 9
+    known = {abs(m): 0.01 * abs(m) ** 2.5 for m in calls}
+    calls.clear()
+    second = search_budget(probe, 0.5, -1, rel_tol=0.01, known=known)
+    assert abs(probe(second["multiplier"]) - 0.5) <= 0.005
+    assert second["steps"] < first["steps"] and all(abs(m) > 2.5 for m in calls[:-1])  # no re-bracketing from 0.25
+    again = search_budget(probe, 0.1, -1, rel_tol=0.01, known=known)
+    assert again["steps"] == 0 and again["multiplier"] == first["multiplier"]
+    capped = search_budget(probe, 1e6, 1, max_multiplier=8.0, known={4.0: 0.32})
+    assert not capped["reached"] and capped["max_cost_seen"] == pytest.approx(0.01 * 8 ** 2.5)

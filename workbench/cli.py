@@ -1052,8 +1052,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="rescale every vector to the norm of vector REF (its label) or to NUMBER")
     p.add_argument("--max-multiplier", type=float, default=64.0, help="bound of the search (default 64)")
     p.add_argument("--rel-tol", type=float, default=0.05, help="relative tolerance on the budget (default 0.05)")
-    p.add_argument("--limit", type=int, default=None, help="at most N pairs and neutral passages")
+    p.add_argument("--limit", type=int, default=None, help="at most N held-out pairs")
     p.add_argument("--neutral", default=None, metavar="PATH", help="neutral text file, one passage per line")
+    p.add_argument("--texts", type=int, default=16, help="neutral passages of the cost search (default 16)")
+    p.add_argument("--text-tokens", type=int, default=64, help="tokens per passage in the cost search (default 64)")
     _add_model_args(p)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--boot-seed", "--seed", dest="seed", type=int, default=0,
@@ -1076,8 +1078,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         budgets = check_budgets(budgets, args.cost)
     except ValueError as exc:
         raise CLIError(f"--{'cost' if 'cost=' in str(exc) else 'budgets'}: {exc}") from None
-    if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    for name in ("limit", "texts", "text_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     loaded = [(SteeringVector.load(path), path) for path in args.vector]
     labels = _eval_labels(loaded)
     equal_norm = args.equal_norm
@@ -1091,11 +1095,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data or args.behavior}: no preference pairs")
-    texts = _neutral_texts(args.neutral, args.limit)
+    texts = _neutral_texts(args.neutral, args.texts)
     model = _load_model(args)
     result = matched_cost(model, {lab: v for lab, (v, _) in zip(labels, loaded)}, pairs, texts, cost=args.cost,
                           budgets=budgets, equal_norm=equal_norm, max_multiplier=args.max_multiplier,
-                          rel_tol=args.rel_tol, n_boot=args.n_boot, seed=args.seed)
+                          rel_tol=args.rel_tol, n_boot=args.n_boot, seed=args.seed,
+                          utility_kw={"max_tokens": args.text_tokens})
     result["sources"] = {lab: str(p) for lab, (_, p) in zip(labels, loaded)}
     atomic_write_json(result, args.out)
     print(markdown_table(cost_effect_table(result)))

@@ -113,15 +113,28 @@ class _CostProbe:
 
 
 def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0.25, growth: float = 2.0,
-                  max_multiplier: float = 64.0, rel_tol: float = 0.05, max_iter: int = 30) -> dict[str, Any]:
+                  max_multiplier: float = 64.0, rel_tol: float = 0.05, max_iter: int = 30,
+                  known: Mapping[float, float] | None = None) -> dict[str, Any]:
     """Find ``m`` (sign ``direction``) with ``|cost(m) - budget| <= rel_tol * budget``.
 
-    Brackets by growing ``|m|`` from ``start`` by ``growth`` up to ``max_multiplier``, then bisects on
-    ``|m|``. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
+    Brackets by growing ``|m|`` from ``start`` by ``growth`` up to ``max_multiplier`` (starting from
+    the costs already ``known``, ``{|m|: cost}`` in this direction, e.g. from a smaller budget), then
+    narrows the bracket: each step interpolates in log-log (cost grows like a power of ``|m|``; from
+    ``m = 0``, like ``m**2``), clamped inside the bracket, and bisects instead whenever the previous
+    step kept less than half of it. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
     """
     lo, c_lo = 0.0, 0.0
-    hi = None
-    a, max_seen, steps = start, 0.0, 0
+    hi, c_hi = None, None
+    max_seen, steps = 0.0, 0
+    for a, c in sorted((known or {}).items()):  # what earlier searches measured
+        max_seen = max(max_seen, c)
+        if abs(c - budget) <= rel_tol * budget:
+            return {"reached": True, "multiplier": direction * a, "cost": c, "converged": True,
+                    "max_cost_seen": max_seen, "steps": 0}
+        if c < budget and hi is None:
+            lo, c_lo = a, c
+        elif c > budget and hi is None:
+            hi, c_hi = a, c
 
     def measure(m: float) -> tuple[float, dict[str, Any] | None]:
         """Cost at ``direction * m``, and the final answer when it is within tolerance of the budget."""
@@ -134,32 +147,41 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
                        "max_cost_seen": max_seen, "steps": steps}
         return c, None
 
-    while True:  # bracket
+    a = start if lo == 0 else lo * growth
+    while hi is None:  # bracket
+        if lo >= max_multiplier:
+            return {"reached": False, "multiplier": None, "cost": None, "converged": False,
+                    "max_cost_seen": max_seen, "steps": steps}
+        a = min(a, max_multiplier)
         c, done = measure(a)
         if done:
             return done
         if c > budget:
-            hi = a
+            hi, c_hi = a, c
             break
         lo, c_lo = a, c
-        if a >= max_multiplier:
-            return {"reached": False, "multiplier": None, "cost": None, "converged": False,
-                    "max_cost_seen": max_seen, "steps": steps}
-        a = min(a * growth, max_multiplier)
-    best = None
-    for _ in range(max_iter):  # bisect
-        mid = (lo + hi) / 2
+        a = a * growth
+    bisect = False
+    for _ in range(max_iter):  # narrow the bracket
+        width = hi - lo
+        if bisect or not (c_hi > 0 and budget > 0):
+            mid = (lo + hi) / 2
+        elif lo == 0 or c_lo <= 0:
+            mid = hi * math.sqrt(budget / c_hi)  # cost ~ m**2 near m = 0
+        else:
+            t = (math.log(budget) - math.log(c_lo)) / (math.log(c_hi) - math.log(c_lo))
+            mid = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+        mid = min(max(mid, lo + 0.02 * width), hi - 0.02 * width)
         c, done = measure(mid)
         if done:
             return done
         if c > budget:
-            hi = mid
+            hi, c_hi = mid, c
         else:
             lo, c_lo = mid, c
-        best = (lo, c_lo)
+        bisect = (hi - lo) > 0.5 * width
     # cost not continuous enough to hit the tolerance: the last point below the budget
-    m, c = best if best and best[0] > 0 else (lo, c_lo)
-    return {"reached": m > 0, "multiplier": direction * m if m > 0 else None, "cost": c if m > 0 else None,
+    return {"reached": lo > 0, "multiplier": direction * lo if lo > 0 else None, "cost": c_lo if lo > 0 else None,
             "converged": False, "max_cost_seen": max_seen, "steps": steps}
 
 
@@ -234,8 +256,12 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
     rows, points, slopes = [], [], []
     for label, vec in used.items():
         probe = _CostProbe(model, label, vec, texts, cost, utility_kw or {})
-        found = {(d, b): search_budget(probe, b, d, start=start, growth=growth, max_multiplier=max_multiplier,
-                                       rel_tol=rel_tol, max_iter=max_iter) for d in (1, -1) for b in budgets}
+        found = {}
+        for d in (1, -1):
+            for b in budgets:  # ascending: each search starts from what the smaller budgets measured
+                known = {abs(m): s[cost] for m, s in probe.seen.items() if m * d > 0}
+                found[(d, b)] = search_budget(probe, b, d, start=start, growth=growth, max_multiplier=max_multiplier,
+                                              rel_tol=rel_tol, max_iter=max_iter, known=known)
         for d in (1, -1):
             probe(d * slope_multiplier)
         cutoff = max(budgets)

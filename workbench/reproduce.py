@@ -81,6 +81,8 @@ class StudyConfig:
     # matched cost (compare_<behavior>.json): BiPO, RePS, CAA and PCA at the main layer
     compare_methods: tuple[str, ...] = ("bipo", "reps", "caa", "pca")
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)  # KL budgets
+    compare_texts: int = 16  # neutral passages of the cost search (each probe is a forward pass on them)
+    compare_max_tokens: int = 64  # tokens per passage in the cost search
     reps_epochs: int = 2  # RePS scores each batch twice (+v, -v): 2 epochs = 80 % of BiPO's 5 epochs' passes
     # refusal (refusal.json, when "refusal" is among the behaviors): held-out requests, with templates
     refusal_templates: tuple[str, ...] = ("none", "refusal_suppression", "persona")
@@ -310,8 +312,12 @@ def compare_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector
 
     _, test = study_pairs(behavior, config)
     used = {m: vectors[m] for m in config.compare_methods if m in vectors}
-    res = matched_cost(model, used, test, _neutral(config, at_least_one=True), cost="kl", budgets=config.budgets, n_boot=config.n_boot,
-                       seed=config.seed, utility_kw={"max_tokens": config.utility_max_tokens,
+    from workbench.data import load_neutral_text
+
+    n_texts = config.compare_texts if config.utility_texts is None else min(config.compare_texts, max(config.utility_texts, 1))
+    res = matched_cost(model, used, test, load_neutral_text()[:n_texts], cost="kl", budgets=config.budgets,
+                       n_boot=config.n_boot, seed=config.seed,
+                       utility_kw={"max_tokens": min(config.compare_max_tokens, config.utility_max_tokens),
                                                      "batch_size": config.eval_batch_size,
                                                      "precision": config.precision},
                        logodds_kw={"batch_size": config.eval_batch_size, "precision": config.precision})
