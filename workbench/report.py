@@ -126,7 +126,8 @@ _SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 def report(results_dir: str | Path, kinds: Sequence[str] | None = None) -> str:
     """Markdown tables of every result JSON under ``results_dir`` (sorted by path), or of the given
-    ``kinds`` only; several matched-cost results also get one table side by side, first.
+    ``kinds`` only; several matched-cost results (or any, when ``kinds`` is given) also get one table side
+    by side, first.
 
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
@@ -159,7 +160,7 @@ def report(results_dir: str | Path, kinds: Sequence[str] | None = None) -> str:
             logger.warning("%s: cannot tabulate (%s); skipped", path, exc)
             continue
         sections.append(f"### {path.relative_to(root)}\n\n{body}")
-    if len(matched) > 1:  # the matched-cost results side by side, first
+    if len(matched) > 1 or (matched and kinds is not None):  # the matched-cost results side by side, first
         from workbench.matched_cost import headline_table
 
         sections.insert(0, "### matched cost, every result (effect at the found multiplier; * not monotone)\n\n"
