@@ -45,7 +45,7 @@ except ImportError:  # 4.x: both names raise ImportError with a migration pointe
 #: A model workbench runs on: ``HookedTransformer`` (TransformerLens 3.x) or ``TransformerBridge`` (4.x).
 Model = Any
 #: transformers releases whose cached generation is wrong on a bridge (``"The-----"``).
-BROKEN_CACHED_GENERATION = ("5.24.0",)
+BROKEN_CACHED_GENERATION = ("5.24.0", "5.25.0")  # bridge generation with its KV cache differs from the uncached one
 Hook = tuple[str, Callable[..., Any]]
 
 
