@@ -13,7 +13,8 @@ PY=${PYTHON:-.venv/bin/python}
 out=${1:-results/refusal}
 if [ -n "${DATA:-}" ]; then
     data=(--data "$DATA" --format advbench --test-fraction 0.2 --split-seed 0)
-    train=("${data[@]}" --limit "${TRAIN:-160}"); test=("${data[@]}" --limit "${TEST:-40}")
+    # --no-text: the public requests and the model's answers to them stay out of the result JSON
+    train=("${data[@]}" --limit "${TRAIN:-160}"); test=("${data[@]}" --limit "${TEST:-40}" --no-text)
 else
     train=(--behavior refusal); test=()
 fi

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -106,6 +108,16 @@ def test_likelihood_signal_matches_a_plain_computation(tiny_model):
         assert 0.0 <= row["refusal_rate"] <= 1.0 and row["n"] == 3
     gens = result["generations"]
     assert len(gens) == 2 * 3 * 3 and all(g["refused"] == is_refusal(g["generation"]) for g in gens)
+    # --no-text: no request or answer text left anywhere, the numbers and refused flags unchanged
+    from workbench.refusal import without_text
+    from workbench.results import from_dict
+
+    bare = from_dict(without_text(result))
+    assert bare["rows"] == result["rows"] and bare["text_omitted"] == ["question", "generation"]
+    assert [g["refused"] for g in bare["generations"]] == [g["refused"] for g in gens]
+    dumped = json.dumps(bare)
+    assert not any(r.goal in dumped for r in reqs)
+    assert all(set(g) == set(gens[0]) - {"question", "generation"} for g in bare["generations"])
 
 
 def test_utility_cost_at_every_point_matches_the_utility_curve(tiny_model):
@@ -135,7 +147,6 @@ def test_refusal_is_an_embedded_behavior():
 
 
 def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
-    import json
 
     from workbench.io import atomic_write_json
     from workbench.figures import figures_for
@@ -174,3 +185,13 @@ def test_refusal_command_rejects_an_unknown_template_before_loading_a_model(tmp_
     assert code == 2
     err = capsys.readouterr().err
     assert "--templates: unknown ['nonsense']" in err and not (tmp_path / "r.json").exists()
+
+
+def test_train_accepts_every_pair_format_by_name():
+    """``workbench train --format`` takes each loader name (``advbench`` was once missing from its choices)."""
+    from workbench.cli import build_parser
+    from workbench.data import PAIR_FORMATS
+
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if "--format" in a.option_strings)
+    assert set(train.choices) == set(PAIR_FORMATS) | {"auto"}

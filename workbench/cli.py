@@ -221,7 +221,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--data", default=None, help="preference-pair file (bipo, caa, pca)")
     src.add_argument("--behavior", default=None, help="embedded behavior instead of --data (see --split)")
     p.add_argument("--format", default="auto", choices=("bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1",
-                                                        "truthfulqa-mc2", "jsonl", "auto"), help="format of --data")
+                                                        "truthfulqa-mc2", "jsonl", "advbench", "auto"),
+                   help="format of --data (advbench: refusal pairs from AdvBench's goal,target CSV)")
     p.add_argument("--split", default="train", choices=("train", "test", "all"), help="--behavior split (default train)")
     p.add_argument("--allow-empty-question", action="store_true",
                    help="keep --data rows whose question is empty (a few in BiPO's power/wealth CSVs)")
@@ -987,6 +988,10 @@ def _add_refusal(sub: argparse._SubParsersAction) -> None:
                    help="neutral text file, one passage per line, for the utility cost at every point "
                         "(default: the embedded neutral text)")
     p.add_argument("--no-utility", action="store_true", help="skip the utility cost (KL, perplexity)")
+    p.add_argument("--no-text", action="store_true",
+                   help="leave the requests' and the answers' text out of the result (each answer keeps its "
+                        "vector, template, multiplier, item and refused flag): for data whose text must not be "
+                        "committed or shared, such as AdvBench")
     p.add_argument("--out", required=True, help="result JSON (kind 'refusal')")
     _add_model_args(p)
 
@@ -1022,6 +1027,10 @@ def _run_refusal(args: argparse.Namespace) -> int:
                            max_new_tokens=args.max_new_tokens, n_boot=args.n_boot, progress=True,
                            neutral_texts=None if args.no_utility else _neutral_texts(args.neutral, None))
     result["data"] = info
+    if args.no_text:
+        from workbench.refusal import without_text
+
+        result = without_text(result)
     atomic_write_json(result, args.out)
     from workbench.report import markdown_table
     import pandas as pd

@@ -268,3 +268,19 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
                   max_new_tokens=max_new_tokens, refusal_rule={"window": REFUSAL_WINDOW},
                   n_neutral_texts=len(neutral_texts or []),
                   vectors={label: getattr(v, "hook_name", None) for label, v in vectors.items()})
+
+
+TEXT_FIELDS = ("question", "generation")
+
+
+def without_text(res: Mapping[str, Any]) -> dict[str, Any]:
+    """A refusal result with the requests' and answers' text removed (the numbers are unchanged).
+
+    Each generation keeps its vector, template, multiplier, item and ``refused`` flag, so the refusal
+    rates can be recomputed from it; ``text_omitted`` records that the text was dropped. For data whose
+    text must not be committed or shared (AdvBench's requests; what a model answers to them).
+    """
+    out = dict(res)
+    out["generations"] = [{k: v for k, v in g.items() if k not in TEXT_FIELDS} for g in res["generations"]]
+    out["text_omitted"] = list(TEXT_FIELDS)
+    return out
