@@ -295,13 +295,17 @@ def eval_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
     return {**result, "behavior": behavior}
 
 
-def _neutral(config: StudyConfig, at_least_one: bool = False) -> list[str]:
+def _neutral(config: StudyConfig, at_least_one: bool = False, cap: int | None = None) -> list[str]:
     """The neutral passages of the utility cost: the first ``utility_texts`` (None: all; 0: none, or the
-    first one where a cost is needed, as in the matched-cost search)."""
+    first one where a cost is needed, as in the matched-cost search), and at most ``cap``."""
     from workbench.data import load_neutral_text
 
     n = config.utility_texts
-    return load_neutral_text()[: (max(n, 1) if at_least_one else n) if n is not None else None]
+    if n is not None and at_least_one:
+        n = max(n, 1)
+    if cap is not None:
+        n = cap if n is None else min(n, cap)
+    return load_neutral_text()[:n]
 
 
 def compare_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
@@ -312,10 +316,8 @@ def compare_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector
 
     _, test = study_pairs(behavior, config)
     used = {m: vectors[m] for m in config.compare_methods if m in vectors}
-    from workbench.data import load_neutral_text
-
-    n_texts = config.compare_texts if config.utility_texts is None else min(config.compare_texts, max(config.utility_texts, 1))
-    res = matched_cost(model, used, test, load_neutral_text()[:n_texts], cost="kl", budgets=config.budgets,
+    texts = _neutral(config, at_least_one=True, cap=config.compare_texts)
+    res = matched_cost(model, used, test, texts, cost="kl", budgets=config.budgets,
                        n_boot=config.n_boot, seed=config.seed,
                        utility_kw={"max_tokens": min(config.compare_max_tokens, config.utility_max_tokens),
                                                      "batch_size": config.eval_batch_size,
