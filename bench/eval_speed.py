@@ -2,10 +2,10 @@
 
 On the embedded SmolLM2-135M-Instruct and the first ``--pairs`` pairs of BiPO's public power-seeking
 ``train.csv``, with a CAA vector at ``blocks.14.hook_resid_post`` (made from the next 32 pairs), it
-times ``workbench.eval_preference.pair_logodds`` at multipliers -2 -1 0 1 2 with
+times ``workbench.evaluate.preference.pair_logodds`` at multipliers -2 -1 0 1 2 with
 
 * ``naive``: every multiplier a full forward pass under ``steer`` (matching and not-matching rows);
-* ``kv``: the scoring engine of ``workbench.scoring`` (prefix and prompt sharing),
+* ``kv``: the scoring engine of ``workbench.engine.scoring`` (prefix and prompt sharing),
   where each prompt also runs once for both of its answers;
 * optionally ``kv`` with ``--precision bf16`` (blocks after the vector in a bf16 copy).
 
@@ -51,18 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
     ap.add_argument("--layer", type=int, default=14)
     ap.add_argument("--engines", nargs="+", default=["naive", "kv"], choices=["naive", "kv"],
-                    help="kv: workbench.scoring (prefix and prompt sharing); naive: a full forward per multiplier")
+                    help="kv: workbench.engine.scoring (prefix and prompt sharing); naive: a full forward per multiplier")
     ap.add_argument("--bf16", action="store_true", help="also time the kv engine with precision bf16")
     ap.add_argument("--model", default=None, help="model name or directory (default: embedded)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_speed.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from workbench.baselines import caa
-    from workbench.data import load_pairs
-    from workbench.eval_preference import pair_logodds
-    from workbench.io import atomic_write_json
-    from workbench.model import load_model
+    from workbench.train.baselines import caa
+    from workbench.data.formats import load_pairs
+    from workbench.evaluate.preference import pair_logodds
+    from workbench.core.io import atomic_write_json
+    from workbench.core.loading import load_model
 
     # the official file has rows with an empty question; keep them as BiPO did
     all_pairs = load_pairs(args.data, "bipo-csv", allow_empty_question=True)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     from bipo_speed import flops_block_tokens, matmul_peak, token_lengths, unembed_flops
 
-    from workbench.bipo import BiPOConfig
+    from workbench.train.bipo import BiPOConfig
 
     p_len, a_len = token_lengths(model, pairs, BiPOConfig(layer=args.layer))
     start = args.layer + 1
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(e, "fp32") for e in args.engines] + ([("kv", "bf16")] if args.bf16 else [])
 
     def naive_curve(precision: str):  # the reference: one full forward pass per (pair, answer, multiplier)
-        from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
-        from workbench.scoring import token_logprobs, tokenize_completions
-        from workbench.steering import steer
+        from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+        from workbench.engine.scoring import token_logprobs, tokenize_completions
+        from workbench.engine.steering import steer
 
         prompts, answers = prompts_and_answers(model, pairs, DEFAULT_SYSTEM_PROMPT)
         rows = []

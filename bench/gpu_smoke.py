@@ -62,15 +62,16 @@ def main() -> int:
     if cuda and not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device; the GPU smoke test did not run (--device cpu: a dry run)"}))
         return 2
-    from workbench.baselines import caa
-    from workbench.bipo import BiPOConfig, train_bipo
-    from workbench.data import as_ab_pairs, load_behavior
-    from workbench.evaluate import evaluate_vectors
-    from workbench.io import atomic_write_json
-    from workbench.layer_sweep import layer_sweep
-    from workbench.model import load_model
-    from workbench.prompts import format_chat
-    from workbench.steering import generate
+    from workbench.train.baselines import caa
+    from workbench.train.bipo import BiPOConfig, train_bipo
+    from workbench.data.pairs import as_ab_pairs
+    from workbench.data.behaviors import load_behavior
+    from workbench.evaluate.suite import evaluate_vectors
+    from workbench.core.io import atomic_write_json
+    from workbench.analysis.sweep import layer_sweep
+    from workbench.core.loading import load_model
+    from workbench.core.prompts import format_chat
+    from workbench.engine.steering import generate
 
     stages: dict[str, dict] = {}
 

@@ -34,12 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from workbench import backend  # noqa: E402
-from workbench.bipo import BiPOConfig, train_bipo  # noqa: E402
-from workbench.data import load_behavior  # noqa: E402
-from workbench.eval_preference import pair_logodds  # noqa: E402
-from workbench.io import atomic_write_json  # noqa: E402
-from workbench.model import load_model  # noqa: E402
+from workbench.core import backend  # noqa: E402
+from workbench.train.bipo import BiPOConfig, train_bipo  # noqa: E402
+from workbench.data.behaviors import load_behavior  # noqa: E402
+from workbench.evaluate.preference import pair_logodds  # noqa: E402
+from workbench.core.io import atomic_write_json  # noqa: E402
+from workbench.core.loading import load_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -3,7 +3,7 @@
     python bench/load_memory.py [--hidden 1024] [--layers 8] [--dtype bf16] [--out bench/results/load_memory.json]
 
 Writes a random Llama directory (config.json, model.safetensors in fp32, tokenizer) into a temporary
-folder, then loads it with ``workbench.model.load_model`` in a fresh subprocess, reading the
+folder, then loads it with ``workbench.core.loading.load_model`` in a fresh subprocess, reading the
 process's resident memory before and its high-water mark (``VmHWM``) after. The figure is
 ``(peak after - resident before) / bytes of the weights in the target dtype``; the target is about
 1.3 or less (weights are streamed tensor by tensor from the file straight into the model's dtype).
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _CHILD = r"""
 import json, sys
 import psutil, torch
-import workbench.model as m
+import workbench.core.loading as m
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -87,7 +87,7 @@ def main() -> int:
     ap.add_argument("--dtype", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load_memory.json")
     args = ap.parse_args()
-    from workbench.io import atomic_write_json
+    from workbench.core.io import atomic_write_json
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:

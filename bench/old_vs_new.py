@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "old_vs_new.json")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from workbench.io import atomic_write_json
+    from workbench.core.io import atomic_write_json
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     load_before = os.getloadavg()

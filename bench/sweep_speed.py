@@ -1,6 +1,6 @@
 """Benchmark: a full-depth mean-difference (CAA) layer sweep, one-pass extractor vs one pass per layer.
 
-The one-pass extractor (``workbench.baselines.mean_difference_vectors``) reads every layer's
+The one-pass extractor (``workbench.train.baselines.mean_difference_vectors``) reads every layer's
 activations in one forward pass per batch; the per-layer approach calls ``caa`` once per layer, each
 call a forward pass up to that layer (``stop_at_layer=L+1``), so it runs ``sum(L+1)`` blocks instead
 of ``n_layers`` (15.5x more on 30 layers) and tokenizes the data 30 times. Both must give the same
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from workbench.baselines import caa, mean_difference_vectors
-    from workbench.data import load_pairs
-    from workbench.io import atomic_write_json
-    from workbench.model import load_model
+    from workbench.train.baselines import caa, mean_difference_vectors
+    from workbench.data.formats import load_pairs
+    from workbench.core.io import atomic_write_json
+    from workbench.core.loading import load_model
 
     # the official file has rows with an empty question (e.g. line 447); keep them as BiPO did
     pairs = load_pairs(args.data, "bipo-csv", allow_empty_question=True)[: args.pairs]

@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from workbench import backend
-from workbench.bipo import BiPOConfig, train_bipo
-from workbench.data import load_behavior
-from workbench.eval_preference import pair_logodds
-from workbench.model import load_model
-from workbench.prompts import format_chat
-from workbench.steering import remaining_hooks, steer
-from workbench.vector import SteeringVector
+from workbench.core import backend
+from workbench.train.bipo import BiPOConfig, train_bipo
+from workbench.data.behaviors import load_behavior
+from workbench.evaluate.preference import pair_logodds
+from workbench.core.loading import load_model
+from workbench.core.prompts import format_chat
+from workbench.engine.steering import remaining_hooks, steer
+from workbench.core.vector import SteeringVector
 
 MULTIPLIERS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 HOOK = "blocks.14.hook_resid_post"

@@ -7,7 +7,7 @@
 Notebooks only call the package through ``import workbench as wb`` (the public API; a test checks each
 notebook's source uses only its names); every computation lives in ``workbench``. Each has a parameter cell
 where ``QUICK`` (``WORKBENCH_NOTEBOOK_QUICK=1``) shrinks the run and ``RUNS`` is where trained vectors
-are cached (``workbench.reproduce.study_vectors``): ``$WORKBENCH_RUNS/{quick,full}/vectors``, by default
+are cached (``workbench.studies.reproduce.study_vectors``): ``$WORKBENCH_RUNS/{quick,full}/vectors``, by default
 ``results/{quick,full}/vectors``, the same place as ``scripts/reproduce.sh``, so the notebooks reuse the
 vectors of a reproduction run (and each other's).
 """
@@ -174,7 +174,7 @@ wb.plot_cosine_heatmap(wb.layer_cosine_table(sweeps["caa"].vectors))'''),
 The logit lens (nostalgebraist 2020) reads a residual-stream direction through the final norm and the
 unembedding. (a) Which tokens does each vector promote or suppress on its own? (b) In a steered run on
 held-out pairs, how does the change of the log-odds build up layer by layer, compared with the vector's
-direct effect? (`workbench.logit_lens`)
+direct effect? (`workbench.analysis.logit_lens`)
 """) + [
         code('''
 vectors = wb.study_vectors(model, "power-seeking", CONFIG, RUNS)

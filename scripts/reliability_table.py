@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Write docs/reliability.md: each case of workbench.reliability run through the real CLI, with the exit
+"""Write docs/reliability.md: each case of workbench.cli.reliability run through the real CLI, with the exit
 code and the one-line message it gave (so the table stays true). Usage: scripts/reliability_table.py [OUT]"""
 
 import sys
 import tempfile
 from pathlib import Path
 
-from workbench.io import atomic_write
-from workbench.reliability import CASES, run_case
+from workbench.core.io import atomic_write
+from workbench.cli.reliability import CASES, run_case
 
 
 def main() -> int:

@@ -50,7 +50,7 @@ def make_tiny_tokenizer(chat: bool = True):
 def make_tiny_model(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: bool = True,
                     dtype: torch.dtype = torch.float32):
     """A tiny random Llama: a ``HookedTransformer`` on TransformerLens 3.x, a ``TransformerBridge`` on 4.x."""
-    from workbench.backend import LINE
+    from workbench.core.backend import LINE
 
     if LINE == 4:
         return make_tiny_bridge(n_layers, d_model, seed, chat, dtype)
@@ -81,7 +81,7 @@ def make_tiny_bridge(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: 
     """The same tiny Llama as a ``TransformerBridge`` (TransformerLens 4) around a random transformers model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.backend import boot_bridge
+    from workbench.core.backend import boot_bridge
 
     tok = make_tiny_tokenizer(chat=chat)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
@@ -103,7 +103,7 @@ def make_tiny_bridge(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: 
 def pytest_collection_modifyitems(config, items):
     """``tl3`` tests (HookedTransformer internals: weight layout, prefix skip) skip on TransformerLens 4;
     ``tl4`` tests (the bridge against the 3.x line) skip on 3.x."""
-    from workbench.backend import LINE
+    from workbench.core.backend import LINE
 
     for item in items:
         for marker, line in (("tl3", 3), ("tl4", 4)):
@@ -125,7 +125,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    from workbench.model import load_model
+    from workbench.core.loading import load_model
 
     return load_model()
 

@@ -1,14 +1,14 @@
-"""The backend seam (workbench.backend) on whichever TransformerLens line is installed."""
+"""The backend seam (workbench.core.backend) on whichever TransformerLens line is installed."""
 
 import importlib.metadata
 
 import pytest
 import torch
 
-from workbench import backend
-from workbench.scoring import unembed
-from workbench.steering import generate, remaining_hooks, steer
-from workbench.vector import SteeringVector
+from workbench.core import backend
+from workbench.engine.scoring import unembed
+from workbench.engine.steering import generate, remaining_hooks, steer
+from workbench.core.vector import SteeringVector
 
 
 def _vector(model, hook="blocks.1.hook_resid_post", scale=2.0):

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.vector import SteeringVector
+from workbench.core.vector import SteeringVector
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "line_parity.py"
@@ -39,7 +39,7 @@ def _run(python: str, out: Path, *extra: str) -> dict:
 
 def _tl3_python() -> str:
     python = os.environ.get("WORKBENCH_TL3_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
-    probe = ("import sys, workbench.backend as b; sys.exit(0 if b.LINE == 3 else 1)")
+    probe = ("import sys, workbench.core.backend as b; sys.exit(0 if b.LINE == 3 else 1)")
     ok = Path(python).is_file() and subprocess.run(
         [python, "-c", probe], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True).returncode == 0
     if not ok:

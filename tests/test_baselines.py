@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.baselines import actadd, caa, extract_activations, first_principal_component, mean_difference_vectors, pca
-from workbench.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.data import PreferencePair, fingerprint
-from workbench.prompts import format_chat
-from workbench.scoring import tokenize_completions
-from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector
+from workbench.train.baselines import actadd, caa, extract_activations, first_principal_component, mean_difference_vectors, pca
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.data.pairs import PreferencePair, fingerprint
+from workbench.core.prompts import format_chat
+from workbench.engine.scoring import tokenize_completions
+from workbench.engine.steering import remaining_hooks
+from workbench.core.vector import SteeringVector
 
 PAIRS = [
     PreferencePair("Would you take control of the city?", "Yes, gladly.", "No, thanks."),

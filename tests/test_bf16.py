@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from workbench.baselines import caa
-from workbench.bipo import BiPOConfig, train_bipo
-from workbench.data import PreferencePair
-from workbench.evaluate import evaluate_vectors
-from workbench.layer_sweep import layer_sweep
-from workbench.steering import generate
+from workbench.train.baselines import caa
+from workbench.train.bipo import BiPOConfig, train_bipo
+from workbench.data.pairs import PreferencePair
+from workbench.evaluate.suite import evaluate_vectors
+from workbench.analysis.sweep import layer_sweep
+from workbench.engine.steering import generate
 
 PAIRS = [PreferencePair(f"Question {i}: {'why ' * i}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}") for i in range(8)]
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.bipo import BiPOConfig, _step, bipo_loss, draw_directions, lr_factor, train_bipo
-from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
-from workbench.data import PreferencePair, fingerprint
-from workbench.scoring import PrefixCache, entry, make_runner, tokenize_items
+from workbench.train.bipo import BiPOConfig, _step, bipo_loss, draw_directions, lr_factor, train_bipo
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+from workbench.data.pairs import PreferencePair, fingerprint
+from workbench.engine.scoring import PrefixCache, entry, make_runner, tokenize_items
 from conftest import make_tiny_model
-from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.engine.steering import remaining_hooks
+from workbench.core.vector import SteeringVector, full_hook_name
 
 PAIRS = [
     PreferencePair("Will you take control of the grid?", "Yes, give me control.", "No, humans decide."),
@@ -238,8 +238,8 @@ def test_last_layer_resid_post(tiny_model):
 def test_embedded_short_run_moves_log_odds(embedded_model, method):
     """A few steps on the embedded model already separate +v from -v on the training pairs (BiPO, and
     RePS on the same trainer)."""
-    from workbench.data import load_behavior
-    from workbench.reps import RePSConfig, train_reps
+    from workbench.data.behaviors import load_behavior
+    from workbench.train.reps import RePSConfig, train_reps
 
     train, config = (train_bipo, BiPOConfig) if method == "bipo" else (train_reps, RePSConfig)
     pairs = load_behavior("power-seeking", "train")[:8]
@@ -253,9 +253,9 @@ def test_embedded_short_run_moves_log_odds(embedded_model, method):
 
 @pytest.mark.embedded
 def test_cli_train_bipo_end_to_end(embedded_model, tmp_path, monkeypatch, capsys):
-    import workbench.cli as cli
+    import workbench.cli.main as cli
 
-    monkeypatch.setattr("workbench.model.load_model", lambda *a, **k: embedded_model)
+    monkeypatch.setattr("workbench.core.loading.load_model", lambda *a, **k: embedded_model)
     out = tmp_path / "vec"
     code = cli.main(["train", "--method", "bipo", "--behavior", "power-seeking", "--limit", "4", "--epochs", "1",
                      "--layer", "10", "--out", str(out)])
@@ -270,7 +270,7 @@ def test_cli_train_bipo_end_to_end(embedded_model, tmp_path, monkeypatch, capsys
 
 
 def test_cli_train_rejects_bad_arguments(tmp_path, capsys):
-    import workbench.cli as cli
+    import workbench.cli.main as cli
 
     assert cli.main(["train", "--method", "bipo", "--out", str(tmp_path / "v")]) == 2
     assert "--data" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Studies as cells (workbench.cells): inline, submitit debug and local executors agree cell for cell; a
+"""Studies as cells (workbench.studies.cells): inline, submitit debug and local executors agree cell for cell; a
 killed local study resumes with only its missing cells; aggregation over seeds; the CLI."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import write_llama_dir
 
-from workbench.cells import Cell, StudySpec, aggregate, is_complete, run_study
-from workbench.cli import main
-from workbench.vector import SteeringVector
+from workbench.studies.cells import Cell, StudySpec, aggregate, is_complete, run_study
+from workbench.cli.main import main
+from workbench.core.vector import SteeringVector
 
 BEHAVIORS = ("power-seeking", "wealth-seeking")
 
@@ -107,8 +107,8 @@ def test_cli_sweep_with_seeds_and_executor(model_dir, tmp_path, capsys):
 def test_reproduce_makes_its_bipo_vectors_as_cells_over_seeds(model_dir, tmp_path):
     import dataclasses
 
-    from workbench.model import load_model
-    from workbench.reproduce import StudyConfig, reproduce
+    from workbench.core.loading import load_model
+    from workbench.studies.reproduce import StudyConfig, reproduce
 
     config = dataclasses.replace(StudyConfig.quick(), layer=1, bipo_sweep_layers="2", batch_size=2, n_train=4,
                                  n_test=3, warmup_steps=0)

@@ -3,8 +3,8 @@
 import errno
 import pytest
 
-from workbench import cli
-from workbench.reliability import CASES, LOADS_MODEL, run_case
+from workbench.cli import main as cli
+from workbench.cli.reliability import CASES, LOADS_MODEL, run_case
 
 
 @pytest.mark.parametrize("name,setup,argv,code,words", [
@@ -75,7 +75,7 @@ def test_library_arguments_become_flags():
 
 
 def test_a_library_error_reaches_the_user_with_the_flag():
-    from workbench.layer_sweep import parse_layers
+    from workbench.analysis.sweep import parse_layers
 
     with pytest.raises(ValueError, match=r"^layers='0,99': \[99\] out of range") as info:
         parse_layers("0,99", 30)

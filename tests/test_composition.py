@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from workbench.composition import composition_logodds, composition_table, hook_deltas
-from workbench.data import PreferencePair
-from workbench.io import atomic_write_json
-from workbench.steering import remaining_hooks
-from workbench.scoring import preference_logodds
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.analysis.composition import composition_logodds, composition_table, hook_deltas
+from workbench.data.pairs import PreferencePair
+from workbench.core.io import atomic_write_json
+from workbench.engine.steering import remaining_hooks
+from workbench.engine.scoring import preference_logodds
+from workbench.core.vector import SteeringVector, full_hook_name
 
 POWER = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("Take control?", "I will take it.", "Humans decide.")]
@@ -31,7 +31,7 @@ def test_orthogonal_vectors_add_exactly_at_the_hook(tiny_model):
     want = (2.0 * v1.vector - 0.5 * v2.vector).expand_as(delta)
     assert torch.allclose(delta, want, atol=1e-5)
     _, base = tiny_model.run_with_cache(toks, attention_mask=torch.ones_like(toks))
-    from workbench.steering import steer
+    from workbench.engine.steering import steer
     with steer(tiny_model, [v1, v2], [2.0, -0.5]):
         _, cache = tiny_model.run_with_cache(toks, attention_mask=torch.ones_like(toks))
     name = "blocks.1.hook_resid_post"

@@ -1,4 +1,4 @@
-"""Tests for workbench.data: loaders, errors, round trips, splits, fingerprints, embedded data."""
+"""Tests for workbench.data.formats: loaders, errors, round trips, splits, fingerprints, embedded data."""
 
 from __future__ import annotations
 
@@ -10,25 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data import (
-    PAIR_FORMATS,
-    DataFormatError,
-    MCQuestion,
-    PreferencePair,
-    fingerprint,
-    guess_format,
-    list_behaviors,
-    load_ab_json,
-    load_behavior,
-    load_bipo_csv,
-    load_neutral_text,
-    load_pairs,
-    load_pairs_jsonl,
-    load_truthfulqa_mc,
-    load_truthfulqa_questions,
-    save_pairs_jsonl,
-    train_test_split,
-)
+from workbench.data.formats import PAIR_FORMATS, guess_format, load_ab_json, load_bipo_csv, load_pairs, load_pairs_jsonl, load_truthfulqa_mc, load_truthfulqa_questions, save_pairs_jsonl
+from workbench.data.pairs import DataFormatError, MCQuestion, PreferencePair, fingerprint, train_test_split
+from workbench.data.behaviors import list_behaviors, load_behavior, load_neutral_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not available")
@@ -162,7 +146,7 @@ def test_truthfulqa(tmp_path):
 
 
 def test_truthfulqa_pairs_per_question_and_question_split(tmp_path):
-    from workbench.data import split_questions, train_test_split
+    from workbench.data.pairs import split_questions, train_test_split
 
     path = write(tmp_path, "mc_task.json", json.dumps(TQA_ITEMS))
     # mc2 of item 0: true (Blue., Light blue.), false (Green., Red.); the diagonal first
@@ -379,8 +363,8 @@ def test_load_behavior_errors():
 
 
 def test_as_ab_pairs_balanced_and_reversible():
-    from workbench.data import as_ab_pairs
-    from workbench.eval_common import check_ab_pairs, is_ab_data
+    from workbench.data.pairs import as_ab_pairs
+    from workbench.data.pairs import check_ab_pairs, is_ab_data
 
     pairs = [PreferencePair(f"Q{i}?", f"take {i}", f"leave {i}", source=f"f:{i}") for i in range(7)]
     ab = as_ab_pairs(pairs, seed=1)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import workbench.eval_generation as eg
-from workbench.data import PreferencePair
-from workbench.eval_generation import (_judge_prompt, _score_two, load_refusal_prompts,
+import workbench.evaluate.generation as eg
+from workbench.data.pairs import PreferencePair
+from workbench.evaluate.generation import (_judge_prompt, _score_two, load_refusal_prompts,
                                        open_ended_eval, refusal_eval, score_open_ended, steered_generations,
                                        validate_open_scorer)
-from workbench.prompts import format_chat
+from workbench.core.prompts import format_chat
 from conftest import naive_logprobs
-from workbench.steering import generate, remaining_hooks
-from workbench.vector import SteeringVector
+from workbench.engine.steering import generate, remaining_hooks
+from workbench.core.vector import SteeringVector
 
 SYS = "You are a helpful, honest and concise assistant."
 

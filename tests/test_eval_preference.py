@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.data import PreferencePair
-from workbench.eval_common import bootstrap_ci, check_multipliers
-from workbench.eval_preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
+from workbench.data.pairs import PreferencePair
+from workbench.evaluate.statistics import bootstrap_ci, check_multipliers
+from workbench.evaluate.preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
                                        summarize_logodds)
-from workbench.prompts import end_of_turn, format_chat
+from workbench.core.prompts import end_of_turn, format_chat
 from conftest import naive_logprobs
-from workbench.steering import remaining_hooks, steer
-from workbench.vector import IncompatibleVectorError, SteeringVector
+from workbench.engine.steering import remaining_hooks, steer
+from workbench.core.vector import IncompatibleVectorError, SteeringVector
 
 SYS = "You are a helpful, honest and concise assistant."
 MULTS = [-2.0, -1.0, 0.0, 1.0, 2.0]
@@ -36,7 +36,7 @@ def vectors():
 
 
 def _naive(model, vecs, pairs, m):
-    """Independent reference: full forward under steer, scored by workbench.scoring."""
+    """Independent reference: full forward under steer, scored by workbench.engine.scoring."""
     vecs = vecs if isinstance(vecs, list) else [vecs]
     eot = end_of_turn(model)
     prompts = [format_chat(model, p.question, SYS) for p in pairs]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.data import MCQuestion
-from workbench.eval_truthfulqa import load_truthfulqa, truthfulqa_mc, truthfulqa_per_question
-from workbench.prompts import format_chat
+from workbench.data.pairs import MCQuestion
+from workbench.evaluate.truthfulqa import load_truthfulqa, truthfulqa_mc, truthfulqa_per_question
+from workbench.core.prompts import format_chat
 from conftest import naive_logprobs
-from workbench.steering import steer
-from workbench.vector import SteeringVector
+from workbench.engine.steering import steer
+from workbench.core.vector import SteeringVector
 
 SYS = "You are a helpful, honest and concise assistant."
 MC1 = [MCQuestion("Is the sky green?", ("No, it is blue.", "Yes.", "Always."), (1, 0, 0)),

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.eval_utility import summarize_utility, utility_curve, utility_per_text
-from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector
+from workbench.evaluate.utility import summarize_utility, utility_curve, utility_per_text
+from workbench.engine.steering import remaining_hooks
+from workbench.core.vector import SteeringVector
 
 TEXTS = ["The river winds through low hills to the sea.", "Bread needs flour, water, salt and yeast.",
          "Trains leave every thirty minutes."]

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-import workbench.model
-from workbench.cli import main
-from workbench.data import MCQuestion, PreferencePair, save_pairs_jsonl
-from workbench.evaluate import evaluate_vectors, format_eval
-from workbench.steering import remaining_hooks
-from workbench.vector import IncompatibleVectorError, SteeringVector
+import workbench.core.loading
+from workbench.cli.main import main
+from workbench.data.pairs import MCQuestion, PreferencePair
+from workbench.data.formats import save_pairs_jsonl
+from workbench.evaluate.suite import evaluate_vectors, format_eval
+from workbench.engine.steering import remaining_hooks
+from workbench.core.vector import IncompatibleVectorError, SteeringVector
 
 MULTS = [-1.0, 0.0, 1.0]
 
@@ -69,8 +70,8 @@ def test_inapplicable_metrics_error_when_asked(tiny_model, pairs, ab_pairs):
 
 
 def test_ab_metric_on_free_text_pairs_via_as_ab_pairs(tiny_model, pairs):
-    from workbench.data import as_ab_pairs
-    from workbench.eval_preference import ab_pair_probs
+    from workbench.data.pairs import as_ab_pairs
+    from workbench.evaluate.preference import ab_pair_probs
 
     v = {"v": _vec(1, "bipo")}
     ab = as_ab_pairs(pairs)
@@ -95,7 +96,7 @@ def test_model_name_mismatch_warns_or_errors(tiny_model, pairs):
 # --------------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli_setup(tiny_model, tmp_path, pairs, monkeypatch):
-    monkeypatch.setattr(workbench.model, "load_model", lambda name=None, **kw: tiny_model)
+    monkeypatch.setattr(workbench.core.loading, "load_model", lambda name=None, **kw: tiny_model)
     _vec(1, "bipo").save(tmp_path / "bipo")
     _vec(2, "caa").save(tmp_path / "caa")
     _vec(3, "caa", d=16).save(tmp_path / "wide")
@@ -169,7 +170,8 @@ def test_cli_eval_ab_from_text(cli_setup):
 
 
 def test_cli_eval_uses_the_held_out_part_of_a_split(cli_setup):
-    from workbench.data import load_pairs, train_test_split
+    from workbench.data.formats import load_pairs
+    from workbench.data.pairs import train_test_split
 
     d = cli_setup
     base = ["eval", "--vector", str(d / "bipo"), "--data", str(d / "pairs.jsonl"), "--metrics", "logodds",
@@ -185,17 +187,17 @@ def test_cli_eval_uses_the_held_out_part_of_a_split(cli_setup):
 @pytest.mark.embedded
 def test_embedded_caa_steers_held_out_logodds(embedded_model):
     """CAA from 12 training pairs moves held-out log-odds in its direction; fast path equals naive."""
-    from workbench.baselines import caa
-    from workbench.data import load_behavior
-    from workbench.eval_preference import pair_logodds
+    from workbench.train.baselines import caa
+    from workbench.data.behaviors import load_behavior
+    from workbench.evaluate.preference import pair_logodds
 
     train, test = load_behavior("power-seeking", "train")[:12], load_behavior("power-seeking", "test")[:4]
     v = caa(embedded_model, train, layer=14, progress=False)
     per = pair_logodds(embedded_model, {"caa": v}, test, [-2.0, 2.0], batch_size=4, progress=False)
     from conftest import naive_logprobs
 
-    from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
-    from workbench.steering import steer
+    from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+    from workbench.engine.steering import steer
 
     prompts, answers = prompts_and_answers(embedded_model, test, DEFAULT_SYSTEM_PROMPT)
     with steer(embedded_model, v, 2.0):
@@ -210,7 +212,7 @@ def test_embedded_caa_steers_held_out_logodds(embedded_model):
 
 # --------------------------------------------------------------------------- demo
 def test_demo_rejects_bad_arguments(capsys, monkeypatch):
-    monkeypatch.setattr(workbench.model, "load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
+    monkeypatch.setattr(workbench.core.loading, "load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
     assert main(["demo", "--behavior", "nope", "--quick"]) == 2
     assert "choose one of" in capsys.readouterr().err
     assert main(["demo", "--epochs", "0", "--quick"]) == 2

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.interchange import InterchangeError, export_gguf, import_gguf, read_tensor
-from workbench.vector import SteeringVector, VectorFileError
+from workbench.core.interchange import InterchangeError, export_gguf, import_gguf, read_tensor
+from workbench.core.vector import SteeringVector, VectorFileError
 
 N_CASES = 200
 TIME_LIMIT_S = 10.0

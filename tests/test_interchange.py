@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.cli import main
-from workbench.interchange import (GGUF_ARCH, InterchangeError, export_gguf, gguf_layer, hook_for_gguf_layer,
+from workbench.cli.main import main
+from workbench.core.interchange import (GGUF_ARCH, InterchangeError, export_gguf, gguf_layer, hook_for_gguf_layer,
                                    import_bipo_vector, import_gguf, import_vector, read_any, read_tensor, write_any)
-from workbench.steering import remaining_hooks, steer
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.engine.steering import remaining_hooks, steer
+from workbench.core.vector import SteeringVector, full_hook_name
 
 D = 32
 
@@ -318,12 +318,12 @@ def test_read_any_write_any(tmp_path):
 
 
 def test_cli_convert_offline(tmp_path, capsys, monkeypatch):
-    import workbench.model
+    import workbench.core.loading
 
     def no_model(*a, **k):
         raise AssertionError("convert must not load a model without --model")
 
-    monkeypatch.setattr(workbench.model, "load_model", no_model)
+    monkeypatch.setattr(workbench.core.loading, "load_model", no_model)
     t = torch.randn(D)
     torch.save(t, tmp_path / "vec_ep20_layer2.pt")
     np.save(tmp_path / "v.npy", t.numpy() * 2)
@@ -354,9 +354,9 @@ def test_cli_convert_offline(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_convert_checks_against_model(tmp_path, capsys, monkeypatch, tiny_model):
-    import workbench.model
+    import workbench.core.loading
 
-    monkeypatch.setattr(workbench.model, "load_model", lambda name=None, **k: tiny_model)
+    monkeypatch.setattr(workbench.core.loading, "load_model", lambda name=None, **k: tiny_model)
     np.save(tmp_path / "v.npy", np.random.randn(D).astype(np.float32))
     np.save(tmp_path / "w.npy", np.random.randn(16).astype(np.float32))
     assert main(["convert", str(tmp_path / "v.npy"), str(tmp_path / "ok"), "--layer", "2", "--model", "tiny"]) == 0

@@ -3,16 +3,16 @@ import json
 import pytest
 import torch
 
-from workbench.data import PreferencePair
-from workbench.io import atomic_write_json
-from workbench.prompts import end_of_turn, format_chat
+from workbench.data.pairs import PreferencePair
+from workbench.core.io import atomic_write_json
+from workbench.core.prompts import end_of_turn, format_chat
 from conftest import naive_logprobs
-from workbench.steering import remaining_hooks, steer
-from workbench.eval_preference import pair_logodds
-from workbench.layer_sweep import effect_column, layer_sweep, parse_layers, steering_effects
-from workbench.scoring import preference_logodds
-from workbench.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.engine.steering import remaining_hooks, steer
+from workbench.evaluate.preference import pair_logodds
+from workbench.analysis.sweep import effect_column, layer_sweep, parse_layers, steering_effects
+from workbench.engine.scoring import preference_logodds
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.core.vector import SteeringVector, full_hook_name
 
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("More money?", "(A) yes", "(B) no"),
@@ -113,7 +113,7 @@ def test_sweep_given_vectors_and_mapping_reference(tiny_model):
 
 
 def test_bipo_layer_sweep(tiny_model):
-    from workbench.bipo import BiPOConfig
+    from workbench.train.bipo import BiPOConfig
 
     before = snapshot(tiny_model)
     cfg = BiPOConfig(epochs=1, batch_size=2, warmup_steps=0, lr=0.1)
@@ -131,9 +131,9 @@ def test_bipo_layer_sweep(tiny_model):
 
 def test_cli_sweep(tmp_path, capsys):
     from conftest import make_tiny_model
-    from workbench.cli import main
-    from workbench.data import save_pairs_jsonl
-    from workbench.transfer import export_hf_llama
+    from workbench.cli.main import main
+    from workbench.data.formats import save_pairs_jsonl
+    from workbench.analysis.transfer import export_hf_llama
 
     m = make_tiny_model()
     with torch.no_grad():  # a Llama checkpoint has no biases
@@ -163,7 +163,7 @@ def test_cli_sweep(tmp_path, capsys):
 
 
 def test_agrees_with_the_evaluation_metric(tiny_model):
-    """Same numbers as workbench.eval_preference.pair_logodds (the package's log-odds curve)."""
+    """Same numbers as workbench.evaluate.preference.pair_logodds (the package's log-odds curve)."""
     v = SteeringVector(torch.randn(32), full_hook_name(1))
     df = pair_logodds(tiny_model, {"v": v}, PAIRS[:2], [-1.0, 0.0, 2.0], progress=False)
     mine = preference_logodds(tiny_model, PAIRS[:2], [[(v, -1.0)], [], [(v, 2.0)]])
@@ -173,7 +173,7 @@ def test_agrees_with_the_evaluation_metric(tiny_model):
 
 @pytest.mark.embedded
 def test_embedded_caa_sweep_steers(embedded_model):
-    from workbench.data import load_behavior
+    from workbench.data.behaviors import load_behavior
 
     train = load_behavior("power-seeking", "train")[:4]
     test = load_behavior("power-seeking", "test")[:2]

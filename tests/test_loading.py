@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import write_llama_dir
-from workbench.model import ModelLoadError, load_model, llama_config_from_json, resolve_device, resolve_dtype
+from workbench.core.loading import ModelLoadError, load_model, llama_config_from_json, resolve_device, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_unknown_config_field_is_named(tmp_path):
 
 
 def test_generic_config_fields_pass_only_at_their_defaults(tmp_path):
-    from workbench.model import llama_config_from_json
+    from workbench.core.loading import llama_config_from_json
 
     d = write_llama_dir(tmp_path / "tiny", rope=False)
     raw = json.loads((d / "config.json").read_text()) | {"chunk_size_feed_forward": 0, "problem_type": None}

@@ -3,10 +3,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from workbench.logit_lens import (direct_logit_effect, exact_logit_effect, final_residuals, steered_logit_lens,
+from workbench.analysis.logit_lens import (direct_logit_effect, exact_logit_effect, final_residuals, steered_logit_lens,
                                   top_tokens, vector_logit_lens)
-from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.engine.steering import remaining_hooks
+from workbench.core.vector import SteeringVector, full_hook_name
 
 
 @dataclass
@@ -90,9 +90,9 @@ def test_steered_logit_lens_zero_before_hook_and_pure(tiny_model):
 
 
 def test_steered_logit_lens_last_layer_matches_real_output(tiny_model):
-    from workbench.prompts import end_of_turn, format_chat
-    from workbench.prompts import DEFAULT_SYSTEM_PROMPT
-    from workbench.steering import steer
+    from workbench.core.prompts import end_of_turn, format_chat
+    from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
+    from workbench.engine.steering import steer
 
     v = SteeringVector(torch.randn(32) * 3, full_hook_name(0))
     pair = PAIRS[0]  # answers differ at their first token
@@ -128,7 +128,7 @@ def test_targets_and_errors(tiny_model):
 
 @pytest.mark.embedded
 def test_embedded_steered_lens(embedded_model):
-    from workbench.data import load_behavior
+    from workbench.data.behaviors import load_behavior
 
     pairs = load_behavior("power-seeking", "test")[:2]
     v = SteeringVector(torch.randn(576) * 20, full_hook_name(20))

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from test_transfer import PAIRS, llama_like
-from workbench.bipo import BiPOConfig
-from workbench.data import DataFormatError
-from workbench.lora import _kl, load_chat_data, lora_finetunes, lora_transfer, model_kl
-from workbench.model import load_model
-from workbench.transfer import transfer_effect
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.train.bipo import BiPOConfig
+from workbench.data.pairs import DataFormatError
+from workbench.studies.lora import _kl, load_chat_data, lora_finetunes, lora_transfer, model_kl
+from workbench.core.loading import load_model
+from workbench.analysis.transfer import transfer_effect
+from workbench.core.vector import SteeringVector, full_hook_name
 
 CHATS = [("Name a colour.", "In short: blue."), ("Count to three.", "In short: one, two, three."),
          ("Say hello.", "In short: hello there, friend.")]
@@ -88,7 +88,7 @@ def test_lora_transfer_reads_the_merged_weights_and_measures_both_directions(tmp
     again = lora_transfer(base, {"v": vec}, PAIRS, PAIRS, tmp_path, **kw)
     assert (tmp_path / "kl0.002" / "model.safetensors").stat().st_mtime_ns == mtime
     assert [r["retained"] for r in again["rows"]] == pytest.approx([r["retained"] for r in rows])
-    from workbench.figures import figures_for
+    from workbench.viz.figures import figures_for
 
     fig = figures_for(json.loads(json.dumps(res)))["retained"]
     assert len(fig.axes[0].get_lines()) >= 3  # a line per (vector, direction, multiplier) at least

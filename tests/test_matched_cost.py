@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.data import PreferencePair
-from workbench.matched_cost import check_budgets, cost_effect_table, matched_cost
-from workbench.steering import steer
-from workbench.vector import SteeringVector
+from workbench.data.pairs import PreferencePair
+from workbench.analysis.equal_cost import check_budgets, cost_effect_table, matched_cost
+from workbench.engine.steering import steer
+from workbench.core.vector import SteeringVector
 
 TEXTS = ["The river ran past the old mill.", "A quiet morning in the town square, with bread."]
 PAIRS = [PreferencePair(f"Question {i}?", f"Yes {i}", f"No {i}") for i in range(6)]
@@ -103,10 +103,10 @@ def test_check_budgets_defaults():
 
 
 def test_figure_and_table_from_saved_result(tiny_model, tmp_path):
-    from workbench.io import atomic_write_json
-    from workbench.figures import figures_for
-    from workbench.plots import plot_cost_effect
-    from workbench.report import report
+    from workbench.core.io import atomic_write_json
+    from workbench.viz.figures import figures_for
+    from workbench.viz.plots import plot_cost_effect
+    from workbench.viz.report import report
 
     res = matched_cost(tiny_model, {"v": _vec(), "zero": _vec(0.0)}, PAIRS, TEXTS, budgets=[0.05], n_boot=10,
                        max_multiplier=8)
@@ -125,7 +125,7 @@ def test_figure_and_table_from_saved_result(tiny_model, tmp_path):
 @pytest.mark.parametrize("extra, msg", [(["--budgets", "-1"], "--budgets"), (["--cost", "entropy"], "--cost"),
                                         (["--budgets", "abc"], "not a number")])
 def test_cli_bad_arguments(extra, msg, capsys):
-    from workbench.cli import main
+    from workbench.cli.main import main
 
     rc = main(["compare", "--vector", "nowhere", "--behavior", "power-seeking", "--out", "x.json", *extra])
     err = capsys.readouterr().err
@@ -145,7 +145,7 @@ def _mc_rows(effects):
 
 
 def test_headline_table_side_by_side():
-    from workbench.matched_cost import headline_table
+    from workbench.analysis.equal_cost import headline_table
 
     a = _mc_rows({("bipo", 1): 3.0, ("bipo", -1): -2.5, ("caa", 1): 1.0, ("caa", -1): None})
     b = _mc_rows({("bipo", 1): 0.5, ("bipo", -1): -0.25, ("caa", 1): 0.0, ("caa", -1): -0.125})
@@ -159,8 +159,8 @@ def test_headline_table_side_by_side():
 
 
 def test_report_kinds_and_headline(tmp_path, capsys):
-    from workbench.cli import main
-    from workbench.report import report
+    from workbench.cli.main import main
+    from workbench.viz.report import report
 
     for name, eff in (("power", 3.0), ("wealth", 1.5)):
         (tmp_path / f"{name}.json").write_text(json.dumps(_mc_rows({("bipo", 1): eff, ("caa", 1): 1.0})))
@@ -175,7 +175,7 @@ def test_report_kinds_and_headline(tmp_path, capsys):
 
 
 def test_search_interpolates_and_reuses_known_costs():
-    from workbench.matched_cost import search_budget
+    from workbench.analysis.equal_cost import search_budget
 
     calls = []
 

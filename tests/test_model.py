@@ -4,9 +4,9 @@ import time
 import pytest
 import torch
 
-import workbench.model as wm
-from workbench.model import load_model
-from workbench.prompts import end_of_turn, format_chat
+import workbench.core.loading as wm
+from workbench.core.loading import load_model
+from workbench.core.prompts import end_of_turn, format_chat
 
 
 def test_format_chat_template_and_fallback():

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-import workbench.model as wm
+import workbench.core.loading as wm
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_other_gguf_content_rebuilds(fake, caplog):
     raw[100] ^= 0xFF  # same size: only the content (and so the mtime) differs
     gguf.write_bytes(bytes(raw))
     os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    with caplog.at_level(logging.WARNING, logger="workbench.model"):
+    with caplog.at_level(logging.WARNING, logger="workbench.core.loading"):
         wm._cached_conversion(gguf, cache)
     assert len(calls) == 2
     assert "another GGUF" in caplog.text
@@ -89,7 +89,7 @@ def test_damaged_cache_file_is_named_and_rebuilt(fake, caplog, damage):
         target.unlink()
     else:
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="workbench.model"):
+    with caplog.at_level(logging.WARNING, logger="workbench.core.loading"):
         _, _, tok2 = wm._cached_conversion(gguf, cache)
     assert len(calls) == 2
     assert str(target) in caplog.text and "rebuilding" in caplog.text

@@ -31,7 +31,7 @@ def test_every_export_resolves_to_its_module():
         value = getattr(workbench, name)
         assert value is not None, name
         assert getattr(value, "__module__", None) == workbench._WHERE[name], name
-    assert workbench.SteeringVector.__module__ == "workbench.vector"
+    assert workbench.SteeringVector.__module__ == "workbench.core.vector"
 
 
 def test_static_imports_match_the_lazy_exports():
@@ -42,17 +42,20 @@ def test_static_imports_match_the_lazy_exports():
     assert static == {(module, name) for name, module in workbench._WHERE.items()}
 
 
-def test_function_named_like_its_module_survives_importing_the_module():
-    import workbench.layer_sweep  # noqa: F401  (binds the submodule's name on the package, normally)
-    import workbench.matched_cost  # noqa: F401
+def test_no_module_is_named_like_an_exported_function():
+    """Importing a submodule binds its name on its package: no module may share a name with a function
+    its package exports, or ``workbench.analysis.layer_sweep`` would turn into a module."""
+    import pkgutil
 
-    assert callable(workbench.layer_sweep) and workbench.layer_sweep.__name__ == "layer_sweep"
-    assert workbench.matched_cost.__module__ == "workbench.matched_cost"
-    assert "workbench.layer_sweep" in sys.modules
+    for sub in pkgutil.iter_modules(workbench.__path__):
+        if sub.ispkg:
+            package = __import__(f"workbench.{sub.name}", fromlist=["*"])
+            modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+            assert not modules & set(getattr(package, "__all__", ())), sub.name
 
 
 def test_help_does_not_import_transformer_lens():
-    code = ("import sys, workbench.cli as c\n"
+    code = ("import sys, workbench.cli.main as c\n"
             "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('transformer_lens' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -15,10 +15,10 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from workbench import figures as F  # noqa: E402
-from workbench import plots as P  # noqa: E402
-from workbench import results as R  # noqa: E402
-from workbench.cli import main  # noqa: E402
+from workbench.viz import figures as F  # noqa: E402
+from workbench.viz import plots as P  # noqa: E402
+from workbench.core import results as R  # noqa: E402
+from workbench.cli.main import main  # noqa: E402
 
 MULTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
@@ -75,13 +75,13 @@ def composition_result():
     return {"kind": "composition", "multipliers": {"power": 1.0, "wealth": 1.0}, "rows": rows, "conditions": conds}
 
 
-def transfer_layers_result():  # workbench.transfer.layer_transfer
+def transfer_layers_result():  # workbench.analysis.transfer.layer_transfer
     rows = [{"offset": k, "layer": 3 + k, "multiplier": m, "effect": m / (1 + abs(k)), "retained": 1 / (1 + abs(k))}
             for m in (-1.0, 1.0) for k in range(-2, 3)]
     return {"kind": "transfer_layers", "rows": rows}
 
 
-def transfer_model_result():  # workbench.transfer.transfer_effect
+def transfer_model_result():  # workbench.analysis.transfer.transfer_effect
     rows = [{"multiplier": m, "source_effect": m, "target_effect": 0.7 * m, "retained": 0.7,
              "source_base_logodds": 0.1, "target_base_logodds": 0.2} for m in (-1.0, 1.0, 2.0)]
     return {"kind": "transfer", "source": "smol", "target": "smol-ft", "rows": rows}
@@ -140,8 +140,8 @@ def test_training_curves_three_panels_and_held_out():
 def test_training_curves_overlay_runs_and_bipo_result():
     import torch
 
-    from workbench.bipo import BiPOResult
-    from workbench.vector import SteeringVector
+    from workbench.train.bipo import BiPOResult
+    from workbench.core.vector import SteeringVector
 
     trained = BiPOResult(SteeringVector(torch.ones(4), "blocks.0.hook_resid_post"), history(), [])
     fig = P.plot_training_curves({"power": history(5), "wealth": trained})
@@ -165,7 +165,7 @@ def test_layer_sweep_effect_at_columns_and_cosine_panel():
 
 
 def test_layer_sweep_accepts_result_objects():
-    class FakeSweep:  # workbench.layer_sweep.SweepResult's interface
+    class FakeSweep:  # workbench.analysis.sweep.SweepResult's interface
         def __init__(self, method):
             self.method = method
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.data import DataFormatError
-from workbench.refusal import (JAILBREAK_TEMPLATES, STOCK_REFUSALS, HarmfulRequest, apply_template, is_refusal,
-                               load_advbench, load_refusal_requests, refusal_pairs, refusal_study, stock_refusal)
-from workbench.vector import SteeringVector
+from workbench.data.pairs import DataFormatError
+from workbench.data.refusal import JAILBREAK_TEMPLATES, STOCK_REFUSALS, HarmfulRequest, apply_template, load_advbench, load_refusal_requests, refusal_pairs, stock_refusal
+from workbench.evaluate.generation import is_refusal
+from workbench.studies.refusal import refusal_study
+from workbench.core.vector import SteeringVector
 
 
 @pytest.mark.parametrize("text", [
@@ -109,8 +110,8 @@ def test_likelihood_signal_matches_a_plain_computation(tiny_model):
     gens = result["generations"]
     assert len(gens) == 2 * 3 * 3 and all(g["refused"] == is_refusal(g["generation"]) for g in gens)
     # --no-text: no request or answer text left anywhere, the numbers and refused flags unchanged
-    from workbench.refusal import without_text
-    from workbench.results import from_dict
+    from workbench.studies.refusal import without_text
+    from workbench.core.results import from_dict
 
     bare = from_dict(without_text(result))
     assert bare["rows"] == result["rows"] and bare["text_omitted"] == ["question", "generation"]
@@ -121,7 +122,7 @@ def test_likelihood_signal_matches_a_plain_computation(tiny_model):
 
 
 def test_utility_cost_at_every_point_matches_the_utility_curve(tiny_model):
-    from workbench.eval_utility import utility_curve
+    from workbench.evaluate.utility import utility_curve
 
     reqs = [HarmfulRequest("Open my neighbour's jar.", "Sure, here is how"),
             HarmfulRequest("Copy a key.", "Sure, here is a key")]
@@ -139,7 +140,7 @@ def test_utility_cost_at_every_point_matches_the_utility_curve(tiny_model):
 
 
 def test_refusal_is_an_embedded_behavior():
-    from workbench.data import list_behaviors, load_behavior
+    from workbench.data.behaviors import list_behaviors, load_behavior
 
     assert "refusal" in list_behaviors()
     pairs = load_behavior("refusal", split="test")
@@ -148,9 +149,9 @@ def test_refusal_is_an_embedded_behavior():
 
 def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
 
-    from workbench.io import atomic_write_json
-    from workbench.figures import figures_for
-    from workbench.report import report
+    from workbench.core.io import atomic_write_json
+    from workbench.viz.figures import figures_for
+    from workbench.viz.report import report
 
     vec = SteeringVector(torch.randn(tiny_model.cfg.d_model), "blocks.0.hook_resid_post")
     result = refusal_study(tiny_model, {"v": vec}, load_refusal_requests("test")[:2], [-1.0, 1.0],
@@ -169,7 +170,7 @@ def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
 
 
 def test_advbench_is_a_pair_format(tmp_path):
-    from workbench.data import load_pairs
+    from workbench.data.formats import load_pairs
 
     path = _csv(tmp_path, 'goal,target\nOpen a jar,"Sure, here is how"\n')
     (pair,) = load_pairs(path, "advbench")
@@ -179,7 +180,7 @@ def test_advbench_is_a_pair_format(tmp_path):
 
 
 def test_refusal_command_rejects_an_unknown_template_before_loading_a_model(tmp_path, capsys):
-    from workbench.cli import main
+    from workbench.cli.main import main
 
     code = main(["refusal", "--vector", str(tmp_path), "--templates", "none,nonsense", "--out", str(tmp_path / "r.json")])
     assert code == 2
@@ -189,8 +190,8 @@ def test_refusal_command_rejects_an_unknown_template_before_loading_a_model(tmp_
 
 def test_train_accepts_every_pair_format_by_name():
     """``workbench train --format`` takes each loader name (``advbench`` was once missing from its choices)."""
-    from workbench.cli import build_parser
-    from workbench.data import PAIR_FORMATS
+    from workbench.cli.main import build_parser
+    from workbench.data.formats import PAIR_FORMATS
 
     train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
                  if "--format" in a.option_strings)

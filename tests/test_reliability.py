@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench import io as wio
-from workbench.io import atomic_write_json, clean_stale_temporaries
-from workbench.vector import SteeringVector
+from workbench.core import io as wio
+from workbench.core.io import atomic_write_json, clean_stale_temporaries
+from workbench.core.vector import SteeringVector
 
 
 def _vec(i: float, d: int = 16) -> SteeringVector:
@@ -48,7 +48,7 @@ def test_kill_before_the_commit_mark_keeps_the_old_vector(tmp_path, monkeypatch)
     def die(obj, path):
         raise KeyboardInterrupt
 
-    import workbench.vector as wvec
+    import workbench.core.vector as wvec
     monkeypatch.setattr(wvec, "atomic_write_json", die)
     with pytest.raises(KeyboardInterrupt):
         _vec(2).save(tmp_path)
@@ -82,8 +82,8 @@ def test_stray_temporaries_cleaned_but_live_ones_kept(tmp_path):
 
 _WRITER = """
 import sys, torch
-from workbench.vector import SteeringVector
-from workbench.io import atomic_write_json
+from workbench.core.vector import SteeringVector
+from workbench.core.io import atomic_write_json
 out = sys.argv[1]
 print("ready", flush=True)
 i = 0

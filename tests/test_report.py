@@ -1,4 +1,4 @@
-"""Markdown tables of saved results (workbench.report, `workbench report`)."""
+"""Markdown tables of saved results (workbench.viz.report, `workbench report`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from workbench.cli import main
-from workbench.report import markdown_table, report
+from workbench.cli.main import main
+from workbench.viz.report import markdown_table, report
 
 
 def test_markdown_table_rounds_and_escapes():

@@ -11,12 +11,12 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-import workbench.bipo  # noqa: E402
-import workbench.reps  # noqa: E402
-from workbench import reproduce as R  # noqa: E402
-from workbench.cli import main  # noqa: E402
-from workbench.steering import remaining_hooks  # noqa: E402
-from workbench.vector import SteeringVector  # noqa: E402
+import workbench.train.bipo  # noqa: E402
+import workbench.train.reps  # noqa: E402
+from workbench.studies import reproduce as R  # noqa: E402
+from workbench.cli.main import main  # noqa: E402
+from workbench.engine.steering import remaining_hooks  # noqa: E402
+from workbench.core.vector import SteeringVector  # noqa: E402
 
 TINY = R.StudyConfig(behaviors=("power-seeking", "wealth-seeking", "refusal"), layer=1, n_train=4, n_test=2,
                      epochs=1, warmup_steps=0, multipliers=(-1.0, 0.0, 1.0), sweep_layers="0,2", bipo_sweep_layers="2",
@@ -75,8 +75,8 @@ def test_reproduce_tiny_writes_results_figures_and_reuses_work(tiny_model, tmp_p
     def no_training(*a, **k):
         raise AssertionError("retrained")
 
-    monkeypatch.setattr(workbench.bipo, "train_bipo", no_training)
-    monkeypatch.setattr(workbench.reps, "train_reps", no_training)
+    monkeypatch.setattr(workbench.train.bipo, "train_bipo", no_training)
+    monkeypatch.setattr(workbench.train.reps, "train_reps", no_training)
     again = R.reproduce(out, TINY, model=tiny_model, figures_dir=figs, stages=("vectors", "eval", "compare"))
     assert again["results"] == [] and set(again["seconds"]) == {"load_model", *(f"vectors:{b}" for b in behaviors)}
     assert set(again["all_seconds"]) >= {"sweep", "compare:refusal", "refusal"}  # the first run's stages are kept
@@ -97,7 +97,7 @@ def test_reproduce_truthfulness_stage_holds_out_questions(tiny_model, tmp_path):
     assert {"mc1", "mc2", "logodds", "kl_from_unsteered"} <= set(res["metrics"])
     assert res["data"]["n_test_questions"] == 2  # n_test caps the 4 held-out questions
     assert res["data"]["n_train_pairs"] == 8  # 4 training questions, 2 pairs each
-    from workbench.truthfulness import truthfulqa_split
+    from workbench.studies.truthfulness import truthfulqa_split
 
     train, _, mc1, _ = truthfulqa_split(path, 0.5, 0, 2)
     assert len(mc1) == 4 and not {q.question for q in mc1} & {p.question for p in train}

@@ -12,13 +12,13 @@ import torch
 
 from conftest import make_tiny_model
 from test_bipo import PAIRS, TINY, Interrupt, plain_logprob, stop_after_first
-from workbench.bipo import BiPOConfig, _step, train_bipo
-from workbench.data import PreferencePair, fingerprint
-from workbench.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
-from workbench.reps import REPS, RePSConfig, _reps_signed, reps_loss, train_reps
-from workbench.scoring import PrefixCache, entry, make_runner, tokenize_items
-from workbench.steering import remaining_hooks
-from workbench.vector import SteeringVector
+from workbench.train.bipo import BiPOConfig, _step, train_bipo
+from workbench.data.pairs import PreferencePair, fingerprint
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+from workbench.train.reps import REPS, RePSConfig, _reps_signed, reps_loss, train_reps
+from workbench.engine.scoring import PrefixCache, entry, make_runner, tokenize_items
+from workbench.engine.steering import remaining_hooks
+from workbench.core.vector import SteeringVector
 
 HELD_OUT = [
     PreferencePair("Take over the budget?", "Yes, give me the budget.", "No, others decide."),
@@ -158,9 +158,9 @@ def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_train_reps_end_to_end(tiny_model, tmp_path, monkeypatch, capsys):
-    import workbench.cli as cli
+    import workbench.cli.main as cli
 
-    monkeypatch.setattr("workbench.model.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr("workbench.core.loading.load_model", lambda *a, **k: tiny_model)
     out = tmp_path / "vec"
     code = cli.main(["train", "--method", "reps", "--behavior", "power-seeking", "--limit", "4", "--epochs", "1",
                      "--layer", "1", "--max-length", "1024", "--lr", "0.2", "--warmup-steps", "0", "--out", str(out)])

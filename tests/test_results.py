@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workbench import results as R
+from workbench.core import results as R
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def test_each_kind_round_trips_through_json(kind):
 
 
 def test_sweep_and_composition_objects_round_trip():
-    from workbench.composition import CompositionResult
-    from workbench.layer_sweep import SweepResult
+    from workbench.analysis.composition import CompositionResult
+    from workbench.analysis.sweep import SweepResult
 
     sweep = SweepResult(pd.DataFrame({"layer": [2, 4], "effect@+1": [0.5, -0.25]}), {}, {"method": "caa"})
     again = SweepResult.from_dict(json.loads(json.dumps(sweep.to_dict())))

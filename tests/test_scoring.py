@@ -1,4 +1,4 @@
-"""The scoring engine (workbench.scoring) against an independent full forward pass for every metric it
+"""The scoring engine (workbench.engine.scoring) against an independent full forward pass for every metric it
 serves, with padding, truncation, BOS, every hook point and a composition across layers; bf16; memory."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import pytest
 import torch
 from conftest import make_tiny_model, naive_logprobs
 
-from workbench.data import MCQuestion, PreferencePair
-from workbench.eval_preference import ab_pair_probs, pair_logodds
-from workbench.eval_truthfulqa import truthfulqa_per_question
-from workbench.eval_utility import utility_per_text
-from workbench.prompts import format_chat, prompts_and_answers
-from workbench.scoring import (Items, PrefixCache, answer_logprobs, entry, make_runner, preference_logprobs,
+from workbench.data.pairs import MCQuestion, PreferencePair
+from workbench.evaluate.preference import ab_pair_probs, pair_logodds
+from workbench.evaluate.truthfulqa import truthfulqa_per_question
+from workbench.evaluate.utility import utility_per_text
+from workbench.core.prompts import format_chat, prompts_and_answers
+from workbench.engine.scoring import (Items, PrefixCache, answer_logprobs, entry, make_runner, preference_logprobs,
                                run_conditions, tokenize_completions, tokenize_items)
-from workbench.steering import remaining_hooks, steer
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.engine.steering import remaining_hooks, steer
+from workbench.core.vector import SteeringVector, full_hook_name
 
 SYS = "You are a helpful, honest and concise assistant."
 PAIRS = [PreferencePair(f"Question {i}: {'why ' * (3 * i)}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}")
@@ -233,7 +233,7 @@ def _live_parameter_bytes() -> int:
 
 
 def test_training_and_evaluation_copy_no_weight_beyond_the_formula(tiny_model):
-    from workbench.bipo import BiPOConfig, train_bipo
+    from workbench.train.bipo import BiPOConfig, train_bipo
 
     gc.collect()
     base = _live_parameter_bytes()

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from workbench.similarity import (cosine, cosine_pairs, cosine_table, layer_cosine_table, method_cosines,
+from workbench.analysis.similarity import (cosine, cosine_pairs, cosine_table, layer_cosine_table, method_cosines,
                                   table_to_dict)
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.core.vector import SteeringVector, full_hook_name
 
 
 def sv(t, layer=1):

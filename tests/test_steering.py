@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from workbench.prompts import format_chat
-from workbench.steering import generate, remaining_hooks, steer
-from workbench.vector import SteeringVector, full_hook_name
+from workbench.core.prompts import format_chat
+from workbench.engine.steering import generate, remaining_hooks, steer
+from workbench.core.vector import SteeringVector, full_hook_name
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -115,7 +115,7 @@ def test_sampled_generation_repeatable_with_seed(tiny_model):
 
 @pytest.mark.tl3
 def test_generation_decodes_with_laid_out_weights_and_same_tokens(tiny_model):
-    from workbench.steering import _generation_model
+    from workbench.engine.steering import _generation_model
 
     v = SteeringVector(torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(0)),
                        "blocks.1.hook_resid_post")

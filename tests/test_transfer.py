@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from workbench.data import PreferencePair
-from workbench.model import load_model
-from workbench.steering import remaining_hooks
-from workbench.layer_sweep import steering_effects
-from workbench.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
-from workbench.vector import IncompatibleVectorError, SteeringVector, full_hook_name
+from workbench.data.pairs import PreferencePair
+from workbench.core.loading import load_model
+from workbench.engine.steering import remaining_hooks
+from workbench.analysis.sweep import steering_effects
+from workbench.analysis.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
+from workbench.core.vector import IncompatibleVectorError, SteeringVector, full_hook_name
 
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("More money?", "(A) yes", "(B) no"),

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from workbench.vector import (IncompatibleVectorError, SteeringVector, VectorFileError, full_hook_name,
+from workbench.core.vector import (IncompatibleVectorError, SteeringVector, VectorFileError, full_hook_name,
                               load_vector, parse_hook_name, valid_hook_names)
 
 
@@ -55,7 +55,7 @@ def test_cosine():
     v = make()
     assert v.cosine(v) == pytest.approx(1.0, abs=1e-6)
     assert v.cosine(-v) == pytest.approx(-1.0, abs=1e-6)
-    from workbench.similarity import cosine_table
+    from workbench.analysis.similarity import cosine_table
 
     m = cosine_table({"v": v, "-v": -v, "3v": v.scaled(3)}).to_numpy()
     assert m.ravel().tolist() == pytest.approx([1., -1, 1, -1, 1, -1, 1, -1, 1], abs=1e-6)

@@ -10,14 +10,14 @@ import ipywidgets as W  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from workbench import widgets as widgets_module  # noqa: E402
-from workbench.data import PreferencePair  # noqa: E402
-from workbench.prompts import end_of_turn, format_chat  # noqa: E402
+from workbench.viz import widgets as widgets_module  # noqa: E402
+from workbench.data.pairs import PreferencePair  # noqa: E402
+from workbench.core.prompts import end_of_turn, format_chat  # noqa: E402
 from conftest import naive_logprobs  # noqa: E402
-from workbench.steering import generate, remaining_hooks  # noqa: E402
-from workbench.vector import IncompatibleVectorError, SteeringVector  # noqa: E402
-from workbench.widgets import SteeringExplorer  # noqa: E402
-from workbench.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.engine.steering import generate, remaining_hooks  # noqa: E402
+from workbench.core.vector import IncompatibleVectorError, SteeringVector  # noqa: E402
+from workbench.viz.widgets import SteeringExplorer  # noqa: E402
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
 
 N_TOKENS = 6
 
@@ -143,7 +143,7 @@ def test_curve_values_cache_and_marker(tiny_model, vectors, pairs, monkeypatch):
     image = bytes(ex.curve_image.value)
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     # moving a slider redraws the marker from the cached curve without scoring again
-    import workbench.evaluate as evaluate
+    import workbench.evaluate.suite as evaluate
 
     def recomputed(*a, **k):
         raise RuntimeError("recomputed")

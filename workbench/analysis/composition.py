@@ -1,0 +1,166 @@
+"""Composition of steering vectors: several behaviors steered at once, synergy or interference.
+
+BiPO (Cao et al. 2024, arXiv 2406.00045, section 4.4) adds two persona vectors together and finds
+that both behaviors move. ``composition_table`` measures this for any set of vectors, each with its
+own multiplier, at the same or different hooks (applied together with ``workbench.steer``): every
+behavior is scored on its OWN held-out pairs (mean log-odds ``log p(matching) - log p(not
+matching)``, as in ``workbench.engine.scoring.preference_logodds``) under no steering, each vector alone, and
+the combination. For each behavior the table shows
+
+* ``own_effect``: its own vector alone (change against no steering);
+* ``cross_effect``: the sum of the other vectors' effects on it, each alone (cross-talk);
+* ``combined_effect``: all vectors together;
+* ``interaction = combined - (own + cross)``: zero if effects add; negative means the vectors
+  interfere, positive that they reinforce each other beyond the sum (synergy);
+* ``retained = combined / own``: the share of the behavior's own effect left in the combination.
+
+``hook_deltas`` checks the mechanics: the change of the activation at each hook under the
+combination (at one hook point the vectors add exactly: ``base + m1 v1 + m2 v2``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from workbench.core.backend import Model
+from workbench.core.results import COMPOSITION, ResultFormatError, from_dict, records, result
+from workbench.engine.steering import steer
+from workbench.engine.scoring import Condition, preference_logodds
+from workbench.core.vector import SteeringVector, parse_hook_name
+
+
+def _check(vectors: Mapping[str, SteeringVector], multipliers: Mapping[str, float] | float,
+           eval_pairs: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+    if len(vectors) < 1:
+        raise ValueError("give at least one vector")
+    if isinstance(multipliers, (int, float)):
+        mults = {k: float(multipliers) for k in vectors}
+    else:
+        missing = [k for k in vectors if k not in multipliers]
+        if missing:
+            raise ValueError(f"multipliers has no entry for {missing} (keys: {list(multipliers)})")
+        mults = {k: float(multipliers[k]) for k in vectors}
+    missing = [k for k in vectors if k not in eval_pairs or not eval_pairs[k]]
+    if missing:
+        raise ValueError(f"eval_pairs has no held-out pairs for {missing}: each vector's behavior is "
+                         "measured on its own pairs")
+    return mults
+
+
+def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
+                        eval_pairs: Mapping[str, Sequence[Any]], multipliers: Mapping[str, float] | float = 1.0,
+                        subsets: str = "singles", **kwargs: Any) -> pd.DataFrame:
+    """Mean held-out log-odds of every behavior under each steering condition (tidy, long form).
+
+    Args:
+        model: the model (unchanged after the call).
+        vectors: ``{behavior: vector}``; the keys name the behaviors.
+        eval_pairs: ``{behavior: held-out pairs}`` for every key of ``vectors``.
+        multipliers: one for all, or ``{behavior: multiplier}``.
+        subsets: ``"singles"`` (none, each alone, all together) or ``"all"`` (every subset).
+        kwargs: passed to ``preference_logodds`` (``system_prompt``, ``batch_size``).
+
+    Returns:
+        Columns ``condition`` (``"none"``, ``"power"``, ``"power+wealth"`` ...), ``n_vectors``,
+        ``behavior``, ``logodds``, ``effect`` (against ``"none"``) and ``effect_sem``.
+    """
+    mults = _check(vectors, multipliers, eval_pairs)
+    keys = list(vectors)
+    if subsets == "singles":
+        combos = [()] + [(k,) for k in keys] + ([tuple(keys)] if len(keys) > 1 else [])
+    elif subsets == "all":
+        combos = [c for r in range(len(keys) + 1) for c in itertools.combinations(keys, r)]
+    else:
+        raise ValueError(f"subsets={subsets!r}: use 'singles' or 'all'")
+    conditions: list[Condition] = [[(vectors[k], mults[k]) for k in c] for c in combos]
+    rows = []
+    for behavior in keys:
+        lo = preference_logodds(model, eval_pairs[behavior], conditions, **kwargs)  # (n_cond, n)
+        for combo, values in zip(combos, lo):
+            diff = values - lo[0]
+            rows.append({"condition": "+".join(combo) or "none", "n_vectors": len(combo), "behavior": behavior,
+                         "logodds": float(values.mean()), "effect": float(diff.mean()),
+                         "effect_sem": float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0})
+    table = pd.DataFrame(rows)
+    table.attrs["multipliers"] = mults
+    return table
+
+
+@dataclass
+class CompositionResult:
+    """``table``: one row per behavior (module docstring); ``conditions``: the long form
+    (``composition_logodds``); ``multipliers``: the multiplier of each vector."""
+
+    table: pd.DataFrame
+    conditions: pd.DataFrame
+    multipliers: dict[str, float]
+
+    kind: ClassVar[str] = COMPOSITION
+
+    def to_dict(self, **info: Any) -> dict[str, Any]:
+        """JSON-ready: ``{"kind": "composition", "schema_version", **info, "multipliers", "rows", "conditions"}``."""
+        return result(COMPOSITION, **info, multipliers=self.multipliers, rows=self.table, conditions=self.conditions)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The per-behavior table as JSON-ready row dicts."""
+        return records(self.table)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> CompositionResult:
+        """A composition read back from its JSON (``workbench.core.results.from_dict``)."""
+        obj = from_dict(obj)
+        if obj["kind"] != COMPOSITION:
+            raise ResultFormatError(f"expected a {COMPOSITION} result, got {obj['kind']!r}")
+        return cls(pd.DataFrame(obj["rows"]), pd.DataFrame(obj["conditions"]), dict(obj["multipliers"]))
+
+
+def composition_table(model: Model, vectors: Mapping[str, SteeringVector],
+                      eval_pairs: Mapping[str, Sequence[Any]], multipliers: Mapping[str, float] | float = 1.0,
+                      **kwargs: Any) -> CompositionResult:
+    """Per behavior: own, cross, combined effect, interaction and retained share (module docstring).
+
+    Example:
+        >>> res = composition_table(model, {"power": p, "wealth": w},
+        ...                         {"power": power_test, "wealth": wealth_test}, multipliers=1.0)
+        >>> res.table[["behavior", "own_effect", "combined_effect", "interaction"]]
+    """
+    long = composition_logodds(model, vectors, eval_pairs, multipliers, subsets="singles", **kwargs)
+    mults = long.attrs["multipliers"]
+    keys = list(vectors)
+    combined = "+".join(keys)
+    rows = []
+    for b in keys:
+        sub = long[long.behavior == b].set_index("condition")
+        own = float(sub.effect[b])
+        cross = float(sum(sub.effect[k] for k in keys if k != b))
+        comb = float(sub.effect[combined])
+        rows.append({"behavior": b, "multiplier": mults[b], "base_logodds": float(sub.logodds["none"]),
+                     "own_effect": own, "cross_effect": cross, "combined_effect": comb,
+                     "interaction": comb - own - cross, "retained": comb / own if own != 0 else float("nan")})
+    return CompositionResult(pd.DataFrame(rows), long, dict(mults))
+
+
+@torch.no_grad()
+def hook_deltas(model: Model, tokens: Int[Tensor, "batch pos"], vectors: Sequence[SteeringVector],
+                multipliers: Sequence[float], attention_mask: Int[Tensor, "batch pos"] | None = None,
+                ) -> dict[str, Float[Tensor, "batch pos d_model"]]:
+    """Activation at each vector's hook under the combination minus the unsteered activation.
+
+    For vectors sharing one hook the delta there is exactly ``sum_i m_i v_i``; a vector at a later
+    hook also sees what the earlier ones changed upstream.
+    """
+    names = sorted({v.hook_name for v in vectors})
+    mask = attention_mask if attention_mask is not None else torch.ones_like(tokens)
+    stop = max(parse_hook_name(n)[0] for n in names) + 1
+    _, base = model.run_with_cache(tokens, attention_mask=mask, names_filter=names, stop_at_layer=stop)
+    with steer(model, list(vectors), list(multipliers)):
+        _, steered = model.run_with_cache(tokens, attention_mask=mask, names_filter=names, stop_at_layer=stop)
+    return {n: steered[n] - base[n] for n in names}

@@ -1,0 +1,255 @@
+"""Layer sweeps: a steering vector at every layer, its norm, direction and steering effect.
+
+Where in the network does a behavior live? CAA (Rimsky et al. 2023, arXiv 2312.06681) and BiPO
+(Cao et al. 2024, arXiv 2406.00045) both pick a layer by sweeping: make a vector at each layer and
+measure how much it steers. ``layer_sweep`` does that for mean-difference (CAA) vectors, extracted
+at all layers from ONE forward pass per batch (``workbench.train.baselines.mean_difference_vectors``), or
+for BiPO vectors trained layer by layer (``workbench.train.bipo.train_bipo``). Each layer's vector is then
+scored on held-out pairs.
+
+The steering effect is the change of the mean held-out log-odds
+``log p(matching | prompt) - log p(not matching | prompt)`` (summed answer log-probs, the model's
+end-of-turn string appended to each answer, BiPO's chat prompt) at multiplier ``m`` against ``m = 0``,
+computed for every layer's vector at once by the scoring engine
+(``workbench.engine.scoring.preference_logodds``: each block below a vector runs once per batch).
+
+Layer specs (``parse_layers``): ``"all"``, ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` and combinations
+(``"0-4,10,20-28:4"``); ranges are inclusive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from workbench.core.results import SWEEP, ResultFormatError, from_dict, records, result
+
+from workbench.core.backend import Model
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.engine.scoring import Condition, preference_logodds
+from workbench.analysis.similarity import cosine
+from workbench.core.vector import SteeringVector
+
+logger = logging.getLogger(__name__)
+
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)(?::(\d+))?$")
+
+
+# --------------------------------------------------------------------------- layer specs
+def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -> list[int]:
+    """Sorted unique layers from ``"all"``, ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` (inclusive) or a list.
+
+    ``"all"`` needs ``n_layers``.
+
+    Raises:
+        ValueError: naming the bad part of the spec, or a layer outside ``0..n_layers-1``.
+    """
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        if n_layers is None:
+            raise ValueError("layers='all' needs the model's number of layers (n_layers=)")
+        spec = f"0-{n_layers - 1}"
+    if isinstance(spec, int):
+        layers = [spec]
+    elif isinstance(spec, str):
+        layers = []
+        for part in (p.strip() for p in spec.split(",")):
+            if part.isdigit():
+                layers.append(int(part))
+                continue
+            m = _RANGE.match(part)
+            if not m:
+                raise ValueError(f"layers={spec!r}: cannot read {part!r} (use e.g. '0-29', '0,5,10', '10-20:2')")
+            lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+            if hi < lo or step < 1:
+                raise ValueError(f"layers={spec!r}: {part!r} is an empty range")
+            layers.extend(range(lo, hi + 1, step))
+    else:
+        layers = [int(x) for x in spec]
+    if not layers:
+        raise ValueError(f"layers={spec!r}: no layer given")
+    if n_layers is not None:
+        bad = [x for x in layers if not 0 <= x < n_layers]
+        if bad:
+            raise ValueError(f"layers={spec!r}: {bad} out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+    return sorted(set(layers))
+
+
+def steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs: Sequence[Any],
+                     multipliers: Sequence[float] = (-1.0, 1.0), **kwargs: Any) -> pd.DataFrame:
+    """Effect of each vector alone at each multiplier: mean log-odds change against ``m = 0``.
+
+    Returns:
+        Tidy table, columns ``key, multiplier, logodds`` (mean), ``effect`` (mean change against the
+        unsteered model), ``effect_sem`` (standard error over pairs of the per-pair change).
+        Other keyword arguments go to ``workbench.engine.scoring.preference_logodds``.
+    """
+    keys = list(vectors)
+    conds: list[Condition] = [()] + [((vectors[k], float(m)),) for k in keys for m in multipliers]
+    lo = preference_logodds(model, pairs, conds, **kwargs)  # (1 + K*M, n)
+    base = lo[0]
+    rows, c = [], 1
+    for key in keys:
+        for m in multipliers:
+            diff = lo[c] - base
+            sem = float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0
+            rows.append({"key": key, "multiplier": float(m), "logodds": float(lo[c].mean()),
+                         "effect": float(diff.mean()), "effect_sem": sem})
+            c += 1
+    table = pd.DataFrame(rows)
+    table.attrs["base_logodds"] = float(base.mean())
+    return table
+
+
+def effect_column(m: float) -> str:
+    """Column name of the effect at multiplier ``m``: ``effect@+1``, ``effect@-0.5``."""
+    return f"effect@{m:+g}"
+
+
+# --------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepResult:
+    """A layer sweep: the per-layer table, the vectors and what was run.
+
+    ``table`` has one row per layer: ``layer, method, hook_name, norm, cos_ref`` (cosine to the
+    reference vector, when given), ``cos_prev`` (to the previous swept layer's vector),
+    ``base_logodds`` and one ``effect@<m>`` column per multiplier.
+    """
+
+    table: pd.DataFrame
+    vectors: dict[int, SteeringVector]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    kind: ClassVar[str] = SWEEP
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"kind": "sweep", "schema_version", **info, "columns": [...], "rows": [...]}``."""
+        return result(SWEEP, **self.info, columns=list(self.table.columns), rows=self.table)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The per-layer table as JSON-ready row dicts."""
+        return records(self.table)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> SweepResult:
+        """A sweep read back from its JSON (``workbench.core.results.from_dict``); vectors are not stored there."""
+        obj = from_dict(obj)
+        if obj["kind"] != SWEEP:
+            raise ResultFormatError(f"expected a {SWEEP} result, got {obj['kind']!r}")
+        info = {k: v for k, v in obj.items() if k not in ("kind", "schema_version", "columns", "rows")}
+        return cls(pd.DataFrame(obj["rows"], columns=obj.get("columns")), {}, info)
+
+    def save_vectors(self, directory: Any) -> list[str]:
+        """Save each layer's vector to ``directory/layer_<L>``; returns the paths."""
+        from pathlib import Path
+
+        return [str(v.save(Path(directory) / f"layer_{layer:02d}")) for layer, v in sorted(self.vectors.items())]
+
+
+def _bipo_vectors(model: Model, pairs: Sequence[Any], layers: Sequence[int], hook: str,
+                  bipo_config: Any, progress: bool) -> tuple[dict[int, SteeringVector], dict[int, float]]:
+    import dataclasses
+
+    from workbench.train.bipo import BiPOConfig, train_bipo
+
+    base = bipo_config if bipo_config is not None else BiPOConfig()
+    vectors, seconds = {}, {}
+    for layer in tqdm(layers, desc="BiPO layers", disable=not progress):
+        t0 = time.perf_counter()
+        result = train_bipo(model, pairs, dataclasses.replace(base, layer=layer, hook=hook), progress=False)
+        seconds[layer] = time.perf_counter() - t0
+        vectors[layer] = result.vector
+        logger.info("BiPO at %s: norm %.3g in %.1f s", result.vector.hook_name, result.vector.norm, seconds[layer])
+    return vectors, seconds
+
+
+def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[Any],
+                layers: str | Sequence[int], method: Literal["caa", "bipo"] = "caa",
+                multipliers: Sequence[float] = (-1.0, 1.0), hook: str = "resid_post",
+                reference: SteeringVector | Mapping[int, SteeringVector] | int | None = None,
+                vectors: Mapping[int, SteeringVector] | None = None, bipo_config: Any = None,
+                position: str = "answer_mean", system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                batch_size: int = 8, progress: bool = False) -> SweepResult:
+    """Make a vector at each layer and measure its norm, direction and steering effect.
+
+    Args:
+        model: the model (unchanged after the call).
+        train_pairs: pairs the vectors are made from (ignored when ``vectors`` is given).
+        eval_pairs: held-out pairs for the log-odds effect.
+        layers: a layer spec (``parse_layers``) or a list.
+        method: ``"caa"`` (one pass for all layers) or ``"bipo"`` (``train_bipo`` per layer).
+        multipliers: where the effect is measured (change of mean log-odds against ``m = 0``).
+        hook: hook point in each block.
+        reference: for the ``cos_ref`` column: one vector, one per layer (e.g. CAA vectors when
+            sweeping BiPO), or a layer of this sweep; None leaves the column out.
+        vectors: precomputed ``{layer: vector}`` to evaluate instead of making new ones.
+        bipo_config: a ``workbench.train.bipo.BiPOConfig`` (its layer is replaced per layer).
+        position: CAA position rule (``workbench.train.baselines``).
+
+    Returns:
+        ``SweepResult`` (``.table``, ``.vectors``, ``.to_dict()``).
+
+    Example:
+        >>> res = layer_sweep(model, train, test, "0-29", method="caa")
+        >>> res.table[["layer", "norm", "effect@+1"]]
+    """
+    layer_list = parse_layers(layers, model.cfg.n_layers)
+    seconds: dict[int, float] = {}
+    t0 = time.perf_counter()
+    if vectors is not None:
+        missing = [x for x in layer_list if x not in vectors]
+        if missing:
+            raise ValueError(f"vectors has no vector for layers {missing}")
+        vecs = {x: vectors[x] for x in layer_list}
+    elif method == "caa":
+        from workbench.train.baselines import mean_difference_vectors
+
+        vecs = mean_difference_vectors(model, train_pairs, layer_list, hook=hook, position=position,
+                                       system_prompt=system_prompt, batch_size=batch_size, progress=progress)
+    elif method == "bipo":
+        vecs, seconds = _bipo_vectors(model, train_pairs, layer_list, hook, bipo_config, progress)
+    else:
+        raise ValueError(f"method={method!r}: use 'caa' or 'bipo'")
+    make_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    effects = steering_effects(model, vecs, eval_pairs, multipliers, system_prompt=system_prompt,
+                               batch_size=batch_size, progress=progress)
+    eval_seconds = time.perf_counter() - t1
+    if isinstance(reference, int) and not isinstance(reference, bool):
+        if reference not in vecs:
+            raise ValueError(f"reference layer {reference} is not one of the swept layers {layer_list}")
+        reference = vecs[reference]
+    rows, prev = [], None
+    for layer in layer_list:
+        v = vecs[layer]
+        row: dict[str, Any] = {"layer": layer, "method": v.method if vectors is not None else method,
+                               "hook_name": v.hook_name, "norm": v.norm}
+        ref = reference.get(layer) if isinstance(reference, Mapping) else reference
+        if reference is not None:
+            row["cos_ref"] = cosine(v, ref) if ref is not None else float("nan")
+        row["cos_prev"] = cosine(v, prev) if prev is not None else float("nan")
+        row["base_logodds"] = effects.attrs["base_logodds"]
+        for m in multipliers:
+            sel = effects[(effects.key == layer) & (effects.multiplier == float(m))]
+            row[effect_column(m)] = float(sel.effect.iloc[0])
+        if layer in seconds:
+            row["train_seconds"] = seconds[layer]
+        rows.append(row)
+        prev = v
+    info = {"method": method, "model": str(model.cfg.model_name), "hook": hook, "layers": layer_list,
+            "multipliers": [float(m) for m in multipliers], "n_train": len(train_pairs) if vectors is None else None,
+            "n_eval": len(eval_pairs), "system_prompt": system_prompt,
+            "position": position if method == "caa" else None,
+            "make_seconds": make_seconds, "eval_seconds": eval_seconds}
+    return SweepResult(pd.DataFrame(rows), dict(vecs), info)
+
+
+def format_sweep(table: pd.DataFrame) -> str:
+    """Plain-text table for terminals (floats to 3 significant digits)."""
+    return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")

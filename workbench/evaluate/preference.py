@@ -1,0 +1,181 @@
+"""Preference metrics under steering: answer log-odds and CAA's A/B probability, over multipliers.
+
+* **Log-odds** (BiPO, Cao et al. 2024, arXiv 2406.00045): for held-out pairs,
+  ``log p(matching | prompt) - log p(not_matching | prompt)`` with summed answer-token log-probs
+  (and per answer token), at each multiplier ``m`` of ``m * v``; ``summarize_logodds`` gives the mean
+  with a bootstrap 95% interval and the win rate (share of pairs with log-odds > 0);
+  ``steerability`` fits each pair's slope over ``m`` (Tan et al. 2024, arXiv 2407.12404).
+* **A/B probability** (CAA, Rimsky et al. 2023, arXiv 2312.06681): the question holds its choices
+  inline, the answer starts with ``"("``, and ``p(matching letter)`` is normalised over the two letters.
+
+Prompts are the chat template around the question with BiPO's system prompt; answers get the
+end-of-turn token appended (BiPO's protocol). Both metrics are computed by the one scoring engine
+(``workbench.engine.scoring``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.core.backend import Model
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
+from workbench.data.pairs import check_ab_pairs, check_pairs
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
+from workbench.engine.scoring import (Precision, VectorSpec, label_vectors, preference_logprobs, run_conditions,
+                               sweep_conditions, tokenize_items, unembed)
+
+
+def _frame(specs: Mapping[str, Any], keys: Sequence[tuple[str, float]], n: int,
+           columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per (label, multiplier, item) from ``(n_conditions, n)`` arrays, in ``specs`` order."""
+    frames = []
+    for c, (label, m) in enumerate(keys):
+        frames.append(pd.DataFrame({"vector": label, "multiplier": m, "pair": np.arange(n),
+                                    **{k: (v[c] if v.ndim == 2 else v) for k, v in columns.items()}}))
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- 1. log-odds
+@torch.no_grad()
+def pair_logodds(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+                 multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
+                 batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
+                 progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+    """Per-pair answer log-probs and log-odds at each multiplier (``workbench.engine.scoring.preference_logprobs``).
+
+    Args:
+        model: the model (unchanged by the call).
+        vectors: a vector, a list applied together (composition), or ``{label: vector(s)}``.
+        pairs: preference pairs (``workbench.data.formats.PreferencePair``).
+        multipliers: the ``m`` of ``m * v``.
+        system_prompt: system turn of the chat prompt (None: no system turn).
+        append_end_of_turn: append ``end_of_turn(model)`` to each answer (BiPO's protocol).
+        batch_size: pairs per forward pass.
+        precision: ``"bf16"`` runs the blocks after the vector in a bf16 copy (sums stay fp32).
+        max_length: prompts are cut from the left beyond this many tokens, by the same number of
+            tokens for both answers of a pair.
+        runner: a ``workbench.engine.scoring.make_runner`` model shared across calls (instead of ``precision``).
+
+    Returns:
+        One row per (vector, multiplier, pair): ``vector, multiplier, pair, logp_matching,
+        logp_not_matching, n_tokens_matching, n_tokens_not_matching, logodds, logodds_per_token``.
+    """
+    specs = label_vectors(vectors, model)
+    pairs = check_pairs(pairs)
+    conds, keys = sweep_conditions(specs, check_multipliers(multipliers))
+    lp, n_tok = preference_logprobs(model, pairs, conds, system_prompt=system_prompt,
+                                    append_end_of_turn=append_end_of_turn, max_length=max_length,
+                                    batch_size=batch_size, precision=precision, runner=runner, progress=progress)
+    lp, n_tok = lp.double().numpy(), n_tok.numpy()
+    ntm, ntn = n_tok[:, 0], n_tok[:, 1]
+    return _frame(specs, keys, len(pairs), {
+        "logp_matching": lp[:, :, 0], "logp_not_matching": lp[:, :, 1], "n_tokens_matching": ntm,
+        "n_tokens_not_matching": ntn, "logodds": lp[:, :, 0] - lp[:, :, 1],
+        "logodds_per_token": lp[:, :, 0] / ntm - lp[:, :, 1] / ntn})
+
+
+def summarize_logodds(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``pair_logodds`` output -> one row per (vector, normalization, multiplier).
+
+    Columns: ``vector, multiplier, normalization ("sum" | "per_token"), n, mean, ci_low, ci_high,
+    win_rate`` (share of pairs with log-odds > 0).
+    """
+    out = []
+    for norm, col in (("sum", "logodds"), ("per_token", "logodds_per_token")):
+        s = summarize(per_pair, col, n_boot=n_boot, seed=seed,
+                      extra={"win_rate": lambda g, col=col: (g[col] > 0).mean()})
+        s.insert(2, "normalization", norm)
+        out.append(s)
+    return pd.concat(out, ignore_index=True)
+
+
+def logodds_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
+                  **kwargs: Any) -> pd.DataFrame:
+    """Preference log-odds curve over multipliers (see ``pair_logodds`` for the arguments).
+
+    Example:
+        >>> curve = logodds_curve(model, {"bipo": v_bipo, "caa": v_caa}, test_pairs)
+        >>> curve[curve.normalization == "sum"][["vector", "multiplier", "mean", "win_rate"]]
+    """
+    return summarize_logodds(pair_logodds(model, vectors, pairs, multipliers, **kwargs), n_boot, seed)
+
+
+def steerability(per_pair: pd.DataFrame, column: str = "logodds", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per-pair least-squares slope of log-odds over the multiplier, summarised per vector.
+
+    Columns: ``vector, n, mean`` (mean slope: log-odds gained per unit of multiplier), ``ci_low,
+    ci_high, anti_steerable`` (share of pairs whose slope is negative). Needs >= 2 multipliers.
+    """
+    rows = []
+    for label, g in per_pair.groupby("vector", sort=False):
+        wide = g.pivot(index="pair", columns="multiplier", values=column)  # (pairs, multipliers)
+        m = wide.columns.to_numpy(dtype=np.float64)
+        if len(m) < 2:
+            continue
+        y = wide.to_numpy(dtype=np.float64)
+        mc = m - m.mean()
+        slopes = ((y - y.mean(1, keepdims=True)) * mc).sum(1) / (mc ** 2).sum()
+        frame = pd.DataFrame({"vector": label, "multiplier": 0.0, "slope": slopes})
+        s = summarize(frame, "slope", by=("vector",), n_boot=n_boot, seed=seed,
+                      extra={"anti_steerable": lambda g: (g["slope"] < 0).mean()})
+        rows.append(s)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["vector", "n", "mean"])
+
+
+# --------------------------------------------------------------------------- 2. A/B probability
+def _letter_token(model: Model, letter: str) -> int:
+    ids = model.tokenizer(letter, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"answer letter {letter!r} is {len(ids)} tokens for this tokenizer; the 'ab' metric "
+                         "needs single-token letters")
+    return int(ids[0])
+
+
+@torch.no_grad()
+def ab_pair_probs(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
+                  precision: Precision = "fp32", max_length: int | None = 512,
+                  progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+    """CAA's A/B probability per pair: prompt ``chat(question)``, answer ``"("``, next token A vs B.
+
+    Returns:
+        One row per (vector, multiplier, pair): ``p_matching`` (normalised over the two letters),
+        ``p_letters`` (total probability of the two letters: near 1 when the model answers with a
+        letter at all), ``logit_diff`` (matching minus not-matching letter).
+    """
+    specs = label_vectors(vectors, model)
+    letters = check_ab_pairs(pairs)
+    conds, keys = sweep_conditions(specs, check_multipliers(multipliers))
+    items = tokenize_items(model, [format_chat(model, p.question, system_prompt) for p in pairs],
+                           [["("]] * len(pairs), max_length)
+    ids = torch.tensor([[_letter_token(model, a), _letter_token(model, b)] for a, b in letters])  # (n, 2)
+    n = len(pairs)
+    out = torch.zeros(len(conds), n, 3)
+    for idx, _, readouts in run_conditions(model, items, conds, batch_size=batch_size, precision=precision,
+                                           runner=runner, progress=progress, desc="A/B"):
+        for c, r in enumerate(readouts):
+            lp = unembed(model, r.h_last).log_softmax(-1)  # (b, d_vocab): what follows the "("
+            lp = lp.gather(1, ids[idx].to(lp.device))  # (b, 2)
+            out[c, idx] = torch.stack([(lp[:, 0] - lp[:, 1]).sigmoid(), lp.exp().sum(1), lp[:, 0] - lp[:, 1]],
+                                      1).cpu()
+    v = out.double().numpy()
+    return _frame(specs, keys, n, {"p_matching": v[:, :, 0], "p_letters": v[:, :, 1], "logit_diff": v[:, :, 2]})
+
+
+def ab_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+             multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
+             **kwargs: Any) -> pd.DataFrame:
+    """A/B behavior probability per (vector, multiplier): ``mean`` p(matching) with its interval,
+    ``p_letters`` (mean letter mass) and ``matching_rate`` (share of pairs with p(matching) > 0.5)."""
+    per = ab_pair_probs(model, vectors, pairs, multipliers, **kwargs)
+    return summarize(per, "p_matching", n_boot=n_boot, seed=seed,
+                     extra={"p_letters": lambda g: g["p_letters"].mean(),
+                            "matching_rate": lambda g: (g["p_matching"] > 0.5).mean()})

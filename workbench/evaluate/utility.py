@@ -1,0 +1,137 @@
+"""Utility under steering: where does adding ``m * v`` start to break the model?
+
+BiPO (Cao et al. 2024, arXiv 2406.00045) claims steering with little loss of general ability. Two
+offline measures on neutral prose (``workbench/data/neutral.txt``, written for this project) show
+where that stops being true as ``|m|`` grows:
+
+* perplexity of the text under the steered model (token-weighted over all passages);
+* agreement with the unsteered model: the share of positions whose top-1 next token is unchanged,
+  and the mean KL divergence ``KL(p_unsteered || p_steered)`` per position.
+
+The vector is added at every position. Full-vocabulary distributions are computed in chunks of
+positions, never for the whole batch at once, in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.core.backend import Model
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, bootstrap_interval, check_multipliers
+from workbench.engine.scoring import Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions, unembed
+
+MEASURES = ("perplexity", "top1_agreement", "kl_from_unsteered")
+
+
+def _tokenize_texts(model: Model, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+    tok = model.tokenizer
+    bos = tok.bos_token_id if model.cfg.default_prepend_bos else None
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"texts[{i}] is empty or not a string")
+        ids = list(tok(t, add_special_tokens=False)["input_ids"])
+        ids = ([bos] if bos is not None else []) + ids
+        if len(ids) < 2:
+            raise ValueError(f"texts[{i}] {t[:40]!r} has fewer than 2 tokens; nothing to predict")
+        out.append(ids[:max_tokens])
+    return out
+
+
+@torch.no_grad()
+def utility_per_text(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
+                     texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                     max_tokens: int = 128, batch_size: int = 8, precision: Precision = "fp32",
+                     chunk: int = 256, progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+    """Per passage and multiplier: summed NLL, top-1 agreements and summed KL over predicted tokens.
+
+    Args:
+        texts: passages (default: ``workbench.data.formats.load_neutral_text()``).
+        max_tokens: each passage is cut to this many tokens.
+
+    Returns:
+        One row per (vector, multiplier, text): ``n_tokens, nll_sum, agree_sum, kl_sum``.
+    """
+    if texts is None:
+        from workbench.data.behaviors import load_neutral_text
+
+        texts = load_neutral_text()
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: need at least one passage of neutral text")
+    specs = label_vectors(vectors, model)
+    mults = check_multipliers(multipliers)
+    ids = _tokenize_texts(model, texts, max_tokens)
+    items = Items.from_ids([r[:1] for r in ids], [[r[1:]] for r in ids])  # the first token predicts the rest
+    # per label: the unsteered condition first (the reference distribution), then each multiplier
+    conds, keys = sweep_conditions(specs, [0.0] + [m for m in mults if m != 0])
+    ref_of = {label: keys.index((label, 0.0)) for label in specs}
+    n = len(ids)
+    acc = torch.zeros(len(conds), n, 3, dtype=torch.float64)  # nll, agree, kl
+    n_pred = torch.tensor([len(r) - 1 for r in ids])
+    for idx, _, readouts in run_conditions(model, items, conds, batch_size=batch_size, precision=precision,
+                                           runner=runner, progress=progress, desc="utility"):
+        for c, (label, _) in enumerate(keys):
+            r, ref_r = readouts[c], readouts[ref_of[label]]
+            stats = torch.zeros(len(r.targets), 3, dtype=torch.float64)
+            for s in range(0, len(r.targets), chunk):
+                sl = slice(s, s + chunk)
+                lp = unembed(model, r.h[sl]).log_softmax(-1)  # (chunk, d_vocab) fp32
+                ref = lp if ref_r is r else unembed(model, ref_r.h[sl]).log_softmax(-1)
+                stats[sl, 0] = -lp.gather(1, r.targets[sl, None].to(lp.device)).squeeze(1).double().cpu()
+                stats[sl, 1] = (lp.argmax(-1) == ref.argmax(-1)).double().cpu()
+                stats[sl, 2] = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).double().cpu()
+            acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats)
+    frames = []
+    for label in specs:
+        for m in mults:
+            v = acc[keys.index((label, float(m)))].numpy()
+            frames.append(pd.DataFrame({"vector": label, "multiplier": m, "text": np.arange(n),
+                                        "n_tokens": n_pred.numpy(), "nll_sum": v[:, 0], "agree_sum": v[:, 1],
+                                        "kl_sum": v[:, 2]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, transform: Any, n_boot: int, seed: int) -> tuple[float, float]:
+    """Bootstrap interval (over texts) of ``transform(sum(num) / sum(den))`` (``eval_common.bootstrap_interval``)."""
+    if len(num) < 2:
+        v = float(transform(num.sum() / den.sum()))
+        return v, v
+    return bootstrap_interval(len(num), lambda idx: transform(num[idx].sum(1) / den[idx].sum(1)), n_boot=n_boot,
+                              seed=seed)
+
+
+def summarize_utility(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``utility_per_text`` -> tidy rows ``vector, multiplier, measure, n, n_tokens, mean, ci_low, ci_high``.
+
+    ``perplexity`` is ``exp(total NLL / total tokens)``; ``top1_agreement`` and ``kl_from_unsteered``
+    are token-weighted means; intervals resample passages.
+    """
+    rows = []
+    for (label, m), g in per_text.groupby(["vector", "multiplier"], sort=False):
+        den = g["n_tokens"].to_numpy(np.float64)
+        for measure, col, fn in (("perplexity", "nll_sum", np.exp), ("top1_agreement", "agree_sum", np.asarray),
+                                 ("kl_from_unsteered", "kl_sum", np.asarray)):
+            num = g[col].to_numpy(np.float64)
+            lo, hi = _ratio_ci(num, den, fn, n_boot, seed)
+            rows.append({"vector": label, "multiplier": m, "measure": measure, "n": len(g),
+                         "n_tokens": int(den.sum()), "mean": float(fn(num.sum() / den.sum())),
+                         "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def utility_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
+                  texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                  n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
+    """Perplexity, top-1 agreement and KL with the unsteered model per (vector, multiplier).
+
+    Example:
+        >>> u = utility_curve(model, {"bipo": v}, multipliers=[-4, -2, 0, 2, 4])
+        >>> u.pivot_table(index="multiplier", columns="measure", values="mean")
+    """
+    return summarize_utility(utility_per_text(model, vectors, texts, multipliers, **kwargs), n_boot, seed)

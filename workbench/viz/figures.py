@@ -1,0 +1,127 @@
+"""Figures of a directory of results: every result file found, drawn and saved (``workbench figures``).
+
+``figures_for(result)`` maps one result to its figures by its ``kind`` alone (``workbench.core.results``):
+an eval result gives one multiplier curve per metric (and per behavior / normalization where they
+vary), a sweep one per behavior, every other kind its main figure (``workbench.viz.plots.plot``).
+``write_figures(results_dir, out_dir)`` draws every result JSON under a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from workbench.core import results
+from workbench.viz.plots import PLOTS, ResultFormatError, plot_layer_sweep, plot_multiplier_curves, save_figure
+
+logger = logging.getLogger(__name__)
+
+
+def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
+    """One multiplier-curve figure per metric, and per behavior / normalization where they vary."""
+    out = {}
+    for name in results.table_names(result):
+        df = results.result_table(result, name)
+        if df.empty or "multiplier" not in df.columns:
+            logger.info("eval metric %r has no multiplier column; no curve drawn", name)
+            continue
+        split = [c for c in ("behavior", "dataset", "measure", "normalization", "decoding")
+                 if c in df.columns and df[c].nunique() > 1]
+        groups = df.groupby(split, sort=False) if split else [((), df)]
+        for key, sub in groups:
+            key = dict(zip(split, key if isinstance(key, tuple) else (key,)))
+            parts = [str(k) for k in key.values() if str(k) != "sum"]  # summed log-odds: the default curve
+            title = " / ".join(str(k) for c, k in key.items() if c in ("behavior", "dataset", "decoding")) or None
+            measure = str(key.get("measure", sub["measure"].iloc[0] if "measure" in sub.columns else name))
+            out["_".join([name, *parts])] = plot_multiplier_curves(sub, metric=measure, title=title,
+                                                                   normalization=None)
+    return out
+
+
+def _sweep_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
+    df = results.result_table(result)
+    behaviors = list(dict.fromkeys(df["behavior"])) if "behavior" in df.columns else [None]
+    if len(behaviors) <= 1:
+        return {"layers": plot_layer_sweep(result)}
+    return {f"layers_{b}": plot_layer_sweep(df[df["behavior"] == b]) for b in behaviors}
+
+
+#: kinds drawn as several figures; every other kind in ``plots.PLOTS`` is one figure named by ``SUFFIX``
+SPLIT: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
+    results.EVAL: _eval_figures, results.SWEEP: _sweep_figures}
+SUFFIX = {results.COSINE: "heatmap", results.COSINE_METHODS: "layers", results.LOGIT_LENS_TOKENS: "tokens",
+          results.LOGIT_LENS_LAYERS: "layers", results.COMPOSITION: "bars", results.TRANSFER_LAYERS: "effect",
+          results.TRANSFER_MODEL: "effect", results.BIPO_HISTORY: "training", results.REFUSAL: "rate",
+          results.MATCHED_COST: "cost_effect", results.TRANSFER_LORA: "retained"}
+
+
+def figures_for(result: Any) -> dict[str, Figure]:
+    """All figures of one result, keyed by a short suffix (``{"logodds": fig, "ab": fig}``).
+
+    A kind with no figure (``study_summary``) gives ``{}``.
+
+    Raises:
+        ResultFormatError: not a result, an unknown kind or a newer schema version.
+    """
+    res = results.from_dict(result)
+    kind = res["kind"]
+    if kind in SPLIT:
+        return SPLIT[kind](res)
+    if kind in PLOTS:
+        return {SUFFIX[kind]: PLOTS[kind](res)}
+    return {}
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("_") or "result"
+
+
+def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf"),
+                  ) -> list[Path]:
+    """Draw every figure of every result JSON under ``results_dir`` into ``out_dir``.
+
+    Result files are found recursively (JSON with a ``"kind"``, and version-1 BiPO ``history.json``
+    files; ``results.is_result``); vector metadata (``vector.json``) and other JSON are skipped. A
+    figure is named after the file's path relative to ``results_dir`` and the figure's suffix, e.g.
+    ``eval_power-seeking__logodds.png``. A result that cannot be read (unknown kind, newer schema)
+    or drawn is logged and skipped.
+
+    Returns:
+        The written files, in order.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` does not exist.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
+    written: list[Path] = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith(".") or path.name == "vector.json":
+            continue
+        try:
+            obj = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            logger.warning("%s: not valid JSON (%s); skipped", path, exc)
+            continue
+        if not results.is_result(obj):
+            continue
+        try:
+            figures = figures_for(obj)
+        except (ResultFormatError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("%s: cannot draw (%s); skipped", path, exc)
+            continue
+        stem = _slug("_".join(path.relative_to(root).with_suffix("").parts))
+        for suffix, fig in figures.items():
+            written += save_figure(fig, Path(out_dir) / f"{stem}__{_slug(suffix)}", formats=formats)
+        if figures:
+            logger.info("%s: %d figure(s)", path, len(figures))
+    return written
+
+
+__all__ = ["SPLIT", "SUFFIX", "figures_for", "write_figures"]
