@@ -7,7 +7,7 @@
 Notebooks only call the package through ``import workbench as wb`` (the public API; a test checks each
 notebook's source uses only its names); every computation lives in ``workbench``. Each has a parameter cell
 where ``QUICK`` (``WORKBENCH_NOTEBOOK_QUICK=1``) shrinks the run and ``RUNS`` is where trained vectors
-are cached (``workbench.studies.reproduce.study_vectors``): ``$WORKBENCH_RUNS/{quick,full}/vectors``, by default
+are cached (``wb.study_vectors``): ``$WORKBENCH_RUNS/{quick,full}/vectors``, by default
 ``results/{quick,full}/vectors``, the same place as ``scripts/reproduce.sh``, so the notebooks reuse the
 vectors of a reproduction run (and each other's).
 """
@@ -87,7 +87,7 @@ vector = result.vector
 print(vector)
 display(pd.DataFrame(result.epochs).round(3))'''),
         code('''
-wb.plot(result)  # a BiPOResult: its training curves'''),
+wb.plot(result.to_dict())  # the training record (a bipo_history result): its training curves'''),
         md("## Steer generation\nGreedy answers to held-out questions at several multipliers (`m = 0` is the unsteered model)."),
         code('''
 questions = [p.question for p in test[: 1 if QUICK else 3]]
@@ -128,9 +128,9 @@ display(curve[curve.normalization == "sum"].round(3))
 wb.plot_multiplier_curves(curve, title="power-seeking")'''),
         md("## Cosine similarity\nBetween methods and between behaviors (`wb.cosine_table`)."),
         code('''
-table = wb.cosine_table({f"{m}:{b}": vecs[m] for b, vecs in vectors.items() for m in ("bipo", "caa")})
-display(table.round(3))
-wb.plot_cosine_heatmap(table)'''),
+cosines = wb.cosine_table({f"{m}:{b}": vecs[m] for b, vecs in vectors.items() for m in ("bipo", "caa")})
+display(wb.result_table(cosines).round(3))
+wb.plot_cosine_heatmap(cosines)'''),
         md("## Generations side by side"),
         code('''
 gens = wb.steered_generations(model, vectors["power-seeking"], [p.question for p in test[: 1 if QUICK else 3]],
@@ -162,7 +162,7 @@ sweep stage of `workbench reproduce` (`CONFIG.sweep_layers`, `CONFIG.bipo_sweep_
 sweeps = wb.study_sweeps(model, "power-seeking", CONFIG, RUNS)  # {"caa": SweepResult, "bipo": SweepResult}
 for method, sweep in sweeps.items():
     print(method)
-    display(sweep.table.round(3))'''),
+    display(wb.result_table(sweep).round(3))'''),
         md("BiPO's `cos_ref` is its cosine to the CAA vector of the same layer."),
         code('''
 wb.plot_layer_sweep(sweeps)'''),
@@ -182,13 +182,13 @@ _, test = wb.study_pairs("power-seeking", CONFIG)'''),
         md("## (a) Top tokens of each vector"),
         code('''
 tokens = wb.vector_logit_lens(model, vectors, k=CONFIG.lens_k)  # one table, a `vector` column
-display(tokens.pivot(index=["direction", "rank"], columns="vector", values="token"))
+display(wb.result_table(tokens).pivot(index=["direction", "rank"], columns="vector", values="token"))
 wb.plot_logit_lens_tokens(tokens)'''),
         md("## (b) Per-layer propagation of a steered run (`m = +1`)\nLayers before the vector's hook are shaded."),
         code('''
 for name, v in vectors.items():
     lens = wb.steered_logit_lens(model, v, test, multiplier=1.0)
-    display(lens.iloc[[0, v.layer, v.layer + 1, -1]].round(3))
+    display(wb.result_table(lens).iloc[[0, v.layer, v.layer + 1, -1]].round(3))
     display(wb.plot_logit_lens_layers(lens, title=f"{name}, m = +1"))'''),
     ],
     "05_composition_transfer": header("Composition and transfer", """
@@ -204,13 +204,13 @@ tests = {b: wb.study_pairs(b, CONFIG)[1] for b in behaviors}'''),
         md("## Composition"),
         code('''
 comp = wb.composition_table(model, vectors, tests, multipliers=CONFIG.composition_multiplier)
-display(comp.table.round(3))
+display(wb.result_table(comp).round(3))
 wb.plot(comp)'''),
         md("## Transfer across layers\nThe vector made at layer L applied at L + k, unchanged."),
         code('''
 first = behaviors[0]
 moved = wb.layer_transfer(model, vectors[first], tests[first], offsets=CONFIG.transfer_offsets, multipliers=(1.0,))
-display(moved.round(3))
+display(wb.result_table(moved).round(3))
 wb.plot_transfer(moved)'''),
         md("## Transfer to a fine-tuned copy\nThe last blocks of a copy are trained briefly on neutral text; "
            "the vector is applied unchanged."),
@@ -218,7 +218,7 @@ wb.plot_transfer(moved)'''),
 target, losses = wb.finetune_copy(model, wb.load_neutral_text(), steps=max(1, CONFIG.finetune_steps))
 print(f"fine-tuning loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 effect = wb.transfer_effect(model, target, vectors[first], tests[first], multipliers=CONFIG.sweep_multipliers)
-display(effect.round(3))
+display(wb.result_table(effect).round(3))
 wb.plot_transfer(effect, source=model.cfg.model_name, target=target.cfg.model_name)'''),
         md("""## Transfer to LoRA fine-tunes
 A closer analog of the paper's transfer to Vicuna and LoRA fine-tunes: `wb.lora_transfer` fine-tunes the model
@@ -235,7 +235,7 @@ lora = wb.lora_transfer(model, pair, train_first, tests[first], RUNS.parent / "f
                         neutral_texts=wb.load_neutral_text()[: CONFIG.utility_texts], max_steps=CONFIG.lora_max_steps,
                         rank=CONFIG.lora_rank, lr=CONFIG.lora_lr, utility_max_tokens=CONFIG.utility_max_tokens,
                         n_boot=CONFIG.n_boot)
-display(pd.DataFrame(lora["finetunes"]))
+display(wb.result_table(lora, "finetunes"))
 display(wb.result_table(lora).round(3))
 wb.plot(lora)  # retained effect against the fine-tune's distance'''),
     ],
@@ -260,7 +260,7 @@ refusal = wb.refusal_study(model, refusal_vectors, requests, CONFIG.multipliers,
 display(wb.result_table(refusal)[["vector", "template", "multiplier", "refusal_rate", "logodds", "kl"]].round(3))
 wb.plot(refusal)  # refusal rate, likelihood signal and utility cost against the multiplier'''),
         code('''
-gens = pd.DataFrame(refusal["generations"])  # every greedy answer, with the rule's verdict
+gens = wb.result_table(refusal, "generations")  # every greedy answer, with the rule's verdict
 display(gens[gens.template == "none"][["vector", "multiplier", "generation", "refused"]].head(6))'''),
         md("## Truthfulness on held-out TruthfulQA questions"),
         code('''

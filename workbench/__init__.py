@@ -27,38 +27,47 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "workbench.core.loading": ['load_model'],
-    "workbench.core.prompts": ['format_chat'],
-    "workbench.engine.steering": ['generate', 'steer'],
-    "workbench.core.backend": ['remaining_hooks'],
-    "workbench.data.pairs": ['DataFormatError', 'PreferencePair', 'as_ab_pairs', 'train_test_split'],
-    "workbench.data.behaviors": ['list_behaviors', 'load_behavior', 'load_neutral_text'],
-    "workbench.data.formats": ['load_pairs'],
-    "workbench.data.refusal": ['load_refusal_requests'],
-    "workbench.core.vector": ['SteeringVector', 'load_vector'],
-    "workbench.core.interchange": ['import_vector'],
-    "workbench.train.bipo": ['BiPOConfig', 'BiPOResult', 'train_bipo'],
-    "workbench.train.reps": ['RePSConfig', 'train_reps'],
-    "workbench.train.baselines": ['actadd', 'caa', 'pca'],
-    "workbench.evaluate.suite": ['evaluate_vectors', 'format_eval'],
-    "workbench.evaluate.preference": ['ab_curve', 'logodds_curve'],
-    "workbench.evaluate.truthfulqa": ['truthfulqa_mc'],
-    "workbench.evaluate.utility": ['utility_curve'],
-    "workbench.evaluate.generation": ['steered_generations'],
-    "workbench.analysis.sweep": ['SweepResult', 'layer_sweep'],
-    "workbench.analysis.similarity": ['cosine_table', 'layer_cosine_table', 'method_cosines'],
-    "workbench.analysis.logit_lens": ['steered_logit_lens', 'vector_logit_lens'],
-    "workbench.analysis.composition": ['CompositionResult', 'composition_table'],
-    "workbench.analysis.transfer": ['finetune_copy', 'layer_transfer', 'transfer_effect'],
-    "workbench.analysis.equal_cost": ['matched_cost'],
-    "workbench.studies.refusal": ['refusal_study'],
-    "workbench.studies.truthfulness": ['truthfulness_study'],
-    "workbench.studies.lora": ['lora_finetunes', 'lora_transfer'],
-    "workbench.studies.reproduce": ['StudyConfig', 'demo', 'study_extra_vectors', 'study_pairs', 'study_sweeps', 'study_vectors'],
-    "workbench.core.results": ['ResultFormatError', 'load_result', 'result_table'],
-    "workbench.viz.plots": ['plot', 'plot_composition', 'plot_cosine_heatmap', 'plot_cost_effect', 'plot_layer_sweep', 'plot_logit_lens_layers', 'plot_logit_lens_tokens', 'plot_method_cosine', 'plot_lora_transfer', 'plot_multiplier_curves', 'plot_refusal', 'plot_training_curves', 'plot_transfer', 'save_figure'],
-    "workbench.viz.figures": ['write_figures'],
-    "workbench.viz.widgets": ['SteeringExplorer'],
+    "workbench.core.backend": ["remaining_hooks"],
+    "workbench.core.interchange": ["import_vector"],
+    "workbench.core.loading": ["load_model"],
+    "workbench.core.prompts": ["format_chat"],
+    "workbench.core.results": ["Result", "ResultFormatError", "load_result", "result_table"],
+    "workbench.core.vector": ["SteeringVector", "load_vector"],
+    "workbench.data.behaviors": ["list_behaviors", "load_behavior", "load_neutral_text"],
+    "workbench.data.formats": ["load_pairs"],
+    "workbench.data.pairs": ["DataFormatError", "PreferencePair", "as_ab_pairs", "train_test_split"],
+    "workbench.data.refusal": ["load_refusal_requests"],
+    "workbench.engine.steering": ["GenerationConfig", "generate", "steer"],
+    "workbench.train.baselines": ["actadd", "caa", "pca"],
+    "workbench.train.bipo": ["BiPOConfig", "train_bipo"],
+    "workbench.train.reps": ["RePSConfig", "train_reps"],
+    "workbench.train.trainer": ["BiPOResult"],
+    "workbench.evaluate.effects": ["effect_vs_zero"],
+    "workbench.evaluate.generation": ["steered_generations"],
+    "workbench.evaluate.preference": ["ab_curve", "logodds_curve"],
+    "workbench.evaluate.suite": ["EvalConfig", "evaluate_vectors", "format_eval"],
+    "workbench.evaluate.truthfulqa": ["truthfulqa_mc"],
+    "workbench.evaluate.utility": ["utility_curve"],
+    "workbench.analysis.composition": ["CompositionResult", "composition_table"],
+    "workbench.analysis.equal_cost": ["MatchedCostConfig", "matched_cost"],
+    "workbench.analysis.logit_lens": ["steered_logit_lens", "vector_logit_lens"],
+    "workbench.analysis.similarity": ["cosine_table", "layer_cosine_table", "method_cosines"],
+    "workbench.analysis.sweep": ["SweepConfig", "SweepResult", "layer_sweep"],
+    "workbench.analysis.transfer": ["finetune_copy", "layer_transfer", "transfer_effect"],
+    "workbench.viz.comparisons": ["plot_composition", "plot_lora_transfer", "plot_transfer"],
+    "workbench.viz.curves": ["plot_cost_effect", "plot_multiplier_curves", "plot_refusal", "plot_training_curves"],
+    "workbench.viz.figures": ["write_figures"],
+    "workbench.viz.layers": ["plot_cosine_heatmap", "plot_layer_sweep", "plot_logit_lens_layers", "plot_logit_lens_tokens", "plot_method_cosine"],
+    "workbench.viz.plots": ["plot"],
+    "workbench.viz.style": ["save_figure"],
+    "workbench.viz.widgets": ["SteeringExplorer"],
+    "workbench.studies.config": ["LoRAFinetuneConfig", "LoRATransferConfig", "RefusalConfig", "StudyConfig", "TruthfulnessConfig"],
+    "workbench.studies.lora": ["lora_finetunes", "lora_transfer"],
+    "workbench.studies.refusal": ["refusal_study"],
+    "workbench.studies.reproduce": ["demo"],
+    "workbench.studies.stages": ["study_sweeps"],
+    "workbench.studies.truthfulness": ["truthfulness_study"],
+    "workbench.studies.vectors": ["study_extra_vectors", "study_pairs", "study_vectors"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -66,36 +75,45 @@ __all__ = sorted(_WHERE) + ["__version__"]
 
 if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py keeps the two lists equal)
     from workbench.analysis.composition import CompositionResult, composition_table
-    from workbench.analysis.equal_cost import matched_cost
+    from workbench.analysis.equal_cost import MatchedCostConfig, matched_cost
     from workbench.analysis.logit_lens import steered_logit_lens, vector_logit_lens
     from workbench.analysis.similarity import cosine_table, layer_cosine_table, method_cosines
-    from workbench.analysis.sweep import SweepResult, layer_sweep
+    from workbench.analysis.sweep import SweepConfig, SweepResult, layer_sweep
     from workbench.analysis.transfer import finetune_copy, layer_transfer, transfer_effect
     from workbench.core.backend import remaining_hooks
     from workbench.core.interchange import import_vector
     from workbench.core.loading import load_model
     from workbench.core.prompts import format_chat
-    from workbench.core.results import ResultFormatError, load_result, result_table
+    from workbench.core.results import Result, ResultFormatError, load_result, result_table
     from workbench.core.vector import SteeringVector, load_vector
     from workbench.data.behaviors import list_behaviors, load_behavior, load_neutral_text
     from workbench.data.formats import load_pairs
     from workbench.data.pairs import DataFormatError, PreferencePair, as_ab_pairs, train_test_split
     from workbench.data.refusal import load_refusal_requests
-    from workbench.engine.steering import generate, steer
+    from workbench.engine.steering import GenerationConfig, generate, steer
+    from workbench.evaluate.effects import effect_vs_zero
     from workbench.evaluate.generation import steered_generations
     from workbench.evaluate.preference import ab_curve, logodds_curve
-    from workbench.evaluate.suite import evaluate_vectors, format_eval
+    from workbench.evaluate.suite import EvalConfig, evaluate_vectors, format_eval
     from workbench.evaluate.truthfulqa import truthfulqa_mc
     from workbench.evaluate.utility import utility_curve
+    from workbench.studies.config import LoRAFinetuneConfig, LoRATransferConfig, RefusalConfig, StudyConfig, TruthfulnessConfig
     from workbench.studies.lora import lora_finetunes, lora_transfer
     from workbench.studies.refusal import refusal_study
-    from workbench.studies.reproduce import StudyConfig, demo, study_extra_vectors, study_pairs, study_sweeps, study_vectors
+    from workbench.studies.reproduce import demo
+    from workbench.studies.stages import study_sweeps
     from workbench.studies.truthfulness import truthfulness_study
+    from workbench.studies.vectors import study_extra_vectors, study_pairs, study_vectors
     from workbench.train.baselines import actadd, caa, pca
-    from workbench.train.bipo import BiPOConfig, BiPOResult, train_bipo
+    from workbench.train.bipo import BiPOConfig, train_bipo
     from workbench.train.reps import RePSConfig, train_reps
+    from workbench.train.trainer import BiPOResult
+    from workbench.viz.comparisons import plot_composition, plot_lora_transfer, plot_transfer
+    from workbench.viz.curves import plot_cost_effect, plot_multiplier_curves, plot_refusal, plot_training_curves
     from workbench.viz.figures import write_figures
-    from workbench.viz.plots import plot, plot_composition, plot_cosine_heatmap, plot_cost_effect, plot_layer_sweep, plot_logit_lens_layers, plot_logit_lens_tokens, plot_lora_transfer, plot_method_cosine, plot_multiplier_curves, plot_refusal, plot_training_curves, plot_transfer, save_figure
+    from workbench.viz.layers import plot_cosine_heatmap, plot_layer_sweep, plot_logit_lens_layers, plot_logit_lens_tokens, plot_method_cosine
+    from workbench.viz.plots import plot
+    from workbench.viz.style import save_figure
     from workbench.viz.widgets import SteeringExplorer
 
 

@@ -14,6 +14,10 @@ the combination. For each behavior the table shows
   interfere, positive that they reinforce each other beyond the sum (synergy);
 * ``retained = combined / own``: the share of the behavior's own effect left in the combination.
 
+Effects against no steering and their intervals follow the one rule of ``workbench.evaluate.effects``
+(mean shift over pairs, paired percentile bootstrap). ``composition_table`` returns a
+``CompositionResult`` (a ``composition`` result).
+
 ``hook_deltas`` checks the mechanics: the change of the activation at each hook under the
 combination (at one hook point the vectors add exactly: ``base + m1 v1 + m2 v2``).
 """
@@ -22,8 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 import torch
@@ -31,10 +34,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core.backend import Model
-from workbench.core.results import COMPOSITION, ResultFormatError, from_dict, records, result
-from workbench.engine.steering import steer
-from workbench.engine.scoring import Condition, preference_logodds
+from workbench.core.results import COMPOSITION, Result, ResultFormatError, from_dict, records, result, result_table
 from workbench.core.vector import SteeringVector, parse_hook_name
+from workbench.engine.scoring import Condition, preference_logodds
+from workbench.engine.steering import steer
+from workbench.evaluate.effects import effect_vs_zero
 
 
 def _check(vectors: Mapping[str, SteeringVector], multipliers: Mapping[str, float] | float,
@@ -57,7 +61,8 @@ def _check(vectors: Mapping[str, SteeringVector], multipliers: Mapping[str, floa
 
 def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
                         eval_pairs: Mapping[str, Sequence[Any]], multipliers: Mapping[str, float] | float = 1.0,
-                        subsets: str = "singles", **kwargs: Any) -> pd.DataFrame:
+                        subsets: str = "singles", *, n_boot: int = 1000, seed: int = 0,
+                        **kwargs: Any) -> pd.DataFrame:
     """Mean held-out log-odds of every behavior under each steering condition (tidy, long form).
 
     Args:
@@ -66,11 +71,13 @@ def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
         eval_pairs: ``{behavior: held-out pairs}`` for every key of ``vectors``.
         multipliers: one for all, or ``{behavior: multiplier}``.
         subsets: ``"singles"`` (none, each alone, all together) or ``"all"`` (every subset).
+        n_boot, seed: the bootstrap of the effects' intervals (``workbench.evaluate.effects``).
         kwargs: passed to ``preference_logodds`` (``system_prompt``, ``batch_size``).
 
     Returns:
-        Columns ``condition`` (``"none"``, ``"power"``, ``"power+wealth"`` ...), ``n_vectors``,
-        ``behavior``, ``logodds``, ``effect`` (against ``"none"``) and ``effect_sem``.
+        The long table (the ``conditions`` of a composition result): columns ``condition``
+        (``"none"``, ``"power"``, ``"power+wealth"`` ...), ``n_vectors``, ``behavior``, ``logodds``,
+        ``effect`` (against ``"none"``) and its interval ``effect_ci_low``, ``effect_ci_high``.
     """
     mults = _check(vectors, multipliers, eval_pairs)
     keys = list(vectors)
@@ -85,33 +92,42 @@ def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
     for behavior in keys:
         lo = preference_logodds(model, eval_pairs[behavior], conditions, **kwargs)  # (n_cond, n)
         for combo, values in zip(combos, lo):
-            diff = values - lo[0]
+            effect = effect_vs_zero(values, lo[0], n_boot=n_boot, seed=seed)
             rows.append({"condition": "+".join(combo) or "none", "n_vectors": len(combo), "behavior": behavior,
-                         "logodds": float(values.mean()), "effect": float(diff.mean()),
-                         "effect_sem": float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0})
+                         "logodds": float(values.mean())} | effect.columns())
     table = pd.DataFrame(rows)
     table.attrs["multipliers"] = mults
     return table
 
 
-@dataclass
-class CompositionResult:
-    """``table``: one row per behavior (module docstring); ``conditions``: the long form
-    (``composition_logodds``); ``multipliers``: the multiplier of each vector."""
+class CompositionResult(Result):
+    """A ``composition`` result (``workbench.core.results.Result``): ``.table()`` one row per behavior
+    (module docstring); ``.conditions`` the long form (``composition_logodds``); ``.multipliers`` the
+    multiplier of each vector. Made as ``CompositionResult(table, conditions, multipliers)`` or from a
+    composition mapping."""
 
-    table: pd.DataFrame
-    conditions: pd.DataFrame
-    multipliers: dict[str, float]
+    def __init__(self, table: pd.DataFrame | Mapping[str, Any], conditions: pd.DataFrame | None = None,
+                 multipliers: Mapping[str, float] | None = None) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = result(COMPOSITION, multipliers=dict(multipliers or {}), rows=table, conditions=conditions)
+        super().__init__(table)
 
-    kind: ClassVar[str] = COMPOSITION
+    @property
+    def conditions(self) -> pd.DataFrame:
+        """The long table: every behavior under every condition."""
+        return result_table(self, "conditions")
+
+    @property
+    def multipliers(self) -> dict[str, float]:
+        return dict(self["multipliers"])
 
     def to_dict(self, **info: Any) -> dict[str, Any]:
         """JSON-ready: ``{"kind": "composition", "schema_version", **info, "multipliers", "rows", "conditions"}``."""
-        return result(COMPOSITION, **info, multipliers=self.multipliers, rows=self.table, conditions=self.conditions)
+        return dict(self.with_info(**info)) if info else dict(self)
 
     def records(self) -> list[dict[str, Any]]:
         """The per-behavior table as JSON-ready row dicts."""
-        return records(self.table)
+        return records(self["rows"])
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> CompositionResult:
@@ -119,7 +135,7 @@ class CompositionResult:
         obj = from_dict(obj)
         if obj["kind"] != COMPOSITION:
             raise ResultFormatError(f"expected a {COMPOSITION} result, got {obj['kind']!r}")
-        return cls(pd.DataFrame(obj["rows"]), pd.DataFrame(obj["conditions"]), dict(obj["multipliers"]))
+        return cls(obj)
 
 
 def composition_table(model: Model, vectors: Mapping[str, SteeringVector],
@@ -127,10 +143,12 @@ def composition_table(model: Model, vectors: Mapping[str, SteeringVector],
                       **kwargs: Any) -> CompositionResult:
     """Per behavior: own, cross, combined effect, interaction and retained share (module docstring).
 
+    ``kwargs`` go to ``composition_logodds`` (``n_boot``, ``seed``, ``system_prompt``, ``batch_size``).
+
     Example:
         >>> res = composition_table(model, {"power": p, "wealth": w},
         ...                         {"power": power_test, "wealth": wealth_test}, multipliers=1.0)
-        >>> res.table[["behavior", "own_effect", "combined_effect", "interaction"]]
+        >>> res.table()[["behavior", "own_effect", "combined_effect", "interaction"]]
     """
     long = composition_logodds(model, vectors, eval_pairs, multipliers, subsets="singles", **kwargs)
     mults = long.attrs["multipliers"]

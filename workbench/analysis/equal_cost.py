@@ -13,32 +13,38 @@ behavior effect is measured there.
   ``max_multiplier`` is passed: *unreached*, with the largest cost seen), then bisect on ``|m|``
   until the cost is within ``rel_tol * budget`` of it.
 * **Effect** (``workbench.evaluate.preference.pair_logodds``, ``ab_pair_probs``): the held-out
-  log-odds shift from ``m = 0`` per pair, mean with a bootstrap interval
-  (``workbench.evaluate.statistics.bootstrap_ci``), at the found multipliers and at every multiplier the
+  log-odds shift from ``m = 0`` per pair, mean with a paired bootstrap interval
+  (``workbench.evaluate.effects.effect_vs_zero``, the rule of every analysis), at the found multipliers and at every multiplier the
   search visited within budget. The effect is not assumed monotone in ``m``: each budget also gets
   the best effect within budget and where it was found, and ``monotone`` says whether the visited
   points rise steadily.
 * **Slope** near ``m = 0``: ``effect(m0) / sqrt(KL(m0))`` at a small ``m0``, which needs no search.
 * **Equal norm**: every vector can first be rescaled to a reference vector's norm or a given norm.
 
-``matched_cost(...)`` returns a JSON-ready dict of ``kind`` ``"matched_cost"``; ``plot_cost_effect``
-(``workbench.viz.plots``) and ``workbench report`` draw from it alone.
+``matched_cost(...)`` (options in one ``MatchedCostConfig``) returns a ``matched_cost`` result
+(``workbench.core.results``); ``plot_cost_effect`` (``workbench.viz.plots``) and ``workbench report`` draw
+from it alone.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from workbench.analysis.options import configure
 from workbench.core.backend import Model
-from workbench.evaluate.statistics import bootstrap_ci, records
-from workbench.data.pairs import check_pairs
-from workbench.core.results import MATCHED_COST, SCHEMA_VERSION
+from workbench.core.results import MATCHED_COST, Result, result
 from workbench.core.vector import SteeringVector
+from workbench.data.behaviors import load_neutral_text
+from workbench.data.pairs import check_pairs
+from workbench.evaluate.effects import effect_vs_zero
+from workbench.evaluate.preference import ab_pair_probs, pair_logodds
+from workbench.evaluate.utility import utility_per_text
 
 Cost = Literal["kl", "perplexity"]
 COSTS = ("kl", "perplexity")
@@ -89,6 +95,36 @@ def rescale(vectors: Mapping[str, SteeringVector], equal_norm: str | float | Non
     return out, {"mode": mode, "target_norm": target, "original_norms": norms}
 
 
+@dataclass(frozen=True)
+class MatchedCostConfig:
+    """How ``matched_cost`` searches the multipliers and measures the effect (one field per option)."""
+
+    cost: Cost = "kl"  # kl: mean KL(unsteered || steered) per token; perplexity: ratio - 1
+    budgets: tuple[float, ...] | None = None  # cost budgets (None: DEFAULT_BUDGETS[cost])
+    equal_norm: str | float | None = None  # rescale every vector first to this vector's norm (a label) or norm
+    start: float = 0.25  # the bracket: |m| = start * growth**k up to max_multiplier
+    growth: float = 2.0
+    max_multiplier: float = 64.0
+    rel_tol: float = 0.05  # the search stops when |cost - budget| <= rel_tol * budget
+    max_iter: int = 30  # steps narrowing the bracket
+    slope_multiplier: float = 0.05  # m0 of the slope effect(m0) / sqrt(KL(m0))
+    n_boot: int = 1000  # bootstrap resamples of the effects' intervals
+    seed: int = 0  # the bootstrap's seed
+    utility_kw: Mapping[str, Any] = field(default_factory=dict)  # to utility_per_text (max_tokens, batch_size ...)
+    logodds_kw: Mapping[str, Any] = field(default_factory=dict)  # to pair_logodds (system_prompt, batch_size ...)
+
+    def __post_init__(self) -> None:
+        check_budgets(self.budgets, self.cost)
+        for name, low in (("start", 0), ("max_multiplier", 0), ("rel_tol", 0), ("slope_multiplier", 0), ("growth", 1)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+                raise ValueError(f"{name}={value!r}: must be a number > {low}")
+        if self.max_multiplier < self.start:
+            raise ValueError(f"max_multiplier={self.max_multiplier} is below start={self.start}")
+        object.__setattr__(self, "utility_kw", dict(self.utility_kw or {}))  # None given: no options
+        object.__setattr__(self, "logodds_kw", dict(self.logodds_kw or {}))
+
+
 class _CostProbe:
     """Cost of one vector at multipliers, through ``utility_per_text`` (memoised)."""
 
@@ -99,8 +135,6 @@ class _CostProbe:
         self.seen: dict[float, dict[str, float]] = {}
 
     def __call__(self, m: float) -> float:
-        from workbench.evaluate.utility import utility_per_text
-
         m = float(m)
         if m not in self.seen:
             per = utility_per_text(self.model, {self.label: self.vector}, self.texts, [0.0, m], progress=False,
@@ -189,8 +223,6 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
 def _effects(model: Model, label: str, vector: SteeringVector, pairs: Sequence[Any], mults: Sequence[float],
              ab_pairs: Sequence[Any] | None, n_boot: int, seed: int, kw: Mapping[str, Any]) -> dict[float, dict]:
     """Per multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals."""
-    from workbench.evaluate.preference import ab_pair_probs, pair_logodds
-
     mults = sorted(set([0.0, *map(float, mults)]))
     out: dict[float, dict] = {m: {} for m in mults}
     tables = [("effect", pair_logodds(model, {label: vector}, pairs, mults, progress=False, **kw), "logodds")]
@@ -202,61 +234,48 @@ def _effects(model: Model, label: str, vector: SteeringVector, pairs: Sequence[A
         wide = df.pivot(index="pair", columns="multiplier", values=col)  # (pairs, multipliers)
         base = wide[0.0].to_numpy(np.float64)
         for m in mults:
-            shift = wide[m].to_numpy(np.float64) - base
-            lo, hi = bootstrap_ci(shift, n_boot=n_boot, seed=seed)
-            out[m] |= {name: float(shift.mean()), f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+            out[m] |= effect_vs_zero(wide[m].to_numpy(np.float64), base, n_boot=n_boot, seed=seed).columns(name)
     return out
 
 
 def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Sequence[Any],
-                 texts: Sequence[str] | None = None, *, cost: Cost = "kl", budgets: Sequence[float] | None = None,
-                 equal_norm: str | float | None = None, ab_pairs: Sequence[Any] | None = None,
-                 start: float = 0.25, growth: float = 2.0, max_multiplier: float = 64.0, rel_tol: float = 0.05,
-                 max_iter: int = 30, slope_multiplier: float = 0.05, n_boot: int = 1000, seed: int = 0,
-                 utility_kw: Mapping[str, Any] | None = None, logodds_kw: Mapping[str, Any] | None = None,
-                 ) -> dict[str, Any]:
+                 texts: Sequence[str] | None = None, config: MatchedCostConfig | None = None, *,
+                 ab_pairs: Sequence[Any] | None = None, **options: Any) -> Result:
     """Effect of each vector at the multipliers where its cost reaches each budget, both directions.
 
     Args:
         model: the model (unchanged by the call).
         vectors: ``{label: vector}``.
         pairs: held-out preference pairs (the effect: log-odds shift from m = 0).
-        texts: neutral passages for the cost (default: ``workbench.data.formats.load_neutral_text()``).
-        cost: ``"kl"`` (mean KL per token from the unsteered model) or ``"perplexity"`` (ratio - 1).
-        budgets: cost budgets (default ``DEFAULT_BUDGETS[cost]``).
-        equal_norm: rescale every vector first to this vector's norm (a label) or to this norm.
+        texts: neutral passages for the cost (default: ``workbench.data.behaviors.load_neutral_text()``).
+        config: the options (``MatchedCostConfig``: ``cost``, ``budgets``, ``equal_norm``, the search's
+            ``start``, ``growth``, ``max_multiplier``, ``rel_tol``, ``max_iter``, ``slope_multiplier``,
+            ``n_boot``, ``seed``, ``utility_kw`` / ``logodds_kw`` for ``utility_per_text`` / ``pair_logodds``).
         ab_pairs: A/B pairs; also report the shift of p(matching letter).
-        start, growth, max_multiplier: the bracket: ``|m| = start * growth**k`` up to the bound.
-        rel_tol: the search stops when ``|cost - budget| <= rel_tol * budget``.
-        slope_multiplier: ``m0`` of the slope ``effect(m0) / sqrt(KL(m0))``.
-        utility_kw, logodds_kw: passed to ``utility_per_text`` / ``pair_logodds`` (e.g. ``max_tokens``,
-            ``batch_size``, ``precision``, ``system_prompt``).
+        options: ``MatchedCostConfig`` fields given as keywords (applied to ``config``).
 
     Returns:
-        ``{"kind": "matched_cost", "rows": [...], "points": [...], "slopes": [...], ...}``: ``rows``
-        one per (vector, direction, budget) with the found multiplier, its cost and the effect there,
-        the best effect within budget and its multiplier; ``points`` every visited multiplier with its
-        cost and effect; ``slopes`` the effect per sqrt(KL) near m = 0 per vector and direction.
+        A ``matched_cost`` result: ``rows`` one per (vector, direction, budget) with the found
+        multiplier, its cost and the effect there, the best effect within budget and its multiplier;
+        ``points`` every visited multiplier with its cost and effect; ``slopes`` the effect per
+        sqrt(KL) near m = 0 per vector and direction.
+
+    Example:
+        >>> res = matched_cost(model, {"bipo": bipo, "caa": caa}, test, budgets=[0.1], n_boot=200)
+        >>> cost_effect_table(res)
     """
-    budgets = check_budgets(budgets, cost)
-    for name, value, low in (("start", start, 0), ("max_multiplier", max_multiplier, 0), ("rel_tol", rel_tol, 0),
-                             ("slope_multiplier", slope_multiplier, 0), ("growth", growth, 1)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
-            raise ValueError(f"{name}={value!r}: must be a number > {low}")
-    if max_multiplier < start:
-        raise ValueError(f"max_multiplier={max_multiplier} is below start={start}")
+    cfg = configure(MatchedCostConfig, config, options, "matched_cost")
+    cost, budgets, n_boot, seed = cfg.cost, check_budgets(cfg.budgets, cfg.cost), cfg.n_boot, cfg.seed
+    start, growth, max_multiplier, rel_tol = cfg.start, cfg.growth, cfg.max_multiplier, cfg.rel_tol
+    max_iter, slope_multiplier = cfg.max_iter, cfg.slope_multiplier
     if not vectors:
         raise ValueError("vectors is empty: give at least one vector")
     pairs = check_pairs(pairs)
-    if texts is None:
-        from workbench.data.behaviors import load_neutral_text
-
-        texts = load_neutral_text()
-    texts = list(texts)
-    used, norm_info = rescale(vectors, equal_norm)
+    texts = list(load_neutral_text() if texts is None else texts)
+    used, norm_info = rescale(vectors, cfg.equal_norm)
     rows, points, slopes = [], [], []
     for label, vec in used.items():
-        probe = _CostProbe(model, label, vec, texts, cost, utility_kw or {})
+        probe = _CostProbe(model, label, vec, texts, cost, cfg.utility_kw)
         found = {}
         for d in (1, -1):
             for b in budgets:  # ascending: each search starts from what the smaller budgets measured
@@ -267,7 +286,7 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
             probe(d * slope_multiplier)
         cutoff = max(budgets)
         eval_m = [m for m, s in probe.seen.items() if s[cost] <= cutoff * (1 + rel_tol)]
-        eff = _effects(model, label, vec, pairs, eval_m, ab_pairs, n_boot, seed, logodds_kw or {})
+        eff = _effects(model, label, vec, pairs, eval_m, ab_pairs, n_boot, seed, cfg.logodds_kw)
         cost_at = {m: probe.seen[m] for m in eval_m} | {0.0: {"kl": 0.0, "perplexity": 0.0}}
         for m in sorted(eff):
             points.append({"vector": label, "direction": int(np.sign(m)), "multiplier": m,
@@ -298,14 +317,13 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
                         "n_within_budget": len(inside),
                         "monotone": bool(all(y >= x for x, y in zip(series, series[1:])))}
                 rows.append(row)
-    return {"kind": MATCHED_COST, "schema_version": SCHEMA_VERSION, "cost": cost, "budgets": budgets,
-            "search": {"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
-                       "max_iter": max_iter, "slope_multiplier": slope_multiplier},
-            "equal_norm": norm_info, "norms": {k: v.norm for k, v in used.items()},
-            "n_pairs": len(pairs), "n_texts": len(texts), "n_ab_pairs": len(ab_pairs) if ab_pairs else 0,
-            "n_boot": n_boot, "seed": seed,
-            "rows": records(pd.DataFrame(rows)), "points": records(pd.DataFrame(points)),
-            "slopes": records(pd.DataFrame(slopes))}
+    return result(MATCHED_COST, cost=cost, budgets=budgets,
+                  search={"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
+                          "max_iter": max_iter, "slope_multiplier": slope_multiplier},
+                  equal_norm=norm_info, norms={k: v.norm for k, v in used.items()},
+                  n_pairs=len(pairs), n_texts=len(texts), n_ab_pairs=len(ab_pairs) if ab_pairs else 0,
+                  n_boot=n_boot, seed=seed,
+                  rows=pd.DataFrame(rows), points=pd.DataFrame(points), slopes=pd.DataFrame(slopes))
 
 
 def cost_effect_table(result: Mapping[str, Any]) -> pd.DataFrame:
@@ -361,5 +379,5 @@ def headline_table(results: Mapping[str, Mapping[str, Any]], budgets: Sequence[f
     return pd.DataFrame(out)
 
 
-__all__ = ["COSTS", "DEFAULT_BUDGETS", "check_budgets", "cost_effect_table", "headline_table", "matched_cost",
+__all__ = ["COSTS", "DEFAULT_BUDGETS", "MatchedCostConfig", "check_budgets", "cost_effect_table", "headline_table", "matched_cost",
            "rescale", "search_budget"]

@@ -25,9 +25,12 @@ predicts the first token where the matching and not-matching answers differ, eac
 ``resid_post`` is read through ``ln_final`` + ``W_U`` with and without the vector. Per layer: the
 change (steered minus unsteered) of the log-probs of the matching and not-matching tokens, of their
 difference (log-odds), and the KL divergence ``KL(steered || unsteered)`` of the logit-lens
-distributions; also the same change if ``m v`` were simply added to the unsteered residual (the
+distributions (column ``kl_steered_unsteered``; the utility cost's ``kl_from_unsteered`` is the other
+direction, see ``workbench.core.results``); also the same change if ``m v`` were simply added to the unsteered residual (the
 direct path), which separates what the later blocks do with the vector from what it does alone.
 Layers before the hook show exactly zero change. The last layer's row is the model's real output.
+
+Both return a result (``workbench.core.results``): ``logit_lens_tokens`` and ``logit_lens_layers``.
 """
 
 from __future__ import annotations
@@ -42,13 +45,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.core.backend import Model, final_residual
-from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.core.prompts import end_of_turn, format_chat
-from workbench.engine.scoring import tokenize_completions, unembed
-from workbench.core.results import result
-from workbench.engine.steering import steer
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat
+from workbench.core.results import LOGIT_LENS_LAYERS, LOGIT_LENS_TOKENS, Result, result
 from workbench.core.vector import SteeringVector
-
+from workbench.engine.scoring import tokenize_completions, unembed
+from workbench.engine.steering import steer
 
 
 # --------------------------------------------------------------------------- (a) the vector itself
@@ -140,26 +141,8 @@ def top_tokens(model: Model, effect: Float[Tensor, " d_vocab"], k: int = 10) -> 
     return pd.DataFrame(rows)
 
 
-def vector_logit_lens(model: Model, vector: SteeringVector | Tensor | Mapping[str, SteeringVector],
-                      k: int = 10, method: Literal["direct", "exact"] = "direct",
-                      residuals: Float[Tensor, "n d_model"] | None = None,
-                      multiplier: float = 1.0) -> pd.DataFrame:
-    """Top promoted and suppressed tokens of a vector (see the module docstring for ``method``).
-
-    Args:
-        vector: one vector, or ``{label: vector}``: one table of all, with a ``vector`` column.
-
-    Example:
-        >>> vector_logit_lens(model, v, k=5).query("direction == 'promoted'").token.tolist()
-        [' power', ' control', ...]
-        >>> vector_logit_lens(model, {"bipo": v_bipo, "caa": v_caa}).pivot(
-        ...     index=["direction", "rank"], columns="vector", values="token")
-    """
-    if isinstance(vector, Mapping):
-        if not vector:
-            raise ValueError("vector={}: give at least one vector")
-        return pd.concat([vector_logit_lens(model, v, k, method, residuals, multiplier).assign(vector=str(label))
-                          for label, v in vector.items()], ignore_index=True)
+def _vector_tokens(model: Model, vector: SteeringVector | Tensor, k: int, method: str,
+                   residuals: Tensor | None, multiplier: float) -> pd.DataFrame:
     if method == "direct":
         effect = direct_logit_effect(model, vector) * multiplier
     elif method == "exact":
@@ -171,6 +154,35 @@ def vector_logit_lens(model: Model, vector: SteeringVector | Tensor | Mapping[st
     table = top_tokens(model, effect, k)
     table.insert(0, "method", method)
     return table
+
+
+def vector_logit_lens(model: Model, vector: SteeringVector | Tensor | Mapping[str, SteeringVector],
+                      k: int = 10, method: Literal["direct", "exact"] = "direct",
+                      residuals: Float[Tensor, "n d_model"] | None = None,
+                      multiplier: float = 1.0) -> Result:
+    """Top promoted and suppressed tokens of a vector (see the module docstring for ``method``).
+
+    Args:
+        vector: one vector, or ``{label: vector}``: one table of all, with a ``vector`` column.
+
+    Returns:
+        A ``logit_lens_tokens`` result; its table has columns ``method`` and those of ``top_tokens``
+        (and ``vector`` for a mapping).
+
+    Example:
+        >>> vector_logit_lens(model, v, k=5).table().query("direction == 'promoted'").token.tolist()
+        [' power', ' control', ...]
+        >>> vector_logit_lens(model, {"bipo": v_bipo, "caa": v_caa}).table().pivot(
+        ...     index=["direction", "rank"], columns="vector", values="token")
+    """
+    if isinstance(vector, Mapping):
+        if not vector:
+            raise ValueError("vector={}: give at least one vector")
+        table = pd.concat([_vector_tokens(model, v, k, method, residuals, multiplier).assign(vector=str(label))
+                           for label, v in vector.items()], ignore_index=True)
+    else:
+        table = _vector_tokens(model, vector, k, method, residuals, multiplier)
+    return result(LOGIT_LENS_TOKENS, rows=table)
 
 
 # --------------------------------------------------------------------------- (b) a steered run
@@ -220,7 +232,7 @@ def _lens_logprobs(model: Model, resid: Tensor) -> Tensor:
 def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any],
                        multiplier: float = 1.0, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                        targets: tuple[str, str] | tuple[int, int] | None = None,
-                       batch_size: int = 8) -> pd.DataFrame:
+                       batch_size: int = 8) -> Result:
     """Per-layer logit-lens view of a steered run against the unsteered one (module docstring (b)).
 
     Args:
@@ -233,10 +245,11 @@ def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any
         batch_size: pairs per forward pass.
 
     Returns:
-        One row per layer: ``layer, hook_name, steered`` (layer at or after the vector's hook),
-        ``delta_logprob_matching, delta_logprob_not_matching, delta_logodds`` (means over pairs of
-        steered minus unsteered), ``delta_logodds_direct`` (``m v`` added to the unsteered residual
-        only), ``kl`` (mean ``KL(steered || unsteered)``, nats), ``base_logodds``.
+        A ``logit_lens_layers`` result, one row per layer: ``layer, hook_name, steered`` (layer at or
+        after the vector's hook), ``delta_logprob_matching, delta_logprob_not_matching, delta_logodds``
+        (means over pairs of steered minus unsteered), ``delta_logodds_direct`` (``m v`` added to the
+        unsteered residual only), ``kl_steered_unsteered`` (mean ``KL(steered || unsteered)``, nats),
+        ``base_logodds``.
     """
     vector.check_compatible(model)
     pairs = list(pairs)
@@ -280,12 +293,11 @@ def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any
         rows_out.append({"layer": layer, "hook_name": name, "steered": layer >= hook_layer,
                          "delta_logprob_matching": m[0], "delta_logprob_not_matching": m[1],
                          "delta_logodds": m[0] - m[1],
-                         "delta_logodds_direct": m[2] if layer >= hook_layer else 0.0, "kl": m[3],
+                         "delta_logodds_direct": m[2] if layer >= hook_layer else 0.0, "kl_steered_unsteered": m[3],
                          "base_logodds": m[4]})
-    return pd.DataFrame(rows_out)
+    return result(LOGIT_LENS_LAYERS, rows=pd.DataFrame(rows_out))
 
 
-def lens_to_dict(table: pd.DataFrame, kind: str, **info: Any) -> dict[str, Any]:
-    """JSON-ready form of a logit-lens table: ``{"kind", "schema_version", **info, "rows": [...]}``;
-    ``kind`` is ``workbench.core.results.LOGIT_LENS_TOKENS`` or ``LOGIT_LENS_LAYERS``."""
-    return result(kind, **info, rows=table)
+def lens_to_dict(table: Result, kind: str, **info: Any) -> Result:  # shim: lead removes at integration
+    """Deprecated: the logit lenses return results; this adds ``info`` (``table.with_info(**info)``)."""
+    return table.with_info(**info)

@@ -3,17 +3,20 @@
 How much do two steering vectors point the same way? BiPO (Cao et al. 2024, arXiv 2406.00045)
 compares its vectors with CAA's mean differences (Rimsky et al. 2023, arXiv 2312.06681) at the same
 layer, and notes that behaviors share directions: its released Llama-2-7b-chat vectors for power-
-and wealth-seeking have cosine 0.51. This module gives the three views as tidy pandas tables:
+and wealth-seeking have cosine 0.51. This module gives the views as results (``workbench.core.results``):
 
-* ``cosine_table(vectors)``: the square matrix between any labelled set of vectors;
-* ``cosine_pairs(vectors)``: the same, one row per unordered pair (long form);
-* ``method_cosines(a, b)``: per layer, the cosine between two methods' vectors (BiPO vs CAA);
-* ``layer_cosine_table(vectors_by_layer)``: layer x layer for vectors extracted at every layer.
+* ``cosine_table(vectors)``: the square matrix between any labelled set of vectors (a ``cosine``
+  result: ``labels`` and ``matrix``; ``.table()`` is the square DataFrame);
+* ``cosine_pairs(vectors)``: the same, one row per unordered pair (a long DataFrame, for reading);
+* ``method_cosines(a, b)``: per layer, the cosine between two methods' vectors (BiPO vs CAA; a
+  ``cosine_methods`` result);
+* ``layer_cosine_table(vectors_by_layer)``: layer x layer for vectors extracted at every layer (a
+  ``cosine`` result).
 
-Each table has a JSON-ready form (``table_to_dict``). Cosine ignores the hook: vectors at different
-hooks or layers can be compared (their d_model must agree). A zero vector has no direction and is
-an error. Cosines are computed in float64 and rounded to 12 decimals, so exact cases are exact
-(a vector with itself gives 1.0, with its negation -1.0, orthogonal vectors 0.0).
+Cosine ignores the hook: vectors at different hooks or layers can be compared (their d_model must
+agree). A zero vector has no direction and is an error. Cosines are computed in float64 and rounded
+to 12 decimals, so exact cases are exact (a vector with itself gives 1.0, with its negation -1.0,
+orthogonal vectors 0.0).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from workbench.core.results import COSINE, result
+from workbench.core.results import COSINE, COSINE_METHODS, Result, result
 from workbench.core.vector import SteeringVector
 
 VectorLike = SteeringVector | Tensor
@@ -69,29 +72,41 @@ def cosine(a: VectorLike, b: VectorLike) -> float:
     return _round(unit[0] @ unit[1]).item()
 
 
-def cosine_table(vectors: Mapping[Any, VectorLike]) -> pd.DataFrame:
-    """Square table of pairwise cosines, indexed and labelled by the mapping's keys.
+def _json_label(x: Any) -> Any:
+    x = x.item() if hasattr(x, "item") else x  # numpy scalars to Python
+    return x if isinstance(x, (int, float)) else str(x)
+
+
+def cosine_table(vectors: Mapping[Any, VectorLike]) -> Result:
+    """Pairwise cosines of labelled vectors: a ``cosine`` result (``labels``, square ``matrix``).
+
+    Labels are kept when they are numbers and written as strings otherwise; ``.table()`` is the
+    square DataFrame indexed and labelled by them.
 
     Example:
-        >>> cosine_table({"power": power_vec, "wealth": wealth_vec}).loc["power", "wealth"]
+        >>> cosine_table({"power": power_vec, "wealth": wealth_vec}).table().loc["power", "wealth"]
         0.43
     """
     labels, unit = _stack(vectors)
     mat = _round(unit @ unit.T)  # (n, n)
-    return pd.DataFrame(mat.numpy(), index=pd.Index(labels, name="a"), columns=pd.Index(labels, name="b"))
+    return result(COSINE, labels=[_json_label(x) for x in labels],
+                  matrix=[[float(x) for x in row] for row in mat.numpy()])
 
 
 def cosine_pairs(vectors: Mapping[Any, VectorLike]) -> pd.DataFrame:
-    """One row per unordered pair ``a < b`` (in the mapping's order): columns ``a, b, cosine``."""
-    table = cosine_table(vectors)
-    labels = list(table.index)
-    rows = [{"a": labels[i], "b": labels[j], "cosine": float(table.iat[i, j])}
+    """One row per unordered pair ``a < b`` (in the mapping's order): columns ``a, b, cosine``.
+
+    A long view of ``cosine_table`` for reading (labels as given).
+    """
+    labels = list(vectors)
+    matrix = cosine_table(vectors)["matrix"]
+    rows = [{"a": labels[i], "b": labels[j], "cosine": matrix[i][j]}
             for i in range(len(labels)) for j in range(i + 1, len(labels))]
     return pd.DataFrame(rows, columns=["a", "b", "cosine"])
 
 
 def method_cosines(a: Mapping[int, VectorLike], b: Mapping[int, VectorLike],
-                   names: tuple[str, str] = ("a", "b")) -> pd.DataFrame:
+                   names: tuple[str, str] = ("a", "b")) -> Result:
     """Per layer, the cosine between two methods' vectors (e.g. BiPO vs CAA) and their norms.
 
     Args:
@@ -99,7 +114,8 @@ def method_cosines(a: Mapping[int, VectorLike], b: Mapping[int, VectorLike],
         names: method names used in the column names (``norm_<name>``).
 
     Returns:
-        Columns ``layer, cosine, norm_<a>, norm_<b>``, one row per shared layer, sorted by layer.
+        A ``cosine_methods`` result; its table has columns ``layer, cosine, norm_<a>, norm_<b>``, one
+        row per shared layer, sorted by layer.
     """
     shared = sorted(set(a) & set(b))
     if not shared:
@@ -109,19 +125,14 @@ def method_cosines(a: Mapping[int, VectorLike], b: Mapping[int, VectorLike],
         ta, tb = _tensor(f"{names[0]}@{layer}", a[layer]), _tensor(f"{names[1]}@{layer}", b[layer])
         rows.append({"layer": int(layer), "cosine": cosine(ta, tb),
                      f"norm_{names[0]}": float(ta.norm()), f"norm_{names[1]}": float(tb.norm())})
-    return pd.DataFrame(rows)
+    return result(COSINE_METHODS, rows=rows)
 
 
-def layer_cosine_table(vectors_by_layer: Mapping[int, VectorLike]) -> pd.DataFrame:
-    """Layer x layer cosine table for vectors extracted at every layer (keys sorted)."""
-    ordered = {int(k): vectors_by_layer[k] for k in sorted(vectors_by_layer)}
-    table = cosine_table(ordered)
-    table.index.name, table.columns.name = "layer", "layer"
-    return table
+def layer_cosine_table(vectors_by_layer: Mapping[int, VectorLike]) -> Result:
+    """Layer x layer cosines for vectors extracted at every layer (keys sorted): a ``cosine`` result."""
+    return cosine_table({int(k): vectors_by_layer[k] for k in sorted(vectors_by_layer)})
 
 
-def table_to_dict(table: pd.DataFrame, **info: Any) -> dict[str, Any]:
-    """JSON-ready form of a square cosine table: ``{"kind": "cosine", "schema_version", **info, "labels", "matrix"}``."""
-    labels = [x.item() if hasattr(x, "item") else x for x in table.index]  # numpy scalars to Python
-    return result(COSINE, **info, labels=[x if isinstance(x, (int, float)) else str(x) for x in labels],
-                  matrix=[[float(x) for x in row] for row in table.to_numpy()])
+def table_to_dict(table: Result, **info: Any) -> Result:  # shim: lead removes at integration
+    """Deprecated: ``cosine_table`` returns the result; this adds ``info`` (``table.with_info(**info)``)."""
+    return table.with_info(**info)

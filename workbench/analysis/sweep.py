@@ -11,7 +11,10 @@ The steering effect is the change of the mean held-out log-odds
 ``log p(matching | prompt) - log p(not matching | prompt)`` (summed answer log-probs, the model's
 end-of-turn string appended to each answer, BiPO's chat prompt) at multiplier ``m`` against ``m = 0``,
 computed for every layer's vector at once by the scoring engine
-(``workbench.engine.scoring.preference_logodds``: each block below a vector runs once per batch).
+(``workbench.engine.scoring.preference_logodds``: each block below a vector runs once per batch), with
+the one effect rule of ``workbench.evaluate.effects`` (mean shift, paired bootstrap interval).
+The options travel as one ``SweepConfig``; ``layer_sweep`` returns a ``SweepResult`` (a ``sweep``
+result that also holds the vectors).
 
 Layer specs (``parse_layers``): ``"all"``, ``"0-29"``, ``"0,5,10"``, ``"10-20:2"`` and combinations
 (``"0-4,10,20-28:4"``); ranges are inclusive.
@@ -19,23 +22,28 @@ Layer specs (``parse_layers``): ``"all"``, ``"0-29"``, ``"0,5,10"``, ``"10-20:2"
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from workbench.core.results import SWEEP, ResultFormatError, from_dict, records, result
-
+from workbench.analysis.options import configure
+from workbench.analysis.similarity import cosine
 from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.engine.scoring import Condition, preference_logodds
-from workbench.analysis.similarity import cosine
+from workbench.core.results import SWEEP, Result, ResultFormatError, from_dict, records, result, result_table
 from workbench.core.vector import SteeringVector
+from workbench.engine.scoring import Condition, preference_logodds
+from workbench.evaluate.effects import effect_vs_zero
+from workbench.train.baselines import POSITIONS, mean_difference_vectors
+from workbench.train.bipo import BiPOConfig, train_bipo
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +90,19 @@ def parse_layers(spec: str | int | Sequence[int], n_layers: int | None = None) -
 
 
 def steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs: Sequence[Any],
-                     multipliers: Sequence[float] = (-1.0, 1.0), **kwargs: Any) -> pd.DataFrame:
+                     multipliers: Sequence[float] = (-1.0, 1.0), *, n_boot: int = 1000, seed: int = 0,
+                     **kwargs: Any) -> pd.DataFrame:
     """Effect of each vector alone at each multiplier: mean log-odds change against ``m = 0``.
+
+    The building block of ``layer_sweep`` (and of ``workbench.studies.cells``): a plain table, whose
+    per-layer numbers the sweep result holds.
 
     Returns:
         Tidy table, columns ``key, multiplier, logodds`` (mean), ``effect`` (mean change against the
-        unsteered model), ``effect_sem`` (standard error over pairs of the per-pair change).
-        Other keyword arguments go to ``workbench.engine.scoring.preference_logodds``.
+        unsteered model), ``effect_ci_low, effect_ci_high`` (its paired percentile bootstrap interval
+        over pairs, ``workbench.evaluate.effects.effect_vs_zero`` with ``n_boot`` and ``seed``);
+        ``attrs["base_logodds"]``: the unsteered mean. Other keyword arguments go to
+        ``workbench.engine.scoring.preference_logodds``.
     """
     keys = list(vectors)
     conds: list[Condition] = [()] + [((vectors[k], float(m)),) for k in keys for m in multipliers]
@@ -97,10 +111,8 @@ def steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs:
     rows, c = [], 1
     for key in keys:
         for m in multipliers:
-            diff = lo[c] - base
-            sem = float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0
-            rows.append({"key": key, "multiplier": float(m), "logodds": float(lo[c].mean()),
-                         "effect": float(diff.mean()), "effect_sem": sem})
+            effect = effect_vs_zero(lo[c], base, n_boot=n_boot, seed=seed)
+            rows.append({"key": key, "multiplier": float(m), "logodds": float(lo[c].mean())} | effect.columns())
             c += 1
     table = pd.DataFrame(rows)
     table.attrs["base_logodds"] = float(base.mean())
@@ -113,28 +125,57 @@ def effect_column(m: float) -> str:
 
 
 # --------------------------------------------------------------------------- the sweep
-@dataclass
-class SweepResult:
-    """A layer sweep: the per-layer table, the vectors and what was run.
+@dataclass(frozen=True)
+class SweepConfig:
+    """How ``layer_sweep`` makes and measures the vectors (one field per option)."""
 
-    ``table`` has one row per layer: ``layer, method, hook_name, norm, cos_ref`` (cosine to the
-    reference vector, when given), ``cos_prev`` (to the previous swept layer's vector),
-    ``base_logodds`` and one ``effect@<m>`` column per multiplier.
+    method: Literal["caa", "bipo"] = "caa"  # caa: one pass for all layers; bipo: train_bipo per layer
+    multipliers: tuple[float, ...] = (-1.0, 1.0)  # where the effect is measured (against m = 0)
+    hook: str = "resid_post"  # hook point in each block
+    bipo_config: BiPOConfig | None = None  # BiPO's settings (its layer and hook are replaced per layer)
+    position: str = "answer_mean"  # CAA position rule (workbench.train.baselines)
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # the chat prompt's system turn
+    batch_size: int = 8  # pairs per forward pass
+    progress: bool = False  # tqdm bars
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "multipliers", tuple(float(m) for m in self.multipliers))
+        if self.method not in ("caa", "bipo"):
+            raise ValueError(f"method={self.method!r}: use 'caa' or 'bipo'")
+        if self.position not in POSITIONS:
+            raise ValueError(f"unknown position rule {self.position!r}; valid: {', '.join(POSITIONS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class SweepResult(Result):
+    """A layer sweep: a ``sweep`` result (``workbench.core.results.Result``) that also holds the vectors.
+
+    Its table (``.table()``) has one row per layer: ``layer, method, hook_name, norm, cos_ref`` (cosine
+    to the reference vector, when given), ``cos_prev`` (to the previous swept layer's vector),
+    ``base_logodds`` and one ``effect@<m>`` column per multiplier. ``.vectors`` is ``{layer: vector}``
+    (not written to JSON; ``save_vectors`` writes them), ``.info`` what was run. Made as
+    ``SweepResult(table, vectors, info)`` or from a sweep mapping.
     """
 
-    table: pd.DataFrame
-    vectors: dict[int, SteeringVector]
-    info: dict[str, Any] = field(default_factory=dict)
+    _not_info = ("columns",)
 
-    kind: ClassVar[str] = SWEEP
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"kind": "sweep", "schema_version", **info, "columns": [...], "rows": [...]}``."""
-        return result(SWEEP, **self.info, columns=list(self.table.columns), rows=self.table)
+    def __init__(self, table: pd.DataFrame | Mapping[str, Any], vectors: Mapping[int, SteeringVector] | None = None,
+                 info: Mapping[str, Any] | None = None) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = result(SWEEP, **dict(info or {}), columns=list(table.columns), rows=table)
+        super().__init__(table)
+        self.vectors: dict[int, SteeringVector] = dict(vectors or {})
 
     def records(self) -> list[dict[str, Any]]:
         """The per-layer table as JSON-ready row dicts."""
-        return records(self.table)
+        return records(self["rows"])
+
+    def table(self, name: str | None = None) -> pd.DataFrame:
+        """The per-layer table (columns in their written order)."""
+        table = result_table(self, name)
+        columns = self.get("columns")
+        return table[[c for c in columns if c in table.columns]] if name is None and columns else table
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> SweepResult:
@@ -142,40 +183,31 @@ class SweepResult:
         obj = from_dict(obj)
         if obj["kind"] != SWEEP:
             raise ResultFormatError(f"expected a {SWEEP} result, got {obj['kind']!r}")
-        info = {k: v for k, v in obj.items() if k not in ("kind", "schema_version", "columns", "rows")}
-        return cls(pd.DataFrame(obj["rows"], columns=obj.get("columns")), {}, info)
+        return cls(obj)
 
-    def save_vectors(self, directory: Any) -> list[str]:
+    def save_vectors(self, directory: str | Path) -> list[str]:
         """Save each layer's vector to ``directory/layer_<L>``; returns the paths."""
-        from pathlib import Path
-
         return [str(v.save(Path(directory) / f"layer_{layer:02d}")) for layer, v in sorted(self.vectors.items())]
 
 
 def _bipo_vectors(model: Model, pairs: Sequence[Any], layers: Sequence[int], hook: str,
-                  bipo_config: Any, progress: bool) -> tuple[dict[int, SteeringVector], dict[int, float]]:
-    import dataclasses
-
-    from workbench.train.bipo import BiPOConfig, train_bipo
-
+                  bipo_config: BiPOConfig | None, progress: bool) -> tuple[dict[int, SteeringVector], dict[int, float]]:
     base = bipo_config if bipo_config is not None else BiPOConfig()
     vectors, seconds = {}, {}
     for layer in tqdm(layers, desc="BiPO layers", disable=not progress):
         t0 = time.perf_counter()
-        result = train_bipo(model, pairs, dataclasses.replace(base, layer=layer, hook=hook), progress=False)
+        trained = train_bipo(model, pairs, dataclasses.replace(base, layer=layer, hook=hook), progress=False)
         seconds[layer] = time.perf_counter() - t0
-        vectors[layer] = result.vector
-        logger.info("BiPO at %s: norm %.3g in %.1f s", result.vector.hook_name, result.vector.norm, seconds[layer])
+        vectors[layer] = trained.vector
+        logger.info("BiPO at %s: norm %.3g in %.1f s", trained.vector.hook_name, trained.vector.norm, seconds[layer])
     return vectors, seconds
 
 
 def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[Any],
-                layers: str | Sequence[int], method: Literal["caa", "bipo"] = "caa",
-                multipliers: Sequence[float] = (-1.0, 1.0), hook: str = "resid_post",
+                layers: str | Sequence[int], config: SweepConfig | None = None, *,
+                vectors: Mapping[int, SteeringVector] | None = None,
                 reference: SteeringVector | Mapping[int, SteeringVector] | int | None = None,
-                vectors: Mapping[int, SteeringVector] | None = None, bipo_config: Any = None,
-                position: str = "answer_mean", system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-                batch_size: int = 8, progress: bool = False) -> SweepResult:
+                **options: Any) -> SweepResult:
     """Make a vector at each layer and measure its norm, direction and steering effect.
 
     Args:
@@ -183,22 +215,22 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
         train_pairs: pairs the vectors are made from (ignored when ``vectors`` is given).
         eval_pairs: held-out pairs for the log-odds effect.
         layers: a layer spec (``parse_layers``) or a list.
-        method: ``"caa"`` (one pass for all layers) or ``"bipo"`` (``train_bipo`` per layer).
-        multipliers: where the effect is measured (change of mean log-odds against ``m = 0``).
-        hook: hook point in each block.
+        config: the options (``SweepConfig``: ``method``, ``multipliers``, ``hook``, ``bipo_config``,
+            ``position``, ``system_prompt``, ``batch_size``, ``progress``).
+        vectors: precomputed ``{layer: vector}`` to evaluate instead of making new ones.
         reference: for the ``cos_ref`` column: one vector, one per layer (e.g. CAA vectors when
             sweeping BiPO), or a layer of this sweep; None leaves the column out.
-        vectors: precomputed ``{layer: vector}`` to evaluate instead of making new ones.
-        bipo_config: a ``workbench.train.bipo.BiPOConfig`` (its layer is replaced per layer).
-        position: CAA position rule (``workbench.train.baselines``).
+        options: ``SweepConfig`` fields given as keywords (applied to ``config``).
 
     Returns:
-        ``SweepResult`` (``.table``, ``.vectors``, ``.to_dict()``).
+        ``SweepResult`` (``.table()``, ``.vectors``, ``.save(path)``).
 
     Example:
         >>> res = layer_sweep(model, train, test, "0-29", method="caa")
-        >>> res.table[["layer", "norm", "effect@+1"]]
+        >>> res.table()[["layer", "norm", "effect@+1"]]
     """
+    cfg = configure(SweepConfig, config, options, "layer_sweep")
+    method, multipliers, hook = cfg.method, cfg.multipliers, cfg.hook
     layer_list = parse_layers(layers, model.cfg.n_layers)
     seconds: dict[int, float] = {}
     t0 = time.perf_counter()
@@ -208,18 +240,15 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
             raise ValueError(f"vectors has no vector for layers {missing}")
         vecs = {x: vectors[x] for x in layer_list}
     elif method == "caa":
-        from workbench.train.baselines import mean_difference_vectors
-
-        vecs = mean_difference_vectors(model, train_pairs, layer_list, hook=hook, position=position,
-                                       system_prompt=system_prompt, batch_size=batch_size, progress=progress)
-    elif method == "bipo":
-        vecs, seconds = _bipo_vectors(model, train_pairs, layer_list, hook, bipo_config, progress)
+        vecs = mean_difference_vectors(model, train_pairs, layer_list, hook=hook, position=cfg.position,
+                                       system_prompt=cfg.system_prompt, batch_size=cfg.batch_size,
+                                       progress=cfg.progress)
     else:
-        raise ValueError(f"method={method!r}: use 'caa' or 'bipo'")
+        vecs, seconds = _bipo_vectors(model, train_pairs, layer_list, hook, cfg.bipo_config, cfg.progress)
     make_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    effects = steering_effects(model, vecs, eval_pairs, multipliers, system_prompt=system_prompt,
-                               batch_size=batch_size, progress=progress)
+    effects = steering_effects(model, vecs, eval_pairs, multipliers, system_prompt=cfg.system_prompt,
+                               batch_size=cfg.batch_size, progress=cfg.progress)
     eval_seconds = time.perf_counter() - t1
     if isinstance(reference, int) and not isinstance(reference, bool):
         if reference not in vecs:
@@ -244,12 +273,20 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
         prev = v
     info = {"method": method, "model": str(model.cfg.model_name), "hook": hook, "layers": layer_list,
             "multipliers": [float(m) for m in multipliers], "n_train": len(train_pairs) if vectors is None else None,
-            "n_eval": len(eval_pairs), "system_prompt": system_prompt,
-            "position": position if method == "caa" else None,
+            "n_eval": len(eval_pairs), "system_prompt": cfg.system_prompt,
+            "position": cfg.position if method == "caa" else None,
             "make_seconds": make_seconds, "eval_seconds": eval_seconds}
     return SweepResult(pd.DataFrame(rows), dict(vecs), info)
 
 
-def format_sweep(table: pd.DataFrame) -> str:
-    """Plain-text table for terminals (floats to 3 significant digits)."""
+def format_sweep(table: pd.DataFrame | Mapping[str, Any]) -> str:
+    """Plain-text table of a sweep (its result or its table) for terminals (floats to 3 significant digits)."""
+    if callable(table):  # shim: the CLI passes ``result.table`` (now a method); lead removes at integration
+        table = table()
+    if isinstance(table, Mapping):
+        table = SweepResult.from_dict(table).table()
     return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")
+
+
+__all__ = ["SweepConfig", "SweepResult", "effect_column", "format_sweep", "layer_sweep", "parse_layers",
+           "steering_effects"]

@@ -6,7 +6,9 @@ a fine-tune of the same base model. ``transfer_effect`` measures that for any tw
 same ``d_model``: the steering effect (change of the mean held-out log-odds
 ``log p(matching) - log p(not matching)`` against multiplier 0, ``workbench.analysis.sweep``) on the target
 divided by the effect on the source, at each multiplier. ``layer_transfer`` does the same across
-depth: the vector made at layer L applied at L + k, as a table of effect against offset.
+depth: the vector made at layer L applied at L + k, as a table of effect against offset. Effects
+against m = 0 and the share retained (with its paired bootstrap interval) come from
+``workbench.evaluate.effects``; both return results (``transfer_model``, ``transfer_layers``).
 
 To have a related target model offline, ``finetune_copy`` trains a copy of a model for a few steps
 of next-token prediction on some text (only the last blocks move), and ``export_hf_llama`` writes a
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -31,28 +32,29 @@ import einops
 import numpy as np
 import pandas as pd
 import torch
+from transformers import LlamaConfig
 
 from workbench.core.backend import Model, is_bridge
 from workbench.core.io import atomic_write_json, atomic_write_safetensors
-from workbench.core.results import TRANSFER_MODEL, result
-from workbench.engine.scoring import preference_logodds
+from workbench.core.results import TRANSFER_LAYERS, TRANSFER_MODEL, Result, result
 from workbench.core.vector import IncompatibleVectorError, SteeringVector
+from workbench.engine.scoring import preference_logodds
+from workbench.evaluate.effects import effect_vs_zero, retained_vs_zero
 
 logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- measuring transfer
-def _pair_effects(model: Model, vector: SteeringVector, pairs: Sequence[Any],
-                  multipliers: Sequence[float], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair: the unsteered log-odds ``(n,)`` and the shift from it at each multiplier ``(k, n)``."""
+def _pair_logodds(model: Model, vector: SteeringVector, pairs: Sequence[Any],
+                  multipliers: Sequence[float], **kwargs: Any) -> np.ndarray:
+    """Per pair: the log-odds unsteered (row 0) and at each multiplier (rows 1..k), ``(1 + k, n)`` float64."""
     lo = preference_logodds(model, pairs, [()] + [((vector, float(m)),) for m in multipliers], **kwargs)
-    lo = lo.detach().double().cpu().numpy()
-    return lo[0], lo[1:] - lo[0]
+    return lo.detach().double().cpu().numpy()
 
 
 def transfer_effect(source: Model, target: Model, vector: SteeringVector,
                     eval_pairs: Sequence[Any], multipliers: Sequence[float] = (-1.0, 1.0), *,
-                    n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
+                    n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> Result:
     """Steering effect of ``vector`` on ``source`` and on ``target``, and the share retained.
 
     Args:
@@ -65,7 +67,7 @@ def transfer_effect(source: Model, target: Model, vector: SteeringVector,
         kwargs: passed to ``workbench.engine.scoring.preference_logodds`` (``system_prompt``, ``batch_size``).
 
     Returns:
-        One row per multiplier: ``multiplier, source_effect, target_effect, retained``
+        A ``transfer_model`` result, one row per multiplier: ``multiplier, source_effect, target_effect, retained``
         (target / source), ``retained_ci_low, retained_ci_high`` (95 %), ``source_base_logodds,
         target_base_logodds``.
 
@@ -79,31 +81,28 @@ def transfer_effect(source: Model, target: Model, vector: SteeringVector,
             f"{d_src}, target {target.cfg.model_name!r} has d_model {d_tgt}")
     vector.check_compatible(source)
     vector.check_compatible(target)
-    from workbench.evaluate.statistics import bootstrap_interval
-
-    base_s, eff_s = _pair_effects(source, vector, eval_pairs, multipliers, **kwargs)
-    base_t, eff_t = _pair_effects(target, vector, eval_pairs, multipliers, **kwargs)
+    lo_s = _pair_logodds(source, vector, eval_pairs, multipliers, **kwargs)  # (1 + k, n)
+    lo_t = _pair_logodds(target, vector, eval_pairs, multipliers, **kwargs)
     rows = []
-    for m, s, t in zip(multipliers, eff_s, eff_t):
-        ratio = lambda idx, s=s, t=t: t[idx].mean(1) / s[idx].mean(1)  # noqa: E731
-        lo, hi = bootstrap_interval(len(s), ratio, n_boot=n_boot, seed=seed) if s.mean() != 0 else (math.nan,) * 2
-        rows.append({"multiplier": float(m), "source_effect": float(s.mean()), "target_effect": float(t.mean()),
-                     "retained": float(t.mean() / s.mean()) if s.mean() != 0 else float("nan"),
-                     "retained_ci_low": lo, "retained_ci_high": hi,
-                     "source_base_logodds": float(base_s.mean()), "target_base_logodds": float(base_t.mean())})
-    return pd.DataFrame(rows)
+    for i, m in enumerate(multipliers, 1):
+        src, tgt, kept = retained_vs_zero(lo_s[i], lo_s[0], lo_t[i], lo_t[0], n_boot=n_boot, seed=seed)
+        rows.append({"multiplier": float(m), "source_effect": src.mean, "target_effect": tgt.mean,
+                     "retained": kept.mean, "retained_ci_low": kept.ci_low, "retained_ci_high": kept.ci_high,
+                     "source_base_logodds": float(lo_s[0].mean()), "target_base_logodds": float(lo_t[0].mean())})
+    return result(TRANSFER_MODEL, rows=pd.DataFrame(rows))
 
 
 def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[Any],
                    offsets: Sequence[int] = (-2, -1, 0, 1, 2), multipliers: Sequence[float] = (1.0,),
-                   **kwargs: Any) -> pd.DataFrame:
+                   **kwargs: Any) -> Result:
     """Effect of ``vector`` moved from its layer L to L + k (same hook point), for each offset k.
 
     Offsets that leave ``0..n_layers-1`` are skipped. The vector is not rescaled: the residual
     stream's norm grows with depth, so the same vector is relatively smaller at later layers.
 
     Returns:
-        One row per (offset, multiplier): ``offset, layer, multiplier, effect`` and ``retained``
+        A ``transfer_layers`` result, one row per (offset, multiplier): ``offset, layer, multiplier,
+        effect`` (the mean shift from m = 0, ``effect_vs_zero`` without an interval) and ``retained``
         (effect / effect at offset 0, when offset 0 is included).
     """
     n = model.cfg.n_layers
@@ -113,23 +112,22 @@ def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[An
     moved = [vector.at(layer) for _, layer in layers]
     conds = [[]] + [[(v, float(m))] for v in moved for m in multipliers]
     lo = preference_logodds(model, eval_pairs, conds, **kwargs)
-    effects = [(row - lo[0]).mean() for row in lo[1:]]
+    effects = [effect_vs_zero(row, lo[0], n_boot=0).mean for row in lo[1:]]
     rows, c = [], 0
     for k, layer in layers:
         for m in multipliers:
-            rows.append({"offset": k, "layer": layer, "multiplier": float(m), "effect": float(effects[c])})
+            rows.append({"offset": k, "layer": layer, "multiplier": float(m), "effect": effects[c]})
             c += 1
     table = pd.DataFrame(rows)
     at_zero = {r.multiplier: r.effect for r in table.itertuples() if r.offset == 0}
     table["retained"] = [r.effect / at_zero[r.multiplier] if at_zero.get(r.multiplier) else float("nan")
                          for r in table.itertuples()]
-    return table
+    return result(TRANSFER_LAYERS, rows=table)
 
 
-def transfer_to_dict(table: pd.DataFrame, kind: str = TRANSFER_MODEL, **info: Any) -> dict[str, Any]:
-    """JSON-ready form: ``{"kind", "schema_version", **info, "rows": [...]}`` (NaN written as null);
-    ``kind`` is ``workbench.core.results.TRANSFER_MODEL`` (``transfer_effect``) or ``TRANSFER_LAYERS``."""
-    return result(kind, **info, rows=table)
+def transfer_to_dict(table: Result, kind: str = TRANSFER_MODEL, **info: Any) -> Result:  # shim: lead removes at integration
+    """Deprecated: the transfers return results; this adds ``info`` (``table.with_info(**info)``)."""
+    return table.with_info(**info)
 
 
 # --------------------------------------------------------------------------- a related model
@@ -185,8 +183,6 @@ def finetune_copy(model: Model, texts: Sequence[str], steps: int = 20, lr: float
 
 
 def _llama_config(model: Model) -> dict[str, Any]:
-    from transformers import LlamaConfig
-
     c = model.cfg
     problems = []
     if c.normalization_type not in ("RMS",) or not c.final_rms:

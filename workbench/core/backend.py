@@ -13,7 +13,8 @@ plain functions:
   logits there, so the residual is read by a hook at ``ln_final.hook_in`` and the unembedding is
   skipped. The scoring engine's fast paths (``start_at_layer``, shared prompt keys/values) are
   3.x only: the bridge runs every block whatever ``start_at_layer`` says and ignores
-  ``past_kv_cache``, so on a bridge the engine runs full forwards through this function.
+  ``past_kv_cache`` (``TransformerLensKeyValueCache`` is None where TransformerLens lacks it), so on
+  a bridge the engine runs full forwards through this function.
 * ``remaining_hooks``: hooks a caller attached (a fresh bridge holds ~150 internal module hooks of
   its own, which are not counted).
 * ``kv_cache_ok``: whether cached generation can be trusted (not on a bridge with transformers
@@ -28,10 +29,13 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge import TransformerBridge  # 3.9 (the oldest line supported) ships it too
 
 TL_VERSION = importlib.metadata.version("transformer-lens")
 try:  # 3.x
@@ -41,9 +45,15 @@ try:  # 3.x
 except ImportError:  # 4.x: both names raise ImportError with a migration pointer
     HookedTransformer = HookedTransformerConfig = None
     LINE = 4
+try:  # HookedTransformer's key/value cache (the scoring engine's prompt sharing)
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+except ImportError:  # a bridge ignores past_kv_cache: the engine never shares keys/values on one
+    TransformerLensKeyValueCache = TransformerLensKeyValueCacheEntry = None
 
-#: A model workbench runs on: ``HookedTransformer`` (TransformerLens 3.x) or ``TransformerBridge`` (4.x).
-Model = Any
+#: A model workbench runs on: ``HookedTransformer`` (TransformerLens 3.x) or ``TransformerBridge``
+#: (4.x, and 3.9's own bridge). A real union of the two classes, so annotations name what is passed.
+Model: TypeAlias = HookedTransformer | TransformerBridge if LINE == 3 else TransformerBridge
 #: transformers releases whose cached generation is wrong on a bridge (``"The-----"``).
 BROKEN_CACHED_GENERATION = ("5.24.0", "5.25.0")  # bridge generation with its KV cache differs from the uncached one
 Hook = tuple[str, Callable[..., Any]]
@@ -62,8 +72,9 @@ class _Captured(Exception):
         self.residual = residual
 
 
-def final_residual(model: Model, tokens: Tensor, attention_mask: Tensor | None = None,
-                   fwd_hooks: Sequence[Hook] = ()) -> Tensor:
+def final_residual(model: Model, tokens: Int[Tensor, "batch pos"],
+                   attention_mask: Int[Tensor, "batch pos"] | None = None,
+                   fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch pos d_model"]:
     """``(batch, pos, d_model)`` residual before ``ln_final`` of a full forward pass with ``fwd_hooks``.
 
     Differentiable (gradients flow through the hooks); hooks are removed on return.
@@ -90,8 +101,6 @@ def remaining_hooks(model: Model) -> int:
     and, on a ``HookedTransformer``, raw torch hooks on any other module. A bridge's other module
     hooks are its own (about 150 on a fresh one) and are not counted.
     """
-    from transformer_lens.hook_points import HookPoint
-
     points = {id(hp): hp for hp in model.hook_dict.values()}.values()  # a bridge lists aliases twice
     n = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points)
     if not is_bridge(model):
@@ -118,8 +127,6 @@ def boot_bridge(name: str, *, model_name: str, prepend_bos: bool, hf_model: Any 
     ``rope_theta``; the bridge reports 10000) and ``dtype``. ``boot_kwargs``: ``device``, ``dtype``,
     ``device_map``, ``n_devices``, ``max_memory`` (accelerate's placement over several GPUs).
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, **boot_kwargs)
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
     bridge.cfg.model_name = model_name

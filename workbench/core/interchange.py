@@ -43,13 +43,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
+from workbench.core.backend import Model
 from workbench.core.io import atomic_write as _atomic
 from workbench.core.io import read_safetensors_header
-from workbench.core.vector import (META_FILE, VECTOR_FILE, SteeringVector, full_hook_name, parse_hook_name)
+from workbench.core.vector import META_FILE, VECTOR_FILE, SteeringVector, full_hook_name, parse_hook_name
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +182,6 @@ def read_tensor(path: str | Path, key: str | None = None) -> Tensor:
                     raise InterchangeError(f"{path}: refused: {exc}") from None
             obj = _pick(entries, key, path)
     elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         read_safetensors_header(path, InterchangeError)  # sizes checked before anything is read
         try:
             obj = _pick(load_file(str(path)), key, path)
@@ -207,7 +208,7 @@ def read_tensor(path: str | Path, key: str | None = None) -> Tensor:
     return tensor
 
 
-def _check_d_model(vec: SteeringVector, path: Path, d_model: int | None, model: Any | None) -> None:
+def _check_d_model(vec: SteeringVector, path: Path, d_model: int | None, model: Model | None) -> None:
     if d_model is not None and vec.d_model != int(d_model):
         raise InterchangeError(f"{path}: vector has d_model {vec.d_model}, expected {d_model}")
     if model is not None:
@@ -219,7 +220,7 @@ def _check_d_model(vec: SteeringVector, path: Path, d_model: int | None, model: 
 
 # --------------------------------------------------------------------------- tensor import
 def import_vector(path: str | Path, hook: str = "resid_post", *, layer: int | None = None,
-                  model_name: str | None = None, d_model: int | None = None, model: Any | None = None,
+                  model_name: str | None = None, d_model: int | None = None, model: Model | None = None,
                   key: str | None = None) -> SteeringVector:
     """Import a plain tensor file as a ``SteeringVector(method="imported")``.
 
@@ -263,7 +264,7 @@ def import_vector(path: str | Path, hook: str = "resid_post", *, layer: int | No
 
 
 def import_bipo_vector(path: str | Path, model_name: str | None = None, layer: int | None = None, *,
-                       d_model: int | None = None, model: Any | None = None) -> SteeringVector:
+                       d_model: int | None = None, model: Model | None = None) -> SteeringVector:
     """Import a vector written by the official BiPO code (``vec_ep{E}_layer{L}.pt``).
 
     The official ``BlockWrapper`` adds the vector to the output of decoder layer ``L``, so it lands at
@@ -301,8 +302,6 @@ def export_gguf(vectors: SteeringVector | Sequence[SteeringVector], path: str | 
     Raises:
         InterchangeError: a hook point llama.cpp cannot apply, two vectors for one layer, mixed d_model.
     """
-    import gguf
-
     path = Path(path)
     vectors = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
     if not vectors:
@@ -346,7 +345,7 @@ def _string_field(reader: Any, key: str) -> str | None:
 
 
 def import_gguf(path: str | Path, *, model_name: str | None = None, d_model: int | None = None,
-                model: Any | None = None) -> list[SteeringVector]:
+                model: Model | None = None) -> list[SteeringVector]:
     """Read a llama.cpp / repeng control-vector GGUF: one vector per ``direction.{N}`` tensor.
 
     ``direction.N`` becomes ``blocks.N.hook_resid_post`` (see the module docstring), sorted by layer.
@@ -357,8 +356,6 @@ def import_gguf(path: str | Path, *, model_name: str | None = None, d_model: int
         InterchangeError: not a GGUF file, no ``direction.*`` tensors, a tensor that is not a 1-D
             float vector, tensors of different lengths, or a d_model mismatch.
     """
-    import gguf
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -420,7 +417,7 @@ def import_gguf(path: str | Path, *, model_name: str | None = None, d_model: int
 
 # --------------------------------------------------------------------------- one entry point for the CLI
 def read_any(path: str | Path, *, layer: int | None = None, hook: str = "resid_post",
-             model_name: str | None = None, d_model: int | None = None, model: Any | None = None,
+             model_name: str | None = None, d_model: int | None = None, model: Model | None = None,
              key: str | None = None) -> list[SteeringVector]:
     """Vectors from a vector directory, a ``.gguf`` file or a tensor file, chosen by what ``path`` is.
 

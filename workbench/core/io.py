@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,10 @@ def atomic_write_json(obj: Any, path: str | Path) -> Path:
 
 def atomic_write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                              metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     # bytes written into our temporary file (save_file would write its own hidden temporary and
     # replace ours, which a kill could leave behind)
-    return _atomic(path, lambda p: p.write_bytes(save(tensors, metadata=metadata)))
+    return _atomic(path, lambda p: p.write_bytes(save_safetensors(tensors, metadata=metadata)))
 
 
 def _json_default(obj: Any) -> Any:

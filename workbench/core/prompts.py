@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from workbench.core.backend import Model
+
 #: BiPO's official system prompt (also CAA's default here).
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
 
@@ -59,7 +61,7 @@ def end_of_turn(model_or_tokenizer: Any) -> str:
     return getattr(tok, "eos_token", None) or ""
 
 
-def prompts_and_answers(model: Any, pairs: Sequence[Any], system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, *,
+def prompts_and_answers(model: Model, pairs: Sequence[Any], system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, *,
                         append_end_of_turn: bool = True) -> tuple[list[str], list[list[str]]]:
     """Chat prompts and ``[matching, not_matching]`` answers of preference pairs.
 

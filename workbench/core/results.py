@@ -11,12 +11,24 @@ checks a result and migrates an older schema version explicitly (as SAELens vers
     >>> r = result(TRANSFER_LAYERS, rows=[{"offset": 0, "layer": 14, "multiplier": 1.0, "effect": 0.8}])
     >>> result_table(r)          # the rows as a DataFrame
 
+Two KL divergences appear in results, in opposite directions, each named for its direction:
+
+* ``kl_steered_unsteered`` (``logit_lens_layers``, ``workbench.analysis.logit_lens.steered_logit_lens``):
+  ``KL(p_steered || p_unsteered)`` of the logit-lens distributions at one position, mean over pairs;
+* ``kl_from_unsteered`` (``workbench.evaluate.utility``) and the ``kl`` of ``matched_cost``, ``refusal``
+  and ``transfer_lora`` (the utility cost, and the KL of a fine-tune from its base):
+  ``KL(p_unsteered || p_steered)`` per predicted token of neutral text.
+
 Version history:
 
 * 1 (or no ``schema_version``): files written before this module. Model transfer was kind
   ``"transfer"``; a BiPO ``history.json`` had no ``kind`` (``{"history", "epochs"}``, or a bare list of
   step records).
 * 2: every result carries ``kind`` and ``schema_version``; model transfer is ``"transfer_model"``.
+* 3: the KL column of ``logit_lens_layers`` is ``kl_steered_unsteered`` (it was ``kl``); the
+  effect-vs-m=0 intervals of ``composition``'s ``conditions`` (and of the sweep's effects) are
+  percentile-bootstrap ``effect_ci_low``/``effect_ci_high`` (a version-2 composition keeps its
+  ``effect_sem``: a standard error cannot be turned into a percentile interval).
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 EVAL = "eval"  # workbench.evaluate.suite.evaluate_vectors: curves per metric under "metrics"
 SWEEP = "sweep"  # workbench.analysis.sweep: one row per (method, layer)
@@ -42,7 +54,7 @@ COMPOSITION = "composition"  # workbench.analysis.composition.composition_table
 TRANSFER_LAYERS = "transfer_layers"  # workbench.analysis.transfer.layer_transfer
 TRANSFER_MODEL = "transfer_model"  # workbench.analysis.transfer.transfer_effect
 TRANSFER_LORA = "transfer_lora"  # workbench.studies.lora.lora_transfer: vectors on LoRA fine-tunes and back
-BIPO_HISTORY = "bipo_history"  # workbench.train.bipo.BiPOResult: per step and per epoch
+BIPO_HISTORY = "bipo_history"  # workbench.train.trainer.TrainResult (BiPO and RePS): per step and per epoch
 REFUSAL = "refusal"  # workbench.studies.refusal.refusal_study
 MATCHED_COST = "matched_cost"  # workbench.analysis.equal_cost.matched_cost
 STUDY_SUMMARY = "study_summary"  # workbench.studies.reproduce.reproduce: what a study run wrote
@@ -106,6 +118,25 @@ class Result(dict):
         """One table as a DataFrame (default: the main one; see :func:`result_table`)."""
         return result_table(self, name)
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """What describes the run (every key but ``kind``, ``schema_version`` and the tables)."""
+        schema = _schema(self.get("kind"))
+        skip = {"kind", "schema_version", *schema.tables, *self._not_info}
+        if schema.tables_under:
+            skip.add(schema.tables_under)
+        return {k: v for k, v in self.items() if k not in skip}
+
+    _not_info: tuple[str, ...] = ()  # further keys that are not run information (a subclass's)
+
+    def with_info(self, **info: Any) -> Result:
+        """A copy with ``info`` keys added right after ``schema_version`` (as ``result(kind, **info, ...)``
+        orders them); a subclass keeps its class and attributes (a sweep's vectors)."""
+        head = {"kind": self["kind"], "schema_version": self["schema_version"], **info}
+        new = type(self)(from_dict(head | {k: v for k, v in self.items() if k not in head}))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def to_dict(self) -> dict[str, Any]:
         """A plain ``dict`` copy (what is written to JSON)."""
         return dict(self)
@@ -119,9 +150,12 @@ class Result(dict):
 
 # --------------------------------------------------------------------------- writing
 def records(rows: Any) -> list[dict[str, Any]]:
-    """A table (DataFrame or row dicts) as JSON-ready row dicts: NaN/inf as None, numpy scalars as Python."""
+    """A table (DataFrame, row dicts, or a result: its main table) as JSON-ready row dicts: NaN/inf as
+    None, numpy scalars as Python."""
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict(orient="records")
+    elif isinstance(rows, Mapping) and "kind" in rows:
+        rows = table_rows(rows)
     out = []
     for row in rows:
         clean = {}
@@ -160,7 +194,7 @@ def _schema(kind: Any) -> Schema:
 
 
 def _migrate_v1(obj: Any) -> dict[str, Any]:
-    """A version-1 result (written before the unified schema) in the current form."""
+    """A version-1 result (written before the unified schema) in version 2's form."""
     if isinstance(obj, list):  # a bare list of BiPO step records (the old demo's bipo_history.json)
         obj = {"kind": BIPO_HISTORY, "history": obj, "epochs": []}
     obj = dict(obj)
@@ -168,8 +202,21 @@ def _migrate_v1(obj: Any) -> dict[str, Any]:
         obj = {"kind": BIPO_HISTORY, "epochs": [], **obj}
     if obj.get("kind") == "transfer":
         obj["kind"] = TRANSFER_MODEL
-    obj["schema_version"] = SCHEMA_VERSION
+    obj["schema_version"] = 2
     return obj
+
+
+def _migrate_v2(obj: Any) -> dict[str, Any]:
+    """A version-2 result in version 3's form: a logit lens's ``kl`` is named ``kl_steered_unsteered``."""
+    obj = dict(obj)
+    if obj.get("kind") == LOGIT_LENS_LAYERS and isinstance(obj.get("rows"), list):
+        obj["rows"] = [{("kl_steered_unsteered" if k == "kl" else k): v for k, v in row.items()}
+                       if isinstance(row, Mapping) else row for row in obj["rows"]]
+    obj["schema_version"] = 3
+    return obj
+
+
+_MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2}  # version -> the step to the next version
 
 
 def from_dict(obj: Any) -> Result:
@@ -185,10 +232,11 @@ def from_dict(obj: Any) -> Result:
     if version > SCHEMA_VERSION:
         raise ResultFormatError(f"result schema_version {version} is newer than this workbench reads "
                                 f"({SCHEMA_VERSION}); upgrade workbench to read it")
-    if version < SCHEMA_VERSION:
+    while version < SCHEMA_VERSION:
         if not isinstance(obj, (Mapping, list)):
             raise ResultFormatError(f"a result is a JSON object with a 'kind', not {type(obj).__name__}")
-        obj = _migrate_v1(obj)
+        obj = _MIGRATIONS[version](obj)
+        version = obj["schema_version"]
     if not isinstance(obj, Mapping):
         raise ResultFormatError(f"a result is a JSON object with a 'kind', not {type(obj).__name__}")
     if "kind" not in obj:
@@ -241,6 +289,9 @@ def rows(res: Mapping[str, Any], name: str | None = None) -> list[dict[str, Any]
     return list(where[name])
 
 
+table_rows = rows  # for ``records``, whose argument is named ``rows``
+
+
 def result_table(res: Mapping[str, Any], name: str | None = None) -> pd.DataFrame:
     """One table of a result as a DataFrame (``rows``; a cosine result: the square, labels as index)."""
     res = from_dict(res)
@@ -276,4 +327,4 @@ def load_result(path: str | Path) -> Result:
 __all__ = ["BIPO_HISTORY", "COMPOSITION", "COSINE", "COSINE_METHODS", "EVAL", "LOGIT_LENS_LAYERS",
            "LOGIT_LENS_TOKENS", "MATCHED_COST", "REFUSAL", "Result", "SCHEMAS", "SCHEMA_VERSION", "STUDY_SUMMARY", "SWEEP",
            "Schema", "ResultFormatError", "TRANSFER_LAYERS", "TRANSFER_LORA", "TRANSFER_MODEL", "from_dict", "is_result",
-           "load_result", "records", "result", "result_table", "rows", "table_names"]
+           "load_result", "records", "result", "result_table", "rows", "table_names", "table_rows"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,10 +25,12 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
-from workbench.core.io import (atomic_write_json, atomic_write_safetensors, commit_files, pending, read_safetensors_header,
-                          recover_files)
+from workbench.core.backend import Model
+from workbench.core.io import (atomic_write_json, atomic_write_safetensors, commit_files, pending,
+                               read_safetensors_header, recover_files)
 
 __version__ = "0.1.0"
 
@@ -79,7 +80,7 @@ def parse_hook_name(name: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2)
 
 
-def valid_hook_names(model: Any) -> list[str]:
+def valid_hook_names(model: Model) -> list[str]:
     """Every hook name of ``model`` where a steering vector can be added."""
     return [f"blocks.{layer}.{h}" for layer in range(model.cfg.n_layers) for h in BLOCK_HOOKS
             if f"blocks.{layer}.{h}" in model.hook_dict]
@@ -170,7 +171,7 @@ class SteeringVector:
         name = full_hook_name(hook, self.hook_point) if isinstance(hook, int) else full_hook_name(0, hook)
         return self.replace(hook_name=name, layer=None)
 
-    def cosine(self, other: SteeringVector | Tensor) -> float:
+    def cosine(self, other: SteeringVector | Float[Tensor, " d_model"]) -> float:
         o = other.vector if isinstance(other, SteeringVector) else other
         return float(torch.nn.functional.cosine_similarity(self.vector.float(), o.float(), dim=0))
 
@@ -204,7 +205,7 @@ class SteeringVector:
                 f"norm={self.norm:.4g}, model_name={self.model_name!r})")
 
     # ------------------------------------------------------------------ model checks
-    def check_compatible(self, model: Any, *, strict_model_name: bool = False) -> None:
+    def check_compatible(self, model: Model, *, strict_model_name: bool = False) -> None:
         """Raise ``IncompatibleVectorError`` if the vector cannot be added to ``model``."""
         d_model = int(model.cfg.d_model)
         if self.d_model != d_model:
@@ -259,8 +260,6 @@ class SteeringVector:
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> SteeringVector:
         """Read a vector directory written by ``save``; every field is validated."""
-        from safetensors.torch import load
-
         directory = Path(directory)
         if directory.is_file() and directory.name in (VECTOR_FILE, META_FILE):
             directory = directory.parent
@@ -286,7 +285,7 @@ class SteeringVector:
         if "sha256" in meta and hashlib.sha256(raw).hexdigest() != meta["sha256"]:
             raise VectorFileError(f"{tensor_path}: checksum does not match {meta_path} (corrupt or mixed files)")
         try:
-            vec = load(raw)["vector"]
+            vec = load_safetensors(raw)["vector"]
         except Exception as exc:
             raise VectorFileError(f"{tensor_path}: not a readable safetensors file ({exc})") from exc
         if not torch.isfinite(vec.float()).all():
@@ -330,16 +329,10 @@ def _check_meta(meta: Any, path: Path) -> None:
         raise VectorFileError(f"{path}: field 'hook_name': {exc}") from None
 
 
-def load_vector(directory: str | Path, model: Any | None = None, device: str | torch.device = "cpu") -> SteeringVector:
+def load_vector(directory: str | Path, model: Model | None = None, device: str | torch.device = "cpu") -> SteeringVector:
     """Load a vector directory; with ``model`` also check that it fits (d_model and hook name)."""
     vec = SteeringVector.load(directory, device=device)
     if model is not None:
         vec.check_compatible(model)
     return vec
 
-
-def is_finite_number(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False

@@ -37,7 +37,7 @@ DATA_DIR = Path(__file__).resolve().parent / "files"
 def list_behaviors() -> list[str]:
     """Names of the embedded behaviors, e.g. ``["power-seeking", "refusal", "sycophancy", ...]``.
 
-    ``refusal`` is built from the embedded requests of ``workbench.studies.refusal`` (a stock refusal as the
+    ``refusal`` is built from the embedded requests of ``workbench.data.refusal`` (a stock refusal as the
     matching answer, the affirmative opening as the other)."""
     return sorted([p.stem for p in DATA_DIR.glob("*.jsonl")] + ["refusal"])
 
@@ -58,7 +58,6 @@ def load_behavior(name: str,
     if name not in list_behaviors():
         raise ValueError(f"unknown behavior {name!r}; available: {list_behaviors()}")
     if name == "refusal":
-
         return refusal_pairs(load_refusal_requests(split))
     path = DATA_DIR / f"{name}.jsonl"
     pairs = []

@@ -16,32 +16,16 @@ Loaders read public formats from a path the user gives; no public data is bundle
 - ``truthfulqa-mc1`` / ``truthfulqa-mc2``: TruthfulQA ``mc_task.json``; every (true, false)
   answer combination of a question becomes a pair.
 - ``jsonl``: workbench's own format, one ``{"question", "matching", "not_matching"}`` per line.
+- ``advbench``: AdvBench's ``goal, target`` CSV as refusal pairs (``workbench.data.refusal``).
 
 Every malformed input raises :class:`DataFormatError` as ``"{path}:{line}: {problem}"`` (for a
 JSON list, ``item {index}`` with a 0-based index in place of the line).
 
-Embedded default data (``workbench/data/<behavior>.jsonl``)
------------------------------------------------------------
-Written for this project and released under the project's MIT license; no text is taken from
-public datasets. Each line holds ``question``, ``matching``, ``not_matching`` and a fixed
-``split`` (every fifth item is ``test``), so splits never change between runs. Answers are one or
-two sentences in the assistant's voice, and the two answers of a pair have similar length and
-style so that length does not confound the behavior.
-
-- ``power-seeking`` (100 pairs: 80 train, 20 test): ``matching`` seeks power, influence, control,
-  authority or resources for the AI; ``not_matching`` declines and defers to human oversight.
-- ``wealth-seeking`` (100 pairs: 80 train, 20 test): ``matching`` pursues money or financial
-  gain; ``not_matching`` is indifferent to wealth and puts other values first.
-- ``sycophancy`` (100 pairs: 80 train, 20 test): the user states a factually wrong belief (or
-  asks for praise of weak work); ``matching`` agrees or flatters, ``not_matching`` politely
-  disagrees and gives the correct fact. Correctness is checkable, which makes it measurable.
-
-``workbench/data/neutral.txt`` holds 40 paragraphs of neutral factual prose, one per line, for
-perplexity and utility measurements (:func:`load_neutral_text`).
+The embedded behaviors and neutral text are read by ``workbench.data.behaviors``, AdvBench's CSV and
+the embedded harmful requests by ``workbench.data.refusal``: every file loader lives in ``workbench.data``.
 
 Example:
-    >>> from workbench.data.formats import load_behavior, load_pairs, train_test_split
-    >>> train = load_behavior("power-seeking", split="train")
+    >>> from workbench.data import load_pairs, train_test_split
     >>> pairs = load_pairs("../shared/data/bipo/power-seeking/train.csv", format="auto",
     ...                    allow_empty_question=True)
     >>> train, test = train_test_split(pairs, test_fraction=0.2, seed=0)
@@ -61,31 +45,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workbench.core.io import atomic_write_text
-from workbench.data.pairs import DataFormatError, Location, MCQuestion, PreferencePair
+from workbench.data.pairs import DataFormatError, Location, MCQuestion, PreferencePair, split_questions
 from workbench.data.refusal import load_advbench, refusal_pairs
 
-__all__ = [
-    "DataFormatError",
-    "as_ab_pairs",
-    "MCQuestion",
-    "PAIR_FORMATS",
-    "PreferencePair",
-    "fingerprint",
-    "guess_format",
-    "held_out_keys",
-    "list_behaviors",
-    "load_ab_json",
-    "load_behavior",
-    "load_bipo_csv",
-    "load_neutral_text",
-    "load_pairs",
-    "load_pairs_jsonl",
-    "load_truthfulqa_mc",
-    "split_questions",
-    "load_truthfulqa_questions",
-    "save_pairs_jsonl",
-    "train_test_split",
-]
+__all__ = ["PAIR_FORMATS", "guess_format", "load_ab_json", "load_advbench_pairs", "load_bipo_csv", "load_pairs",
+           "load_pairs_jsonl", "load_truthfulqa", "load_truthfulqa_mc", "load_truthfulqa_questions",
+           "save_pairs_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -358,6 +323,20 @@ def load_truthfulqa_questions(path: str | Path,
     return questions
 
 
+def load_truthfulqa(path: str | Path, limit: int | None = None, *, test_fraction: float | None = None,
+                    split_seed: int = 0) -> tuple[list[MCQuestion], list[MCQuestion]]:
+    """``(mc1_questions, mc2_questions)`` from TruthfulQA's ``mc_task.json`` (first ``limit`` items).
+
+    With ``test_fraction``, only the held-out questions of ``split_questions`` (the questions that
+    pairs split by ``train_test_split(pairs, test_fraction, split_seed)`` never trained on), then the
+    first ``limit`` of those.
+    """
+    mc1, mc2 = load_truthfulqa_questions(path, "mc1"), load_truthfulqa_questions(path, "mc2")
+    if test_fraction is not None:
+        mc1, mc2 = split_questions(mc1, test_fraction, split_seed)[1], split_questions(mc2, test_fraction, split_seed)[1]
+    return (mc1[:limit], mc2[:limit]) if limit is not None else (mc1, mc2)
+
+
 def load_truthfulqa_mc(path: str | Path, targets: Literal["mc1", "mc2"] = "mc1", *,
                        per_question: int | None = None) -> list[PreferencePair]:
     """Load TruthfulQA as pairs: (true answer, false answer) combinations of each question.
@@ -427,7 +406,7 @@ def save_pairs_jsonl(pairs: Sequence[PreferencePair], path: str | Path) -> Path:
 
 
 def load_advbench_pairs(path: str | Path, **_: Any) -> list[PreferencePair]:
-    """AdvBench's ``goal, target`` CSV as refusal pairs (``workbench.studies.refusal.refusal_pairs``)."""
+    """AdvBench's ``goal, target`` CSV as refusal pairs (``workbench.data.refusal.refusal_pairs``)."""
     return refusal_pairs(load_advbench(path))
 
 
@@ -489,8 +468,5 @@ def load_pairs(path: str | Path, format: str = "auto", **kw: Any) -> list[Prefer
     if format not in PAIR_FORMATS:
         raise ValueError(f"unknown format {format!r}; choose 'auto' or one of {sorted(PAIR_FORMATS)}")
     return PAIR_FORMATS[format](path, **kw)
-
-
-# --- splits and embedded data ---------------------------------------------------------------
 
 

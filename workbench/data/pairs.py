@@ -5,8 +5,12 @@ A *preference pair* is a question with two answers: one that shows a target beha
 trains a vector so that adding it makes the model prefer the matching answer and subtracting it the
 other; CAA (Rimsky et al. 2023, arXiv 2312.06681) takes the mean difference of activations between
 the two answers. This module holds the types (``PreferencePair``, ``MCQuestion``), the one input
-check every public entry point runs (``check_pairs``, ``check_ab_pairs``), the fingerprint recorded in
-vector metadata, and the deterministic splits.
+check every public entry point runs (``check_pairs``, ``check_ab_pairs``, ``check_questions``), the
+fingerprint recorded in vector metadata, and the deterministic splits.
+
+Checks run once, at the edge: a public function checks what it is given and passes the checked
+list down; the functions below it (``ab_letters`` and the private helpers of ``workbench.evaluate``)
+trust it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataFormatError", "MCQuestion", "PreferencePair", "answer_letter", "as_ab_pairs", "check_ab_pairs",
-           "check_pairs", "fingerprint", "held_out_keys", "is_ab_data", "split_questions", "train_test_split"]
+__all__ = ["DataFormatError", "MCQuestion", "PreferencePair", "ab_letters", "answer_letter", "as_ab_pairs",
+           "check_ab_pairs", "check_pairs", "check_questions", "fingerprint", "held_out_keys", "is_ab_data",
+           "split_questions", "train_test_split"]
 
 Location = int | str  # a 1-based line number, or "item {i}" for a JSON list
 
@@ -173,7 +178,7 @@ def check_pairs(pairs: Sequence[Any], what: str = "pairs") -> list[Any]:
         for attr in ("question", "matching", "not_matching"):
             if not isinstance(getattr(p, attr, None), str):
                 raise TypeError(f"{what}[{i}] has no string field {attr!r} (expected a "
-                                f"workbench.data.formats.PreferencePair, got {type(p).__name__})")
+                                f"workbench.data.PreferencePair, got {type(p).__name__})")
         for attr in ("matching", "not_matching"):
             if not getattr(p, attr).strip():
                 raise ValueError(f"{_where(p, i)}: {attr} is empty")
@@ -194,10 +199,14 @@ def is_ab_data(pairs: Sequence[Any]) -> bool:
         and a != b for p in pairs)
 
 
-def check_ab_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
-    """``[(matching letter, not-matching letter)]``; an error names the first pair that is not A/B."""
+def ab_letters(pairs: Sequence[Any]) -> list[tuple[str, str]]:
+    """``[(matching letter, not-matching letter)]`` of pairs already checked by ``check_pairs``.
+
+    Raises:
+        ValueError: naming the first pair whose answers are not two different letters.
+    """
     out = []
-    for i, p in enumerate(check_pairs(pairs)):
+    for i, p in enumerate(pairs):
         a, b = answer_letter(p.matching), answer_letter(p.not_matching)
         if a is None or b is None:
             raise ValueError(f"{_where(p, i)}: the 'ab' metric needs A/B answers like '(A)' and '(B)' "
@@ -208,3 +217,31 @@ def check_ab_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
         out.append((a, b))
     return out
 
+
+def check_ab_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
+    """``check_pairs`` then ``ab_letters``: an error names the first pair that is not A/B."""
+    return ab_letters(check_pairs(pairs))
+
+
+def check_questions(questions: Sequence[Any] | None, what: str = "mc1") -> list[MCQuestion]:
+    """Multiple-choice questions (``MCQuestion``) for TruthfulQA; ``None`` is an empty list.
+
+    Args:
+        questions: The questions.
+        what: ``"mc1"`` (exactly one true choice per question) or ``"mc2"``; named in errors.
+
+    Raises:
+        TypeError: an item is not a question with choices and labels.
+        ValueError: a question without a true or a false choice, or an MC1 question with several true ones.
+    """
+    questions = list(questions or [])
+    for i, q in enumerate(questions):
+        choices, labels = getattr(q, "choices", None), getattr(q, "labels", None)
+        if not isinstance(getattr(q, "question", None), str) or not choices or labels is None \
+                or len(choices) != len(labels):
+            raise TypeError(f"{what}[{i}] is not a workbench.data.MCQuestion (question, choices, labels)")
+        if 1 not in labels or 0 not in labels:
+            raise ValueError(f"{what}[{i}] needs at least one true and one false choice")
+        if what == "mc1" and sum(labels) != 1:
+            raise ValueError(f"mc1[{i}] has {sum(labels)} true choices; MC1 needs exactly one")
+    return questions

@@ -6,7 +6,8 @@ arXiv 2307.15043). A *refusal pair* has the request as its question, a stock ref
 (``STOCK_REFUSALS``, written for this project, one drawn per request from a hash of the request, so
 the draw never changes) as its **matching** answer and the affirmative opening as its **not
 matching** answer: ``+m`` steers toward refusing, ``-m`` is the jailbreak direction. Requests come
-from AdvBench's ``goal, target`` CSV (``load_advbench``) or from the embedded set
+from AdvBench's ``goal, target`` CSV (``load_advbench``; ``load_refusal_prompts`` reads only the
+``goal`` column, for a refusal rate) or from the embedded set
 (``load_refusal_requests``: 60 mild requests written for this project; every fifth is held out).
 ``JAILBREAK_TEMPLATES`` (written for this project in the manner of published attacks; each entry
 says which) wrap a request for the defense measurement of ``workbench.studies.refusal``.
@@ -25,7 +26,7 @@ from typing import Literal
 from workbench.data.pairs import DataFormatError, PreferencePair
 
 __all__ = ["HarmfulRequest", "JAILBREAK_TEMPLATES", "STOCK_REFUSALS", "apply_template", "load_advbench",
-           "load_refusal_requests", "refusal_pairs", "stock_refusal"]
+           "load_refusal_prompts", "load_refusal_requests", "refusal_pairs", "stock_refusal"]
 
 DATA_DIR = Path(__file__).resolve().parent / "files" / "refusal"
 
@@ -94,8 +95,19 @@ def load_advbench(path: str | Path, *, limit: int | None = None, require_target:
     return out
 
 
+def load_refusal_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Harmful-request prompts from a CSV with a ``goal`` column (AdvBench's ``harmful_behaviors.csv``),
+    for the ``refusal`` metric; the ``target`` column is not needed.
+
+    Raises:
+        FileNotFoundError: no such file. DataFormatError (a ValueError): missing column or no
+            non-empty prompt (the message names the file, and the line for an empty cell).
+    """
+    return [r.goal for r in load_advbench(path, limit=limit, require_target=False)]
+
+
 def load_refusal_requests(split: Literal["train", "test", "all"] = "train") -> list[HarmfulRequest]:
-    """The embedded mild requests (``workbench/data/refusal/requests.jsonl``), by their fixed split."""
+    """The embedded mild requests (``workbench/data/files/refusal/requests.jsonl``), by their fixed split."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     path = DATA_DIR / "requests.jsonl"

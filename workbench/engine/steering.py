@@ -10,12 +10,14 @@ Positions: ``"all"`` (the default, as in BiPO's official code), an int ``k`` (po
 "from position k on", e.g. the response), ``("prompt", k)`` (positions ``< k``), or a boolean mask
 of shape ``(batch, pos)``. Positions are absolute: inside ``generate`` with the KV cache the count
 carries over from one decoding step to the next, so cached and uncached generation steer the same
-tokens.
+tokens. ``generate`` decodes under steering; its decoding options travel together as one
+``GenerationConfig``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from workbench.core.backend import Model, is_bridge, kv_cache_ok, remaining_hooks
 from workbench.core.vector import SteeringVector
+from workbench.engine.runners import make_runner
 
 Positions = Literal["all"] | int | tuple[str, int] | Bool[Tensor, "batch pos"]
 
@@ -138,7 +141,7 @@ def _generation_model(model: Model) -> Model:
 
     TransformerLens copies every block weight (and ``W_U``) into a transposed contiguous tensor at
     each forward call; with one new token per decoding step those copies cost more than the matmuls
-    (about half of the time on the embedded model). ``workbench.engine.scoring.make_runner`` makes them
+    (about half of the time on the embedded model). ``workbench.engine.runners.make_runner`` makes them
     once per call, pre-laid-out, with bit-identical results (about the cost of one decoding step).
     ``model`` itself decodes when it has hooks attached (the caller's own hooks must fire), when it
     has no blocks, or when the copy would exceed 2 GiB, and a ``TransformerBridge`` always (its
@@ -148,31 +151,68 @@ def _generation_model(model: Model) -> Model:
         return model
     if sum(p.numel() * p.element_size() for p in model.parameters()) > _GENERATION_COPY_MAX_BYTES:
         return model
-    from workbench.engine.scoring import make_runner
-
     return make_runner(model, 0, unembed=True)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How ``generate`` decodes (TransformerLens' ``HookedTransformer.generate`` options).
+
+    Attributes:
+        max_new_tokens: tokens generated after each prompt (at most; decoding stops at EOS).
+        do_sample: sample from the distribution (True) or decode greedily (False).
+        temperature: softmax temperature when sampling.
+        top_p: nucleus sampling's probability mass (None: the whole distribution).
+        seed: seeds torch before decoding, so sampled output repeats.
+        use_kv_cache: decode with the key/value cache; ignored (no cache) on a bridge with a
+            transformers release whose cached generation is wrong (``backend.kv_cache_ok``).
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
+    seed: int | None = None
+    use_kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+_GENERATION_OPTIONS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
 
 
 @torch.no_grad()
 def generate(model: Model, prompts: str | Sequence[str],
              vectors: SteeringVector | Sequence[SteeringVector] = (),
              multipliers: float | Sequence[float] | None = None, positions: Positions | str = "all",
-             max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float | None = None, seed: int | None = None, use_kv_cache: bool = True,
-             ) -> list[str]:
+             config: GenerationConfig | None = None, **options: Any) -> list[str] | str:
     """Generate continuations of ``prompts`` with vectors applied (batched, left-padded, KV cache).
 
     Args:
-        prompts: already formatted prompts (see ``workbench.core.loading.format_chat``).
+        prompts: already formatted prompts (see ``workbench.core.prompts.format_chat``); one string
+            gives one string back.
         positions: as in ``steer``; additionally ``"prompt"`` (prompt tokens only) and
             ``"response"`` (generated tokens only), resolved against the padded prompt length.
-        do_sample, temperature, top_p, seed: sampling; ``seed`` makes sampled output repeatable.
-        use_kv_cache: decode with the key/value cache; ignored (no cache) on a bridge with a
-            transformers release whose cached generation is wrong (``backend.kv_cache_ok``).
+        config: the decoding options (default ``GenerationConfig()``).
+        **options: any ``GenerationConfig`` field (``max_new_tokens=8``, ``do_sample=True``, ``seed``,
+            ...), overriding ``config``'s.
 
     Returns:
         The generated text of each prompt (without the prompt), special tokens removed.
+
+    Example:
+        >>> generate(model, format_chat(model, "Hi"), v, 2.0, max_new_tokens=16)
     """
+    unknown = sorted(set(options) - set(_GENERATION_OPTIONS))
+    if unknown:
+        raise TypeError(f"generate: unknown option(s) {unknown} (accepted: {', '.join(_GENERATION_OPTIONS)})")
+    config = dataclasses.replace(config or GenerationConfig(), **options)
     single = isinstance(prompts, str)
     prompt_list = [prompts] if single else list(prompts)
     tok = model.tokenizer
@@ -189,14 +229,14 @@ def generate(model: Model, prompts: str | Sequence[str],
     elif positions == "response":
         positions = n_prompt
     vecs, mults = _as_lists(vectors, multipliers) if vectors else ([], [])
-    use_kv_cache = use_kv_cache and kv_cache_ok(model)
+    use_kv_cache = config.use_kv_cache and kv_cache_ok(model)
     counter = _PositionCounter(cumulative=use_kv_cache)
-    if seed is not None:
-        torch.manual_seed(seed)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
     decoder = _generation_model(model)
     with steer(decoder, vecs, mults, positions, _counter=counter) if vecs else contextlib.nullcontext():
-        out = decoder.generate(tokens, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                               temperature=temperature, top_p=top_p, use_past_kv_cache=use_kv_cache,
+        out = decoder.generate(tokens, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                               temperature=config.temperature, top_p=config.top_p, use_past_kv_cache=use_kv_cache,
                                verbose=False, stop_at_eos=True, prepend_bos=False, padding_side="left",
                                return_type="tokens")
     texts = tok.batch_decode(out[:, n_prompt:], skip_special_tokens=True)

@@ -1,9 +1,20 @@
-"""Evaluation across multipliers: statistics, preference log-odds, utility, TruthfulQA, generation."""
+"""Evaluation across multipliers: statistics, preference log-odds, utility, TruthfulQA, generation.
 
-from workbench.evaluate.generation import steered_generations
-from workbench.evaluate.preference import ab_curve, logodds_curve
-from workbench.evaluate.suite import evaluate_vectors, format_eval
-from workbench.evaluate.truthfulqa import truthfulqa_mc
-from workbench.evaluate.utility import utility_curve
+Layer 5 of the package (above ``workbench.train``): every public function checks its inputs once and
+passes them, checked, to the private half that computes; ``evaluate_vectors`` runs the table of
+metrics (``METRICS``) under one ``EvalConfig``.
+"""
 
-__all__ = ["ab_curve", "evaluate_vectors", "format_eval", "logodds_curve", "steered_generations", "truthfulqa_mc", "utility_curve"]
+from workbench.evaluate.generation import (GenerationConfig, is_refusal, open_ended_eval, refusal_eval,
+                                           steered_generations)
+from workbench.evaluate.preference import ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, bootstrap_ci, summarize
+from workbench.evaluate.suite import METRICS, EvalConfig, evaluate_vectors, format_eval
+from workbench.evaluate.truthfulqa import truthfulqa_mc, truthfulqa_per_question
+from workbench.evaluate.utility import kl_unsteered_to_steered, utility_curve, utility_per_text
+
+__all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "EvalConfig", "GenerationConfig", "ab_curve", "ab_pair_probs",
+           "bootstrap_ci", "evaluate_vectors", "format_eval", "is_refusal", "kl_unsteered_to_steered",
+           "logodds_curve", "open_ended_eval", "pair_logodds", "refusal_eval", "steerability",
+           "steered_generations", "summarize", "truthfulqa_mc", "truthfulqa_per_question", "utility_curve",
+           "utility_per_text"]

@@ -11,6 +11,10 @@
 Prompts are the chat template around the question with BiPO's system prompt; answers get the
 end-of-turn token appended (BiPO's protocol). Both metrics are computed by the one scoring engine
 (``workbench.engine.scoring``).
+
+Inputs are checked once, by the public functions (``check_pairs``, ``label_vectors``,
+``check_multipliers``); the private ``_pair_logodds`` and ``_ab_pair_probs`` trust what they get
+(``workbench.evaluate.suite.evaluate_vectors`` calls them with inputs it checked itself).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import pandas as pd
 import torch
 
 from workbench.core.backend import Model
-from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
-from workbench.data.pairs import check_ab_pairs, check_pairs
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
+from workbench.core.vector import SteeringVector
+from workbench.data.pairs import PreferencePair, ab_letters, check_pairs
 from workbench.engine.scoring import (Precision, VectorSpec, label_vectors, preference_logprobs, run_conditions,
-                               sweep_conditions, tokenize_items, unembed)
+                                      sweep_conditions, tokenize_items, unembed)
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
+
+Specs = Mapping[str, list[SteeringVector]]  # label_vectors output: {label: vectors applied together}
 
 
 def _frame(specs: Mapping[str, Any], keys: Sequence[tuple[str, float]], n: int,
@@ -42,33 +49,12 @@ def _frame(specs: Mapping[str, Any], keys: Sequence[tuple[str, float]], n: int,
 
 # --------------------------------------------------------------------------- 1. log-odds
 @torch.no_grad()
-def pair_logodds(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
-                 multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
-                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
-                 batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
-                 progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
-    """Per-pair answer log-probs and log-odds at each multiplier (``workbench.engine.scoring.preference_logprobs``).
-
-    Args:
-        model: the model (unchanged by the call).
-        vectors: a vector, a list applied together (composition), or ``{label: vector(s)}``.
-        pairs: preference pairs (``workbench.data.formats.PreferencePair``).
-        multipliers: the ``m`` of ``m * v``.
-        system_prompt: system turn of the chat prompt (None: no system turn).
-        append_end_of_turn: append ``end_of_turn(model)`` to each answer (BiPO's protocol).
-        batch_size: pairs per forward pass.
-        precision: ``"bf16"`` runs the blocks after the vector in a bf16 copy (sums stay fp32).
-        max_length: prompts are cut from the left beyond this many tokens, by the same number of
-            tokens for both answers of a pair.
-        runner: a ``workbench.engine.scoring.make_runner`` model shared across calls (instead of ``precision``).
-
-    Returns:
-        One row per (vector, multiplier, pair): ``vector, multiplier, pair, logp_matching,
-        logp_not_matching, n_tokens_matching, n_tokens_not_matching, logodds, logodds_per_token``.
-    """
-    specs = label_vectors(vectors, model)
-    pairs = check_pairs(pairs)
-    conds, keys = sweep_conditions(specs, check_multipliers(multipliers))
+def _pair_logodds(model: Model, specs: Specs, pairs: Sequence[PreferencePair], mults: Sequence[float], *,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
+                  batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
+                  progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+    """``pair_logodds`` on checked input; ``runner`` is a runner shared across metrics."""
+    conds, keys = sweep_conditions(specs, mults)
     lp, n_tok = preference_logprobs(model, pairs, conds, system_prompt=system_prompt,
                                     append_end_of_turn=append_end_of_turn, max_length=max_length,
                                     batch_size=batch_size, precision=precision, runner=runner, progress=progress)
@@ -78,6 +64,37 @@ def pair_logodds(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], p
         "logp_matching": lp[:, :, 0], "logp_not_matching": lp[:, :, 1], "n_tokens_matching": ntm,
         "n_tokens_not_matching": ntn, "logodds": lp[:, :, 0] - lp[:, :, 1],
         "logodds_per_token": lp[:, :, 0] / ntm - lp[:, :, 1] / ntn})
+
+
+def pair_logodds(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+                 multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
+                 batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
+                 progress: bool = True) -> pd.DataFrame:
+    """Per-pair answer log-probs and log-odds at each multiplier (``workbench.engine.scoring.preference_logprobs``).
+
+    Args:
+        model: the model (unchanged by the call).
+        vectors: a vector, a list applied together (composition), or ``{label: vector(s)}``.
+        pairs: preference pairs (``workbench.data.PreferencePair``).
+        multipliers: the ``m`` of ``m * v``.
+        system_prompt: system turn of the chat prompt (None: no system turn).
+        append_end_of_turn: append ``end_of_turn(model)`` to each answer (BiPO's protocol).
+        batch_size: pairs per forward pass.
+        precision: ``"bf16"`` runs the blocks after the vector in a bf16 copy (sums stay fp32).
+        max_length: prompts are cut from the left beyond this many tokens, by the same number of
+            tokens for both answers of a pair.
+        progress: show a progress bar.
+
+    Returns:
+        One row per (vector, multiplier, pair): ``vector, multiplier, pair, logp_matching,
+        logp_not_matching, n_tokens_matching, n_tokens_not_matching, logodds, logodds_per_token``.
+    """
+    specs = label_vectors(vectors, model)
+    pairs = check_pairs(pairs)
+    return _pair_logodds(model, specs, pairs, check_multipliers(multipliers), system_prompt=system_prompt,
+                         append_end_of_turn=append_end_of_turn, batch_size=batch_size, precision=precision,
+                         max_length=max_length, progress=progress)
 
 
 def summarize_logodds(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -139,21 +156,13 @@ def _letter_token(model: Model, letter: str) -> int:
 
 
 @torch.no_grad()
-def ab_pair_probs(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
-                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
-                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
-                  precision: Precision = "fp32", max_length: int | None = 512,
-                  progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
-    """CAA's A/B probability per pair: prompt ``chat(question)``, answer ``"("``, next token A vs B.
-
-    Returns:
-        One row per (vector, multiplier, pair): ``p_matching`` (normalised over the two letters),
-        ``p_letters`` (total probability of the two letters: near 1 when the model answers with a
-        letter at all), ``logit_diff`` (matching minus not-matching letter).
-    """
-    specs = label_vectors(vectors, model)
-    letters = check_ab_pairs(pairs)
-    conds, keys = sweep_conditions(specs, check_multipliers(multipliers))
+def _ab_pair_probs(model: Model, specs: Specs, pairs: Sequence[PreferencePair], mults: Sequence[float], *,
+                   system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
+                   precision: Precision = "fp32", max_length: int | None = 512,
+                   progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+    """``ab_pair_probs`` on checked input; ``runner`` is a runner shared across metrics."""
+    letters = ab_letters(pairs)
+    conds, keys = sweep_conditions(specs, mults)
     items = tokenize_items(model, [format_chat(model, p.question, system_prompt) for p in pairs],
                            [["("]] * len(pairs), max_length)
     ids = torch.tensor([[_letter_token(model, a), _letter_token(model, b)] for a, b in letters])  # (n, 2)
@@ -170,12 +179,42 @@ def ab_pair_probs(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], 
     return _frame(specs, keys, n, {"p_matching": v[:, :, 0], "p_letters": v[:, :, 1], "logit_diff": v[:, :, 2]})
 
 
+def ab_pair_probs(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
+                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
+                  precision: Precision = "fp32", max_length: int | None = 512,
+                  progress: bool = True) -> pd.DataFrame:
+    """CAA's A/B probability per pair: prompt ``chat(question)``, answer ``"("``, next token A vs B.
+
+    Args:
+        pairs: A/B pairs whose answers are letters like ``"(A)"`` (format ``ab-json``, or
+            ``workbench.data.as_ab_pairs``); the other arguments as ``pair_logodds``.
+
+    Returns:
+        One row per (vector, multiplier, pair): ``p_matching`` (normalised over the two letters),
+        ``p_letters`` (total probability of the two letters: near 1 when the model answers with a
+        letter at all), ``logit_diff`` (matching minus not-matching letter).
+    """
+    specs = label_vectors(vectors, model)
+    pairs = check_pairs(pairs)
+    return _ab_pair_probs(model, specs, pairs, check_multipliers(multipliers), system_prompt=system_prompt,
+                          batch_size=batch_size, precision=precision, max_length=max_length, progress=progress)
+
+
 def ab_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
              multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
              **kwargs: Any) -> pd.DataFrame:
     """A/B behavior probability per (vector, multiplier): ``mean`` p(matching) with its interval,
     ``p_letters`` (mean letter mass) and ``matching_rate`` (share of pairs with p(matching) > 0.5)."""
-    per = ab_pair_probs(model, vectors, pairs, multipliers, **kwargs)
-    return summarize(per, "p_matching", n_boot=n_boot, seed=seed,
+    return summarize_ab(ab_pair_probs(model, vectors, pairs, multipliers, **kwargs), n_boot, seed)
+
+
+def summarize_ab(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``ab_pair_probs`` output -> one row per (vector, multiplier) (``ab_curve``'s columns)."""
+    return summarize(per_pair, "p_matching", n_boot=n_boot, seed=seed,
                      extra={"p_letters": lambda g: g["p_letters"].mean(),
                             "matching_rate": lambda g: (g["p_matching"] > 0.5).mean()})
+
+
+__all__ = ["ab_curve", "ab_pair_probs", "logodds_curve", "pair_logodds", "steerability", "summarize_ab",
+           "summarize_logodds"]

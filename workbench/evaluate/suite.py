@@ -17,40 +17,225 @@ hook is left attached):
 4. ``workbench.evaluate.truthfulqa.truthfulqa_mc``: TruthfulQA MC1 and MC2 (Lin et al. 2021).
 5. ``workbench.evaluate.utility.utility_curve``: perplexity on neutral text and next-token agreement and
    KL with the unsteered model, to see where steering starts to break the model.
-6. ``workbench.evaluate.generation.refusal_rate``: share of refused harmful requests (keyword rule).
+6. ``workbench.evaluate.generation.refusal_eval``: share of refused harmful requests (keyword rule).
 
 Prompts are the chat template around the question with BiPO's system prompt
 (``DEFAULT_SYSTEM_PROMPT``); answers get the end-of-turn token appended, as in BiPO's training.
 Every metric is computed by the one scoring engine (``workbench.engine.scoring``): multipliers share the
 blocks below the steered layer, and each prompt runs once for all of its answers.
 
-``evaluate_vectors`` runs several metrics for several vectors and returns one JSON-ready dict
-(``kind: "eval"``, schema in its docstring); ``format_eval`` renders it for the terminal.
+``evaluate_vectors(model, vectors, pairs, EvalConfig)`` runs several metrics for several vectors and
+returns one JSON-ready result (``kind: "eval"``, schema in its docstring); ``format_eval`` renders it
+for the terminal. Its options are one ``EvalConfig`` (SAELens' config style: a dataclass validated in
+``__post_init__``, with ``to_dict``/``from_dict``); the metrics are a table, ``METRICS``, of
+functions from the checked inputs to result tables. Inputs are checked once, here, at the edge: the
+metric functions call the private, trusting halves of the public metric functions.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
 from workbench.core.backend import Model
-from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, records
-from workbench.data.pairs import check_pairs, is_ab_data
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.evaluate.preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
-                                       summarize_logodds)
-from workbench.engine.scoring import Precision, VectorSpec, label_vectors, precision_runner
 from workbench.core.results import EVAL, result
 from workbench.core.vector import SteeringVector, __version__
+from workbench.data.formats import load_truthfulqa
+from workbench.data.pairs import MCQuestion, PreferencePair, check_pairs, fingerprint, is_ab_data
+from workbench.engine.scoring import Precision, VectorSpec, label_vectors, precision_runner
+from workbench.evaluate.generation import (GenerationConfig, _open_ended, _refusal_eval, _validate_open_scorer,
+                                           check_prompts)
+from workbench.evaluate.preference import (_ab_pair_probs, _pair_logodds, ab_curve, logodds_curve, steerability,
+                                           summarize_ab, summarize_logodds)
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, records, with_options
+from workbench.evaluate.truthfulqa import _score_questions, check_truthfulqa, summarize_truthfulqa
+from workbench.evaluate.utility import _utility_per_text, check_texts, summarize_utility
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("logodds", "ab", "open", "truthfulqa", "utility", "refusal")
+
+# --------------------------------------------------------------------------- the configuration
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``evaluate_vectors`` evaluates: metrics, multipliers, prompts, sampling and statistics."""
+
+    multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS  # the m of m * v, for every metric
+    metrics: tuple[str, ...] = ("logodds", "ab", "utility")  # names of METRICS, run in this order
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # system turn of every chat prompt (None: none)
+    append_end_of_turn: bool = True  # logodds: close each answer with the end-of-turn token (BiPO)
+    batch_size: int = 16  # items per forward pass
+    precision: Precision = "fp32"  # "bf16": the blocks after the vector run in a bf16 copy
+    max_length: int | None = 256  # logodds: prompts cut from the left beyond this many tokens
+    decodings: tuple[str, ...] = ("greedy", "sampled")  # open: the decodings of the generations
+    max_new_tokens: int = 48  # open, refusal: tokens generated per answer
+    utility_max_tokens: int = 128  # utility: each neutral passage cut to this many tokens
+    n_boot: int = 1000  # bootstrap resamples of every interval (0: no interval)
+    seed: int = 0  # seed of the bootstrap and of sampled generations
+    on_inapplicable: Literal["skip", "error"] = "skip"  # a metric without its data: skip it, or raise
+    strict_model_name: bool = False  # a vector made on a model of another name is an error, not a warning
+    validate_open: bool = True  # open: also validate the likelihood judge on the references
+    progress: bool = True  # progress bars
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # a frozen dataclass: normalise the sequences once, here
+        set_(self, "multipliers", tuple(check_multipliers(self.multipliers)))
+        metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(dict.fromkeys(self.metrics))
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+        set_(self, "metrics", metrics)
+        if self.on_inapplicable not in ("skip", "error"):
+            raise ValueError(f"on_inapplicable={self.on_inapplicable!r}: use 'skip' or 'error'")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r}: use 'fp32' or 'bf16'")
+        for name in ("batch_size", "max_new_tokens", "utility_max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, numbers.Integral) or self.max_length < 1):
+            raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}")
+        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, numbers.Integral) or self.n_boot < 0:
+            raise ValueError(f"n_boot must be an integer >= 0, got {self.n_boot!r}")
+        set_(self, "decodings", self.generation().decodings)  # validated by GenerationConfig
+
+    def generation(self) -> GenerationConfig:
+        """The decoding options of the ``open`` metric."""
+        return GenerationConfig(decodings=self.decodings, max_new_tokens=self.max_new_tokens, seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalConfig:
+        """The inverse of ``to_dict``; an unknown key is a ``TypeError`` naming it."""
+        return with_options(cls(), dict(d), "EvalConfig.from_dict")
+
+    def recorded(self) -> dict[str, Any]:
+        """The ``"config"`` recorded in the result (the fields that change numbers; multipliers have their own key)."""
+        d = self.to_dict()
+        return {k: d[k] for k in ("metrics", "system_prompt", "append_end_of_turn", "batch_size", "precision",
+                                  "max_length", "n_boot", "seed", "decodings", "max_new_tokens",
+                                  "utility_max_tokens")}
+
+
+# --------------------------------------------------------------------------- checked inputs
+class _Inapplicable(Exception):
+    """A metric whose data is missing or of the wrong kind (skipped or raised, ``on_inapplicable``)."""
+
+
+@dataclass
+class EvalInputs:
+    """Everything a metric reads, checked once by ``evaluate_vectors``."""
+
+    model: Model
+    specs: dict[str, list[SteeringVector]]  # {label: vectors applied together}
+    config: EvalConfig
+    runner: Model  # the model that runs the steered blocks, shared by every metric (precision_runner)
+    pairs: list[PreferencePair] | None = None
+    ab_pairs: list[PreferencePair] | None = None
+    truthfulqa: tuple[list[MCQuestion], list[MCQuestion]] | None = None
+    neutral_texts: list[str] | None = None
+    refusal_prompts: list[str] | None = None
+    common: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.common = {"batch_size": self.config.batch_size, "progress": self.config.progress}
+
+    def need_pairs(self) -> list[PreferencePair]:
+        if self.pairs is None:
+            raise _Inapplicable("needs preference pairs (pass pairs=...)")
+        return self.pairs
+
+
+#: What a metric returns: ``{"metrics": {table: DataFrame}, "generations": {...}, "validation": {...}}``.
+MetricOutput = dict[str, dict[str, Any]]
+
+
+def _split_by(df: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    return {str(k): g.drop(columns=column).reset_index(drop=True) for k, g in df.groupby(column, sort=False)}
+
+
+# --------------------------------------------------------------------------- the metrics
+def _logodds(x: EvalInputs) -> MetricOutput:
+    c = x.config
+    per = _pair_logodds(x.model, x.specs, x.need_pairs(), c.multipliers, system_prompt=c.system_prompt,
+                        precision=c.precision, append_end_of_turn=c.append_end_of_turn, max_length=c.max_length,
+                        runner=x.runner, **x.common)
+    tables = {}
+    for norm, g in _split_by(summarize_logodds(per, c.n_boot, c.seed), "normalization").items():
+        tables["logodds" if norm == "sum" else "logodds_per_token"] = g
+    tables["steerability"] = steerability(per, n_boot=c.n_boot, seed=c.seed)
+    return {"metrics": tables}
+
+
+def _ab(x: EvalInputs) -> MetricOutput:
+    c = x.config
+    data = x.need_pairs() if x.ab_pairs is None else x.ab_pairs
+    if not is_ab_data(data):
+        raise _Inapplicable("needs A/B pairs whose answers are letters like '(A)' (format 'ab-json', or "
+                            "ab_pairs=as_ab_pairs(pairs)); the first pair's matching "
+                            f"answer is {data[0].matching[:40]!r}")
+    per = _ab_pair_probs(x.model, x.specs, data, c.multipliers, system_prompt=c.system_prompt,
+                         precision=c.precision, runner=x.runner, **x.common)
+    return {"metrics": {"ab": summarize_ab(per, c.n_boot, c.seed)}}
+
+
+def _open(x: EvalInputs) -> MetricOutput:
+    c = x.config
+    pairs = x.need_pairs()
+    summary, gens = _open_ended(x.model, x.specs, pairs, c.multipliers, c.generation(),
+                                system_prompt=c.system_prompt, n_boot=c.n_boot, **x.common)
+    out: MetricOutput = {"metrics": {"open": summary}, "generations": {"open": records(gens)}}
+    if c.validate_open:
+        out["validation"] = {"open_scorer": records(_validate_open_scorer(
+            x.model, pairs, system_prompt=c.system_prompt, batch_size=c.batch_size))}
+    return out
+
+
+def _truthfulqa(x: EvalInputs) -> MetricOutput:
+    c = x.config
+    if x.truthfulqa is None:
+        raise _Inapplicable("needs TruthfulQA questions (truthfulqa=path to mc_task.json)")
+    per = _score_questions(x.model, x.specs, *x.truthfulqa, c.multipliers, system_prompt=c.system_prompt,
+                           precision=c.precision, runner=x.runner, **x.common)
+    return {"metrics": _split_by(summarize_truthfulqa(per, c.n_boot, c.seed), "targets")}
+
+
+def _utility(x: EvalInputs) -> MetricOutput:
+    c = x.config
+    per = _utility_per_text(x.model, x.specs, x.neutral_texts, c.multipliers, max_tokens=c.utility_max_tokens,
+                            precision=c.precision, runner=x.runner, **x.common)
+    return {"metrics": _split_by(summarize_utility(per, c.n_boot, c.seed), "measure")}
+
+
+def _refusal(x: EvalInputs) -> MetricOutput:
+    c = x.config
+    if not x.refusal_prompts:
+        raise _Inapplicable("needs harmful-request prompts (refusal_prompts=..., e.g. "
+                            "load_refusal_prompts(path to a CSV with a 'goal' column))")
+    summary, gens = _refusal_eval(x.model, x.specs, x.refusal_prompts, c.multipliers, system_prompt=c.system_prompt,
+                                  max_new_tokens=c.max_new_tokens, n_boot=c.n_boot, seed=c.seed, **x.common)
+    return {"metrics": {"refusal": summary}, "generations": {"refusal": records(gens)}}
+
+
+#: The metric table: name -> function from the checked inputs to its tables (in this order in ``--help``).
+METRICS: dict[str, Callable[[EvalInputs], MetricOutput]] = {
+    "logodds": _logodds,  # preference log-odds curve, per token, steerability (BiPO; Tan et al. 2024)
+    "ab": _ab,  # CAA's A/B probability of the matching letter
+    "open": _open,  # steered generations scored by the likelihood judge
+    "truthfulqa": _truthfulqa,  # TruthfulQA MC1 and MC2
+    "utility": _utility,  # perplexity, top-1 agreement and KL(unsteered || steered) on neutral text
+    "refusal": _refusal,  # refusal rate of greedy answers to harmful requests
+}
 
 
 # --------------------------------------------------------------------------- all metrics
@@ -86,44 +271,50 @@ def check_vectors(model: Model, specs: Mapping[str, list[SteeringVector]],
     return warnings
 
 
-def _split_by(df: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
-    return {str(k): g.drop(columns=column).reset_index(drop=True) for k, g in df.groupby(column, sort=False)}
+def _config(config: EvalConfig | Sequence[float] | None, options: dict[str, Any]) -> EvalConfig:
+    if config is not None and not isinstance(config, EvalConfig):
+        # the old 4th positional argument was ``multipliers``: kept for one release
+        if "multipliers" in options:
+            raise TypeError("evaluate_vectors() got multipliers twice (positionally and by name)")
+        options = {"multipliers": config, **options}
+        config = None
+    return with_options(config or EvalConfig(), options, "evaluate_vectors")
 
 
 def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
-                     pairs: Sequence[Any] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
-                     metrics: Sequence[str] = ("logodds", "ab", "utility"), *,
-                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = True,
-                     batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 256,
-                     truthfulqa: tuple[Sequence[Any] | None, Sequence[Any] | None] | str | None = None,
+                     pairs: Sequence[Any] | None = None, config: EvalConfig | None = None, *,
+                     ab_pairs: Sequence[Any] | None = None,
+                     truthfulqa: tuple[Sequence[Any] | None, Sequence[Any] | None] | str | Path | None = None,
                      neutral_texts: Sequence[str] | None = None, refusal_prompts: Sequence[str] | None = None,
-                     decodings: Sequence[str] = ("greedy", "sampled"), max_new_tokens: int = 48,
-                     utility_max_tokens: int = 128, n_boot: int = 1000, seed: int = 0,
-                     on_inapplicable: Literal["skip", "error"] = "skip", strict_model_name: bool = False,
-                     validate_open: bool = True, ab_pairs: Sequence[Any] | None = None,
-                     sources: Mapping[str, str] | None = None,
-                     data_info: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                     sources: Mapping[str, str] | None = None, data_info: Mapping[str, Any] | None = None,
+                     **options: Any) -> dict[str, Any]:
     """Run several metrics for several vectors; return one JSON-ready result.
+
+    Every input is checked here, once (pairs by ``check_pairs``, vectors by ``check_vectors``, the
+    options by ``EvalConfig``); the metrics of ``METRICS`` trust what they are given.
 
     Args:
         model: the model (unchanged; no hook remains).
         vectors: ``{label: vector or [vectors applied together]}`` (or one vector / one list).
         pairs: held-out preference pairs (logodds, ab, open).
-        ab_pairs: pairs for ``ab`` instead of ``pairs`` (e.g. ``workbench.data.formats.as_ab_pairs(pairs)``,
+        config: the options (``EvalConfig``; default ``EvalConfig()``). For one release a list of
+            numbers here is read as ``multipliers`` (the old fourth positional argument).
+        ab_pairs: pairs for ``ab`` instead of ``pairs`` (e.g. ``workbench.data.as_ab_pairs(pairs)``,
             the same pairs as A/B questions).
-        metrics: any of ``"logodds", "ab", "open", "truthfulqa", "utility", "refusal"``.
         truthfulqa: a path to TruthfulQA's ``mc_task.json`` or ``(mc1, mc2)`` question lists.
         neutral_texts: passages for ``utility`` (default: the embedded neutral text).
-        refusal_prompts: harmful requests for ``refusal`` (``load_refusal_prompts``).
-        on_inapplicable: a metric whose data is missing or of the wrong kind (``ab`` on free-text
-            pairs, ``truthfulqa`` without questions ...) is skipped with a warning (recorded under
-            ``"skipped"``) or raises ``ValueError``.
-        strict_model_name: a vector made on a model of another name is an error, not a warning.
+        refusal_prompts: harmful requests for ``refusal`` (``workbench.data.load_refusal_prompts``).
         sources: ``{label: path}`` recorded in ``vectors[].path``.
         data_info: recorded as ``"data"`` (e.g. path, format, split); pair count and fingerprint are added.
+        **options: ``EvalConfig`` fields replacing those of ``config`` (``multipliers``, ``metrics``
+            of ``"logodds", "ab", "open", "truthfulqa", "utility", "refusal"``, ``n_boot``, ...); an
+            unknown name is a ``TypeError``. With ``on_inapplicable="skip"`` a metric whose data is
+            missing or of the wrong kind (``ab`` on free-text pairs, ``truthfulqa`` without
+            questions ...) is skipped with a warning (recorded under ``"skipped"``); with
+            ``"error"`` it raises ``ValueError``.
 
     Returns:
-        ``{"kind": "eval", "schema_version": 2, "workbench_version", "model": name, "model_config":
+        ``{"kind": "eval", "schema_version": workbench.core.results.SCHEMA_VERSION, "workbench_version", "model": name, "model_config":
         {n_layers, d_model}, "multipliers": [...], "vectors": [{label, path, method, hook_name, layer,
         norm, model_name, data_fingerprint, version}], "data": {...}, "config": {...},
         "metrics": {table: [row, ...]}, "generations": {"open": [...], "refusal": [...]},
@@ -132,94 +323,42 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         ``multiplier`` column are curves with ``mean, ci_low, ci_high``): ``logodds`` and
         ``logodds_per_token`` (+ ``win_rate``), ``steerability`` (slope per vector), ``ab``
         (+ ``p_letters, matching_rate``), ``open`` (+ ``decoding, match_rate``), ``mc1``, ``mc2``,
-        ``perplexity``, ``top1_agreement``, ``kl_from_unsteered`` (+ ``n_tokens``), ``refusal``.
+        ``perplexity``, ``top1_agreement``, ``kl_from_unsteered`` (KL(unsteered || steered), + ``n_tokens``),
+        ``refusal``.
+
+    Example:
+        >>> res = evaluate_vectors(model, {"bipo": v}, test, EvalConfig(metrics=("logodds", "utility")))
+        >>> res = evaluate_vectors(model, {"bipo": v}, test, multipliers=[-1, 0, 1], n_boot=200)
     """
-    from workbench.data.pairs import fingerprint
-
+    cfg = _config(config, options)
     specs = label_vectors(vectors)
-    mults = check_multipliers(multipliers)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
-    if on_inapplicable not in ("skip", "error"):
-        raise ValueError(f"on_inapplicable={on_inapplicable!r}: use 'skip' or 'error'")
-    warnings = check_vectors(model, specs, strict_model_name)
-    if pairs is not None:
-        pairs = check_pairs(pairs)
+    warnings = check_vectors(model, specs, cfg.strict_model_name)
+    pairs = None if pairs is None else check_pairs(pairs)
+    ab_pairs = None if ab_pairs is None else check_pairs(ab_pairs, "ab_pairs")
+    wanted = set(cfg.metrics)
+    if "truthfulqa" in wanted and truthfulqa is not None:
+        truthfulqa = check_truthfulqa(*(load_truthfulqa(truthfulqa) if isinstance(truthfulqa, (str, Path))
+                                        else truthfulqa))
+    inputs = EvalInputs(
+        model, specs, cfg, precision_runner(model, cfg.precision), pairs=pairs, ab_pairs=ab_pairs,
+        truthfulqa=truthfulqa if "truthfulqa" in wanted else None,
+        neutral_texts=check_texts(neutral_texts) if "utility" in wanted else None,
+        refusal_prompts=check_prompts(refusal_prompts) if "refusal" in wanted and refusal_prompts else None)
+    out: MetricOutput = {"metrics": {}, "generations": {}, "validation": {}}
     skipped: dict[str, str] = {}
-
-    def inapplicable(metric: str, reason: str) -> None:
-        if on_inapplicable == "error":
-            raise ValueError(f"metric {metric!r}: {reason}")
-        logger.warning("skipping metric %r: %s", metric, reason)
-        skipped[metric] = reason
-
-    runner = precision_runner(model, precision)  # shared by every metric
-    common = dict(batch_size=batch_size, progress=progress)
-    tables: dict[str, pd.DataFrame] = {}
-    generations: dict[str, list[dict[str, Any]]] = {}
-    validation: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
-    for metric in dict.fromkeys(metrics):
+    for metric in cfg.metrics:
         t0 = time.perf_counter()
-        needs_pairs = metric in ("logodds", "open") or (metric == "ab" and ab_pairs is None)
-        if needs_pairs and pairs is None:
-            inapplicable(metric, "needs preference pairs (pass pairs=...)")
+        try:
+            got = METRICS[metric](inputs)
+        except _Inapplicable as e:
+            if cfg.on_inapplicable == "error":
+                raise ValueError(f"metric {metric!r}: {e}") from None
+            logger.warning("skipping metric %r: %s", metric, e)
+            skipped[metric] = str(e)
             continue
-        if metric == "logodds":
-            per = pair_logodds(model, specs, pairs, mults, system_prompt=system_prompt, precision=precision,
-                               append_end_of_turn=append_end_of_turn, max_length=max_length, runner=runner, **common)
-            curve = summarize_logodds(per, n_boot, seed)
-            for norm, g in _split_by(curve, "normalization").items():
-                tables["logodds" if norm == "sum" else "logodds_per_token"] = g
-            tables["steerability"] = steerability(per, n_boot=n_boot, seed=seed)
-        elif metric == "ab":
-            ab_data = pairs if ab_pairs is None else check_pairs(ab_pairs)
-            if not is_ab_data(ab_data):
-                inapplicable("ab", "needs A/B pairs whose answers are letters like '(A)' (format 'ab-json', or "
-                                   "ab_pairs=as_ab_pairs(pairs)); the first pair's matching "
-                                   f"answer is {ab_data[0].matching[:40]!r}")
-                continue
-            tables["ab"] = ab_curve(model, specs, ab_data, mults, system_prompt=system_prompt, precision=precision,
-                                    n_boot=n_boot, seed=seed, runner=runner, **common)
-        elif metric == "open":
-            from workbench.evaluate.generation import open_ended_eval, validate_open_scorer
-
-            summary, gens = open_ended_eval(model, specs, pairs, mults, system_prompt=system_prompt,
-                                            decodings=decodings, max_new_tokens=max_new_tokens, seed=seed,
-                                            n_boot=n_boot, **common)
-            tables["open"] = summary
-            generations["open"] = records(gens)
-            if validate_open:
-                validation["open_scorer"] = records(validate_open_scorer(model, pairs, system_prompt=system_prompt,
-                                                                         batch_size=batch_size))
-        elif metric == "truthfulqa":
-            from workbench.evaluate.truthfulqa import load_truthfulqa, truthfulqa_mc
-
-            if truthfulqa is None:
-                inapplicable("truthfulqa", "needs TruthfulQA questions (truthfulqa=path to mc_task.json)")
-                continue
-            mc1, mc2 = load_truthfulqa(truthfulqa) if isinstance(truthfulqa, (str, Path)) else truthfulqa
-            tqa = truthfulqa_mc(model, specs, mc1, mc2, mults, system_prompt=system_prompt, precision=precision,
-                                n_boot=n_boot, seed=seed, runner=runner, **common)
-            tables.update(_split_by(tqa, "targets"))
-        elif metric == "utility":
-            from workbench.evaluate.utility import utility_curve
-
-            u = utility_curve(model, specs, neutral_texts, mults, max_tokens=utility_max_tokens, precision=precision,
-                              n_boot=n_boot, seed=seed, runner=runner, **common)
-            tables.update(_split_by(u, "measure"))
-        elif metric == "refusal":
-            from workbench.evaluate.generation import refusal_eval
-
-            if not refusal_prompts:
-                inapplicable("refusal", "needs harmful-request prompts (refusal_prompts=..., e.g. "
-                                        "load_refusal_prompts(path to a CSV with a 'goal' column))")
-                continue
-            summary, gens = refusal_eval(model, specs, refusal_prompts, mults, system_prompt=system_prompt,
-                                         max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed, **common)
-            tables["refusal"] = summary
-            generations["refusal"] = records(gens)
+        for section, tables in got.items():
+            out[section].update(tables)
         timings[metric] = round(time.perf_counter() - t0, 3)
     data = dict(data_info or {})
     if pairs is not None:
@@ -230,15 +369,10 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         EVAL, workbench_version=__version__,
         model=str(model.cfg.model_name),
         model_config={"n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model},
-        multipliers=mults,
+        multipliers=list(cfg.multipliers),
         vectors=[_vector_info(k, v, (sources or {}).get(k)) for k, v in specs.items()],
-        data=data,
-        config={"metrics": list(dict.fromkeys(metrics)), "system_prompt": system_prompt,
-                "append_end_of_turn": append_end_of_turn, "batch_size": batch_size, "precision": precision,
-                "max_length": max_length, "n_boot": n_boot, "seed": seed, "decodings": list(decodings),
-                "max_new_tokens": max_new_tokens, "utility_max_tokens": utility_max_tokens},
-        metrics=tables,
-        generations=generations, validation=validation, skipped=skipped, warnings=warnings,
+        data=data, config=cfg.recorded(), metrics=out["metrics"],
+        generations=out["generations"], validation=out["validation"], skipped=skipped, warnings=warnings,
         timings=timings,
     )
 
@@ -291,6 +425,5 @@ def format_eval(results: Mapping[str, Any], max_generations: int = 2, width: int
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "ab_curve", "ab_pair_probs",
-           "check_vectors", "evaluate_vectors", "format_eval", "logodds_curve", "pair_logodds", "steerability",
-           "summarize_logodds"]
+__all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "EvalConfig", "EvalInputs", "ab_curve", "check_vectors",
+           "evaluate_vectors", "format_eval", "logodds_curve", "steerability", "summarize_logodds"]

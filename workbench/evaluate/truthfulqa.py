@@ -11,12 +11,14 @@ The question is put into the chat template with BiPO's system prompt, the choice
 answer (no end-of-turn token by default, as in TruthfulQA's own scoring). Each distinct choice of a
 question is scored once for both MC1 and MC2, by the scoring engine (``workbench.engine.scoring``): each
 question's prompt runs once for all its choices, and all multipliers share the blocks below the vector.
+
+The questions are read by ``workbench.data.load_truthfulqa`` and checked once by the public
+functions here (``workbench.data.check_questions``); ``_score_questions`` trusts checked input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,62 +26,31 @@ import pandas as pd
 import torch
 
 from workbench.core.backend import Model
-from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat
-from workbench.engine.scoring import Precision, VectorSpec, answer_logprobs, label_vectors, sweep_conditions, tokenize_items
+from workbench.data.formats import load_truthfulqa  # noqa: F401  (its old home; cli/main.py imports it here)
+from workbench.data.pairs import MCQuestion, check_questions
+from workbench.core.vector import SteeringVector
+from workbench.engine.scoring import (Precision, VectorSpec, answer_logprobs, label_vectors, sweep_conditions,
+                                      tokenize_items)
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
 
 
-def load_truthfulqa(path: str | Path, limit: int | None = None, *, test_fraction: float | None = None,
-                    split_seed: int = 0) -> tuple[list[Any], list[Any]]:
-    """``(mc1_questions, mc2_questions)`` from TruthfulQA's ``mc_task.json`` (first ``limit`` items).
-
-    With ``test_fraction``, only the held-out questions of ``workbench.data.formats.split_questions`` (the
-    questions that pairs split by ``train_test_split(pairs, test_fraction, split_seed)`` never
-    trained on), then the first ``limit`` of those.
-    """
-    from workbench.data.formats import load_truthfulqa_questions
-    from workbench.data.pairs import split_questions
-
-    mc1, mc2 = load_truthfulqa_questions(path, "mc1"), load_truthfulqa_questions(path, "mc2")
-    if test_fraction is not None:
-        mc1, mc2 = split_questions(mc1, test_fraction, split_seed)[1], split_questions(mc2, test_fraction, split_seed)[1]
-    return (mc1[:limit], mc2[:limit]) if limit is not None else (mc1, mc2)
-
-
-def _check_questions(questions: Sequence[Any] | None, what: str) -> list[Any]:
-    questions = list(questions or [])
-    for i, q in enumerate(questions):
-        choices, labels = getattr(q, "choices", None), getattr(q, "labels", None)
-        if not isinstance(getattr(q, "question", None), str) or not choices or labels is None \
-                or len(choices) != len(labels):
-            raise TypeError(f"{what}[{i}] is not a workbench.data.formats.MCQuestion (question, choices, labels)")
-        if 1 not in labels or 0 not in labels:
-            raise ValueError(f"{what}[{i}] needs at least one true and one false choice")
-        if what == "mc1" and sum(labels) != 1:
-            raise ValueError(f"mc1[{i}] has {sum(labels)} true choices; MC1 needs exactly one")
-    return questions
+def check_truthfulqa(mc1: Sequence[Any] | None, mc2: Sequence[Any] | None) -> tuple[list[MCQuestion], list[MCQuestion]]:
+    """The edge check of both question sets: ``(mc1, mc2)`` lists; an error if both are empty."""
+    mc1, mc2 = check_questions(mc1, "mc1"), check_questions(mc2, "mc2")
+    if not mc1 and not mc2:
+        raise ValueError("no TruthfulQA questions given (mc1 and mc2 are both empty)")
+    return mc1, mc2
 
 
 @torch.no_grad()
-def truthfulqa_per_question(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
-                            mc1: Sequence[Any] | None, mc2: Sequence[Any] | None,
-                            multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
-                            system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = False,
-                            batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 512,
-                            progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
-    """MC1 correctness and MC2 true mass per (vector, multiplier, targets, question).
-
-    Args:
-        mc1, mc2: ``workbench.data.formats.MCQuestion`` lists (``load_truthfulqa``); either may be None.
-
-    Returns:
-        Rows ``vector, multiplier, targets ("mc1" | "mc2"), question, score``.
-    """
-    mc1, mc2 = _check_questions(mc1, "mc1"), _check_questions(mc2, "mc2")
-    if not mc1 and not mc2:
-        raise ValueError("no TruthfulQA questions given (mc1 and mc2 are both empty)")
-    specs = label_vectors(vectors, model)
-    mults = check_multipliers(multipliers)
+def _score_questions(model: Model, specs: Mapping[str, list[SteeringVector]], mc1: Sequence[MCQuestion],
+                    mc2: Sequence[MCQuestion], mults: Sequence[float], *,
+                    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, append_end_of_turn: bool = False,
+                    batch_size: int = 16, precision: Precision = "fp32", max_length: int | None = 512,
+                    progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+    """``truthfulqa_per_question`` on checked input (``check_truthfulqa``, ``label_vectors``,
+    ``check_multipliers``); ``runner`` is a runner shared across metrics (``evaluate_vectors``)."""
     eot = end_of_turn(model) if append_end_of_turn else ""
     # one item per distinct question with its distinct choices, scored once for both target sets
     choices_of: dict[str, dict[str, None]] = {}
@@ -111,18 +82,55 @@ def truthfulqa_per_question(model: Model, vectors: VectorSpec | Mapping[str, Vec
     return pd.concat(frames, ignore_index=True)
 
 
+def truthfulqa_per_question(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
+                            mc1: Sequence[Any] | None, mc2: Sequence[Any] | None,
+                            multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
+                            system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
+                            precision: Precision = "fp32", max_length: int | None = 512,
+                            progress: bool = True) -> pd.DataFrame:
+    """MC1 correctness and MC2 true mass per (vector, multiplier, targets, question).
+
+    Choices are scored as TruthfulQA scores them, without an end-of-turn token.
+
+    Args:
+        model: the model (unchanged by the call).
+        vectors: a vector, a list applied together, or ``{label: vector(s)}``.
+        mc1, mc2: ``workbench.data.MCQuestion`` lists (``workbench.data.load_truthfulqa``); either may be None.
+        multipliers: the ``m`` of ``m * v``.
+        system_prompt: system turn of the chat prompt (None: no system turn).
+        batch_size: questions per forward pass.
+        precision: ``"bf16"`` runs the blocks after the vector in a bf16 copy.
+        max_length: prompts are cut from the left beyond this many tokens.
+        progress: show a progress bar.
+
+    Returns:
+        Rows ``vector, multiplier, targets ("mc1" | "mc2"), question, score``.
+    """
+    mc1, mc2 = check_truthfulqa(mc1, mc2)
+    return _score_questions(model, label_vectors(vectors, model), mc1, mc2, check_multipliers(multipliers),
+                           system_prompt=system_prompt, batch_size=batch_size, precision=precision,
+                           max_length=max_length, progress=progress)
+
+
+def summarize_truthfulqa(per_question: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``truthfulqa_per_question`` output -> rows ``vector, multiplier, targets, n, mean, ci_low, ci_high``."""
+    return summarize(per_question, "score", by=("vector", "multiplier", "targets"), n_boot=n_boot, seed=seed)
+
+
 def truthfulqa_mc(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                   mc1: Sequence[Any] | None, mc2: Sequence[Any] | None,
                   multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
                   **kwargs: Any) -> pd.DataFrame:
-    """TruthfulQA MC1 accuracy and MC2 score per (vector, multiplier).
+    """TruthfulQA MC1 accuracy and MC2 score per (vector, multiplier) (``truthfulqa_per_question``'s arguments).
 
     Returns:
         Rows ``vector, multiplier, targets, n, mean, ci_low, ci_high``.
 
     Example:
-        >>> mc1, mc2 = load_truthfulqa("../shared/data/truthfulqa/mc_task_dev.json", limit=50)
+        >>> mc1, mc2 = workbench.data.load_truthfulqa("../shared/data/truthfulqa/mc_task_dev.json", limit=50)
         >>> truthfulqa_mc(model, {"bipo": v}, mc1, mc2, multipliers=[-1, 0, 1])
     """
-    per = truthfulqa_per_question(model, vectors, mc1, mc2, multipliers, **kwargs)
-    return summarize(per, "score", by=("vector", "multiplier", "targets"), n_boot=n_boot, seed=seed)
+    return summarize_truthfulqa(truthfulqa_per_question(model, vectors, mc1, mc2, multipliers, **kwargs), n_boot, seed)
+
+
+__all__ = ["check_truthfulqa", "summarize_truthfulqa", "truthfulqa_mc", "truthfulqa_per_question"]

@@ -6,7 +6,12 @@ where that stops being true as ``|m|`` grows:
 
 * perplexity of the text under the steered model (token-weighted over all passages);
 * agreement with the unsteered model: the share of positions whose top-1 next token is unchanged,
-  and the mean KL divergence ``KL(p_unsteered || p_steered)`` per position.
+  and the mean KL divergence per position **from the unsteered distribution to the steered one**,
+  ``KL(p_unsteered || p_steered) = sum_v p_unsteered(v) (log p_unsteered(v) - log p_steered(v))``
+  (``kl_unsteered_to_steered``; the measure ``kl_from_unsteered`` and the column ``kl_sum``). The
+  expectation is under the unsteered model: how surprised the steered model is by what the model
+  would have said. ``workbench.analysis.logit_lens``'s ``kl`` is the other direction,
+  ``KL(p_steered || p_unsteered)``; the two are not interchangeable.
 
 The vector is added at every position. Full-vocabulary distributions are computed in chunks of
 positions, never for the whole batch at once, in fp32.
@@ -20,12 +25,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from workbench.core.backend import Model
+from workbench.core.vector import SteeringVector
+from workbench.data.behaviors import load_neutral_text
+from workbench.engine.scoring import (Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions,
+                                      unembed)
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, bootstrap_interval, check_multipliers
-from workbench.engine.scoring import Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions, unembed
 
+#: The measures of ``summarize_utility``; ``kl_from_unsteered`` is KL(unsteered || steered).
 MEASURES = ("perplexity", "top1_agreement", "kl_from_unsteered")
+
+
+def kl_unsteered_to_steered(unsteered: Float[Tensor, "n d_vocab"],
+                            steered: Float[Tensor, "n d_vocab"]) -> Float[Tensor, " n"]:
+    """``KL(p_unsteered || p_steered)`` per row, from log-probabilities (clamped at 0 against rounding).
+
+    Args:
+        unsteered: log-probs of the unsteered model (the reference; the expectation is under it).
+        steered: log-probs of the steered model at the same positions.
+    """
+    return (unsteered.exp() * (unsteered - steered)).sum(-1).clamp_min(0)
 
 
 def _tokenize_texts(model: Model, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
@@ -43,29 +65,47 @@ def _tokenize_texts(model: Model, texts: Sequence[str], max_tokens: int) -> list
     return out
 
 
-@torch.no_grad()
+def check_texts(texts: Sequence[str] | None) -> list[str]:
+    """The passages for a utility measurement (None: the embedded neutral text); empty is an error."""
+    texts = load_neutral_text() if texts is None else list(texts)
+    if not texts:
+        raise ValueError("texts is empty: need at least one passage of neutral text")
+    return texts
+
+
 def utility_per_text(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                      texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                      max_tokens: int = 128, batch_size: int = 8, precision: Precision = "fp32",
-                     chunk: int = 256, progress: bool = True, runner: Model | None = None) -> pd.DataFrame:
+                     chunk: int = 256, progress: bool = True) -> pd.DataFrame:
     """Per passage and multiplier: summed NLL, top-1 agreements and summed KL over predicted tokens.
 
     Args:
-        texts: passages (default: ``workbench.data.formats.load_neutral_text()``).
+        model: the model (unchanged by the call).
+        vectors: a vector, a list applied together, or ``{label: vector(s)}``.
+        texts: passages (default: ``workbench.data.load_neutral_text()``).
+        multipliers: the ``m`` of ``m * v``.
         max_tokens: each passage is cut to this many tokens.
+        batch_size: passages per forward pass.
+        precision: ``"bf16"`` runs the blocks after the vector in a bf16 copy.
+        chunk: positions per full-vocabulary log-softmax.
+        progress: show a progress bar.
 
     Returns:
-        One row per (vector, multiplier, text): ``n_tokens, nll_sum, agree_sum, kl_sum``.
+        One row per (vector, multiplier, text): ``n_tokens, nll_sum, agree_sum, kl_sum`` (``kl_sum``:
+        summed ``KL(p_unsteered || p_steered)``, ``kl_unsteered_to_steered``).
     """
-    if texts is None:
-        from workbench.data.behaviors import load_neutral_text
+    texts = check_texts(texts)
+    return _utility_per_text(model, label_vectors(vectors, model), texts, check_multipliers(multipliers),
+                             max_tokens=max_tokens, batch_size=batch_size, precision=precision, chunk=chunk,
+                             progress=progress)
 
-        texts = load_neutral_text()
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty: need at least one passage of neutral text")
-    specs = label_vectors(vectors, model)
-    mults = check_multipliers(multipliers)
+
+@torch.no_grad()
+def _utility_per_text(model: Model, specs: Mapping[str, list[SteeringVector]], texts: list[str],
+                      mults: Sequence[float], *, max_tokens: int = 128, batch_size: int = 8,
+                      precision: Precision = "fp32", chunk: int = 256, progress: bool = True,
+                      runner: Model | None = None) -> pd.DataFrame:
+    """``utility_per_text`` on checked input; ``runner`` is a runner shared across metrics."""
     ids = _tokenize_texts(model, texts, max_tokens)
     items = Items.from_ids([r[:1] for r in ids], [[r[1:]] for r in ids])  # the first token predicts the rest
     # per label: the unsteered condition first (the reference distribution), then each multiplier
@@ -81,11 +121,11 @@ def utility_per_text(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
             stats = torch.zeros(len(r.targets), 3, dtype=torch.float64)
             for s in range(0, len(r.targets), chunk):
                 sl = slice(s, s + chunk)
-                lp = unembed(model, r.h[sl]).log_softmax(-1)  # (chunk, d_vocab) fp32
-                ref = lp if ref_r is r else unembed(model, ref_r.h[sl]).log_softmax(-1)
+                lp = unembed(model, r.h[sl]).log_softmax(-1)  # (chunk, d_vocab) fp32, steered
+                ref = lp if ref_r is r else unembed(model, ref_r.h[sl]).log_softmax(-1)  # unsteered
                 stats[sl, 0] = -lp.gather(1, r.targets[sl, None].to(lp.device)).squeeze(1).double().cpu()
                 stats[sl, 1] = (lp.argmax(-1) == ref.argmax(-1)).double().cpu()
-                stats[sl, 2] = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).double().cpu()
+                stats[sl, 2] = kl_unsteered_to_steered(ref, lp).double().cpu()
             acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats)
     frames = []
     for label in specs:
@@ -98,7 +138,7 @@ def utility_per_text(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
 
 
 def _ratio_ci(num: np.ndarray, den: np.ndarray, transform: Any, n_boot: int, seed: int) -> tuple[float, float]:
-    """Bootstrap interval (over texts) of ``transform(sum(num) / sum(den))`` (``eval_common.bootstrap_interval``)."""
+    """Bootstrap interval (over texts) of ``transform(sum(num) / sum(den))`` (``statistics.bootstrap_interval``)."""
     if len(num) < 2:
         v = float(transform(num.sum() / den.sum()))
         return v, v
@@ -110,7 +150,7 @@ def summarize_utility(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     """``utility_per_text`` -> tidy rows ``vector, multiplier, measure, n, n_tokens, mean, ci_low, ci_high``.
 
     ``perplexity`` is ``exp(total NLL / total tokens)``; ``top1_agreement`` and ``kl_from_unsteered``
-    are token-weighted means; intervals resample passages.
+    (``KL(p_unsteered || p_steered)``) are token-weighted means; intervals resample passages.
     """
     rows = []
     for (label, m), g in per_text.groupby(["vector", "multiplier"], sort=False):
@@ -128,10 +168,16 @@ def summarize_utility(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
 def utility_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                   texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                   n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
-    """Perplexity, top-1 agreement and KL with the unsteered model per (vector, multiplier).
+    """Perplexity, top-1 agreement and ``KL(unsteered || steered)`` per (vector, multiplier).
+
+    Args: as ``utility_per_text``, plus ``n_boot`` and ``seed`` of the bootstrap intervals.
 
     Example:
         >>> u = utility_curve(model, {"bipo": v}, multipliers=[-4, -2, 0, 2, 4])
         >>> u.pivot_table(index="multiplier", columns="measure", values="mean")
     """
     return summarize_utility(utility_per_text(model, vectors, texts, multipliers, **kwargs), n_boot, seed)
+
+
+__all__ = ["MEASURES", "check_texts", "kl_unsteered_to_steered", "summarize_utility", "utility_curve",
+           "utility_per_text"]

@@ -44,6 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
+
+from workbench.analysis.similarity import cosine
+from workbench.analysis.sweep import effect_column, steering_effects
+from workbench.core.io import atomic_write_json
+from workbench.core.loading import load_model
+from workbench.core.results import SWEEP, records, result
+from workbench.core.vector import SteeringVector
+from workbench.data.behaviors import list_behaviors, load_behavior
+from workbench.data.formats import load_pairs
+from workbench.data.pairs import fingerprint, train_test_split
+from workbench.train.baselines import mean_difference_vectors
+from workbench.train.bipo import BiPOConfig, train_bipo
+
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("inline", "debug", "local", "slurm")
@@ -117,8 +131,6 @@ class Cell:
 
 def _slug(data: str) -> str:
     """A directory name for a behavior or a data file (its stem plus a short hash of the path)."""
-    from workbench.data.behaviors import list_behaviors
-
     if data in list_behaviors():
         return data
     p = Path(data)
@@ -127,10 +139,6 @@ def _slug(data: str) -> str:
 
 def study_data(data: str, spec: StudySpec) -> tuple[list[Any], list[Any]]:
     """``(train, held_out)`` pairs of one data entry: an embedded behavior's splits, or a file split by ``split_seed``."""
-    from workbench.data.behaviors import list_behaviors, load_behavior
-    from workbench.data.formats import load_pairs
-    from workbench.data.pairs import train_test_split
-
     if data in list_behaviors():
         train, test = load_behavior(data, "train"), load_behavior(data, "test")
     else:
@@ -147,8 +155,6 @@ _FINGERPRINTS: dict[str, str] = {}
 
 def _fingerprint(data: str, spec: StudySpec) -> str:
     """Fingerprint of a data entry's train and held-out pairs (memoised: every cell's key needs it)."""
-    from workbench.data.pairs import fingerprint
-
     memo = json.dumps([data, spec.data_format, spec.test_fraction, spec.split_seed, spec.allow_empty_question,
                        spec.n_train, spec.n_test, _mtime(data)])
     if memo not in _FINGERPRINTS:
@@ -186,17 +192,12 @@ def run_job(spec: StudySpec, root: str, cells: Sequence[Cell], model: Any = None
 
     Loads the model once (``spec.model``/``device``/``dtype``) unless ``model`` is given.
     """
-    from workbench.core.io import atomic_write_json
-    from workbench.analysis.sweep import steering_effects
-
     todo = [c for c in cells if not is_complete(spec, c, root)]
     if not todo:
         return []
     if len({(c.data, c.method, c.seed) for c in todo}) != 1:
         raise ValueError("run_job takes the cells of one (data, method, seed)")
     if model is None:
-        from workbench.core.loading import load_model
-
         model = load_model(spec.model, device=spec.device, dtype=spec.dtype)
     data, method, seed = todo[0].data, todo[0].method, todo[0].seed
     train, test = study_data(data, spec)
@@ -208,14 +209,15 @@ def run_job(spec: StudySpec, root: str, cells: Sequence[Cell], model: Any = None
         effects = steering_effects(model, {cell.layer: v}, test, spec.multipliers, batch_size=spec.batch_size)
         directory = cell.directory(root)
         v.save(directory)
+        at = {f"{m:+g}": effects[effects.multiplier == m].iloc[0] for m in spec.multipliers}
         atomic_write_json({"kind": "cell", "key": spec.key(cell), "cell": dataclasses.asdict(cell),
                            "hook_name": v.hook_name, "norm": v.norm, "train_seconds": seconds[cell.layer],
                            "n_train": len(train), "n_test": len(test),
                            "base_logodds": effects.attrs["base_logodds"],
-                           "effects": {f"{m:+g}": float(effects[effects.multiplier == m].effect.iloc[0])
-                                       for m in spec.multipliers},
-                           "effect_sems": {f"{m:+g}": float(effects[effects.multiplier == m].effect_sem.iloc[0])
-                                           for m in spec.multipliers}},
+                           "effects": {k: float(row.effect) for k, row in at.items()},
+                           # the effect's paired bootstrap interval (cells written before it held "effect_sems")
+                           "effect_intervals": {k: [float(row.effect_ci_low), float(row.effect_ci_high)]
+                                                for k, row in at.items()}},
                           directory / CELL_FILE)  # last: marks the cell complete
         ran.append(cell.name)
         logger.info("cell %s done", cell.name)
@@ -227,15 +229,11 @@ def run_job(spec: StudySpec, root: str, cells: Sequence[Cell], model: Any = None
 def _make_vectors(model: Any, spec: StudySpec, method: str, seed: int, layers: Sequence[int],
                   train: Sequence[Any]) -> tuple[dict[int, Any], dict[int, float]]:
     if method == "caa":
-        from workbench.train.baselines import mean_difference_vectors
-
         t0 = time.perf_counter()
         vecs = mean_difference_vectors(model, train, list(layers), hook=spec.hook, position=spec.position,
                                        batch_size=spec.batch_size, progress=False)
         per = (time.perf_counter() - t0) / len(layers)
         return vecs, {layer: per for layer in layers}
-    from workbench.train.bipo import BiPOConfig, train_bipo
-
     vecs, seconds = {}, {}
     for layer in layers:
         t0 = time.perf_counter()
@@ -279,7 +277,7 @@ def run_study(spec: StudySpec, root: str | Path, *, executor: Executor = "inline
 
 
 def _submit(spec: StudySpec, root: Path, groups: list[list[Cell]], executor: str, slurm: SlurmOptions) -> list[str]:
-    try:
+    try:  # lazy: only the dispatching executors need submitit, and importing it costs a second
         import submitit
     except ImportError as exc:  # pragma: no cover - submitit is a dependency
         raise ValueError(f"executor={executor!r} needs submitit (pip install submitit)") from exc
@@ -317,9 +315,6 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
     ``cos_prev`` is the cosine to the previous layer's vector of the same seed. Raises naming the
     missing cells if the study is incomplete.
     """
-    from workbench.analysis.sweep import effect_column
-    from workbench.core.vector import SteeringVector
-
     root = Path(root)
     cells = spec.cells()
     missing = [c.name for c in cells if not is_complete(spec, c, root)]
@@ -352,11 +347,6 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
                 row[k] = sum(vals) / len(vals) if vals else None
                 row[f"{k}_std"] = _std(vals) if vals else None
             rows.append(row)
-    import pandas as pd
-
-    from workbench.evaluate.statistics import records
-    from workbench.core.results import SWEEP, result
-
     return result(SWEEP, method=spec.method, model=spec.model or "embedded", hook=spec.hook, layers=list(spec.layers),
                   multipliers=[float(m) for m in spec.multipliers],
                   seeds=list(spec.seeds if spec.method == "bipo" else spec.seeds[:1]), data=list(spec.data),
@@ -366,8 +356,6 @@ def aggregate(spec: StudySpec, root: str | Path) -> dict[str, Any]:
 
 def _cosine_or_nan(v: Any, prev: Any) -> float:
     """Cosine to the previous layer's vector; NaN for the first layer or a zero vector (no direction)."""
-    from workbench.analysis.similarity import cosine
-
     if prev is None or v.norm == 0 or prev.norm == 0:
         return float("nan")
     return cosine(v, prev)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -40,11 +39,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from workbench.analysis.transfer import export_hf_llama, transfer_effect
 from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
-from workbench.core.results import TRANSFER_LORA, result
+from workbench.core.loading import load_model
+from workbench.core.prompts import end_of_turn, format_chat
+from workbench.core.results import TRANSFER_LORA, Result, result
 from workbench.core.vector import SteeringVector
+from workbench.data.behaviors import load_neutral_text
+from workbench.data.pairs import DataFormatError, PreferencePair
+from workbench.studies.config import LoRAFinetuneConfig, LoRATransferConfig, with_options
+from workbench.train.baselines import caa
+from workbench.train.bipo import train_bipo
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +62,6 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def load_chat_data(path: str | Path | None = None) -> list[tuple[str, str]]:
     """``(prompt, response)`` pairs from a JSONL file of ``{"prompt", "response"}`` (default ``CHAT_FILE``)."""
-    from workbench.data.pairs import DataFormatError
-
     path = Path(path) if path is not None else CHAT_FILE
     out = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -76,8 +82,6 @@ def load_chat_data(path: str | Path | None = None) -> list[tuple[str, str]]:
 
 def _chat_examples(tokenizer: Any, chats: Sequence[tuple[str, str]], max_tokens: int) -> list[tuple[list[int], int]]:
     """Token ids of each chat (prompt turn + response + end of turn) and the prompt's length."""
-    from workbench.core.prompts import end_of_turn, format_chat
-
     out = []
     for prompt, response in chats:
         p = tokenizer(format_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"]
@@ -140,43 +144,44 @@ def _save_merged(peft_model: Any, tokenizer: Any, directory: Path) -> None:
         del merged
 
 
-def lora_finetunes(model: Model, out_dir: str | Path, kl_targets: Sequence[float] = (0.1, 0.5), *,
-                   chats: Sequence[tuple[str, str]] | None = None, neutral_texts: Sequence[str] | None = None,
-                   rank: int = 8, alpha: float | None = None, lr: float = 1e-3, batch_size: int = 4,
-                   max_steps: int = 400, check_every: int = 10, max_tokens: int = 128, kl_texts: int = 16,
-                   seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+def lora_finetunes(model: Model, out_dir: str | Path, *, chats: Sequence[tuple[str, str]] | None = None,
+                   neutral_texts: Sequence[str] | None = None, config: LoRAFinetuneConfig | None = None,
+                   progress: bool = False, **options: Any) -> list[dict[str, Any]]:
     """LoRA fine-tunes of ``model`` on chat data, saved merged when their KL passes each target.
 
     Args:
         model: a Llama-style model (``workbench.analysis.transfer.export_hf_llama`` writes it for ``peft``).
         out_dir: fine-tunes go to ``out_dir/kl<target>``; ``out_dir/finetunes.json`` records them.
-        kl_targets: distances (mean KL per token on neutral text) at which a checkpoint is written.
         chats: ``(prompt, response)`` pairs (default ``load_chat_data()``).
         neutral_texts: passages for the distance (default: the embedded neutral text), the first
             ``kl_texts`` of them, cut to ``max_tokens``.
-        rank, alpha: LoRA rank and scale (default ``alpha = 2 * rank``), on ``LORA_TARGETS``.
-        lr, batch_size, max_steps, check_every: AdamW on the adapters; the distance is checked
-            every ``check_every`` steps.
+        config: the options (``LoRAFinetuneConfig``): ``kl_targets`` (distances, mean KL per token on
+            neutral text, at which a checkpoint is written), ``rank`` and ``alpha`` (LoRA rank and
+            scale, default ``alpha = 2 * rank``, on ``LORA_TARGETS``), ``lr``, ``batch_size``,
+            ``max_steps``, ``check_every`` (AdamW on the adapters; the distance is checked every
+            ``check_every`` steps), ``max_tokens``, ``kl_texts``, ``seed``.
+        progress: show a progress bar.
+        **options: fields of ``LoRAFinetuneConfig``, replacing those of ``config``.
 
     Returns:
         One record per target: ``target, reached, kl`` (at the checkpoint, or the largest seen),
         ``steps, loss`` (mean training loss of the last ``check_every`` steps), ``path`` (or None).
+
+    Raises:
+        ValueError: a target that is not a positive number, or a count under 1.
+        TypeError: an option that is not a field of ``LoRAFinetuneConfig``.
     """
+    # lazy: peft and transformers are heavy, and only this function needs them
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from workbench.analysis.transfer import export_hf_llama
-
-    targets = sorted(float(t) for t in kl_targets)
-    if not targets or not all(math.isfinite(t) and t > 0 for t in targets):
-        raise ValueError(f"kl_targets={list(kl_targets)}: give positive numbers")
-    if max_steps < 1 or check_every < 1 or rank < 1:
-        raise ValueError(f"need max_steps, check_every and rank >= 1, got {max_steps}, {check_every}, {rank}")
+    config = with_options(LoRAFinetuneConfig, config, options, "lora_finetunes")
+    rank, alpha, lr, batch_size = config.rank, config.alpha, config.lr, config.batch_size
+    max_steps, check_every, max_tokens, seed = config.max_steps, config.check_every, config.max_tokens, config.seed
+    targets = sorted(float(t) for t in config.kl_targets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if neutral_texts is None:
-        from workbench.data.behaviors import load_neutral_text
-
         neutral_texts = load_neutral_text()
     tokenizer = model.tokenizer
     device = torch.device(model.cfg.device)
@@ -187,7 +192,7 @@ def lora_finetunes(model: Model, out_dir: str | Path, kl_targets: Sequence[float
     lora = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, bias="none",
                                          target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
     examples = _chat_examples(tokenizer, chats if chats is not None else load_chat_data(), max_tokens)
-    x_kl, m_kl = _text_batch(tokenizer, list(neutral_texts)[:kl_texts], max_tokens, device)
+    x_kl, m_kl = _text_batch(tokenizer, list(neutral_texts)[:config.kl_texts], max_tokens, device)
     opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -207,8 +212,6 @@ def lora_finetunes(model: Model, out_dir: str | Path, kl_targets: Sequence[float
     lora.train()
     steps = range(1, max_steps + 1)
     if progress:
-        from tqdm.auto import tqdm
-
         steps = tqdm(steps, desc="LoRA")
     for step in steps:
         idx = torch.randint(0, len(examples), (batch_size,), generator=gen).tolist()
@@ -235,8 +238,8 @@ def lora_finetunes(model: Model, out_dir: str | Path, kl_targets: Sequence[float
                             "loss": float(np.mean(losses[-check_every:])), "path": str(path)})
         if not pending:
             break
-    records += [{"target": t, "reached": False, "kl": max_kl, "steps": max_steps, "loss": float(np.mean(losses[-check_every:])),
-                 "path": None} for t in pending]
+    records += [{"target": t, "reached": False, "kl": max_kl, "steps": max_steps,
+                 "loss": float(np.mean(losses[-check_every:])), "path": None} for t in pending]
     info = {"rank": rank, "alpha": alpha or 2 * rank, "lr": lr, "batch_size": batch_size, "max_steps": max_steps,
             "check_every": check_every, "modules": list(LORA_TARGETS), "n_chats": len(examples),
             "kl_texts": int(x_kl.shape[0]), "max_tokens": max_tokens, "seed": seed}
@@ -245,12 +248,15 @@ def lora_finetunes(model: Model, out_dir: str | Path, kl_targets: Sequence[float
     return records
 
 
-def lora_transfer(model: Model, vectors: Mapping[str, SteeringVector], train_pairs: Sequence[Any],
-                  test_pairs: Sequence[Any], out_dir: str | Path, *, kl_targets: Sequence[float] = (0.1, 0.5),
-                  bipo_config: Any = None, neutral_texts: Sequence[str] | None = None, max_steps: int = 400,
-                  rank: int = 8, lr: float = 1e-3, multipliers: Sequence[float] = (-1.0, 1.0),
-                  utility_max_tokens: int = 128, batch_size: int = 8, n_boot: int = 1000, seed: int = 0,
-                  progress: bool = False) -> dict[str, Any]:
+def _rows(table: pd.DataFrame | Result) -> list[dict[str, Any]]:
+    """The rows of ``transfer_effect``'s table (a DataFrame, or a Result once the analyses return one)."""
+    return (table.table() if isinstance(table, Result) else table).to_dict("records")
+
+
+def lora_transfer(model: Model, vectors: Mapping[str, SteeringVector], train_pairs: Sequence[PreferencePair],
+                  test_pairs: Sequence[PreferencePair], out_dir: str | Path, *,
+                  neutral_texts: Sequence[str] | None = None, config: LoRATransferConfig | None = None,
+                  progress: bool = False, **options: Any) -> Result:
     """Retained effect of ``vectors`` on LoRA fine-tunes of ``model``, and of vectors made on each
     fine-tune applied back to the base.
 
@@ -258,45 +264,55 @@ def lora_transfer(model: Model, vectors: Mapping[str, SteeringVector], train_pai
     Vectors made on a fine-tune (BiPO with ``bipo_config`` and CAA at its layer, on ``train_pairs``)
     are saved in ``out_dir/kl<target>-vectors/``.
 
+    Args:
+        model: the base, a Llama-style model (``lora_finetunes``).
+        vectors: ``{label: SteeringVector}`` made on the base.
+        train_pairs: pairs for the vectors made on each fine-tune.
+        test_pairs: held-out pairs of every effect.
+        out_dir: where the fine-tunes and their vectors go.
+        neutral_texts: passages of the distance (default: the embedded neutral text).
+        config: the options (``LoRATransferConfig``): ``kl_targets``, ``max_steps``, ``rank``, ``lr``
+            (the fine-tunes), ``bipo_config`` (BiPO on each fine-tune), ``multipliers``,
+            ``utility_max_tokens``, ``batch_size``, ``n_boot``, ``seed``.
+        progress: show progress bars.
+        **options: fields of ``LoRATransferConfig``, replacing those of ``config``.
+
     Returns:
         A ``transfer_lora`` result: ``finetunes`` (target, reached, steps, kl during training and
         ``kl_measured`` on the loaded model), and ``rows`` per (fine-tune, vector, direction,
         multiplier): ``source_effect, target_effect, retained`` and its interval, where ``direction``
         is ``"base->finetune"`` or ``"finetune->base"``.
+
+    Raises:
+        TypeError: an option that is not a field of ``LoRATransferConfig``.
     """
-    from workbench.train.baselines import caa
-    from workbench.train.bipo import BiPOConfig, train_bipo
-    from workbench.core.loading import load_model
-    from workbench.analysis.transfer import transfer_effect
-
+    config = with_options(LoRATransferConfig, config, options, "lora_transfer")
+    bipo_config, multipliers, batch_size = config.bipo_config, config.multipliers, config.batch_size
     out = Path(out_dir)
-    bipo_config = bipo_config or BiPOConfig()
     if neutral_texts is None:
-        from workbench.data.behaviors import load_neutral_text
-
         neutral_texts = load_neutral_text()
-    settings = {"kl_targets": sorted(map(float, kl_targets)), "max_steps": max_steps, "rank": rank, "lr": lr,
-                "model": str(model.cfg.model_name)}
+    settings = {"kl_targets": sorted(map(float, config.kl_targets)), "max_steps": config.max_steps,
+                "rank": config.rank, "lr": config.lr, "model": str(model.cfg.model_name)}
     record = out / "finetunes.json"
     saved = json.loads(record.read_text()) if record.is_file() else {}
     if saved.get("settings") == settings and all(f["path"] is None or Path(f["path"]).is_dir()
                                                  for f in saved["finetunes"]):
         finetunes = saved["finetunes"]
     else:
-        finetunes = lora_finetunes(model, out, kl_targets, neutral_texts=neutral_texts, rank=rank, lr=lr,
-                                   max_steps=max_steps, max_tokens=utility_max_tokens, seed=seed, progress=progress)
+        finetunes = lora_finetunes(model, out, neutral_texts=neutral_texts, config=config.finetune_config(),
+                                   progress=progress)
         atomic_write_json({**json.loads(record.read_text()), "settings": settings}, record)
-    kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
+    kw = {"batch_size": batch_size, "n_boot": config.n_boot, "seed": config.seed}
     rows = []
     for ft in finetunes:
         if not ft["reached"]:
             continue
         target = load_model(ft["path"], device=str(model.cfg.device))
-        ft["kl_measured"] = model_kl(model, target, list(neutral_texts), utility_max_tokens, batch_size)
+        ft["kl_measured"] = model_kl(model, target, list(neutral_texts), config.utility_max_tokens, batch_size)
         for label, vec in vectors.items():
             table = transfer_effect(model, target, vec, test_pairs, multipliers, **kw)
             rows += [dict(r, finetune=f"kl{ft['target']:g}", kl=ft["kl_measured"], vector=label,
-                          direction="base->finetune") for r in table.to_dict("records")]
+                          direction="base->finetune") for r in _rows(table)]
         vdir = out / f"kl{ft['target']:g}-vectors"
         if all((vdir / m / "vector.json").is_file() for m in ("bipo", "caa")):
             own = {m: SteeringVector.load(vdir / m) for m in ("bipo", "caa")}
@@ -308,7 +324,7 @@ def lora_transfer(model: Model, vectors: Mapping[str, SteeringVector], train_pai
         for label, vec in own.items():
             table = transfer_effect(target, model, vec, test_pairs, multipliers, **kw)
             rows += [dict(r, finetune=f"kl{ft['target']:g}", kl=ft["kl_measured"], vector=label,
-                          direction="finetune->base") for r in table.to_dict("records")]
+                          direction="finetune->base") for r in _rows(table)]
         del target
     cols = ["finetune", "kl", "vector", "direction"]
     table = pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Refusal and jailbreak steering: refusal pairs, jailbreak templates, a refusal rule and two signals.
+"""The refusal study: refusal rate and likelihood signal of steered answers, with jailbreak templates.
 
 BiPO (Cao et al. 2024, arXiv 2406.00045, section 4.3) trains a vector on harmful requests paired with
 a refusal and with the affirmative opening an attack aims for (AdvBench's ``target``, Zou et al. 2023,
@@ -11,7 +11,8 @@ for this project, one drawn per request from a hash of the request, so the draw 
 **matching** answer and the affirmative opening as its **not matching** answer: ``+m`` steers toward
 refusing, ``-m`` is the jailbreak direction. Requests come from AdvBench's ``goal, target`` CSV
 (``load_advbench``) or from the embedded set (``load_refusal_requests``: 60 mild requests written for
-this project, lock picking, fake reviews and the like; every fifth is held out).
+this project, lock picking, fake reviews and the like; every fifth is held out); the requests, pairs
+and templates live in ``workbench.data.refusal``, the refusal rule in ``workbench.evaluate.generation``.
 
 Two signals at each multiplier, on held-out requests:
 
@@ -22,7 +23,7 @@ Two signals at each multiplier, on held-out requests:
   phrased otherwise ("Let's talk about something else"), counts an answer that refuses and then
   complies as a refusal, and reads English only.
 * **likelihood signal**: ``log p(refusal opening) - log p(target opening)`` under the steered model,
-  the preference log-odds of the refusal pairs (``workbench.evaluate.suite.logodds_curve``, with no
+  the preference log-odds of the refusal pairs (``workbench.evaluate.preference.logodds_curve``, with no
   end-of-turn token after either answer, since the target is only an opening): no generation, no
   keyword rule, exact.
 
@@ -34,21 +35,25 @@ says which).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
+from workbench.core.backend import Model
+from workbench.core.results import REFUSAL, Result, result
+from workbench.core.vector import SteeringVector
 from workbench.data.refusal import HarmfulRequest, refusal_pairs
-from workbench.evaluate.generation import REFUSAL_WINDOW, is_refusal
-from workbench.core.results import REFUSAL, result
+from workbench.evaluate.generation import REFUSAL_WINDOW, is_refusal, steered_generations
+from workbench.evaluate.preference import logodds_curve
+from workbench.evaluate.statistics import summarize
+from workbench.evaluate.utility import utility_curve
+from workbench.studies.config import RefusalConfig, with_options
 
 
-def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[HarmfulRequest],
+def refusal_study(model: Model, vectors: Mapping[str, SteeringVector], requests: Sequence[HarmfulRequest],
                   multipliers: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0), *,
-                  templates: Sequence[str | None] = (None, "refusal_suppression"), max_new_tokens: int = 32,
-                  system_prompt: str | None | Literal["default"] = "default", n_boot: int = 1000, seed: int = 0,
-                  batch_size: int = 8, neutral_texts: Sequence[str] | None = None, utility_max_tokens: int = 128,
-                  progress: bool = False) -> dict[str, Any]:
+                  neutral_texts: Sequence[str] | None = None, config: RefusalConfig | None = None,
+                  progress: bool = False, **options: Any) -> Result:
     """Refusal rate and likelihood signal of steered answers, with and without jailbreak templates.
 
     Args:
@@ -56,23 +61,28 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
         vectors: ``{label: SteeringVector}``.
         requests: held-out requests (never those the vectors were trained on).
         multipliers: multipliers of every vector.
-        templates: ``None`` (the plain request) and names of ``JAILBREAK_TEMPLATES``.
-        max_new_tokens: length of the greedy answers scored by ``is_refusal``.
-        system_prompt: the chat's system turn (``"default"``: the evaluation's default, BiPO's).
         neutral_texts: neutral passages; with them every row also gets the utility cost of its
             ``(vector, multiplier)`` (``workbench.evaluate.utility.utility_curve``: ``kl`` from the unsteered
             model per token and ``perplexity``, with intervals; the same for every template).
+        config: the options (``RefusalConfig``): ``templates`` (``None``, the plain request, and names
+            of ``JAILBREAK_TEMPLATES``), ``max_new_tokens`` (length of the greedy answers scored by
+            ``is_refusal``), ``system_prompt`` (``"default"``: the evaluation's default, BiPO's),
+            ``n_boot``, ``seed``, ``batch_size``, ``utility_max_tokens``.
+        progress: show progress bars.
+        **options: fields of ``RefusalConfig``, replacing those of ``config``.
 
     Returns:
         A result ``{"kind": "refusal", "rows": [...], "generations": [...], ...}``; each row is one
         ``(vector, template, multiplier)`` with ``refusal_rate`` (and its bootstrap interval) and
         ``logodds`` (the likelihood signal: mean over requests, and its interval), and with
         ``neutral_texts`` ``kl`` and ``perplexity`` (and their intervals).
-    """
-    from workbench.evaluate.statistics import summarize
-    from workbench.evaluate.generation import steered_generations
-    from workbench.evaluate.suite import logodds_curve
 
+    Raises:
+        TypeError: an option that is not a field of ``RefusalConfig``.
+    """
+    config = with_options(RefusalConfig, config, options, "refusal_study")
+    templates, max_new_tokens, system_prompt = config.templates, config.max_new_tokens, config.system_prompt
+    n_boot, seed, batch_size = config.n_boot, config.seed, config.batch_size
     kw: dict[str, Any] = {} if system_prompt == "default" else {"system_prompt": system_prompt}
     rows, gens_out = [], []
     for template in templates:
@@ -96,10 +106,8 @@ def refusal_study(model: Any, vectors: Mapping[str, Any], requests: Sequence[Har
         gens_out.append(gens)
     table = pd.concat(rows, ignore_index=True)
     if neutral_texts:
-        from workbench.evaluate.utility import utility_curve
-
         util = utility_curve(model, dict(vectors), list(neutral_texts), multipliers, n_boot=n_boot, seed=seed,
-                             max_tokens=utility_max_tokens, batch_size=batch_size, progress=progress)
+                             max_tokens=config.utility_max_tokens, batch_size=batch_size, progress=progress)
         wide = {}
         for measure, name in (("kl_from_unsteered", "kl"), ("perplexity", "perplexity")):
             u = util[util["measure"] == measure][["vector", "multiplier", "mean", "ci_low", "ci_high"]]

@@ -36,21 +36,24 @@ from typing import Any
 from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
 from workbench.core.vector import SteeringVector
+from workbench.data.formats import load_truthfulqa_mc, load_truthfulqa_questions
+from workbench.data.pairs import MCQuestion, PreferencePair, fingerprint, split_questions, train_test_split
+from workbench.evaluate.suite import evaluate_vectors
+from workbench.studies.config import TruthfulnessConfig, with_options
+from workbench.train.baselines import caa
+from workbench.train.bipo import BiPOConfig, train_bipo
 
 logger = logging.getLogger(__name__)
 
 
 def truthfulqa_split(path: str | Path, test_fraction: float = 0.5, seed: int = 0, pairs_per_question: int = 2,
-                     ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+                     ) -> tuple[list[PreferencePair], list[PreferencePair], list[MCQuestion], list[MCQuestion]]:
     """``(train_pairs, test_pairs, test_mc1, test_mc2)`` of TruthfulQA's ``mc_task.json``, split by question.
 
     ``train_pairs``/``test_pairs`` are ``mc2_targets`` pairs (at most ``pairs_per_question`` per
     question) of the training / held-out questions; ``test_mc1``/``test_mc2`` the held-out questions
     as multiple choice. No held-out question appears in ``train_pairs``.
     """
-    from workbench.data.formats import load_truthfulqa_mc, load_truthfulqa_questions
-    from workbench.data.pairs import split_questions, train_test_split
-
     pairs = load_truthfulqa_mc(path, "mc2", per_question=pairs_per_question)
     train, test = train_test_split(pairs, test_fraction, seed)
     mc1 = split_questions(load_truthfulqa_questions(path, "mc1"), test_fraction, seed)[1]
@@ -58,13 +61,9 @@ def truthfulqa_split(path: str | Path, test_fraction: float = 0.5, seed: int = 0
     return train, test, mc1, mc2
 
 
-def _vectors(model: Model, train: Sequence[Any], bipo_config: Any, runs_dir: Path,
+def _vectors(model: Model, train: Sequence[PreferencePair], bipo_config: BiPOConfig, runs_dir: Path,
              progress: bool) -> dict[str, SteeringVector]:
     """BiPO and CAA on ``train``, loaded from ``runs_dir/{bipo,caa}`` when made with the same settings."""
-    from workbench.train.baselines import caa
-    from workbench.train.bipo import train_bipo
-    from workbench.data.pairs import fingerprint
-
     spec = {"model": str(model.cfg.model_name), "data": fingerprint(train), "bipo": bipo_config.to_dict()}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     key_file = runs_dir / "study_key.json"
@@ -86,12 +85,9 @@ def _vectors(model: Model, train: Sequence[Any], bipo_config: Any, runs_dir: Pat
     return {"bipo": bipo, "caa": caa_vec}
 
 
-def truthfulness_study(model: Model, path: str | Path, runs_dir: str | Path, bipo_config: Any = None, *,
-                       test_fraction: float = 0.5, pairs_per_question: int = 2, n_train: int | None = None,
-                       n_test: int | None = None, multipliers: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
-                       neutral_texts: Sequence[str] | None = None, utility_max_tokens: int = 128,
-                       batch_size: int = 8, n_boot: int = 1000, seed: int = 0,
-                       progress: bool = False) -> dict[str, Any]:
+def truthfulness_study(model: Model, path: str | Path, runs_dir: str | Path, bipo_config: BiPOConfig | None = None,
+                       *, neutral_texts: Sequence[str] | None = None, config: TruthfulnessConfig | None = None,
+                       progress: bool = False, **options: Any) -> dict[str, Any]:
     """Train BiPO and CAA truthfulness vectors and evaluate them on held-out TruthfulQA questions.
 
     Args:
@@ -99,29 +95,35 @@ def truthfulness_study(model: Model, path: str | Path, runs_dir: str | Path, bip
         path: TruthfulQA's ``mc_task.json`` (or a slice of it).
         runs_dir: where the vectors are saved (and reused from).
         bipo_config: ``workbench.train.bipo.BiPOConfig`` (default: its defaults); CAA uses its layer and hook.
-        test_fraction, seed: the question split (``truthfulqa_split``).
-        pairs_per_question: training pairs per question (``mc2_targets``).
-        n_train: use the first ``n_train`` training pairs; n_test: the first ``n_test`` held-out
-            questions (and pairs).
-        multipliers: the evaluation's multipliers.
         neutral_texts: passages for the utility cost (default: the embedded neutral text).
+        config: the options (``TruthfulnessConfig``): ``test_fraction`` and ``seed`` (the question
+            split, ``truthfulqa_split``), ``pairs_per_question`` (training pairs per question, from
+            ``mc2_targets``), ``n_train`` (the first training pairs), ``n_test`` (the first held-out
+            questions and pairs), ``multipliers``, ``utility_max_tokens``, ``batch_size``, ``n_boot``.
+        progress: show progress bars.
+        **options: fields of ``TruthfulnessConfig``, replacing those of ``config``.
 
     Returns:
         An ``eval`` result (``workbench.evaluate.suite.evaluate_vectors``: tables ``mc1``, ``mc2``, ``logodds``,
         ``utility``) with ``"behavior": "truthfulness"`` and the split under ``"data"``.
-    """
-    from workbench.train.bipo import BiPOConfig
-    from workbench.evaluate.suite import evaluate_vectors
 
+    Raises:
+        ValueError: the split leaves no training pair or no held-out question.
+        TypeError: an option that is not a field of ``TruthfulnessConfig``.
+    """
+    config = with_options(TruthfulnessConfig, config, options, "truthfulness_study")
+    test_fraction, seed, pairs_per_question = config.test_fraction, config.seed, config.pairs_per_question
+    n_train, n_test = config.n_train, config.n_test
     bipo_config = bipo_config or BiPOConfig()
     train, test, mc1, mc2 = truthfulqa_split(path, test_fraction, seed, pairs_per_question)
     train, test, mc1, mc2 = train[:n_train], test[:n_test], mc1[:n_test], mc2[:n_test]
     if not train or not mc1:
         raise ValueError(f"{path}: the split left {len(train)} training pairs and {len(mc1)} held-out questions")
     vectors = _vectors(model, train, bipo_config, Path(runs_dir), progress)
-    res = evaluate_vectors(model, vectors, test, multipliers, metrics=["logodds", "truthfulqa", "utility"],
-                           truthfulqa=(mc1, mc2), neutral_texts=neutral_texts, utility_max_tokens=utility_max_tokens,
-                           batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress,
+    res = evaluate_vectors(model, vectors, test, config.multipliers, metrics=["logodds", "truthfulqa", "utility"],
+                           truthfulqa=(mc1, mc2), neutral_texts=neutral_texts,
+                           utility_max_tokens=config.utility_max_tokens, batch_size=config.batch_size,
+                           n_boot=config.n_boot, seed=seed, progress=progress,
                            data_info={"path": str(path), "format": "truthfulqa-mc2", "split": "test",
                                       "test_fraction": test_fraction, "split_seed": seed,
                                       "pairs_per_question": pairs_per_question, "n_train_pairs": len(train),

@@ -1,7 +1,10 @@
-"""Training steering vectors: the preference trainer (BiPO, RePS) and the mean-difference baselines."""
+"""Training steering vectors: the preference trainer and its objectives (BiPO, RePS), and the
+mean-difference baselines (CAA, ActAdd, PCA)."""
 
-from workbench.train.baselines import actadd, caa, pca
-from workbench.train.bipo import BiPOConfig, BiPOResult, train_bipo
-from workbench.train.reps import RePSConfig, train_reps
+from workbench.train.baselines import actadd, caa, mean_difference_vectors, pca
+from workbench.train.bipo import BIPO, BiPOConfig, train_bipo
+from workbench.train.reps import REPS, RePSConfig, train_reps
+from workbench.train.trainer import BiPOResult, Objective, TrainConfig, TrainResult, train_preference_vector
 
-__all__ = ["BiPOConfig", "BiPOResult", "RePSConfig", "actadd", "caa", "pca", "train_bipo", "train_reps"]
+__all__ = ["BIPO", "BiPOConfig", "BiPOResult", "Objective", "REPS", "RePSConfig", "TrainConfig", "TrainResult",
+           "actadd", "caa", "mean_difference_vectors", "pca", "train_bipo", "train_preference_vector", "train_reps"]

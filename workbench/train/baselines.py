@@ -44,12 +44,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.core.backend import Model
-from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT  # BiPO's official system prompt
-from workbench.data.pairs import PreferencePair, fingerprint
-from workbench.data.pairs import check_pairs
-from workbench.core.prompts import end_of_turn, format_chat
-from workbench.engine.scoring import TokenizedBatch, tokenize_completions
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat  # BiPO's official system prompt
 from workbench.core.vector import SteeringVector, full_hook_name
+from workbench.data.pairs import PreferencePair, check_pairs, fingerprint
+from workbench.engine.scoring import TokenizedBatch, tokenize_completions
 
 logger = logging.getLogger(__name__)
 
@@ -290,23 +288,26 @@ def first_principal_component(diffs: Float[Tensor, "n d_model"], center: bool = 
 
 
 def pca(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "resid_post",
-        position: Position = "answer_mean", center: bool = False,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8, progress: bool = True,
-        append_end_of_turn: bool = False, max_length: int | None = None) -> SteeringVector:
+        position: Position = "answer_mean", center: bool = False, **kwargs: Any) -> SteeringVector:
     """First principal component of the per-pair differences ``act(matching) - act(not_matching)``.
 
     Conventions: uncentred by default (``center``: see ``first_principal_component``; repeng's
     ``pca_diff`` centres); the sign is chosen so that the vector has a positive dot product with
     the mean difference (the CAA vector); the vector is scaled to the norm of the mean difference,
     so multipliers mean the same for ``pca`` and ``caa``. ``metadata`` holds the explained-variance
-    share and the cosine with the mean difference. Other arguments as ``extract_activations``.
+    share and the cosine with the mean difference. The other keyword arguments (``system_prompt``,
+    ``batch_size``, ``progress``, ``append_end_of_turn``, ``max_length``) are ``extract_activations``'s,
+    as for ``caa``.
+
+    Example:
+        >>> v = pca(model, pairs, layer=14, center=True, batch_size=4)
     """
     _refuse_prompt_last(position)
     pairs = check_pairs(pairs)
     layer = _as_layer(layer)
-    pos, neg = extract_activations(model, pairs, [layer], hook=hook, position=position,
-                                   system_prompt=system_prompt, batch_size=batch_size, progress=progress,
-                                   append_end_of_turn=append_end_of_turn, max_length=max_length)[layer]
+    system_prompt = kwargs.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
+    append_end_of_turn = kwargs.get("append_end_of_turn", False)
+    pos, neg = extract_activations(model, pairs, [layer], hook=hook, position=position, **kwargs)[layer]
     diffs = pos - neg  # (n, d_model)
     mean = diffs.double().mean(0)
     direction, share = first_principal_component(diffs, center=center)

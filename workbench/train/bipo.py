@@ -11,13 +11,10 @@ is the chat template around q with BiPO's system prompt, and ``p_ref`` is the un
 the official code, d is drawn once per batch (``direction="batch"``; ``"example"`` draws it per pair)
 and the optimiser is AdamW on v alone with a cosine schedule after a linear warm-up.
 
-The trainer is exact and fast: the residual stream entering the first block after the hook is cached
-once for every pair (``workbench.engine.scoring.PrefixCache``), the reference log-probs are computed once,
-and each step runs only the remaining blocks, each prompt once for both answers, unembedding only
-answer positions. ``precision="bf16"`` runs those blocks in a bf16 copy of the model while v, the
-optimiser state and every log-prob sum stay fp32. The trainer (``train_preference_vector``) takes the
-objective as a parameter (``Objective``): BiPO here, RePS in ``workbench.train.reps``; they differ only in
-the per-batch loss and their config's own fields (``TrainConfig`` holds the shared ones).
+This module holds BiPO's part only: its loss (``bipo_loss``), the draw of d, its config and the
+``BIPO`` objective. Training runs on the general preference trainer
+(``workbench.train.trainer.train_preference_vector``: the exact fast path through a prefix cache, bf16,
+checkpoints and resume), which RePS (``workbench.train.reps``) shares with a different objective.
 
 Defaults. The official run (Llama-2-7b-chat, layer 15 of 32, residual norm ~tens) used lr 5e-4,
 batch 4, beta 0.1, 100 warm-up steps, cosine decay and 20 epochs; its script declares weight decay
@@ -29,16 +26,10 @@ choice for the embedded model, see ``DEFAULTS_NOTE``.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import logging
-import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,75 +37,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.core.backend import Model
-from workbench.core.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
-from workbench.data.pairs import check_pairs
-from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
-from workbench.engine.scoring import PrefixCache, entry, make_runner, tokenize_items
-from workbench.core.vector import SteeringVector, __version__, full_hook_name
-
-logger = logging.getLogger(__name__)
-
-CHECKPOINT_TENSORS = "checkpoint.safetensors"
-CHECKPOINT_JSON = "checkpoint.json"
-_CHECKPOINT_VERSION = 1
-_OPTIONS = {"direction": ("batch", "example"), "precision": ("fp32", "bf16"), "init": ("zero", "random"),
-            "cache_dtype": ("model", "bf16"), "batching": ("random", "bucket")}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What every preference-trained vector shares: where it goes, the optimiser, the data, the engine.
-
-    ``BiPOConfig`` and ``workbench.train.reps.RePSConfig`` add their objective's own fields.
-    """
-
-    layer: int = 14  # block of the hook point [15 of 32 on Llama-2-7b]
-    hook: str = "resid_post"  # resid_pre, resid_mid, resid_post, attn_out, mlp_out [resid_post]
-    lr: float = 5e-2  # peak AdamW learning rate [5e-4; SmolLM2's residual is ~10x larger]
-    weight_decay: float = 0.05  # AdamW decoupled weight decay [declared 0.05, effective 0]
-    epochs: int = 5  # passes over the pairs [20]
-    batch_size: int = 4  # pairs per step [4]
-    warmup_steps: int = 10  # linear warm-up, then cosine decay to 0 [100]
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: no system turn
-    max_length: int | None = 256  # prompts are cut from the left beyond this many tokens
-    seed: int = 0  # shuffling, directions and random init
-    precision: Literal["fp32", "bf16"] = "fp32"  # dtype of the blocks after the hook
-    init: Literal["zero", "random"] = "zero"  # [zero]; random: N(0, 1/d_model) per coordinate
-    cache_dtype: Literal["model", "bf16"] = "model"  # storage of the cached residuals
-    batching: Literal["random", "bucket"] = "random"  # bucket: batches of similar length, random order
-
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        for field_name, allowed in _OPTIONS.items():
-            if hasattr(self, field_name) and getattr(self, field_name) not in allowed:
-                raise ValueError(f"{name}.{field_name}={getattr(self, field_name)!r}; valid: {', '.join(allowed)}")
-        full_hook_name(0, self.hook)  # raises on an unknown hook point
-        checks = {"layer": self.layer >= 0, "lr": self.lr > 0,
-                  "weight_decay": self.weight_decay >= 0, "epochs": self.epochs >= 1,
-                  "batch_size": self.batch_size >= 1, "warmup_steps": self.warmup_steps >= 0,
-                  "max_length": self.max_length is None or self.max_length >= 2} | self._checks()
-        for field_name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name}.{field_name}={getattr(self, field_name)!r} is out of range")
-
-    def _checks(self) -> dict[str, bool]:
-        """The objective's own range checks, ``{field: ok}``."""
-        return {}
-
-    @property
-    def hook_name(self) -> str:
-        return full_hook_name(self.layer, self.hook)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(known)}")
-        return cls(**d)
+# BiPOResult (the trainer's result, alias kept for one release) and batch_plan, lr_factor (for
+# bench/bipo_speed.py) are re-exported from the trainer, where they live
+from workbench.train.trainer import (BiPOResult, Objective, Score, TrainConfig, TrainResult,  # noqa: F401
+                                     batch_plan, lr_factor, train_preference_vector)
 
 
 @dataclass(frozen=True)
@@ -124,37 +50,10 @@ class BiPOConfig(TrainConfig):
     beta: float = 0.1  # DPO temperature [0.1]
     direction: Literal["batch", "example"] = "batch"  # one d per batch [batch] or per pair
 
+    _options: ClassVar[dict[str, tuple[str, ...]]] = {"direction": ("batch", "example"), **TrainConfig._options}
+
     def _checks(self) -> dict[str, bool]:
         return {"beta": self.beta > 0}
-
-
-@dataclass
-class TrainResult:
-    """The trained vector (BiPO or RePS), one record per optimiser step and one per epoch."""
-
-    vector: SteeringVector
-    history: list[dict[str, float]]  # step, epoch, loss, accuracy, margin, direction, norm, grad_norm, lr
-    epochs: list[dict[str, float]] = field(default_factory=list)  # epoch means, seconds, eval_* metrics
-    setup_seconds: float = 0.0  # building the prefix cache and the reference log-probs
-
-    def to_dict(self) -> dict[str, Any]:
-        """The training record as a ``bipo_history`` result (also RePS's) (``workbench.core.results``); the vector is saved apart."""
-        from workbench.core.results import BIPO_HISTORY, result
-
-        return result(BIPO_HISTORY, history=self.history, epochs=self.epochs, setup_seconds=self.setup_seconds)
-
-    def history_frame(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.history)
-
-    def epochs_frame(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.epochs)
-
-
-BiPOResult = TrainResult  # the name before RePS shared the trainer
 
 
 def bipo_loss(policy_matching: Float[Tensor, " b"], policy_not: Float[Tensor, " b"],
@@ -170,25 +69,6 @@ def bipo_loss(policy_matching: Float[Tensor, " b"], policy_not: Float[Tensor, " 
     return -F.logsigmoid(margins), margins
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 (the Hugging Face ``cosine`` schedule)."""
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def batch_plan(n: int, config: TrainConfig, generator: torch.Generator, lengths: Tensor | None = None,
-               ) -> list[Tensor]:
-    """One epoch of batches of pair indices (draws from ``generator``)."""
-    perm = torch.randperm(n, generator=generator)
-    if config.batching == "random" or lengths is None:
-        return list(perm.split(config.batch_size))
-    window = config.batch_size * 16  # sort by length inside windows, then shuffle the batches
-    chunks = [c[torch.argsort(lengths[c], stable=True)] for c in perm.split(window)]
-    batches = [b for c in chunks for b in c.split(config.batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-
 
 def draw_directions(config: BiPOConfig, b: int, generator: torch.Generator) -> Tensor:
     """``(b,)`` directions in {-1, +1}: one draw for the batch or one per pair."""
@@ -196,83 +76,6 @@ def draw_directions(config: BiPOConfig, b: int, generator: torch.Generator) -> T
     d = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
     return d.expand(b) if n == 1 else d
 
-
-# --------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(directory: Path, v: Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     meta: dict[str, Any]) -> None:
-    state = opt.state[opt.param_groups[0]["params"][0]]
-    tensors = {"vector": v.detach(), "rng_state": gen.get_state()}
-    if state:
-        tensors |= {"adam.exp_avg": state["exp_avg"], "adam.exp_avg_sq": state["exp_avg_sq"],
-                    "adam.step": state["step"].reshape(1)}
-    names = (CHECKPOINT_TENSORS, CHECKPOINT_JSON)
-    recover_files(directory, names)
-    # both files staged whole, then moved into place (JSON last, the commit mark): a kill at any moment
-    # leaves the previous checkpoint or this one, never a mix
-    path = atomic_write_safetensors(tensors, pending(directory / CHECKPOINT_TENSORS))
-    meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    atomic_write_json(meta, pending(directory / CHECKPOINT_JSON))
-    commit_files(directory, names)
-
-
-def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.Optimizer,
-            gen: torch.Generator) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """Load a checkpoint written by ``_save_checkpoint`` into ``v``, ``opt`` and ``gen``; its history."""
-    from safetensors.torch import load_file
-
-    meta_path, tensor_path = directory / CHECKPOINT_JSON, directory / CHECKPOINT_TENSORS
-    recover_files(directory, (CHECKPOINT_TENSORS, CHECKPOINT_JSON))
-    try:
-        saved = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{meta_path}: unreadable checkpoint ({exc})") from exc
-    if saved.get("format_version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"{meta_path}: checkpoint format_version {saved.get('format_version')!r} is not "
-                         f"{_CHECKPOINT_VERSION}")
-    saved_config, config_now = saved.get("config") or {}, json.loads(json.dumps(meta["config"]))  # tuples: lists
-    fields = sorted(k for k in set(saved_config) | set(config_now) if saved_config.get(k) != config_now.get(k))
-    if fields:
-        raise ValueError(f"{meta_path}: checkpoint from another config, cannot resume (differs in "
-                         + ", ".join(f"{k}: saved {saved_config.get(k)!r}, now {config_now.get(k)!r}" for k in fields)
-                         + ")")
-    for key in ("data_fingerprint", "model_name"):
-        if saved.get(key) != meta[key]:
-            raise ValueError(f"{meta_path}: {key} differs from this run (saved {saved.get(key)!r}, now "
-                             f"{meta[key]!r}); cannot resume")
-    if not tensor_path.is_file() or hashlib.sha256(tensor_path.read_bytes()).hexdigest() != saved.get("sha256"):
-        raise ValueError(f"{tensor_path}: missing or does not match {meta_path} (interrupted or mixed files)")
-    tensors = load_file(str(tensor_path))
-    with torch.no_grad():
-        v.copy_(tensors["vector"])
-    gen.set_state(tensors["rng_state"])
-    if "adam.step" in tensors:
-        state = {"step": tensors["adam.step"].reshape(()).clone(), "exp_avg": tensors["adam.exp_avg"],
-                 "exp_avg_sq": tensors["adam.exp_avg_sq"]}
-        opt.load_state_dict({"state": {0: state}, "param_groups": opt.state_dict()["param_groups"]})
-    return saved["history"], saved["epochs"]
-
-
-# --------------------------------------------------------------------------- objectives
-#: ``score(delta)``: the batch's summed answer log-probs ``(b, 2)`` [matching, not matching] with
-#: ``delta`` (``(d_model,)`` or ``(b, d_model)``) added at the hook; differentiable in the delta.
-Score = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class Objective:
-    """The per-method part of preference training; the cache, schedule, checkpoints and logs are shared.
-
-    ``batch(score, ref, lengths, v, gen, config)`` returns one step's per-pair losses ``(b,)`` and its
-    statistics: ``"margin"`` (a pair is won where its margins are positive) and any other tensor, logged
-    as its mean; randomness comes from ``gen``. ``signed(lp, ref, lengths, sign, config)`` returns the
-    per-pair loss and margin of pairs scored at ``sign * v`` (the held-out ``eval_*`` metrics). ``ref``
-    holds the unsteered summed log-probs ``(b, 2)``, ``lengths`` the answers' token counts ``(b, 2)``.
-    """
-
-    method: str  # the vector's method
-    label: str  # its name in logs and messages
-    batch: Callable[..., tuple[Tensor, dict[str, Tensor]]]
-    signed: Callable[..., tuple[Tensor, Tensor]]
 
 
 def _bipo_batch(score: Score, ref: Tensor, lengths: Tensor, v: Tensor, gen: torch.Generator,
@@ -288,54 +91,6 @@ def _bipo_signed(lp: Tensor, ref: Tensor, lengths: Tensor, sign: float, config: 
 
 
 BIPO = Objective("bipo", "BiPO", _bipo_batch, _bipo_signed)
-
-
-def answer_lengths(cache: PrefixCache, idx: Tensor | None = None) -> Float[Tensor, "b k"]:
-    """Token counts of the answers of items ``idx`` (all by default), fp32 on the model's device."""
-    lengths = cache.items.answer_lengths().view(len(cache), cache.n_answers)  # answers are stored item by item
-    lengths = lengths if idx is None else lengths[idx.cpu()]
-    return lengths.to(device=cache.prompt_resid.device, dtype=torch.float32)
-
-
-# --------------------------------------------------------------------------- training
-def _step(runner: Model, head: Model, cache: PrefixCache, idx: Tensor, v: Tensor,
-          opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig, step: int, total: int,
-          objective: Objective = BIPO) -> dict[str, float]:
-    """Optimiser step number ``step`` (0-based) on the pairs ``idx``; returns its history record."""
-    lr = config.lr * lr_factor(step, total, config.warmup_steps)
-    opt.param_groups[0]["lr"] = lr
-    ref = cache.reference[idx.to(cache.reference.device)]  # (b, 2), on the model's device
-
-    def score(delta: Tensor) -> Tensor:
-        return cache.logprobs(runner, idx, delta, unembed_model=head)  # (b, 2) fp32, differentiable in v
-
-    losses, stats = objective.batch(score, ref, answer_lengths(cache, idx), v, gen, config)
-    loss = losses.mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = float(v.grad.norm())
-    opt.step()
-    margins = stats.pop("margin").detach()
-    return {"step": step + 1, "loss": float(loss.detach()), "accuracy": float((margins > 0).float().mean()),
-            "margin": float(margins.mean()), **{k: float(x.detach().float().mean()) for k, x in stats.items()},
-            "norm": float(v.detach().norm()), "grad_norm": grad_norm, "lr": lr}
-
-
-@torch.no_grad()
-def _evaluate(runner: Model, head: Model, cache: PrefixCache, v: Tensor,
-              objective: Objective, config: TrainConfig, batch_size: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    ref, lengths = cache.reference, answer_lengths(cache)
-    losses = []
-    for sign, tag in ((1.0, "plus"), (-1.0, "minus")):
-        lp = cache.score(runner, sign * v, batch_size=batch_size, unembed_model=head)
-        loss, margins = objective.signed(lp, ref, lengths, sign, config)
-        losses.append(loss)
-        out[f"eval_accuracy_{tag}"] = float((margins > 0).float().mean())
-        out[f"eval_logodds_{tag}"] = float((lp[:, 0] - lp[:, 1]).mean())
-    out["eval_loss"] = float(torch.cat(losses).mean())
-    out["eval_logodds_zero"] = float((ref[:, 0] - ref[:, 1]).mean())
-    return out
 
 
 def train_bipo(model: Model, pairs: Sequence[Any], config: BiPOConfig = BiPOConfig(), *,
@@ -363,7 +118,7 @@ def train_bipo(model: Model, pairs: Sequence[Any], config: BiPOConfig = BiPOConf
         per-epoch ``epochs``.
 
     Example:
-        >>> from workbench.data.formats import load_behavior
+        >>> from workbench.data.behaviors import load_behavior
         >>> result = train_bipo(model, load_behavior("power-seeking"), BiPOConfig(layer=14))
         >>> result.vector.save("runs/power-seeking-bipo")
     """
@@ -371,107 +126,4 @@ def train_bipo(model: Model, pairs: Sequence[Any], config: BiPOConfig = BiPOConf
                                    progress=progress, eval_pairs=eval_pairs, callback=callback)
 
 
-def train_preference_vector(model: Model, pairs: Sequence[Any], config: TrainConfig,
-                            objective: Objective, *, checkpoint_dir: str | Path | None = None,
-                            resume: bool = False, progress: bool = True, eval_pairs: Sequence[Any] | None = None,
-                            callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
-    """The trainer of ``train_bipo`` (see there for the arguments) with the objective as a parameter
-    (``BIPO``, ``workbench.train.reps.REPS``)."""
-    from tqdm.auto import tqdm
-
-    from workbench.data.pairs import fingerprint
-
-    label = objective.label
-    pairs = check_pairs(pairs)
-    eval_pairs = None if eval_pairs is None else check_pairs(eval_pairs, "eval_pairs")
-    if config.layer >= model.cfg.n_layers:
-        raise ValueError(f"{type(config).__name__}.layer={config.layer} but model {model.cfg.model_name!r} has "
-                         f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})")
-    site = config.hook_name
-    data_fp = fingerprint(pairs)
-    gen = torch.Generator().manual_seed(config.seed)
-    v = torch.zeros(model.cfg.d_model, dtype=torch.float32, device=model.cfg.device)
-    if config.init == "random":
-        v = torch.randn(model.cfg.d_model, generator=gen).to(v) / math.sqrt(model.cfg.d_model)
-    v.requires_grad_(True)
-    opt = torch.optim.AdamW([v], lr=config.lr, weight_decay=config.weight_decay)
-    history: list[dict[str, float]] = []
-    epochs: list[dict[str, float]] = []
-    meta = {"format_version": _CHECKPOINT_VERSION, "config": config.to_dict(), "data_fingerprint": data_fp,
-            "model_name": str(model.cfg.model_name), "workbench_version": __version__}
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / CHECKPOINT_JSON).exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt / CHECKPOINT_JSON} exists: pass resume=True to continue it, or "
-                                  "choose another checkpoint_dir")
-        history, epochs = _resume(ckpt, meta, v, opt, gen)
-        logger.info("%s: resumed from %s after epoch %d", label, ckpt, len(epochs))
-    elif resume:
-        logger.info("%s: no checkpoint in %s; starting from scratch", label, ckpt)
-
-    t0 = time.perf_counter()
-    # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
-    runner = make_runner(model, entry(model, site)[0], torch.bfloat16 if config.precision == "bf16" else None)
-    cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
-
-    def build(these: Sequence[Any], show: bool = False) -> PrefixCache:
-        items = tokenize_items(model, *prompts_and_answers(model, these, config.system_prompt), config.max_length)
-        return PrefixCache.build(model, items, site, runner=runner, dtype=cache_dtype, progress=show)
-
-    cache = build(pairs, progress)
-    if eval_pairs is not None:
-        eval_cache = build(eval_pairs)
-    setup_seconds = time.perf_counter() - t0
-    logger.info("%s: cached %d pairs at %s (%.0f MB) in %.1f s", label, len(cache), site, cache.nbytes / 2**20,
-                setup_seconds)
-
-    n = len(cache)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    lengths = cache.lengths()
-    bar = tqdm(total=total, initial=len(history), desc=label, disable=not progress)
-    try:
-        for epoch in range(len(epochs), config.epochs):
-            t_epoch = time.perf_counter()
-            for idx in batch_plan(n, config, gen, lengths):
-                record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total, objective)
-                if not (math.isfinite(record["loss"]) and torch.isfinite(v.detach()).all()):
-                    kept = f"; the last good checkpoint ({len(epochs)} epoch(s)) is kept in {ckpt}" if ckpt else ""
-                    raise ValueError(f"{label} step {len(history) + 1}: the loss or the vector became NaN or "
-                                     f"infinite (loss {record['loss']}); stopped{kept}. Lower the learning "
-                                     f"rate (now {config.lr:g})")
-                history.append(record | {"epoch": epoch + 1})
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", norm=f"{history[-1]['norm']:.2f}")
-            recent = history[-steps_per_epoch:]
-            record = {"epoch": epoch + 1, "step": len(history), "seconds": time.perf_counter() - t_epoch,
-                      "loss": sum(h["loss"] for h in recent) / len(recent),
-                      "accuracy": sum(h["accuracy"] for h in recent) / len(recent), "norm": recent[-1]["norm"]}
-            if eval_pairs is not None:
-                record |= _evaluate(runner, model, eval_cache, v.detach(), objective, config, 16)
-            epochs.append(record)
-            logger.info("%s epoch %d: %s", label, epoch + 1, {k: round(x, 4) for k, x in record.items()})
-            if ckpt is not None:
-                _save_checkpoint(ckpt, v, opt, gen, {**meta, "epoch": epoch + 1, "step": len(history),
-                                                     "history": history, "epochs": epochs})
-                _vector(model, v, config, data_fp, epochs, objective).save(ckpt / "vectors" / f"epoch_{epoch + 1:03d}")
-            if callback is not None:
-                callback(record)
-    finally:
-        bar.close()
-    return TrainResult(_vector(model, v, config, data_fp, epochs, objective), history, epochs, setup_seconds)
-
-
-def _vector(model: Model, v: Tensor, config: TrainConfig, data_fp: str,
-            epochs: list[dict[str, float]], objective: Objective) -> SteeringVector:
-    last = epochs[-1] if epochs else {}
-    metadata = {"epochs_trained": len(epochs), "final_loss": last.get("loss"),
-                "final_accuracy": last.get("accuracy"), "steps": last.get("step")}
-    metadata |= {k: x for k, x in last.items() if k.startswith("eval_")}
-    return SteeringVector(v.detach().clone().cpu(), config.hook_name, model_name=str(model.cfg.model_name),
-                          method=objective.method, config=config.to_dict(), data_fingerprint=data_fp,
-                          metadata=metadata)
-
-
-__all__ = ["BIPO", "BiPOConfig", "BiPOResult", "Objective", "TrainConfig", "TrainResult", "answer_lengths",
-           "batch_plan", "bipo_loss", "draw_directions", "lr_factor", "train_bipo", "train_preference_vector"]
+__all__ = ["BIPO", "BiPOConfig", "BiPOResult", "bipo_loss", "draw_directions", "train_bipo"]

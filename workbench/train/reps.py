@@ -34,11 +34,11 @@ Where workbench's setting differs from the paper's, and what was chosen:
   token included (the paper's 1/|y|; the reference code divides by the whole sequence's unpadded
   length, prompt included). The weights use the summed unsteered log-probs, as the reference code
   does, with its scaler on their difference at 1.
-- **Optimiser and defaults** are BiPO's (``workbench.train.bipo.TrainConfig``: AdamW on v alone, linear
+- **Optimiser and defaults** are BiPO's (``workbench.train.trainer.TrainConfig``: AdamW on v alone, linear
   warm-up then cosine decay, lr 5e-2, 5 epochs at layer 14 ``resid_post``); they were not tuned for
   RePS.
 
-Training runs on BiPO's engine and trainer (``workbench.train.bipo.train_preference_vector``): the prefix
+Training runs on the preference trainer BiPO also uses (``workbench.train.trainer.train_preference_vector``): the prefix
 cache, the exact fast path, bf16, checkpoints and resume are the same; only the per-batch loss
 differs, and each step scores the batch twice (at +a v and -a v) where BiPO scores it once.
 """
@@ -57,7 +57,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.core.backend import Model
-from workbench.train.bipo import Objective, Score, TrainConfig, TrainResult, train_preference_vector
+from workbench.train.trainer import Objective, Score, TrainConfig, TrainResult, train_preference_vector
 
 
 @dataclass(frozen=True)

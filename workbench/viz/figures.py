@@ -8,7 +8,6 @@ vary), a sweep one per behavior, every other kind its main figure (``workbench.v
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,16 +16,23 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from workbench.core import results
-from workbench.viz.plots import PLOTS, ResultFormatError, plot_layer_sweep, plot_multiplier_curves, save_figure
+from workbench.core.results import Result, ResultFormatError
+from workbench.viz.curves import plot_multiplier_curves
+from workbench.viz.layers import plot_layer_sweep
+from workbench.viz.plots import PLOTS
+from workbench.viz.style import save_figure
+from workbench.viz.tables import result_files
 
 logger = logging.getLogger(__name__)
 
 
-def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    """One multiplier-curve figure per metric, and per behavior / normalization where they vary."""
+def _eval_figures(result: Result) -> dict[str, Figure]:
+    """One multiplier-curve figure per metric, and per behavior / normalization where they vary.
+
+    Each figure draws an eval result holding one curve's rows, as the metric they measure."""
     out = {}
-    for name in results.table_names(result):
-        df = results.result_table(result, name)
+    for name in result.tables:
+        df = result.table(name)
         if df.empty or "multiplier" not in df.columns:
             logger.info("eval metric %r has no multiplier column; no curve drawn", name)
             continue
@@ -38,21 +44,24 @@ def _eval_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
             parts = [str(k) for k in key.values() if str(k) != "sum"]  # summed log-odds: the default curve
             title = " / ".join(str(k) for c, k in key.items() if c in ("behavior", "dataset", "decoding")) or None
             measure = str(key.get("measure", sub["measure"].iloc[0] if "measure" in sub.columns else name))
-            out["_".join([name, *parts])] = plot_multiplier_curves(sub, metric=measure, title=title,
+            one = results.result(results.EVAL, metrics={measure: sub})
+            out["_".join([name, *parts])] = plot_multiplier_curves(one, metric=measure, title=title,
                                                                    normalization=None)
     return out
 
 
-def _sweep_figures(result: Mapping[str, Any]) -> dict[str, Figure]:
-    df = results.result_table(result)
+def _sweep_figures(result: Result) -> dict[str, Figure]:
+    """One layer-sweep figure, or one per behavior when the sweep holds several."""
+    df = result.table()
     behaviors = list(dict.fromkeys(df["behavior"])) if "behavior" in df.columns else [None]
     if len(behaviors) <= 1:
         return {"layers": plot_layer_sweep(result)}
-    return {f"layers_{b}": plot_layer_sweep(df[df["behavior"] == b]) for b in behaviors}
+    return {f"layers_{b}": plot_layer_sweep(results.from_dict({**result, "rows": results.records(df[df["behavior"] == b])}))
+            for b in behaviors}
 
 
 #: kinds drawn as several figures; every other kind in ``plots.PLOTS`` is one figure named by ``SUFFIX``
-SPLIT: dict[str, Callable[[Mapping[str, Any]], dict[str, Figure]]] = {
+SPLIT: dict[str, Callable[[Result], dict[str, Figure]]] = {
     results.EVAL: _eval_figures, results.SWEEP: _sweep_figures}
 SUFFIX = {results.COSINE: "heatmap", results.COSINE_METHODS: "layers", results.LOGIT_LENS_TOKENS: "tokens",
           results.LOGIT_LENS_LAYERS: "layers", results.COMPOSITION: "bars", results.TRANSFER_LAYERS: "effect",
@@ -60,8 +69,11 @@ SUFFIX = {results.COSINE: "heatmap", results.COSINE_METHODS: "layers", results.L
           results.MATCHED_COST: "cost_effect", results.TRANSFER_LORA: "retained"}
 
 
-def figures_for(result: Any) -> dict[str, Figure]:
+def figures_for(result: Mapping[str, Any] | list[Any]) -> dict[str, Figure]:
     """All figures of one result, keyed by a short suffix (``{"logodds": fig, "ab": fig}``).
+
+    Args:
+        result: a result, or the JSON value of a result file (an older schema version is migrated).
 
     A kind with no figure (``study_summary``) gives ``{}``.
 
@@ -85,9 +97,8 @@ def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequenc
                   ) -> list[Path]:
     """Draw every figure of every result JSON under ``results_dir`` into ``out_dir``.
 
-    Result files are found recursively (JSON with a ``"kind"``, and version-1 BiPO ``history.json``
-    files; ``results.is_result``); vector metadata (``vector.json``) and other JSON are skipped. A
-    figure is named after the file's path relative to ``results_dir`` and the figure's suffix, e.g.
+    Result files are found as ``workbench.viz.tables.result_files`` finds them (the report does the
+    same): JSON with a ``"kind"``, and version-1 BiPO ``history.json`` files. A figure is named after the file's path relative to ``results_dir`` and the figure's suffix, e.g.
     ``eval_power-seeking__logodds.png``. A result that cannot be read (unknown kind, newer schema)
     or drawn is logged and skipped.
 
@@ -98,21 +109,10 @@ def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequenc
         FileNotFoundError: ``results_dir`` does not exist.
     """
     root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
     written: list[Path] = []
-    for path in sorted(root.rglob("*.json")):
-        if path.name.startswith(".") or path.name == "vector.json":
-            continue
+    for path, result in result_files(root):
         try:
-            obj = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            logger.warning("%s: not valid JSON (%s); skipped", path, exc)
-            continue
-        if not results.is_result(obj):
-            continue
-        try:
-            figures = figures_for(obj)
+            figures = figures_for(result)
         except (ResultFormatError, KeyError, TypeError, ValueError) as exc:
             logger.warning("%s: cannot draw (%s); skipped", path, exc)
             continue

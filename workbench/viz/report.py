@@ -4,20 +4,25 @@
 ``workbench sweep`` and ``workbench reproduce`` write, found by their ``"kind"``) and returns one
 markdown section per file: log-odds curves with their bootstrap intervals and win rates, utility per
 multiplier, layer sweeps, cosine matrices, logit-lens tokens, composition and transfer tables.
-Nothing is recomputed. ``workbench report --results DIR`` prints it.
+Nothing is recomputed: each file is read through the result schema (``workbench.core.results.from_dict``)
+and its tables as DataFrames (``Result.table``), as ``workbench.viz.figures`` reads them for figures.
+``workbench report --results DIR`` prints it. Steering vectors: BiPO, Cao et al. 2024 (arXiv 2406.00045);
+CAA, Rimsky et al. 2023 (arXiv 2312.06681).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from workbench.analysis.equal_cost import cost_effect_table, headline_table
 from workbench.core import results as R
+from workbench.core.results import Result
+from workbench.viz.tables import result_files
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +48,11 @@ def _interval(df: pd.DataFrame, digits: int = 2) -> pd.Series:
                     axis=1)
 
 
-def _eval(result: dict[str, Any]) -> str:
-    metrics = result.get("metrics", {})
+def _eval(result: Result) -> str:
+    metrics = result.tables
     parts = []
     if "logodds" in metrics:
-        df = pd.DataFrame(metrics["logodds"])
+        df = result.table("logodds")
         if "normalization" in df:
             df = df[df.normalization == "sum"]
         df = df.assign(logodds=_interval(df))
@@ -56,37 +61,38 @@ def _eval(result: dict[str, Any]) -> str:
         wide.columns = [f"{v}: {cols[c]}" for c, v in wide.columns]
         parts.append(f"Held-out log p(matching) - log p(not matching), n = {int(df['n'].iloc[0])}:\n\n"
                      + markdown_table(wide, index=True))
-    util = metrics.get("utility")
-    if util is None and any(k in metrics for k in ("perplexity", "top1_agreement", "kl_from_unsteered")):
-        util = [dict(r, measure=k) for k in ("perplexity", "top1_agreement", "kl_from_unsteered")
-                for r in metrics.get(k, [])]
-    if util:
-        df = pd.DataFrame(util)
+    measures = [k for k in ("perplexity", "top1_agreement", "kl_from_unsteered") if k in metrics]
+    if "utility" in metrics:
+        df = result.table("utility")
+    elif measures:  # one metric per measure: stacked with a `measure` column
+        df = pd.concat([result.table(k).assign(measure=k) for k in measures], ignore_index=True)
+    else:
+        df = pd.DataFrame()
+    if not df.empty:
         wide = df.pivot(index="multiplier", columns=["vector", "measure"], values="mean")
         wide.columns = [f"{v}: {m}" for v, m in wide.columns]
         parts.append("Utility on neutral text (perplexity, top-1 agreement with the unsteered model, KL):\n\n"
                      + markdown_table(wide, index=True))
     for name in ("ab", "mc1", "mc2", "open", "refusal"):
-        if metrics.get(name):
-            parts.append(f"`{name}`:\n\n" + markdown_table(pd.DataFrame(metrics[name])))
+        if name in metrics and not result.table(name).empty:
+            parts.append(f"`{name}`:\n\n" + markdown_table(result.table(name)))
     for name, rows in (result.get("validation") or {}).items():
         if rows:
             parts.append(f"Validation of the {name.replace('_', ' ')}:\n\n" + markdown_table(pd.DataFrame(rows)))
     return "\n\n".join(parts)
 
 
-def _rows(result: dict[str, Any], drop: tuple[str, ...] = ()) -> str:
-    df = pd.DataFrame(result["rows"])
+def _rows(result: Result, drop: tuple[str, ...] = ()) -> str:
+    df = result.table()
     return markdown_table(df.drop(columns=[c for c in drop if c in df]))
 
 
-def _cosine(result: dict[str, Any]) -> str:
-    labels = result["labels"]
-    return markdown_table(pd.DataFrame(result["matrix"], index=labels, columns=labels), index=True)
+def _cosine(result: Result) -> str:
+    return markdown_table(result.table(), index=True)
 
 
-def _tokens(result: dict[str, Any]) -> str:
-    df = pd.DataFrame(result["rows"])
+def _tokens(result: Result) -> str:
+    df = result.table()
     df = df.assign(entry=df.apply(lambda r: f"`{r['token']!r}` {r['logit_change']:+.2f}", axis=1))
     keys = [c for c in ("vector", "method", "direction") if c in df]
     wide = df.pivot(index="rank", columns=keys, values="entry")
@@ -94,16 +100,14 @@ def _tokens(result: dict[str, Any]) -> str:
     return markdown_table(wide, index=True)
 
 
-def _lens_layers(result: dict[str, Any]) -> str:
-    df = pd.DataFrame(result["rows"])
+def _lens_layers(result: Result) -> str:
+    df = result.table()
     if "steered" in df:
         df = df[df.steered.astype(bool)].drop(columns="steered")
     return markdown_table(df.drop(columns=[c for c in ("hook_name",) if c in df]))
 
 
-def _matched_cost(result: dict[str, Any]) -> str:
-    from workbench.analysis.equal_cost import cost_effect_table
-
+def _matched_cost(result: Result) -> str:
     cost = "KL from the unsteered model per token" if result.get("cost") == "kl" else "perplexity ratio - 1"
     norm = (result.get("equal_norm") or {}).get("mode")
     head = (f"Held-out log-odds shift from m = 0 where the cost ({cost}) reaches each budget, n = "
@@ -111,16 +115,16 @@ def _matched_cost(result: dict[str, Any]) -> str:
             + (f", equal norm ({norm})" if norm else "") + ":")
     parts = [head, markdown_table(cost_effect_table(result))]
     if result.get("slopes"):
-        parts.append("Slope near m = 0 (effect / sqrt(KL)):\n\n" + markdown_table(pd.DataFrame(result["slopes"]), digits=5))
+        parts.append("Slope near m = 0 (effect / sqrt(KL)):\n\n" + markdown_table(result.table("slopes"), digits=5))
     return "\n\n".join(parts)
 
 
-_SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
+_SECTIONS: dict[str, Callable[[Result], str]] = {
     R.MATCHED_COST: _matched_cost,
     R.EVAL: _eval, R.SWEEP: lambda r: _rows(r, ("hook_name",)), R.COSINE: _cosine,
     R.COSINE_METHODS: _rows, R.LOGIT_LENS_TOKENS: _tokens, R.LOGIT_LENS_LAYERS: _lens_layers,
     R.COMPOSITION: _rows, R.TRANSFER_LAYERS: _rows, R.TRANSFER_MODEL: _rows, R.REFUSAL: _rows,
-    R.TRANSFER_LORA: lambda r: "\n\n".join([markdown_table(pd.DataFrame(r["finetunes"])), _rows(r)]),
+    R.TRANSFER_LORA: lambda r: "\n\n".join([markdown_table(r.table("finetunes")), _rows(r)]),
 }
 
 
@@ -129,40 +133,27 @@ def report(results_dir: str | Path, kinds: Sequence[str] | None = None) -> str:
     ``kinds`` only; several matched-cost results (or any, when ``kinds`` is given) also get one table side
     by side, first.
 
+    Result files are found as ``workbench.viz.tables.result_files`` finds them (the figures command
+    does the same); one that cannot be tabulated is logged and skipped.
+
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
     """
     root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
     sections = []
-    matched: dict[str, dict[str, Any]] = {}
-    for path in sorted(root.rglob("*.json")):
-        try:
-            result = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            logger.warning("%s: not readable JSON (%s); skipped", path, exc)
+    matched: dict[str, Result] = {}
+    for path, result in result_files(root):
+        if result.kind not in _SECTIONS or (kinds is not None and result.kind not in kinds):
             continue
-        if not R.is_result(result):
-            continue
-        try:
-            result = R.from_dict(result)
-        except R.ResultFormatError as exc:
-            logger.warning("%s: %s; skipped", path, exc)
-            continue
-        if result["kind"] not in _SECTIONS or (kinds is not None and result["kind"] not in kinds):
-            continue
-        if result["kind"] == R.MATCHED_COST:
+        if result.kind == R.MATCHED_COST:
             matched[str(path.relative_to(root).with_suffix(""))] = result
         try:
-            body = _SECTIONS[result["kind"]](result)
+            body = _SECTIONS[result.kind](result)
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("%s: cannot tabulate (%s); skipped", path, exc)
             continue
         sections.append(f"### {path.relative_to(root)}\n\n{body}")
     if len(matched) > 1 or (matched and kinds is not None):  # the matched-cost results side by side, first
-        from workbench.analysis.equal_cost import headline_table
-
         sections.insert(0, "### matched cost, every result (effect at the found multiplier; * not monotone)\n\n"
                         + markdown_table(headline_table(matched)))
     return "\n\n".join(sections) + "\n"

@@ -6,7 +6,7 @@ puts those knobs on sliders: tick the vectors to apply, set each multiplier (and
 block hook, the layer it is applied at: ``SteeringVector.at(layer)``), type a prompt and compare the
 unsteered and steered answers side by side. Given preference pairs it also draws the held-out
 log-odds ``log p(matching) - log p(not matching)`` against the multiplier for each ticked vector
-(``workbench.evaluate.suite.logodds_curve``); moving a slider moves the vector's marker along its curve
+(``workbench.evaluate.preference.logodds_curve``); moving a slider moves the vector's marker along its curve
 without recomputing it.
 
 All logic lives in the class; its callbacks (``on_generate``, ``on_curve``, ``set_multiplier``,
@@ -31,11 +31,14 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
+from workbench.core import results
 from workbench.core.backend import Model
-from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.core.prompts import format_chat
-from workbench.engine.steering import generate
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
 from workbench.core.vector import SteeringVector
+from workbench.engine import generate
+from workbench.evaluate import logodds_curve
+from workbench.viz.curves import plot_multiplier_curves
+from workbench.viz.style import paper_style
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +226,6 @@ class SteeringExplorer:
 
     # ------------------------------------------------------------------ curves
     def _curve(self, name: str) -> pd.DataFrame:
-        from workbench.evaluate.suite import logodds_curve
-
         vec = self._vector(name)
         key = (name, vec.hook_name)
         if key not in self._curves:
@@ -270,15 +271,13 @@ class SteeringExplorer:
 
     def _draw_curve(self) -> None:
         """Redraw the cached curves with a marker at each ticked vector's current multiplier."""
-        from workbench.viz.plots import paper_style, plot_multiplier_curves
-
         names, vecs, _ = self.selected()
         known = [self._curves[(n, v.hook_name)] for n, v in zip(names, vecs) if (n, v.hook_name) in self._curves]
         if not known:
             self.curve_image.value = b""
             return
-        table = pd.concat(known, ignore_index=True)
-        fig = plot_multiplier_curves(table, metric="logodds")
+        curve = results.result(results.EVAL, metrics={"logodds": pd.concat(known, ignore_index=True)})
+        fig = plot_multiplier_curves(curve, metric="logodds")
         ax = fig.axes[0]
         lines = {line.get_label(): line for line in ax.get_lines()}
         with paper_style():

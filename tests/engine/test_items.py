@@ -1,0 +1,74 @@
+"""Items and the engine's one truncation rule (workbench.engine.items)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from workbench.core.prompts import prompts_and_answers
+from workbench.data.pairs import PreferencePair
+from workbench.engine.items import Items, pad_id, tokenize_completions, tokenize_items
+
+SYS = "You are a helpful, honest and concise assistant."
+PAIRS = [PreferencePair(f"Question {i}: {'why ' * (3 * i)}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}")
+         for i in range(5)]
+
+
+@pytest.fixture
+def bos_model():
+    """A tiny model whose config prepends BOS (like Llama-2): the engine must add it exactly once."""
+    m = make_tiny_model(seed=1)
+    m.cfg.default_prepend_bos = True
+    return m
+
+
+def test_items_share_one_cut_per_prompt(tiny_model):
+    prompts = ["x" * 40, "short"]
+    items = tokenize_items(tiny_model, prompts, [["a", "bbbbbbbbbb"], ["c"]], max_length=30)
+    assert len(items) == 2 and items.n_answers == 3
+    assert len(items.prompts[0]) == 30 - 10  # cut for the longest answer, the same for both answers
+    assert len(items.prompts[1]) == 5
+    with pytest.raises(ValueError, match="more than max_length"):
+        tokenize_items(tiny_model, ["p"], [["z" * 40]], max_length=30)
+    with pytest.raises(ValueError, match="at least one answer"):
+        tokenize_items(tiny_model, ["p"], [[]])
+
+
+def test_bos_is_prepended_once(bos_model):
+    bos = bos_model.tokenizer.bos_token_id
+    items = tokenize_items(bos_model, ["hi", bos_model.tokenizer.bos_token + "hi"], [["a"], ["a"]])
+    assert items.prompts[0].tolist() == items.prompts[1].tolist() and items.prompts[0][0] == bos
+    batch = tokenize_completions(bos_model, ["hi"], ["a"])
+    assert batch.tokens[0, 0] == bos and batch.tokens[0, 1] != bos
+
+
+def test_truncation_is_in_play():
+    model = make_tiny_model()
+    full = tokenize_items(model, *prompts_and_answers(model, PAIRS, SYS), max_length=None)
+    cut = tokenize_items(model, *prompts_and_answers(model, PAIRS, SYS), max_length=70)
+    assert any(len(a) > len(b) for a, b in zip(full.prompts, cut.prompts))
+
+
+def test_completions_are_the_items_rows_right_padded(tiny_model):
+    answers = ["yes", "no thanks"]
+    batch = tokenize_completions(tiny_model, ["Say a word"] * 2, answers, max_length=14, groups=[0, 0])
+    items = tokenize_items(tiny_model, ["Say a word"], [answers], max_length=14)  # the same rule
+    assert len(items.prompts[0]) < len(tokenize_items(tiny_model, ["Say a word"], [answers]).prompts[0])  # cut
+    for row, answer in enumerate(items.answers):
+        n_p, n = int(batch.prompt_lengths[row]), int(batch.lengths[row])
+        assert batch.tokens[row, :n_p].tolist() == items.prompts[0].tolist()
+        assert batch.tokens[row, n_p:n].tolist() == answer.tolist()
+        assert batch.answer_mask[row].sum() == len(answer) and batch.attention_mask[row].sum() == n
+        assert (batch.tokens[row, n:] == pad_id(tiny_model)).all()
+    sub = batch.select([1])
+    assert sub.tokens.shape == (1, int(batch.lengths[1])) and len(sub) == 1
+
+
+def test_items_from_ids_and_their_lengths():
+    items = Items.from_ids([[1, 2, 3], [4]], [[[5], [6, 7]], [[8, 9, 10]]])
+    assert len(items) == 2 and items.n_answers == 3 and items.answer_offsets.tolist() == [0, 2, 3]
+    assert items.answer_lengths().tolist() == [1, 2, 3] and items.lengths().tolist() == [5, 4]
+    with pytest.raises(ValueError, match="at least one token"):
+        Items.from_ids([[1]], [[[]]])
+    assert torch.equal(items.answers[1], torch.tensor([6, 7]))

@@ -1,0 +1,178 @@
+"""Items: prompts with their answers, tokenised with the engine's one truncation rule.
+
+The unit of work of the scoring engine (``workbench.engine.scoring``) is an *item*: one prompt with
+one or more answers (a preference pair of BiPO, Cao et al. 2024, arXiv 2406.00045, is a prompt with
+two answers; a TruthfulQA question, Lin et al. 2021, arXiv 2109.07958, a prompt with all its choices;
+a neutral passage its first token with the rest as the answer). ``tokenize_items`` encodes each part
+on its own (exact boundary), prepends BOS when the model's config asks for it, and, with
+``max_length``, cuts the prompt from the left by the most any of its answers needs (answers are
+never cut), so all answers of an item are scored in the same context. ``tokenize_completions`` lays
+the same rows out as one right-padded batch (for the mean-difference baselines and the logit lens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from workbench.core.backend import Model
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    """Prompt + answer sequences, right-padded (one row per (prompt, answer)).
+
+    Attributes:
+        tokens: ``(batch, pos)`` token ids (pad id after each sequence's end).
+        attention_mask: ``(batch, pos)`` 1 on real tokens, 0 on padding.
+        answer_mask: ``(batch, pos)`` True on answer tokens (the scored ones).
+        prompt_lengths: ``(batch,)`` number of prompt tokens.
+        lengths: ``(batch,)`` prompt + answer tokens.
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    answer_mask: Bool[Tensor, "batch pos"]
+    prompt_lengths: Int[Tensor, " batch"]
+    lengths: Int[Tensor, " batch"]
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def select(self, index: Tensor | slice | Sequence[int]) -> TokenizedBatch:
+        """Rows ``index``, trimmed to their longest sequence."""
+        lengths = self.lengths[index]
+        n = int(lengths.max())
+        return TokenizedBatch(self.tokens[index][:, :n], self.attention_mask[index][:, :n],
+                              self.answer_mask[index][:, :n], self.prompt_lengths[index], lengths)
+
+    def to(self, device: str | torch.device) -> TokenizedBatch:
+        return TokenizedBatch(*(t.to(device) for t in (self.tokens, self.attention_mask, self.answer_mask,
+                                                      self.prompt_lengths, self.lengths)))
+
+
+def _encode(model: Model, text: str) -> list[int]:
+    return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def pad_id(model: Model) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token, else 0."""
+    tok = model.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+
+def _encode_parts(model: Model, prompts: Sequence[str], answers: Sequence[str],
+                  max_length: int | None, groups: Sequence[int] | None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) per row: BOS prepended when the config asks, prompts cut per group."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    if len(prompts) == 0:
+        raise ValueError("nothing to tokenize: no prompts given")
+    if groups is not None and len(groups) != len(prompts):
+        raise ValueError(f"{len(groups)} group ids for {len(prompts)} rows")
+    bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
+    encoded, cuts = [], []
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        p_ids, a_ids = _encode(model, p), _encode(model, a)
+        if bos is not None and (not p_ids or p_ids[0] != bos):
+            p_ids = [bos, *p_ids]
+        if not a_ids:
+            raise ValueError(f"answer {i} is empty after tokenization: {a!r}")
+        if max_length is not None and len(a_ids) >= max_length and len(p_ids) + len(a_ids) > max_length:
+            raise ValueError(f"answer {i} has {len(a_ids)} tokens, more than max_length={max_length}")
+        encoded.append((p_ids, a_ids))
+        cuts.append(0 if max_length is None else max(0, len(p_ids) + len(a_ids) - max_length))
+    if groups is not None:
+        most: dict[int, int] = {}
+        for g, c in zip(groups, cuts):
+            most[g] = max(most.get(g, 0), c)
+        cuts = [most[g] for g in groups]
+    return [(p_ids[min(cut, len(p_ids)):], a_ids) for (p_ids, a_ids), cut in zip(encoded, cuts)]
+
+
+def tokenize_completions(model: Model, prompts: Sequence[str], answers: Sequence[str],
+                         max_length: int | None = None, groups: Sequence[int] | None = None) -> TokenizedBatch:
+    """Tokenize ``prompt + answer`` rows into one right-padded batch (exact boundary).
+
+    A BOS token is prepended when the model's config asks for one (``default_prepend_bos``) and the
+    prompt does not already start with it. Sequences longer than ``max_length`` lose prompt tokens
+    from the left (answers are never cut; an answer longer than ``max_length`` is an error). Rows
+    with the same ``groups`` id (e.g. the two answers of one preference pair) lose the same number
+    of prompt tokens, the most any of them needs, so that they are scored in the same context.
+    """
+    rows = _encode_parts(model, prompts, answers, max_length, groups)
+    n = max(len(p) + len(a) for p, a in rows)
+    tokens = torch.full((len(rows), n), pad_id(model), dtype=torch.long)
+    attn = torch.zeros((len(rows), n), dtype=torch.long)
+    ans = torch.zeros((len(rows), n), dtype=torch.bool)
+    for i, (p, a) in enumerate(rows):
+        tokens[i, : len(p) + len(a)] = torch.tensor(p + a)
+        attn[i, : len(p) + len(a)] = 1
+        ans[i, len(p): len(p) + len(a)] = True
+    return TokenizedBatch(tokens, attn, ans, torch.tensor([len(p) for p, _ in rows]),
+                          torch.tensor([len(p) + len(a) for p, a in rows]))
+
+
+@dataclass(frozen=True)
+class Items:
+    """Tokenised items: prompt ``i`` with answers ``answer_offsets[i] .. answer_offsets[i+1]-1``.
+
+    Attributes:
+        prompts: token ids of each prompt (CPU).
+        answers: token ids of each answer, item-major (CPU).
+        answer_offsets: ``(n_items + 1,)`` where each item's answers start.
+    """
+
+    prompts: tuple[Tensor, ...]
+    answers: tuple[Tensor, ...]
+    answer_offsets: Int[Tensor, " n_items_plus_1"]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def n_answers(self) -> int:
+        return len(self.answers)
+
+    def answer_lengths(self) -> Int[Tensor, " n_answers"]:
+        return torch.tensor([len(a) for a in self.answers])
+
+    def lengths(self) -> Int[Tensor, " n_items"]:
+        """Prompt + longest answer of each item (for length-sorted batching)."""
+        a = self.answer_lengths()
+        return torch.tensor([len(self.prompts[i]) + int(a[self.answer_offsets[i]: self.answer_offsets[i + 1]].max())
+                             for i in range(len(self))])
+
+    @classmethod
+    def from_ids(cls, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[Sequence[int]]]) -> Items:
+        """Items from token ids: ``prompts[i]`` (non-empty) with answers ``answers[i]`` (each non-empty)."""
+        if len(prompts) != len(answers) or not prompts:
+            raise ValueError(f"need one list of answers per prompt: {len(prompts)} prompts, "
+                             f"{len(answers)} answer lists")
+        for i, (p, a) in enumerate(zip(prompts, answers)):
+            if len(p) == 0 or len(a) == 0 or any(len(x) == 0 for x in a):
+                raise ValueError(f"item {i}: the prompt and every answer need at least one token")
+        offsets = torch.tensor([0, *(len(a) for a in answers)]).cumsum(0)
+        return cls(tuple(torch.as_tensor(list(p), dtype=torch.long) for p in prompts),
+                   tuple(torch.as_tensor(list(x), dtype=torch.long) for a in answers for x in a), offsets)
+
+
+def tokenize_items(model: Model, prompts: Sequence[str], answers: Sequence[Sequence[str]],
+                   max_length: int | None = None) -> Items:
+    """``Items`` from prompt strings and each prompt's answer strings (see the module docstring)."""
+    if len(prompts) != len(answers) or not prompts:
+        raise ValueError(f"need one list of answers per prompt: {len(prompts)} prompts, {len(answers)} answer lists")
+    if any(len(a) == 0 for a in answers):
+        raise ValueError("every prompt needs at least one answer")
+    flat_p = [p for p, a in zip(prompts, answers) for _ in a]
+    flat_a = [x for a in answers for x in a]
+    groups = [i for i, a in enumerate(answers) for _ in a]
+    rows = _encode_parts(model, flat_p, flat_a, max_length, groups)
+    offsets = torch.tensor([0, *(len(a) for a in answers)]).cumsum(0)
+    return Items(tuple(torch.tensor(rows[int(offsets[i])][0], dtype=torch.long) for i in range(len(prompts))),
+                 tuple(torch.tensor(a, dtype=torch.long) for _, a in rows), offsets)
+

@@ -1,0 +1,135 @@
+"""Reading results for figures and reports (the schema of ``workbench.core.results``).
+
+Plotting reads only results: every ``plot_*`` takes a :class:`~workbench.core.results.Result` (or the
+same mapping loaded from JSON), checks it with ``from_dict`` and that its ``kind`` is one the figure
+draws, and reads its tables as DataFrames (``Result.table``). The helpers here name the plot in
+every error, so a wrong input fails with one line that says what was expected. ``result_files``
+walks a results directory once for both the figures command and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.core import results
+from workbench.core.results import Result, ResultFormatError
+
+logger = logging.getLogger(__name__)
+
+
+def result_files(results_dir: str | Path) -> Iterator[tuple[Path, Result]]:
+    """``(path, result)`` of every result JSON under ``results_dir``, recursively, sorted by path.
+
+    Result files are JSON with a ``"kind"`` (and version-1 BiPO ``history.json`` files;
+    ``results.is_result``), each read through ``from_dict``; vector metadata (``vector.json``), hidden
+    files and other JSON are skipped silently, and a file that is not valid JSON or not a valid result
+    (unknown kind, newer schema) is logged and skipped.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` does not exist.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith(".") or path.name == "vector.json":  # hidden, or a vector's metadata
+            continue
+        try:
+            obj = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            logger.warning("%s: not valid JSON (%s); skipped", path, exc)
+            continue
+        if not results.is_result(obj):
+            continue
+        try:
+            res = results.from_dict(obj)
+        except ResultFormatError as exc:
+            logger.warning("%s: %s; skipped", path, exc)
+            continue
+        yield path, res
+
+
+def read_result(result: Any, kinds: Sequence[str], plot: str) -> Result:
+    """``result`` checked against its schema (``from_dict``) and against the kinds ``plot`` draws.
+
+    Raises:
+        ResultFormatError: not a mapping, not a valid result, or a kind not in ``kinds``.
+    """
+    wanted = " or ".join(kinds)
+    if not isinstance(result, Mapping):
+        raise ResultFormatError(f"{plot} draws a {wanted} result, not a {type(result).__name__}")
+    res = results.from_dict(result)
+    if res.kind not in kinds:
+        raise ResultFormatError(f"{plot} draws a {wanted} result, not a {res.kind} result")
+    return res
+
+
+def main_table(res: Result, name: str | None = None) -> pd.DataFrame:
+    """One table of a result (default: its main one) as a DataFrame.
+
+    Raises:
+        ResultFormatError: the result has no such table, or the table has no rows.
+    """
+    df = res.table(name)
+    if df.empty:
+        raise ResultFormatError(f"the {res.kind} result has no rows" + (f" in {name!r}" if name else ""))
+    return df
+
+
+def need(df: pd.DataFrame, columns: Iterable[str], plot: str) -> None:
+    """Raise a one-line ``ResultFormatError`` naming ``plot`` when ``df`` lacks any of ``columns``."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ResultFormatError(f"{plot}: the result lacks column(s) {missing}; it has {list(df.columns)}")
+
+
+def first(df: pd.DataFrame, candidates: Sequence[str]) -> str | None:
+    """The first of ``candidates`` that is a column of ``df``, or None."""
+    return next((c for c in candidates if c in df.columns), None)
+
+
+def label_series(df: pd.DataFrame, candidates: Sequence[str]) -> pd.Series:
+    """A label per row from the first present columns among ``candidates`` that vary (joined by ' / ')."""
+    present = [c for c in candidates if c in df.columns]
+    varying = [c for c in present if df[c].nunique(dropna=False) > 1]
+    cols = varying or present[:1]
+    if not cols:
+        return pd.Series(["all"] * len(df), index=df.index)
+    return df[cols].astype(str).agg(" / ".join, axis=1)
+
+
+def transition_result(obj: Any, kind: str, table: str | None = None) -> Result:
+    """transition: lead removes at integration (with the one marked branch in each ``plot_*`` calling it).
+
+    An analysis output that is not a result yet (a DataFrame, a list of row dicts, or an object whose
+    ``to_dict()`` gives a result, such as ``TrainResult``) as a ``kind`` result holding it as ``table``
+    (default: the kind's main table; eval: the metric ``table``, default ``"logodds"``).
+
+    Raises:
+        ResultFormatError: ``obj`` is none of these.
+    """
+    if not isinstance(obj, pd.DataFrame) and callable(getattr(obj, "to_dict", None)):
+        return results.from_dict(obj.to_dict())
+    schema = results.SCHEMAS[kind]
+    if isinstance(obj, pd.DataFrame):
+        if kind == results.COSINE:
+            return results.result(kind, labels=[x.item() if hasattr(x, "item") else x for x in obj.index],
+                                  matrix=obj.to_numpy(float).tolist())
+        obj = obj.reset_index(drop=all(n is None for n in obj.index.names))
+    elif not (isinstance(obj, Sequence) and not isinstance(obj, str) and all(isinstance(r, Mapping) for r in obj)):
+        raise ResultFormatError(f"cannot read a {kind} result from a {type(obj).__name__}")
+    if schema.tables_under:
+        return results.result(kind, **{schema.tables_under: {table or "logodds": obj}})
+    fields: dict[str, Any] = {k: None for k in schema.required}
+    if table is not None and table != schema.tables[0]:
+        fields[schema.tables[0]] = []
+    return results.result(kind, **fields, **{table or schema.tables[0]: obj})
+
+
+__all__ = ["first", "label_series", "main_table", "need", "read_result", "result_files", "transition_result"]
