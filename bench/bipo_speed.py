@@ -51,8 +51,8 @@ from workbench.core.prompts import prompts_and_answers
 from workbench.data.formats import load_pairs
 from workbench.core.io import atomic_write_json
 from workbench.core.loading import load_model
-from workbench.engine.scoring import entry
-from workbench.engine.scoring import tokenize_completions
+from workbench.engine.conditions import entry
+from workbench.engine.items import tokenize_completions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
 RESULTS = Path(__file__).resolve().parent / "results" / "bipo_speed.json"

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def naive_curve(precision: str):  # the reference: one full forward pass per (pair, answer, multiplier)
         from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
-        from workbench.engine.scoring import token_logprobs, tokenize_completions
+        from workbench.engine.items import tokenize_completions
+        from workbench.engine.readout import token_logprobs
         from workbench.engine.steering import steer
 
         prompts, answers = prompts_and_answers(model, pairs, DEFAULT_SYSTEM_PROMPT)

@@ -62,7 +62,6 @@ def main() -> int:
     if cuda and not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device; the GPU smoke test did not run (--device cpu: a dry run)"}))
         return 2
-    from workbench.train.baselines import caa
     from workbench.train.bipo import BiPOConfig, train_bipo
     from workbench.data.pairs import as_ab_pairs
     from workbench.data.behaviors import load_behavior
@@ -97,7 +96,8 @@ def main() -> int:
         model, train, BiPOConfig(layer=layer, epochs=2, warmup_steps=2), progress=False))
     v = res.vector
     result = stage("evaluate_logodds_ab_utility_3_mults", lambda: evaluate_vectors(
-        model, {"bipo": v}, test, [-1.0, 0.0, 1.0], ("logodds", "ab", "utility"), ab_pairs=as_ab_pairs(test),
+        model, {"bipo": v}, test, multipliers=[-1.0, 0.0, 1.0], metrics=("logodds", "ab", "utility"),
+        ab_pairs=as_ab_pairs(test),
         progress=False))
     stage("caa_sweep_5_layers", lambda: layer_sweep(model, train, test, f"{layer - 4}-{layer}", method="caa"))
     text = stage("steered_generation", lambda: generate(model, format_chat(model, test[0].question), vectors=v,

@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from workbench.core.io import atomic_write_json  # noqa: E402
-from workbench.core.loading import load_embedded_model  # noqa: E402
+from workbench.core.embedded import load_embedded_model  # noqa: E402
 
 
 def main() -> None:

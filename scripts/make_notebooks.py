@@ -1,6 +1,6 @@
 """Write the notebooks in notebooks/ from the cell lists below, and optionally execute them.
 
-    .venv/bin/python scripts/make_notebooks.py                 # write the notebooks, without outputs
+    .venv/bin/python scripts/make_notebooks.py                 # write the changed notebooks, without outputs
     .venv/bin/python scripts/make_notebooks.py --execute       # write and run them (full size: slow)
     .venv/bin/python scripts/make_notebooks.py --execute --quick   # run them in quick mode
 
@@ -84,10 +84,11 @@ print("Q:", pair.question, "\\n+:", pair.matching, "\\n-:", pair.not_matching)''
         code('''
 result = wb.train_bipo(model, train, CONFIG.bipo_config(), progress=False)
 vector = result.vector
+record = result.to_dict()  # the training record: a bipo_history result (per step and per epoch)
 print(vector)
-display(pd.DataFrame(result.epochs).round(3))'''),
+display(record.table("epochs").round(3))'''),
         code('''
-wb.plot(result.to_dict())  # the training record (a bipo_history result): its training curves'''),
+wb.plot(record)  # its training curves'''),
         md("## Steer generation\nGreedy answers to held-out questions at several multipliers (`m = 0` is the unsteered model)."),
         code('''
 questions = [p.question for p in test[: 1 if QUICK else 3]]
@@ -124,12 +125,12 @@ for b, vecs in vectors.items():
 _, test = wb.study_pairs("power-seeking", CONFIG)
 curve = wb.logodds_curve(model, vectors["power-seeking"], test, CONFIG.multipliers, n_boot=CONFIG.n_boot,
                          progress=False)
-display(curve[curve.normalization == "sum"].round(3))
+display(curve.table("logodds").round(3))  # an eval result, as `workbench eval` writes: one table per metric
 wb.plot_multiplier_curves(curve, title="power-seeking")'''),
         md("## Cosine similarity\nBetween methods and between behaviors (`wb.cosine_table`)."),
         code('''
 cosines = wb.cosine_table({f"{m}:{b}": vecs[m] for b, vecs in vectors.items() for m in ("bipo", "caa")})
-display(wb.result_table(cosines).round(3))
+display(cosines.table().round(3))
 wb.plot_cosine_heatmap(cosines)'''),
         md("## Generations side by side"),
         code('''
@@ -147,7 +148,7 @@ reaches the budget and measures the held-out log-odds shift there (with a bootst
 four = {**vectors["power-seeking"], **wb.study_extra_vectors(model, "power-seeking", CONFIG, RUNS)}
 texts = wb.load_neutral_text()[: CONFIG.utility_texts]
 matched = wb.matched_cost(model, four, test, texts, budgets=CONFIG.budgets, n_boot=CONFIG.n_boot)
-table = wb.result_table(matched)
+table = matched.table()
 display(table[["vector", "direction", "budget", "multiplier", "cost", "effect", "effect_ci_low", "effect_ci_high",
                "monotone"]].round(3))
 wb.plot(matched)  # effect against cost, one line per vector and direction, budgets marked'''),
@@ -162,7 +163,7 @@ sweep stage of `workbench reproduce` (`CONFIG.sweep_layers`, `CONFIG.bipo_sweep_
 sweeps = wb.study_sweeps(model, "power-seeking", CONFIG, RUNS)  # {"caa": SweepResult, "bipo": SweepResult}
 for method, sweep in sweeps.items():
     print(method)
-    display(wb.result_table(sweep).round(3))'''),
+    display(sweep.table().round(3))'''),
         md("BiPO's `cos_ref` is its cosine to the CAA vector of the same layer."),
         code('''
 wb.plot_layer_sweep(sweeps)'''),
@@ -182,13 +183,13 @@ _, test = wb.study_pairs("power-seeking", CONFIG)'''),
         md("## (a) Top tokens of each vector"),
         code('''
 tokens = wb.vector_logit_lens(model, vectors, k=CONFIG.lens_k)  # one table, a `vector` column
-display(wb.result_table(tokens).pivot(index=["direction", "rank"], columns="vector", values="token"))
+display(tokens.table().pivot(index=["direction", "rank"], columns="vector", values="token"))
 wb.plot_logit_lens_tokens(tokens)'''),
         md("## (b) Per-layer propagation of a steered run (`m = +1`)\nLayers before the vector's hook are shaded."),
         code('''
 for name, v in vectors.items():
     lens = wb.steered_logit_lens(model, v, test, multiplier=1.0)
-    display(wb.result_table(lens).iloc[[0, v.layer, v.layer + 1, -1]].round(3))
+    display(lens.table().iloc[[0, v.layer, v.layer + 1, -1]].round(3))
     display(wb.plot_logit_lens_layers(lens, title=f"{name}, m = +1"))'''),
     ],
     "05_composition_transfer": header("Composition and transfer", """
@@ -204,13 +205,13 @@ tests = {b: wb.study_pairs(b, CONFIG)[1] for b in behaviors}'''),
         md("## Composition"),
         code('''
 comp = wb.composition_table(model, vectors, tests, multipliers=CONFIG.composition_multiplier)
-display(wb.result_table(comp).round(3))
+display(comp.table().round(3))
 wb.plot(comp)'''),
         md("## Transfer across layers\nThe vector made at layer L applied at L + k, unchanged."),
         code('''
 first = behaviors[0]
 moved = wb.layer_transfer(model, vectors[first], tests[first], offsets=CONFIG.transfer_offsets, multipliers=(1.0,))
-display(wb.result_table(moved).round(3))
+display(moved.table().round(3))
 wb.plot_transfer(moved)'''),
         md("## Transfer to a fine-tuned copy\nThe last blocks of a copy are trained briefly on neutral text; "
            "the vector is applied unchanged."),
@@ -218,7 +219,7 @@ wb.plot_transfer(moved)'''),
 target, losses = wb.finetune_copy(model, wb.load_neutral_text(), steps=max(1, CONFIG.finetune_steps))
 print(f"fine-tuning loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 effect = wb.transfer_effect(model, target, vectors[first], tests[first], multipliers=CONFIG.sweep_multipliers)
-display(wb.result_table(effect).round(3))
+display(effect.table().round(3))
 wb.plot_transfer(effect, source=model.cfg.model_name, target=target.cfg.model_name)'''),
         md("""## Transfer to LoRA fine-tunes
 A closer analog of the paper's transfer to Vicuna and LoRA fine-tunes: `wb.lora_transfer` fine-tunes the model
@@ -235,8 +236,8 @@ lora = wb.lora_transfer(model, pair, train_first, tests[first], RUNS.parent / "f
                         neutral_texts=wb.load_neutral_text()[: CONFIG.utility_texts], max_steps=CONFIG.lora_max_steps,
                         rank=CONFIG.lora_rank, lr=CONFIG.lora_lr, utility_max_tokens=CONFIG.utility_max_tokens,
                         n_boot=CONFIG.n_boot)
-display(wb.result_table(lora, "finetunes"))
-display(wb.result_table(lora).round(3))
+display(lora.table("finetunes"))
+display(lora.table().round(3))
 wb.plot(lora)  # retained effect against the fine-tune's distance'''),
     ],
     "07_refusal_truthfulness": header("Refusal, jailbreak templates and truthfulness", """
@@ -257,10 +258,10 @@ refusal = wb.refusal_study(model, refusal_vectors, requests, CONFIG.multipliers,
                            templates=[None if t == "none" else t for t in CONFIG.refusal_templates],
                            max_new_tokens=CONFIG.refusal_max_new_tokens, n_boot=CONFIG.n_boot,
                            neutral_texts=wb.load_neutral_text()[: CONFIG.utility_texts])
-display(wb.result_table(refusal)[["vector", "template", "multiplier", "refusal_rate", "logodds", "kl"]].round(3))
+display(refusal.table()[["vector", "template", "multiplier", "refusal_rate", "logodds", "kl"]].round(3))
 wb.plot(refusal)  # refusal rate, likelihood signal and utility cost against the multiplier'''),
         code('''
-gens = wb.result_table(refusal, "generations")  # every greedy answer, with the rule's verdict
+gens = refusal.table("generations")  # every greedy answer, with the rule's verdict
 display(gens[gens.template == "none"][["vector", "multiplier", "generation", "refused"]].head(6))'''),
         md("## Truthfulness on held-out TruthfulQA questions"),
         code('''
@@ -303,16 +304,26 @@ display(explorer.on_curve().round(3))'''),
 }
 
 
-def write_notebooks(names: list[str] | None = None) -> list[Path]:
+def write_notebooks(names: list[str] | None = None, force: bool = False) -> list[Path]:
+    """Write each notebook whose cell sources differ from its cell list (all of them with ``force``).
+
+    A rewritten notebook keeps the cell ids of the one it replaces, cell by cell, so that a change of
+    one cell is a change of one cell in the diff. Returns the paths written.
+    """
     NOTEBOOKS.mkdir(exist_ok=True)
     paths = []
     for name, cells in NOTEBOOK_CELLS.items():
         if names and name not in names:
             continue
+        path = NOTEBOOKS / f"{name}.ipynb"
+        old = nbformat.read(path, as_version=4).cells if path.is_file() else []
+        if not force and [c.source for c in old] == [c.source for c in cells]:
+            continue
+        for cell, before in zip(cells, old):
+            cell.id = before.get("id", cell.id)
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
             "language_info": {"name": "python"}})
-        path = NOTEBOOKS / f"{name}.ipynb"
         nbformat.write(nb, path)
         paths.append(path)
     return paths
@@ -338,11 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--execute", action="store_true", help="run the notebooks and save their outputs")
     parser.add_argument("--quick", action="store_true", help="with --execute: WORKBENCH_NOTEBOOK_QUICK=1")
+    parser.add_argument("--force", action="store_true",
+                        help="rewrite every notebook, also those whose sources are unchanged (their outputs go)")
     parser.add_argument("names", nargs="*", help="only these notebooks (e.g. 01_quickstart)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    for path in write_notebooks(args.names):
+    for path in write_notebooks(args.names, force=args.force or args.execute):
         if args.execute:
             seconds = execute(path, args.quick)
             print(f"{path.relative_to(ROOT)}: executed in {seconds:.0f} s", file=sys.stderr)

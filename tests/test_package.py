@@ -9,7 +9,8 @@ import workbench
 
 #: The public API. Adding or removing a name here is a decision about what users see as ``wb.<name>``.
 API = """
-BiPOConfig BiPOResult CompositionResult DataFormatError PreferencePair RePSConfig ResultFormatError SteeringExplorer
+BiPOConfig BiPOResult EvalConfig GenerationConfig LoRAFinetuneConfig LoRATransferConfig MatchedCostConfig RefusalConfig Result
+SweepConfig TruthfulnessConfig effect_vs_zero CompositionResult DataFormatError PreferencePair RePSConfig ResultFormatError SteeringExplorer
 SteeringVector StudyConfig SweepResult ab_curve actadd as_ab_pairs caa composition_table cosine_table demo
 evaluate_vectors finetune_copy format_chat format_eval generate import_vector layer_cosine_table layer_sweep
 layer_transfer list_behaviors load_behavior load_model load_neutral_text load_pairs load_refusal_requests
@@ -60,3 +61,35 @@ def test_help_does_not_import_transformer_lens():
             "print('transformer_lens' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
+
+
+#: The layers, bottom to top: a module may import from its own subpackage and from those below it.
+LAYERS = ["core", "data", "engine", "train", "evaluate", "analysis", "viz", "studies", "cli"]
+
+
+def _workbench_imports(path: Path) -> set[str]:
+    """Every ``workbench.<subpackage>`` a module imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "workbench":
+                found.add(parts[1] if len(parts) > 1 else "workbench")
+    return found
+
+
+def test_imports_only_point_down_the_layers():
+    package = Path(workbench.__file__).parent
+    assert sorted(p.name for p in package.iterdir() if (p / "__init__.py").exists()) == sorted(LAYERS)
+    upward = []
+    for layer in LAYERS:
+        for path in sorted((package / layer).glob("*.py")):
+            for target in _workbench_imports(path) & (set(LAYERS) | {"workbench"}):
+                if target == "workbench" or LAYERS.index(target) > LAYERS.index(layer):
+                    upward.append(f"{path.relative_to(package)} imports workbench.{target}".replace("workbench.workbench", "workbench"))
+    assert not upward, upward

@@ -57,11 +57,13 @@ _EXPORTS = {
     "workbench.viz.comparisons": ["plot_composition", "plot_lora_transfer", "plot_transfer"],
     "workbench.viz.curves": ["plot_cost_effect", "plot_multiplier_curves", "plot_refusal", "plot_training_curves"],
     "workbench.viz.figures": ["write_figures"],
-    "workbench.viz.layers": ["plot_cosine_heatmap", "plot_layer_sweep", "plot_logit_lens_layers", "plot_logit_lens_tokens", "plot_method_cosine"],
+    "workbench.viz.layers": ["plot_cosine_heatmap", "plot_layer_sweep", "plot_logit_lens_layers",
+                             "plot_logit_lens_tokens", "plot_method_cosine"],
     "workbench.viz.plots": ["plot"],
     "workbench.viz.style": ["save_figure"],
     "workbench.viz.widgets": ["SteeringExplorer"],
-    "workbench.studies.config": ["LoRAFinetuneConfig", "LoRATransferConfig", "RefusalConfig", "StudyConfig", "TruthfulnessConfig"],
+    "workbench.studies.config": ["LoRAFinetuneConfig", "LoRATransferConfig", "RefusalConfig", "StudyConfig",
+                                 "TruthfulnessConfig"],
     "workbench.studies.lora": ["lora_finetunes", "lora_transfer"],
     "workbench.studies.refusal": ["refusal_study"],
     "workbench.studies.reproduce": ["demo"],
@@ -97,7 +99,8 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.evaluate.suite import EvalConfig, evaluate_vectors, format_eval
     from workbench.evaluate.truthfulqa import truthfulqa_mc
     from workbench.evaluate.utility import utility_curve
-    from workbench.studies.config import LoRAFinetuneConfig, LoRATransferConfig, RefusalConfig, StudyConfig, TruthfulnessConfig
+    from workbench.studies.config import (LoRAFinetuneConfig, LoRATransferConfig, RefusalConfig, StudyConfig,
+                                          TruthfulnessConfig)
     from workbench.studies.lora import lora_finetunes, lora_transfer
     from workbench.studies.refusal import refusal_study
     from workbench.studies.reproduce import demo
@@ -111,7 +114,8 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.viz.comparisons import plot_composition, plot_lora_transfer, plot_transfer
     from workbench.viz.curves import plot_cost_effect, plot_multiplier_curves, plot_refusal, plot_training_curves
     from workbench.viz.figures import write_figures
-    from workbench.viz.layers import plot_cosine_heatmap, plot_layer_sweep, plot_logit_lens_layers, plot_logit_lens_tokens, plot_method_cosine
+    from workbench.viz.layers import (plot_cosine_heatmap, plot_layer_sweep, plot_logit_lens_layers,
+                                      plot_logit_lens_tokens, plot_method_cosine)
     from workbench.viz.plots import plot
     from workbench.viz.style import save_figure
     from workbench.viz.widgets import SteeringExplorer

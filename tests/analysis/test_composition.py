@@ -92,3 +92,12 @@ def test_errors(tiny_model):
         composition_table(tiny_model, {"a": v}, {"a": POWER}, multipliers={"b": 1.0})
     with pytest.raises(ValueError, match="subsets"):
         composition_logodds(tiny_model, {"a": v}, {"a": POWER}, subsets="pairs")
+
+
+def test_bad_pairs_are_one_clear_error(tiny_model):
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
+    with pytest.raises(TypeError, match=r"^eval_pairs\['b'\]\[0\] has no string field 'question'"):
+        composition_table(tiny_model, {"a": v, "b": v}, {"a": POWER, "b": [{"question": "q"}]})
+    with pytest.raises(ValueError, match=r"^pairs\[1\]: matching is empty"):
+        composition_logodds(tiny_model, {"a": v}, {"a": [POWER[0], PreferencePair("q", "", "no")]})
+    assert remaining_hooks(tiny_model) == 0

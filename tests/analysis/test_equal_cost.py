@@ -106,7 +106,7 @@ def test_config_and_keyword_options_agree(tiny_model):
     by_config = matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, MatchedCostConfig(**kw))
     assert by_config == by_keywords
     assert MatchedCostConfig(cost="perplexity").budgets is None  # the cost's defaults, resolved at the call
-    with pytest.raises(TypeError, match="unknown option.*budget;"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['budget'\]; "):
         matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, budget=[0.1])
 
 
@@ -208,3 +208,10 @@ def test_search_interpolates_and_reuses_known_costs():
     assert again["steps"] == 0 and again["multiplier"] == first["multiplier"]
     capped = search_budget(probe, 1e6, 1, max_multiplier=8.0, known={4.0: 0.32})
     assert not capped["reached"] and capped["max_cost_seen"] == pytest.approx(0.01 * 8 ** 2.5)
+
+
+def test_bad_pairs_are_one_clear_error(tiny_model):
+    with pytest.raises(TypeError, match=r"^pairs\[0\] has no string field 'question'"):
+        matched_cost(tiny_model, {"v": _vec()}, [("q", "a", "b")], TEXTS)
+    with pytest.raises(ValueError, match=r"^ab_pairs is empty"):
+        matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, ab_pairs=[])

@@ -140,14 +140,21 @@ def test_embedded_steered_lens(embedded_model):
     assert remaining_hooks(embedded_model) == 0
 
 
-def test_several_vectors_one_result_and_the_shim(tiny_model):
-    from workbench.analysis.logit_lens import lens_to_dict
-
+def test_several_vectors_one_result(tiny_model):
     a, b = torch.randn(32), torch.randn(32)
     res = vector_logit_lens(tiny_model, {"a": a, "b": b}, k=2)
     assert res.kind == "logit_lens_tokens"
     t = res.table()
     assert t.vector.tolist() == ["a"] * 4 + ["b"] * 4
     assert t[t.vector == "b"].token_id.tolist() == vector_logit_lens(tiny_model, b, k=2).table().token_id.tolist()
-    saved = lens_to_dict(res, "logit_lens_tokens", behavior="power")
+    saved = res.with_info(behavior="power")
     assert list(saved)[:3] == ["kind", "schema_version", "behavior"] and saved["rows"] == res["rows"]
+
+
+def test_bad_pairs_are_one_clear_error(tiny_model):
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
+    with pytest.raises(ValueError, match=r"^pairs is empty"):
+        steered_logit_lens(tiny_model, v, [])
+    with pytest.raises(TypeError, match=r"^pairs\[0\] has no string field 'not_matching'"):
+        steered_logit_lens(tiny_model, v, [Pair("q", "yes", None)])
+    assert remaining_hooks(tiny_model) == 0

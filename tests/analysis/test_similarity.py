@@ -3,8 +3,7 @@ import json
 import pytest
 import torch
 
-from workbench.analysis.similarity import (cosine, cosine_pairs, cosine_table, layer_cosine_table, method_cosines,
-                                  table_to_dict)
+from workbench.analysis.similarity import cosine, cosine_pairs, cosine_table, layer_cosine_table, method_cosines
 from workbench.core.vector import SteeringVector, full_hook_name
 
 
@@ -50,7 +49,6 @@ def test_method_and_layer_tables():
     assert list(d) == ["kind", "schema_version", "behavior", "labels", "matrix"]
     assert d["kind"] == "cosine" and d["behavior"] == "power"
     assert d["labels"] == [0, 1, 2] and d["matrix"][0][0] == 1.0
-    assert table_to_dict(res, behavior="power") == d  # the deprecated shim
 
 
 def test_errors():

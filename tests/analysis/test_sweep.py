@@ -94,7 +94,7 @@ def test_sweep_config_and_keyword_options_agree(tiny_model):
     by_keywords = layer_sweep(tiny_model, [], PAIRS[:2], [0, 1], vectors=vecs, multipliers=[1], batch_size=2)
     cols = ["layer", "norm", "effect@+1"]
     pd.testing.assert_frame_equal(by_config.table()[cols], by_keywords.table()[cols])
-    with pytest.raises(TypeError, match="unknown option.*multiplier;"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['multiplier'\]; "):
         layer_sweep(tiny_model, [], PAIRS[:2], [0], vectors=vecs, multiplier=1.0)
     with pytest.raises(ValueError, match="unknown position rule"):
         SweepConfig(position="middle")
@@ -207,3 +207,16 @@ def test_embedded_caa_sweep_steers(embedded_model):
     assert t.loc[14, "effect@+1"] > 0 > t.loc[14, "effect@-1"]
     assert 0 < t.loc[14, "cos_prev"] < 1
     assert remaining_hooks(embedded_model) == 0
+
+
+def test_bad_eval_pairs_are_one_clear_error_before_any_vector_is_made(tiny_model, monkeypatch):
+    import workbench.analysis.sweep as sweep
+
+    monkeypatch.setattr(sweep, "mean_difference_vectors", lambda *a, **k: pytest.fail("vectors made before the check"))
+    with pytest.raises(TypeError, match=r"^eval_pairs\[1\] has no string field 'question'"):
+        layer_sweep(tiny_model, PAIRS, [PAIRS[0], ("q", "a", "b")], [0, 1])
+    with pytest.raises(ValueError, match=r"^eval_pairs is empty"):
+        layer_sweep(tiny_model, PAIRS, [], [0, 1])
+    with pytest.raises(ValueError, match=r"^pairs\[0\]: not_matching is empty"):
+        steering_effects(tiny_model, {"v": SteeringVector(torch.ones(32), full_hook_name(0))},
+                         [PreferencePair("q", "yes", " ")])

@@ -8,7 +8,7 @@ from workbench.data.pairs import PreferencePair
 from workbench.core.loading import load_model
 from workbench.engine.steering import remaining_hooks
 from workbench.analysis.sweep import steering_effects
-from workbench.analysis.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect, transfer_to_dict
+from workbench.analysis.transfer import export_hf_llama, finetune_copy, layer_transfer, transfer_effect
 from workbench.core.vector import IncompatibleVectorError, SteeringVector, full_hook_name
 
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
@@ -94,7 +94,7 @@ def test_transfer_effect(tiny_model):
     want = steering_effects(other, {"v": v}, PAIRS, multipliers=(1.0,)).effect[0]
     assert t.target_effect[0] == pytest.approx(want, abs=1e-5)
     assert t.retained[0] == pytest.approx(t.target_effect[0] / t.source_effect[0])
-    d = transfer_to_dict(res, source="a", target="b")  # the deprecated shim: the result with its info
+    d = res.with_info(source="a", target="b")  # what the study writes: the result with its labels first
     assert d["kind"] == "transfer_model" and d["schema_version"] == 3 and d["rows"][0]["multiplier"] == 1.0
     assert list(d) == ["kind", "schema_version", "source", "target", "rows"]
     wide = make_tiny_model(d_model=48)
@@ -137,3 +137,13 @@ def test_embedded_export_round_trip(embedded_model, tmp_path):
     reloaded = load_model(out)
     toks = torch.tensor([embedded_model.tokenizer("The cat sat on the mat.")["input_ids"]])
     assert torch.allclose(logits(embedded_model, toks), logits(reloaded, toks), atol=1e-4)
+
+
+def test_bad_pairs_are_one_clear_error(tiny_model):
+    v = SteeringVector(torch.randn(32), full_hook_name(1))
+    with pytest.raises(TypeError, match=r"^eval_pairs\[0\] has no string field 'question'"):
+        transfer_effect(tiny_model, tiny_model, v, ["not a pair"])
+    with pytest.raises(ValueError, match=r"^eval_pairs is empty"):
+        layer_transfer(tiny_model, v, [])
+    with pytest.raises(ValueError, match=r"^pairs\[0\]: not_matching is empty"):
+        layer_transfer(tiny_model, v, [PreferencePair("q", "yes", "")])

@@ -11,8 +11,9 @@ import pytest
 
 import workbench.studies.run_evaluate as run_evaluate
 import workbench.studies.run_files as run_files
-import workbench.studies.run_study as run_study
+import workbench.studies.run_studies as run_studies
 import workbench.studies.run_train as run_train
+from workbench.analysis.sweep import SweepResult
 from workbench.cli import common
 from workbench.cli.main import main
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS
@@ -94,14 +95,15 @@ def test_compare_and_refusal_print_their_tables(monkeypatch, capsys):
 
 
 def test_study_commands(monkeypatch, capsys):
-    sweep_calls = _record(monkeypatch, run_study, "sweep_run", ({}, pd.DataFrame({"layer": [1]})))
-    monkeypatch.setattr("workbench.analysis.sweep.format_sweep", lambda t: f"SWEEP {list(t['layer'])}")
+    swept = SweepResult(pd.DataFrame({"layer": [1]}))
+    sweep_calls = _record(monkeypatch, run_studies, "sweep_run", ({}, swept))
+    monkeypatch.setattr("workbench.analysis.sweep.format_sweep", lambda t: f"SWEEP {list(t.table()['layer'])}")
     assert main(["sweep", "--behavior", "b", "--layers", "1", "--out", "s.json"]) == 0
     assert sweep_calls[0][0].multipliers == (-1.0, 1.0) and sweep_calls[0][0].test_fraction == 0.2
     assert capsys.readouterr().out == "SWEEP [1]\n"
-    _record(monkeypatch, run_study, "sweep_run", ({}, None))  # as cells: no table
+    _record(monkeypatch, run_studies, "sweep_run", ({}, None))  # as cells: no table
     assert main(["sweep", "--behavior", "b", "--out", "s.json"]) == 0 and capsys.readouterr().out == ""
-    repro = _record(monkeypatch, run_study, "reproduce_run", {"results": ["a"], "figures": [], "seconds": 2.0})
+    repro = _record(monkeypatch, run_studies, "reproduce_run", {"results": ["a"], "figures": [], "seconds": 2.0})
     assert main(["reproduce", "--quick", "--out", "R", "--figures", "F"]) == 0
     assert repro[0][0].quick and repro[0][0].out == "R"
     assert capsys.readouterr().out == "1 result file(s) in R, 0 figure file(s) in F; 2 s\n"

@@ -11,7 +11,7 @@ from workbench.cli import evaluate, files, study, train
 from workbench.cli.parser import build_parser
 from workbench.studies.run_evaluate import CompareRun, EvalRun, RefusalRun
 from workbench.studies.run_files import ConvertRun, figures_run, report_run
-from workbench.studies.run_study import DemoRun, ReproduceRun, SweepRun
+from workbench.studies.run_studies import DemoRun, ReproduceRun, SweepRun
 from workbench.studies.run_train import TrainRun
 from workbench.studies.runs import ModelOptions
 

@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from workbench.data.behaviors import DATA_DIR, list_behaviors, load_behavior, load_neutral_text
+from workbench.data.pairs import DataFormatError
 
 BEHAVIORS = ("power-seeking", "wealth-seeking", "sycophancy")
 
@@ -63,3 +64,18 @@ def test_neutral_text():
     lines = load_neutral_text()
     assert len(lines) >= 40 and all(len(line) > 80 for line in lines)
     assert len(set(lines)) == len(lines)
+
+
+def test_neutral_text_from_a_file(tmp_path):
+    path = tmp_path / "n.txt"
+    path.write_bytes("\ufeffone passage\r\n\n  two  \nthree\n".encode())
+    assert load_neutral_text(path) == ["one passage", "two", "three"]  # BOM, CRLF and blank lines handled
+    assert load_neutral_text(DATA_DIR / "neutral.txt") == load_neutral_text()
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(DataFormatError, match=r"blank\.txt:1: file is empty"):
+        load_neutral_text(tmp_path / "blank.txt")
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
+    with pytest.raises(DataFormatError, match=r"bad\.txt:2: not valid UTF-8"):
+        load_neutral_text(tmp_path / "bad.txt")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        load_neutral_text(tmp_path / "missing.txt")

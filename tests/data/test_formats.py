@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from workbench.data.formats import (PAIR_FORMATS, guess_format, load_ab_json, load_bipo_csv, load_pairs,
-                                    load_pairs_jsonl, load_truthfulqa, load_truthfulqa_mc, load_truthfulqa_questions,
+                                    load_truthfulqa, load_truthfulqa_mc, load_truthfulqa_questions,
                                     save_pairs_jsonl)
 from workbench.data.pairs import DataFormatError, MCQuestion, PreferencePair, fingerprint, train_test_split
 

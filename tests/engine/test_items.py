@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from conftest import make_tiny_model
 
 from workbench.core.prompts import prompts_and_answers
 from workbench.data.pairs import PreferencePair
-from workbench.engine.items import Items, pad_id, tokenize_completions, tokenize_items
+from workbench.engine.items import AnswerTooLongError, Items, pad_id, tokenize_completions, tokenize_items
 
 SYS = "You are a helpful, honest and concise assistant."
 PAIRS = [PreferencePair(f"Question {i}: {'why ' * (3 * i)}?", f"Yes, {'a' * (i + 1)}.", f"No{'!' * i}")
@@ -29,8 +31,13 @@ def test_items_share_one_cut_per_prompt(tiny_model):
     assert len(items) == 2 and items.n_answers == 3
     assert len(items.prompts[0]) == 30 - 10  # cut for the longest answer, the same for both answers
     assert len(items.prompts[1]) == 5
-    with pytest.raises(ValueError, match="more than max_length"):
-        tokenize_items(tiny_model, ["p"], [["z" * 40]], max_length=30)
+    n = len(tiny_model.tokenizer("z" * 40, add_special_tokens=False)["input_ids"])
+    with pytest.raises(AnswerTooLongError, match=f"^answer 1 has {n} tokens, more than max_length=30$") as err:
+        tokenize_items(tiny_model, ["p", "q"], [["a"], ["z" * 40]], max_length=30)
+    assert (err.value.index, err.value.n_tokens, err.value.max_length) == (1, n, 30) and n > 30
+    assert isinstance(err.value, ValueError)  # callers that catch ValueError keep working
+    again = pickle.loads(pickle.dumps(err.value))
+    assert (again.index, again.n_tokens, again.max_length, str(again)) == (1, n, 30, str(err.value))
     with pytest.raises(ValueError, match="at least one answer"):
         tokenize_items(tiny_model, ["p"], [[]])
 

@@ -142,3 +142,8 @@ def test_generation_config_and_keyword_options_are_one_thing(tiny_model):
         generate(tiny_model, prompts, max_tokens=3)
     with pytest.raises(ValueError, match="top_p"):
         GenerationConfig(top_p=1.5)
+
+
+def test_generate_names_an_unknown_option(tiny_model):
+    with pytest.raises(TypeError, match=r"^generate\(\) got unknown option\(s\) \['max_tokens'\]; .*GenerationConfig"):
+        generate(tiny_model, "Hello", max_tokens=3)

@@ -8,7 +8,7 @@ import torch
 
 import workbench.evaluate.generation as eg
 from workbench.data.pairs import PreferencePair
-from workbench.evaluate.generation import (GenerationConfig, _judge_prompt, _score_two, is_refusal, open_ended_eval,
+from workbench.evaluate.generation import (DecodingConfig, _judge_prompt, _score_two, is_refusal, open_ended_eval,
                                            refusal_eval, score_open_ended, steered_generations, validate_open_scorer)
 from workbench.core.prompts import format_chat
 from conftest import naive_logprobs
@@ -84,20 +84,20 @@ def test_open_ended_eval_and_validation(tiny_model, pairs, vec):
 
 
 def test_generation_config_validates_and_options_replace_its_fields():
-    assert GenerationConfig().decodings == ("greedy",)
-    assert GenerationConfig(decodings="sampled").decodings == ("sampled",)
+    assert DecodingConfig().decodings == ("greedy",)
+    assert DecodingConfig(decodings="sampled").decodings == ("sampled",)
     for bad, match in ((dict(decodings=("beam",)), "decoding 'beam'"), (dict(decodings=()), "decodings is empty"),
                        (dict(max_new_tokens=0), "max_new_tokens"), (dict(temperature=0.0), "temperature"),
                        (dict(top_p=1.5), "top_p")):
         with pytest.raises(ValueError, match=match):
-            GenerationConfig(**bad)
-    with pytest.raises(TypeError, match="'max_tokens'.*GenerationConfig"):
+            DecodingConfig(**bad)
+    with pytest.raises(TypeError, match="'max_tokens'.*DecodingConfig"):
         steered_generations(None, {}, ["q"], [0.0], max_tokens=3)
 
 
 def test_config_and_options_give_the_same_generations(tiny_model, vec):
     q = ["Tell me a plan.", "Hi"]
-    by_config = steered_generations(tiny_model, {"v": vec}, q, [2.0], GenerationConfig(("sampled",), 5, seed=3),
+    by_config = steered_generations(tiny_model, {"v": vec}, q, [2.0], DecodingConfig(("sampled",), 5, seed=3),
                                     progress=False)
     by_options = steered_generations(tiny_model, {"v": vec}, q, [2.0], decodings=("sampled",), max_new_tokens=5,
                                      seed=3, progress=False)

@@ -6,15 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from workbench.data.pairs import PreferencePair
-from workbench.evaluate.statistics import bootstrap_ci, check_multipliers
-from workbench.evaluate.preference import (ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability,
-                                       summarize_logodds)
-from workbench.core.prompts import end_of_turn, format_chat
 from conftest import naive_logprobs
-from workbench.engine.steering import remaining_hooks, steer
+
+from workbench.core.prompts import end_of_turn, format_chat
 from workbench.core.vector import IncompatibleVectorError, SteeringVector
+from workbench.data.pairs import PreferencePair
+from workbench.engine.steering import remaining_hooks, steer
+from workbench.evaluate.preference import (
+    ab_curve,
+    ab_pair_probs,
+    logodds_curve,
+    pair_logodds,
+    steerability,
+    summarize_ab,
+    summarize_logodds,
+)
+from workbench.evaluate.statistics import bootstrap_ci, check_multipliers
 
 SYS = "You are a helpful, honest and concise assistant."
 MULTS = [-2.0, -1.0, 0.0, 1.0, 2.0]
@@ -81,12 +88,37 @@ def test_truncated_prompts_lose_the_same_tokens_for_both_answers(tiny_model, vec
 
 
 def test_logodds_curve_summary(tiny_model, pairs, vectors):
-    curve = logodds_curve(tiny_model, vectors["post"], pairs, MULTS, progress=False, n_boot=300)
-    assert set(curve.normalization) == {"sum", "per_token"}
-    assert list(curve.columns) == ["vector", "multiplier", "normalization", "n", "mean", "ci_low", "ci_high",
-                                   "win_rate"]
-    assert (curve.vector == "bipo").all() and (curve.n == len(pairs)).all()
-    assert ((curve.ci_low <= curve["mean"] + 1e-12) & (curve["mean"] <= curve.ci_high + 1e-12)).all()
+    res = logodds_curve(tiny_model, vectors["post"], pairs, MULTS, progress=False, n_boot=300)
+    assert res.kind == "eval" and res.tables == ["logodds", "logodds_per_token", "steerability"]
+    assert res["multipliers"] == MULTS and res["model"] == tiny_model.cfg.model_name
+    for name in ("logodds", "logodds_per_token"):
+        curve = res.table(name)
+        assert list(curve.columns) == ["vector", "multiplier", "n", "mean", "ci_low", "ci_high", "win_rate"]
+        assert (curve.vector == "bipo").all() and (curve.n == len(pairs)).all() and len(curve) == len(MULTS)
+        assert ((curve.ci_low <= curve["mean"] + 1e-12) & (curve["mean"] <= curve.ci_high + 1e-12)).all()
+    # the same numbers as the DataFrame building blocks, split by normalization
+    per = pair_logodds(tiny_model, vectors["post"], pairs, MULTS, progress=False)
+    summary = summarize_logodds(per, n_boot=300)
+    for norm, name in (("sum", "logodds"), ("per_token", "logodds_per_token")):
+        want = summary[summary.normalization == norm].drop(columns="normalization").reset_index(drop=True)
+        pd.testing.assert_frame_equal(res.table(name), want)
+    pd.testing.assert_frame_equal(res.table("steerability"), steerability(per, n_boot=300), check_dtype=False)
+
+
+def test_curves_hold_the_tables_of_evaluate_vectors(tiny_model, pairs, ab_pairs, vectors):
+    from workbench.evaluate.suite import evaluate_vectors
+    from workbench.evaluate.utility import utility_curve
+    from workbench.viz.plots import plot
+
+    texts = ["The river winds through low hills.", "Bread needs flour and salt."]
+    full = evaluate_vectors(tiny_model, vectors, pairs, ab_pairs=ab_pairs, neutral_texts=texts, multipliers=MULTS,
+                            metrics=("logodds", "ab", "utility"), n_boot=40, utility_max_tokens=16, progress=False)
+    curves = [logodds_curve(tiny_model, vectors, pairs, MULTS, n_boot=40, progress=False),
+              ab_curve(tiny_model, vectors, ab_pairs, MULTS, n_boot=40, progress=False),
+              utility_curve(tiny_model, vectors, texts, MULTS, n_boot=40, max_tokens=16, progress=False)]
+    assert {k: v for c in curves for k, v in c["metrics"].items()} == full["metrics"]
+    assert remaining_hooks(tiny_model) == 0
+    assert len(plot(curves[0]).axes[0].get_lines()) >= len(vectors)  # plotting reads the result as it is
     per = pair_logodds(tiny_model, vectors["post"], pairs, MULTS, progress=False)
     s = summarize_logodds(per)
     row = s[(s.multiplier == 1.0) & (s.normalization == "sum")].iloc[0]
@@ -170,8 +202,10 @@ def test_ab_probability_matches_direct_logits(tiny_model, ab_pairs, vectors):
         got = per[(per.vector == "post") & (per.multiplier == 2.0) & (per.pair == i)].iloc[0]
         assert got.p_matching == pytest.approx(want, abs=1e-5)
         assert got.p_letters == pytest.approx((logits[a].exp() + logits[b].exp()).item(), abs=1e-5)
-    curve = ab_curve(tiny_model, vectors["post"], ab_pairs, [0.0], progress=False)
-    assert {"mean", "ci_low", "ci_high", "p_letters", "matching_rate"} <= set(curve.columns)
+    res = ab_curve(tiny_model, vectors, ab_pairs, [-1.0, 0.0, 2.0], batch_size=2, n_boot=50, progress=False)
+    assert res.kind == "eval" and res.tables == ["ab"]
+    pd.testing.assert_frame_equal(res.table("ab"), summarize_ab(per, n_boot=50))
+    assert {"mean", "ci_low", "ci_high", "p_letters", "matching_rate"} <= set(res.table("ab").columns)
 
 
 def test_ab_rejects_free_text(tiny_model, pairs, vectors):

@@ -1,14 +1,12 @@
-"""Tests for workbench.evaluate.statistics: multiplier checks, the percentile bootstrap, summaries, options."""
+"""Tests for workbench.evaluate.statistics: multiplier checks, the percentile bootstrap, summaries."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.evaluate.statistics import bootstrap_ci, bootstrap_interval, check_multipliers, summarize, with_options
+from workbench.evaluate.statistics import bootstrap_ci, bootstrap_interval, check_multipliers, summarize
 
 
 def test_check_multipliers_names_the_bad_value():
@@ -34,15 +32,3 @@ def test_summarize_groups_in_order_with_extras():
     s = summarize(df, "v", n_boot=50, extra={"positive": lambda g: (g["v"] > 0).mean()})
     assert list(s.vector) == ["b", "a"] and list(s["mean"]) == [2.0, -0.5] and list(s.positive) == [1.0, 0.0]
     assert list(s.columns) == ["vector", "multiplier", "n", "mean", "ci_low", "ci_high", "positive"]
-
-
-def test_with_options_replaces_fields_and_names_unknown_ones():
-    @dataclass(frozen=True)
-    class Cfg:
-        a: int = 1
-        b: str = "x"
-
-    base = Cfg()
-    assert with_options(base, {}, "f") is base and with_options(base, {"a": 2}, "f") == Cfg(2, "x")
-    with pytest.raises(TypeError, match=r"f\(\) got unknown option\(s\) 'c'.*Cfg: a, b"):
-        with_options(base, {"c": 3}, "f")

@@ -115,10 +115,9 @@ def test_eval_config_validates_round_trips_and_matches_keyword_options(tiny_mode
     by_config = evaluate_vectors(tiny_model, v, pairs, cfg, neutral_texts=texts)
     by_options = evaluate_vectors(tiny_model, v, pairs, multipliers=[-1, 0, 1], metrics=["logodds", "utility"],
                                   n_boot=20, progress=False, neutral_texts=texts)
-    legacy = evaluate_vectors(tiny_model, v, pairs, [-1, 0, 1], metrics=["logodds", "utility"], n_boot=20,
-                              progress=False, neutral_texts=texts)  # the old positional multipliers
-    for r in (by_options, legacy):
-        assert r["metrics"] == by_config["metrics"] and r["config"] == by_config["config"]
+    assert by_options["metrics"] == by_config["metrics"] and by_options["config"] == by_config["config"]
+    with pytest.raises(TypeError, match=r"evaluate_vectors\(\): config must be an EvalConfig, got list"):
+        evaluate_vectors(tiny_model, v, pairs, [-1, 0, 1])  # multipliers are a keyword option
     assert by_config["config"] == {k: d[k] for k in ("metrics", "system_prompt", "append_end_of_turn", "batch_size",
                                                       "precision", "max_length", "n_boot", "seed", "decodings",
                                                       "max_new_tokens", "utility_max_tokens")}

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from workbench.evaluate.utility import summarize_utility, utility_curve, utility_per_text
-from workbench.engine.steering import remaining_hooks
 from workbench.core.vector import SteeringVector
+from workbench.engine.steering import remaining_hooks
+from workbench.evaluate.utility import (
+    MEASURES,
+    summarize_utility,
+    utility_curve,
+    utility_per_text,
+    utility_tables,
+)
 
 TEXTS = ["The river winds through low hills to the sea.", "Bread needs flour, water, salt and yeast.",
          "Trains leave every thirty minutes."]
@@ -23,8 +29,10 @@ def vec():
 
 
 def test_unsteered_row_is_the_plain_model(tiny_model, vec):
-    u = utility_curve(tiny_model, vec, TEXTS, [0.0, 4.0], n_boot=100, progress=False)
+    res = utility_curve(tiny_model, vec, TEXTS, [0.0, 4.0], n_boot=100, progress=False)
     assert remaining_hooks(tiny_model) == 0
+    assert res.kind == "eval" and res.tables == list(MEASURES)
+    u = pd.concat([res.table(m).assign(measure=m) for m in MEASURES], ignore_index=True)
     at0 = u[u.multiplier == 0.0].set_index("measure")["mean"]
     assert at0["top1_agreement"] == 1.0 and at0["kl_from_unsteered"] == pytest.approx(0.0, abs=1e-6)
     # perplexity from TransformerLens' own loss (token-weighted over the passages)
@@ -44,10 +52,15 @@ def test_tidy_columns(tiny_model, vec):
     assert list(s.columns) == ["vector", "multiplier", "measure", "n", "n_tokens", "mean", "ci_low", "ci_high"]
     assert set(s.measure) == {"perplexity", "top1_agreement", "kl_from_unsteered"}
     assert (s.n_tokens == sum(len(t) - 1 for t in TEXTS)).all()  # char-level tokenizer, no BOS
+    tables = utility_tables(fast, n_boot=50)  # the curve's tables: summarize_utility's rows of each measure
+    assert list(tables) == list(MEASURES)
+    for measure, table in tables.items():
+        want = s[s.measure == measure].drop(columns="measure").reset_index(drop=True)
+        pd.testing.assert_frame_equal(table, want)
 
 
 def test_default_neutral_text_and_errors(tiny_model, vec):
-    u = utility_curve(tiny_model, vec, None, [1.0], max_tokens=16, n_boot=0, progress=False)
+    u = utility_curve(tiny_model, vec, None, [1.0], max_tokens=16, n_boot=0, progress=False).table("perplexity")
     assert (u.n >= 10).all()  # the embedded neutral text has many passages
     with pytest.raises(ValueError, match="empty"):
         utility_curve(tiny_model, vec, [], progress=False)

@@ -11,7 +11,7 @@ import pytest
 
 from workbench.studies.cells import SlurmOptions
 from workbench.studies.config import (ExecutionConfig, LoRAFinetuneConfig, LoRATransferConfig, RefusalConfig,
-                                      StudyConfig, TruthfulnessConfig, with_options)
+                                      StudyConfig, TruthfulnessConfig)
 from workbench.train.bipo import BiPOConfig
 from workbench.train.reps import RePSConfig
 
@@ -100,17 +100,3 @@ def test_execution_config():
         ExecutionConfig(executor="cloud")
     with pytest.raises(ValueError, match="cells_model"):
         ExecutionConfig(cells_model=("dir", "cpu"))
-
-
-def test_with_options_sets_fields_and_names_unknown_ones():
-    assert with_options(RefusalConfig, None, {}, "f") == RefusalConfig()
-    base = RefusalConfig(n_boot=10)
-    assert with_options(RefusalConfig, base, {}, "f") is base
-    assert with_options(RefusalConfig, base, {"seed": 2}, "f") == RefusalConfig(n_boot=10, seed=2)
-    with pytest.raises(TypeError, match=r"f\(\) got unknown option\(s\) \['n_boots'\]; options are the fields of "
-                                        r"RefusalConfig: templates, "):
-        with_options(RefusalConfig, None, {"n_boots": 3}, "f")
-    with pytest.raises(TypeError, match="config must be a RefusalConfig, got TruthfulnessConfig"):
-        with_options(RefusalConfig, TruthfulnessConfig(), {}, "f")
-    with pytest.raises(ValueError, match="n_boot"):  # the options are validated as the config is
-        with_options(RefusalConfig, None, {"n_boot": 0}, "f")

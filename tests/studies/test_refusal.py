@@ -9,12 +9,21 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.core.vector import SteeringVector
 from workbench.data.pairs import DataFormatError
-from workbench.data.refusal import JAILBREAK_TEMPLATES, STOCK_REFUSALS, HarmfulRequest, apply_template, load_advbench, load_refusal_requests, refusal_pairs, stock_refusal
+from workbench.data.refusal import (
+    JAILBREAK_TEMPLATES,
+    STOCK_REFUSALS,
+    HarmfulRequest,
+    apply_template,
+    load_advbench,
+    load_refusal_requests,
+    refusal_pairs,
+    stock_refusal,
+)
 from workbench.evaluate.generation import is_refusal
 from workbench.studies.config import RefusalConfig
 from workbench.studies.refusal import refusal_study
-from workbench.core.vector import SteeringVector
 
 
 @pytest.mark.parametrize("text", [
@@ -112,8 +121,8 @@ def test_likelihood_signal_matches_a_plain_computation(tiny_model):
     gens = result["generations"]
     assert len(gens) == 2 * 3 * 3 and all(g["refused"] == is_refusal(g["generation"]) for g in gens)
     # --no-text: no request or answer text left anywhere, the numbers and refused flags unchanged
-    from workbench.studies.refusal import without_text
     from workbench.core.results import from_dict
+    from workbench.studies.refusal import without_text
 
     bare = from_dict(without_text(result))
     assert bare["rows"] == result["rows"] and bare["text_omitted"] == ["question", "generation"]
@@ -133,7 +142,7 @@ def test_utility_cost_at_every_point_matches_the_utility_curve(tiny_model):
     result = refusal_study(tiny_model, {"v": vec}, reqs, [-1.0, 0.0, 2.0], templates=(None, "persona"),
                            max_new_tokens=2, system_prompt=None, n_boot=20, neutral_texts=texts, utility_max_tokens=16)
     util = utility_curve(tiny_model, {"v": vec}, texts, [-1.0, 0.0, 2.0], n_boot=20, max_tokens=16, progress=False)
-    kl = util[util["measure"] == "kl_from_unsteered"].set_index("multiplier")["mean"]
+    kl = util.table("kl_from_unsteered").set_index("multiplier")["mean"]
     assert result["n_neutral_texts"] == 2 and len(result["rows"]) == 6
     for row in result["rows"]:  # the same cost under every template
         assert row["kl"] == pytest.approx(kl[row["multiplier"]], abs=1e-6)

@@ -1,4 +1,4 @@
-"""The runs behind the commands (``workbench.studies.runs`` and ``run_train``, ``run_evaluate``, ``run_study``,
+"""The runs behind the commands (``workbench.studies.runs`` and ``run_train``, ``run_evaluate``, ``run_studies``,
 ``run_files``): checks before the model loads, the engine's answer-length rule, and runs that give exactly
 what the library functions they call give."""
 
@@ -15,7 +15,7 @@ from workbench.data.pairs import PreferencePair
 from workbench.evaluate.suite import evaluate_vectors
 from workbench.studies.run_evaluate import CompareRun, EvalRun, RefusalRun, compare_run, evaluate_run, refusal_run
 from workbench.studies.run_files import figures_run, report_run
-from workbench.studies.run_study import DemoRun, ReproduceRun, SweepRun, demo_run, reproduce_run, sweep_run
+from workbench.studies.run_studies import DemoRun, ReproduceRun, SweepRun, demo_run, reproduce_run, sweep_run
 from workbench.studies.run_train import TrainRun, check_answer_lengths, train_run, warn_long_answers
 from workbench.studies.runs import (DataOptions, ModelOptions, RunError, check_data, check_out, neutral_texts,
                                     vector_labels)
@@ -98,7 +98,7 @@ def test_neutral_texts(tmp_path):
     assert neutral_texts(tmp_path / "n.txt", 2) == ["one", "two"]
     assert neutral_texts(None, 1) and len(neutral_texts(None, None)) > 1  # the embedded text
     (tmp_path / "e.txt").write_text("\n \n")
-    with pytest.raises(RunError, match="no non-empty lines"):
+    with pytest.raises(RunError, match=r"^--neutral .*e\.txt:1: file is empty$"):
         neutral_texts(tmp_path / "e.txt", None)
     with pytest.raises(RunError, match="--neutral .*: no such file"):
         neutral_texts(tmp_path / "missing.txt", None)

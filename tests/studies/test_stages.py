@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.core.results import LOGIT_LENS_TOKENS, TRANSFER_LAYERS, result
+from workbench.core.results import LOGIT_LENS_LAYERS, LOGIT_LENS_TOKENS, TRANSFER_LAYERS, result
 from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
 from workbench.data.refusal import load_refusal_requests
@@ -30,15 +30,22 @@ def test_neutral_passages_follow_utility_texts_with_a_floor_and_a_cap():
     assert S._neutral(CONFIG, cap=1) == texts[:1]
 
 
-def test_labelled_results_are_the_same_from_a_table_or_a_result():
+def test_stages_label_the_analysis_results_and_keep_their_fields(monkeypatch):
     table = pd.DataFrame({"offset": [0, 2], "layer": [1, 3], "multiplier": [1.0, 1.0], "effect": [0.5, float("nan")]})
-    from_table = S._labelled(table, TRANSFER_LAYERS, behavior="b", method="bipo")
-    from_result = S._labelled(result(TRANSFER_LAYERS, rows=table), TRANSFER_LAYERS, behavior="b", method="bipo")
-    assert from_table == from_result and list(from_table)[:4] == ["kind", "schema_version", "behavior", "method"]
-    assert from_table["rows"][1]["effect"] is None and from_table.kind == TRANSFER_LAYERS
-    tokens = S._labelled(result(LOGIT_LENS_TOKENS, rows=[{"vector": "v", "token": "a"}], k=1), LOGIT_LENS_TOKENS,
-                         behavior="b")
-    assert tokens["k"] == 1 and tokens["behavior"] == "b"  # the analysis' own fields are kept
+    monkeypatch.setattr(S, "layer_transfer", lambda *a, **k: result(TRANSFER_LAYERS, rows=table))
+    out = S.transfer_stage("model", "power-seeking", "V", dataclasses.replace(CONFIG, finetune_steps=0))
+    res = out["transfer_layers"]
+    assert list(out) == ["transfer_layers"] and res.kind == TRANSFER_LAYERS
+    assert list(res)[:4] == ["kind", "schema_version", "behavior", "method"] and res["method"] == "bipo"
+    assert res["rows"][1]["effect"] is None and res.table().layer.tolist() == [1, 3]
+    monkeypatch.setattr(S, "vector_logit_lens",
+                        lambda *a, **k: result(LOGIT_LENS_TOKENS, rows=[{"vector": "v", "token": "a"}], k=1))
+    monkeypatch.setattr(S, "steered_logit_lens", lambda *a, **k: result(LOGIT_LENS_LAYERS, rows=[{"layer": 0}]))
+    lens = S.logit_lens_stage("model", "power-seeking", {"bipo": "V"}, CONFIG)
+    tokens = lens["logit_lens_tokens_power-seeking"]
+    assert tokens["k"] == 1 and tokens["behavior"] == "power-seeking"  # the analysis' own fields are kept
+    layers = lens["logit_lens_layers_power-seeking_bipo"]
+    assert list(layers)[2:6] == ["behavior", "vector", "multiplier", "title"] and layers["rows"] == [{"layer": 0}]
 
 
 def test_cosine_stage_labels_every_method_and_behavior():

@@ -9,7 +9,7 @@ from workbench.train.baselines import actadd, caa, extract_activations, first_pr
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.data.pairs import PreferencePair, fingerprint
 from workbench.core.prompts import format_chat
-from workbench.engine.scoring import tokenize_completions
+from workbench.engine.items import tokenize_completions
 from workbench.engine.steering import remaining_hooks
 from workbench.core.vector import SteeringVector
 

@@ -14,7 +14,10 @@ from workbench.train.bipo import BIPO, BiPOConfig, BiPOResult, bipo_loss, draw_d
 from workbench.train.trainer import TrainResult, _step
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.data.pairs import PreferencePair, fingerprint
-from workbench.engine.scoring import PrefixCache, entry, make_runner, tokenize_items
+from workbench.engine.conditions import entry
+from workbench.engine.items import tokenize_items
+from workbench.engine.prefix_cache import PrefixCache
+from workbench.engine.runners import make_runner
 from conftest import make_tiny_model
 from workbench.engine.steering import remaining_hooks
 from workbench.core.vector import SteeringVector

@@ -17,7 +17,10 @@ from workbench.train.trainer import _step
 from workbench.data.pairs import PreferencePair, fingerprint
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.train.reps import REPS, RePSConfig, _reps_signed, reps_loss, train_reps
-from workbench.engine.scoring import PrefixCache, entry, make_runner, tokenize_items
+from workbench.engine.conditions import entry
+from workbench.engine.items import tokenize_items
+from workbench.engine.prefix_cache import PrefixCache
+from workbench.engine.runners import make_runner
 from workbench.engine.steering import remaining_hooks
 from workbench.core.vector import SteeringVector
 

@@ -52,9 +52,11 @@ def test_multiplier_curves_metric_into_given_axes_and_loaded_json():
     np.testing.assert_allclose(labelled(ax)[1].get_ydata(), [0.5 + 0.05 * m for m in MULTS])
 
 
-def test_multiplier_curves_table_is_read_in_transition():  # transition: lead removes at integration
+def test_multiplier_curves_read_only_results():
     df = pd.DataFrame(eval_result()["metrics"]["ab"])
-    fig = C.plot_multiplier_curves(df, metric="ab")
+    with pytest.raises(R.ResultFormatError, match="plot_multiplier_curves draws a eval result, not a DataFrame"):
+        C.plot_multiplier_curves(df, metric="ab")
+    fig = C.plot_multiplier_curves(R.result(R.EVAL, metrics={"ab": df}), metric="ab")  # the table made a result
     np.testing.assert_allclose(labelled(fig.axes[0])[0].get_ydata(), [0.5 + 0.1 * m for m in MULTS])
 
 
@@ -103,9 +105,12 @@ def test_training_curves_overlay_runs_and_one_panel():
     fig = C.plot_training_curves(history_result(), ax=Figure().add_subplot(), metric="norm")
     assert fig.axes[0].get_ylabel() == "vector norm"
     np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), [0.3 * i for i in range(12)])
-    # transition: lead removes at integration (a TrainResult and bare step rows are read as results)
-    assert C.plot_training_curves(trained).axes[0].get_ylabel() == "BiPO loss"
-    with pytest.raises(R.ResultFormatError, match="no rows"):
+    # a version-1 history file (a bare list of step records) is a result; a TrainResult is drawn by its result
+    np.testing.assert_allclose(C.plot_training_curves(history()).axes[0].get_lines()[0].get_ydata(),
+                               [r["loss"] for r in history()])
+    with pytest.raises(R.ResultFormatError, match="draws a bipo_history result, not a TrainResult"):
+        C.plot_training_curves(trained)
+    with pytest.raises(R.ResultFormatError, match="not a list"):
         C.plot_training_curves([])
 
 

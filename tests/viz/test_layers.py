@@ -53,16 +53,11 @@ def test_layer_sweep_plus_minus_layout_single_axes():
         L.plot_layer_sweep(cosine_result())
 
 
-def test_layer_sweep_reads_tables_in_transition():  # transition: lead removes at integration
-    class FakeSweep:  # an analysis result object with to_dict(), as SweepResult was
-        def __init__(self, method):
-            self.method = method
-
-        def to_dict(self):
-            return sweep_result(self.method)
-
-    fig = L.plot_layer_sweep({"caa": FakeSweep("caa"), "bipo": pd.DataFrame(sweep_result("bipo")["rows"])})
+def test_layer_sweep_overlays_results_and_rejects_tables():
+    fig = L.plot_layer_sweep({"caa": sweep_result("caa"), "bipo": sweep_result("bipo")})
     assert [ln.get_label() for ln in labelled(fig.axes[0])][:3] == ["caa (m = +1)", "caa (m = -1)", "bipo (m = +1)"]
+    with pytest.raises(R.ResultFormatError, match="plot_layer_sweep draws a sweep result, not a DataFrame"):
+        L.plot_layer_sweep({"bipo": pd.DataFrame(sweep_result("bipo")["rows"])})
 
 
 def test_cosine_heatmap_values_and_annotations():
@@ -79,11 +74,12 @@ def test_cosine_heatmap_values_and_annotations():
     assert [t.get_text() for t in big.get_yticklabels()][:3] == ["0", "2", "4"]  # every second of 30 labels
 
 
-def test_cosine_heatmap_rejects_mismatched_labels_and_reads_a_square_in_transition():
+def test_cosine_heatmap_rejects_mismatched_labels_and_a_bare_square():
     with pytest.raises(R.ResultFormatError, match="2 labels"):
         L.plot_cosine_heatmap({"kind": "cosine", "labels": ["a", "b"], "matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})
-    square = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["a", "b"], columns=["a", "b"])  # transition
-    np.testing.assert_allclose(L.plot_cosine_heatmap(square).axes[0].images[0].get_array(), square.to_numpy())
+    square = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["a", "b"], columns=["a", "b"])
+    with pytest.raises(R.ResultFormatError, match="plot_cosine_heatmap draws a cosine result, not a DataFrame"):
+        L.plot_cosine_heatmap(square)
 
 
 def test_method_cosine_line():

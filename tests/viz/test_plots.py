@@ -44,11 +44,13 @@ def test_plot_errors():
         P.plot({**eval_result(), "schema_version": R.SCHEMA_VERSION + 1})
 
 
-def test_plot_of_a_training_result_in_transition():  # transition: lead removes at integration
+def test_plot_of_a_training_result_through_its_result():
     import torch
 
     from workbench.core.vector import SteeringVector
     from workbench.train import bipo
 
     trained = bipo.TrainResult(SteeringVector(torch.ones(4), "blocks.0.hook_resid_post"), history(), [])
-    assert P.plot(trained).axes[0].get_ylabel() == "BiPO loss"
+    assert P.plot(trained.to_dict()).axes[0].get_ylabel() == "BiPO loss"
+    with pytest.raises(R.ResultFormatError, match="not a TrainResult"):
+        P.plot(trained)

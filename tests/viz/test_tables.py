@@ -41,16 +41,13 @@ def test_label_series_uses_the_columns_that_vary():
     assert T.label_series(df, ("nope",)).tolist() == ["all", "all", "all"]
 
 
-def test_transition_result_wraps_tables():  # transition: lead removes at integration
-    rows = eval_result()["metrics"]["ab"]
-    assert T.transition_result(pd.DataFrame(rows), R.EVAL, "ab")["metrics"] == {"ab": rows}
-    assert T.transition_result(history(2), R.BIPO_HISTORY)["history"] == history(2)
-    square = pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["a", "b"], columns=["a", "b"])
-    assert T.transition_result(square, R.COSINE)["matrix"] == [[1.0, 0.5], [0.5, 1.0]]
-    named = pd.DataFrame({"mean": [1.0]}, index=pd.Index([2.0], name="multiplier"))
-    assert T.transition_result(named, R.EVAL)["metrics"]["logodds"] == [{"multiplier": 2.0, "mean": 1.0}]
-    with pytest.raises(R.ResultFormatError, match="cannot read a sweep result from a int"):
-        T.transition_result(3, R.SWEEP)
+def test_read_result_takes_results_and_version_1_histories_only():
+    assert T.read_result(dict(eval_result()), (R.EVAL,), "p").kind == R.EVAL  # a mapping loaded from JSON
+    assert T.read_result(history(2), (R.BIPO_HISTORY,), "p")["history"] == history(2)  # a version-1 file
+    with pytest.raises(R.ResultFormatError, match="p draws a eval result, not a DataFrame"):
+        T.read_result(pd.DataFrame(eval_result()["metrics"]["ab"]), (R.EVAL,), "p")
+    with pytest.raises(R.ResultFormatError, match="not a list"):
+        T.read_result([{"a": 1}], (R.BIPO_HISTORY,), "p")
 
 
 def test_result_files_walks_once_for_figures_and_report(tmp_path, caplog):

@@ -4,11 +4,10 @@ similarity, layer sweeps, logit lens, composition, transfer, the effect at match
 from workbench.analysis.composition import CompositionResult, composition_table
 from workbench.analysis.equal_cost import MatchedCostConfig, matched_cost
 from workbench.analysis.logit_lens import steered_logit_lens, vector_logit_lens
-from workbench.analysis.options import configure
 from workbench.analysis.similarity import cosine_table, layer_cosine_table, method_cosines
 from workbench.analysis.sweep import SweepConfig, SweepResult, layer_sweep
 from workbench.analysis.transfer import finetune_copy, layer_transfer, transfer_effect
 
-__all__ = ["CompositionResult", "MatchedCostConfig", "SweepConfig", "SweepResult", "composition_table", "configure",
-           "cosine_table", "finetune_copy", "layer_cosine_table", "layer_sweep", "layer_transfer", "matched_cost",
-           "method_cosines", "steered_logit_lens", "transfer_effect", "vector_logit_lens"]
+__all__ = ["CompositionResult", "MatchedCostConfig", "SweepConfig", "SweepResult", "composition_table", "cosine_table",
+           "finetune_copy", "layer_cosine_table", "layer_sweep", "layer_transfer", "matched_cost", "method_cosines",
+           "steered_logit_lens", "transfer_effect", "vector_logit_lens"]

@@ -36,13 +36,16 @@ from torch import Tensor
 from workbench.core.backend import Model
 from workbench.core.results import COMPOSITION, Result, ResultFormatError, from_dict, records, result, result_table
 from workbench.core.vector import SteeringVector, parse_hook_name
-from workbench.engine.scoring import Condition, preference_logodds
+from workbench.data.pairs import check_pairs
+from workbench.engine.conditions import Condition
+from workbench.engine.scoring import preference_logodds
 from workbench.engine.steering import steer
 from workbench.evaluate.effects import effect_vs_zero
 
 
 def _check(vectors: Mapping[str, SteeringVector], multipliers: Mapping[str, float] | float,
-           eval_pairs: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+           eval_pairs: Mapping[str, Sequence[Any]]) -> tuple[dict[str, float], dict[str, list[Any]]]:
+    """The multiplier of each vector and each behavior's checked pairs (the inputs, checked once)."""
     if len(vectors) < 1:
         raise ValueError("give at least one vector")
     if isinstance(multipliers, (int, float)):
@@ -56,7 +59,7 @@ def _check(vectors: Mapping[str, SteeringVector], multipliers: Mapping[str, floa
     if missing:
         raise ValueError(f"eval_pairs has no held-out pairs for {missing}: each vector's behavior is "
                          "measured on its own pairs")
-    return mults
+    return mults, {k: check_pairs(eval_pairs[k], f"eval_pairs[{k!r}]") for k in vectors}
 
 
 def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
@@ -78,8 +81,18 @@ def composition_logodds(model: Model, vectors: Mapping[str, SteeringVector],
         The long table (the ``conditions`` of a composition result): columns ``condition``
         (``"none"``, ``"power"``, ``"power+wealth"`` ...), ``n_vectors``, ``behavior``, ``logodds``,
         ``effect`` (against ``"none"``) and its interval ``effect_ci_low``, ``effect_ci_high``.
+
+    Raises:
+        ValueError, TypeError: a behavior's pairs are missing or not preference pairs (``check_pairs``).
     """
-    mults = _check(vectors, multipliers, eval_pairs)
+    mults, pairs = _check(vectors, multipliers, eval_pairs)
+    return _composition_logodds(model, vectors, pairs, mults, subsets, n_boot=n_boot, seed=seed, **kwargs)
+
+
+def _composition_logodds(model: Model, vectors: Mapping[str, SteeringVector], eval_pairs: Mapping[str, list[Any]],
+                         mults: dict[str, float], subsets: str, *, n_boot: int, seed: int,
+                         **kwargs: Any) -> pd.DataFrame:
+    """``composition_logodds`` on checked inputs (``_check``)."""
     keys = list(vectors)
     if subsets == "singles":
         combos = [()] + [(k,) for k in keys] + ([tuple(keys)] if len(keys) > 1 else [])
@@ -140,17 +153,19 @@ class CompositionResult(Result):
 
 def composition_table(model: Model, vectors: Mapping[str, SteeringVector],
                       eval_pairs: Mapping[str, Sequence[Any]], multipliers: Mapping[str, float] | float = 1.0,
-                      **kwargs: Any) -> CompositionResult:
+                      *, n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> CompositionResult:
     """Per behavior: own, cross, combined effect, interaction and retained share (module docstring).
 
-    ``kwargs`` go to ``composition_logodds`` (``n_boot``, ``seed``, ``system_prompt``, ``batch_size``).
+    The arguments are those of ``composition_logodds`` (``kwargs``: ``system_prompt``, ``batch_size``);
+    the inputs are checked here, once (a behavior's pairs by ``workbench.data.pairs.check_pairs``).
 
     Example:
         >>> res = composition_table(model, {"power": p, "wealth": w},
         ...                         {"power": power_test, "wealth": wealth_test}, multipliers=1.0)
         >>> res.table()[["behavior", "own_effect", "combined_effect", "interaction"]]
     """
-    long = composition_logodds(model, vectors, eval_pairs, multipliers, subsets="singles", **kwargs)
+    mults, pairs = _check(vectors, multipliers, eval_pairs)  # once; nothing below checks again
+    long = _composition_logodds(model, vectors, pairs, mults, "singles", n_boot=n_boot, seed=seed, **kwargs)
     mults = long.attrs["multipliers"]
     keys = list(vectors)
     combined = "+".join(keys)

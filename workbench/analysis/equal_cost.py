@@ -36,14 +36,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from workbench.analysis.options import configure
 from workbench.core.backend import Model
+from workbench.core.options import with_options
 from workbench.core.results import MATCHED_COST, Result, result
 from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
 from workbench.data.pairs import check_pairs
 from workbench.evaluate.effects import effect_vs_zero
-from workbench.evaluate.preference import ab_pair_probs, pair_logodds
+from workbench.evaluate.preference import _ab_pair_probs, _pair_logodds  # on checked input: matched_cost checks
 from workbench.evaluate.utility import utility_per_text
 
 Cost = Literal["kl", "perplexity"]
@@ -222,14 +222,17 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
 
 def _effects(model: Model, label: str, vector: SteeringVector, pairs: Sequence[Any], mults: Sequence[float],
              ab_pairs: Sequence[Any] | None, n_boot: int, seed: int, kw: Mapping[str, Any]) -> dict[float, dict]:
-    """Per multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals."""
+    """Per multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals.
+
+    ``pairs`` and ``ab_pairs`` were checked by ``matched_cost``; the vector is checked against the
+    model by the engine."""
     mults = sorted(set([0.0, *map(float, mults)]))
     out: dict[float, dict] = {m: {} for m in mults}
-    tables = [("effect", pair_logodds(model, {label: vector}, pairs, mults, progress=False, **kw), "logodds")]
+    spec = {label: [vector]}
+    tables = [("effect", _pair_logodds(model, spec, pairs, mults, progress=False, **kw), "logodds")]
     if ab_pairs is not None:
         ab_kw = {k: v for k, v in kw.items() if k in ("system_prompt", "batch_size", "precision")}
-        tables.append(("ab", ab_pair_probs(model, {label: vector}, ab_pairs, mults, progress=False, **ab_kw),
-                       "p_matching"))
+        tables.append(("ab", _ab_pair_probs(model, spec, ab_pairs, mults, progress=False, **ab_kw), "p_matching"))
     for name, df, col in tables:
         wide = df.pivot(index="pair", columns="multiplier", values=col)  # (pairs, multipliers)
         base = wide[0.0].to_numpy(np.float64)
@@ -260,17 +263,22 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
         ``points`` every visited multiplier with its cost and effect; ``slopes`` the effect per
         sqrt(KL) near m = 0 per vector and direction.
 
+    Raises:
+        ValueError, TypeError: ``pairs`` or ``ab_pairs`` are not preference pairs
+            (``workbench.data.pairs.check_pairs``, run once here).
+
     Example:
         >>> res = matched_cost(model, {"bipo": bipo, "caa": caa}, test, budgets=[0.1], n_boot=200)
         >>> cost_effect_table(res)
     """
-    cfg = configure(MatchedCostConfig, config, options, "matched_cost")
+    cfg = with_options(MatchedCostConfig, config, options, "matched_cost")
     cost, budgets, n_boot, seed = cfg.cost, check_budgets(cfg.budgets, cfg.cost), cfg.n_boot, cfg.seed
     start, growth, max_multiplier, rel_tol = cfg.start, cfg.growth, cfg.max_multiplier, cfg.rel_tol
     max_iter, slope_multiplier = cfg.max_iter, cfg.slope_multiplier
     if not vectors:
         raise ValueError("vectors is empty: give at least one vector")
-    pairs = check_pairs(pairs)
+    pairs = check_pairs(pairs)  # once, with ab_pairs; nothing below checks again
+    ab_pairs = None if ab_pairs is None else check_pairs(ab_pairs, "ab_pairs")
     texts = list(load_neutral_text() if texts is None else texts)
     used, norm_info = rescale(vectors, cfg.equal_norm)
     rows, points, slopes = [], [], []

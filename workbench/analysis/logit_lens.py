@@ -48,7 +48,9 @@ from workbench.core.backend import Model, final_residual
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat
 from workbench.core.results import LOGIT_LENS_LAYERS, LOGIT_LENS_TOKENS, Result, result
 from workbench.core.vector import SteeringVector
-from workbench.engine.scoring import tokenize_completions, unembed
+from workbench.data.pairs import check_pairs
+from workbench.engine.items import tokenize_completions
+from workbench.engine.readout import unembed
 from workbench.engine.steering import steer
 
 
@@ -192,9 +194,7 @@ def _encode(model: Model, text: str) -> list[int]:
 
 def _read_points(model: Model, pairs: Sequence[Any], system_prompt: str | None,
                  targets: tuple[str, str] | tuple[int, int] | None):
-    """Batch, read position per row and the (matching, not-matching) target token per row."""
-    if not pairs:
-        raise ValueError("pairs is empty: give at least one preference pair")
+    """Batch, read position per row and the (matching, not-matching) target token per row (checked pairs)."""
     eot = end_of_turn(model)
     prompts = [format_chat(model, p.question, system_prompt) for p in pairs]
     if targets is not None:
@@ -250,9 +250,12 @@ def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any
         (means over pairs of steered minus unsteered), ``delta_logodds_direct`` (``m v`` added to the
         unsteered residual only), ``kl_steered_unsteered`` (mean ``KL(steered || unsteered)``, nats),
         ``base_logodds``.
+
+    Raises:
+        ValueError, TypeError: ``pairs`` are not preference pairs (``workbench.data.pairs.check_pairs``).
     """
     vector.check_compatible(model)
-    pairs = list(pairs)
+    pairs = check_pairs(pairs)  # once; nothing below checks again
     batch, cols, pos_t, neg_t = _read_points(model, pairs, system_prompt, targets)
     n_layers, dev = model.cfg.n_layers, model.cfg.device
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
@@ -296,8 +299,3 @@ def steered_logit_lens(model: Model, vector: SteeringVector, pairs: Sequence[Any
                          "delta_logodds_direct": m[2] if layer >= hook_layer else 0.0, "kl_steered_unsteered": m[3],
                          "base_logodds": m[4]})
     return result(LOGIT_LENS_LAYERS, rows=pd.DataFrame(rows_out))
-
-
-def lens_to_dict(table: Result, kind: str, **info: Any) -> Result:  # shim: lead removes at integration
-    """Deprecated: the logit lenses return results; this adds ``info`` (``table.with_info(**info)``)."""
-    return table.with_info(**info)

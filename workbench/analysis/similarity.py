@@ -131,8 +131,3 @@ def method_cosines(a: Mapping[int, VectorLike], b: Mapping[int, VectorLike],
 def layer_cosine_table(vectors_by_layer: Mapping[int, VectorLike]) -> Result:
     """Layer x layer cosines for vectors extracted at every layer (keys sorted): a ``cosine`` result."""
     return cosine_table({int(k): vectors_by_layer[k] for k in sorted(vectors_by_layer)})
-
-
-def table_to_dict(table: Result, **info: Any) -> Result:  # shim: lead removes at integration
-    """Deprecated: ``cosine_table`` returns the result; this adds ``info`` (``table.with_info(**info)``)."""
-    return table.with_info(**info)

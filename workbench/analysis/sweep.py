@@ -34,13 +34,15 @@ from typing import Any, Literal
 import pandas as pd
 from tqdm.auto import tqdm
 
-from workbench.analysis.options import configure
 from workbench.analysis.similarity import cosine
 from workbench.core.backend import Model
+from workbench.core.options import with_options
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.core.results import SWEEP, Result, ResultFormatError, from_dict, records, result, result_table
 from workbench.core.vector import SteeringVector
-from workbench.engine.scoring import Condition, preference_logodds
+from workbench.data.pairs import check_pairs
+from workbench.engine.conditions import Condition
+from workbench.engine.scoring import preference_logodds
 from workbench.evaluate.effects import effect_vs_zero
 from workbench.train.baselines import POSITIONS, mean_difference_vectors
 from workbench.train.bipo import BiPOConfig, train_bipo
@@ -103,7 +105,17 @@ def steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs:
         over pairs, ``workbench.evaluate.effects.effect_vs_zero`` with ``n_boot`` and ``seed``);
         ``attrs["base_logodds"]``: the unsteered mean. Other keyword arguments go to
         ``workbench.engine.scoring.preference_logodds``.
+
+    Raises:
+        ValueError, TypeError: ``pairs`` are not preference pairs (``workbench.data.pairs.check_pairs``).
     """
+    return _steering_effects(model, vectors, check_pairs(pairs), multipliers, n_boot=n_boot, seed=seed, **kwargs)
+
+
+def _steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs: list[Any],
+                      multipliers: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
+                      **kwargs: Any) -> pd.DataFrame:
+    """``steering_effects`` on checked pairs."""
     keys = list(vectors)
     conds: list[Condition] = [()] + [((vectors[k], float(m)),) for k in keys for m in multipliers]
     lo = preference_logodds(model, pairs, conds, **kwargs)  # (1 + K*M, n)
@@ -212,8 +224,9 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
 
     Args:
         model: the model (unchanged after the call).
-        train_pairs: pairs the vectors are made from (ignored when ``vectors`` is given).
-        eval_pairs: held-out pairs for the log-odds effect.
+        train_pairs: pairs the vectors are made from (ignored when ``vectors`` is given; checked by the
+            maker, ``mean_difference_vectors`` or ``train_bipo``).
+        eval_pairs: held-out pairs for the log-odds effect (checked here, before any vector is made).
         layers: a layer spec (``parse_layers``) or a list.
         config: the options (``SweepConfig``: ``method``, ``multipliers``, ``hook``, ``bipo_config``,
             ``position``, ``system_prompt``, ``batch_size``, ``progress``).
@@ -225,13 +238,17 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
     Returns:
         ``SweepResult`` (``.table()``, ``.vectors``, ``.save(path)``).
 
+    Raises:
+        ValueError, TypeError: ``eval_pairs`` are not preference pairs (``workbench.data.pairs.check_pairs``).
+
     Example:
         >>> res = layer_sweep(model, train, test, "0-29", method="caa")
         >>> res.table()[["layer", "norm", "effect@+1"]]
     """
-    cfg = configure(SweepConfig, config, options, "layer_sweep")
+    cfg = with_options(SweepConfig, config, options, "layer_sweep")
     method, multipliers, hook = cfg.method, cfg.multipliers, cfg.hook
     layer_list = parse_layers(layers, model.cfg.n_layers)
+    eval_pairs = check_pairs(eval_pairs, "eval_pairs")  # once, before any vector is made; nothing below checks
     seconds: dict[int, float] = {}
     t0 = time.perf_counter()
     if vectors is not None:
@@ -247,8 +264,8 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
         vecs, seconds = _bipo_vectors(model, train_pairs, layer_list, hook, cfg.bipo_config, cfg.progress)
     make_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    effects = steering_effects(model, vecs, eval_pairs, multipliers, system_prompt=cfg.system_prompt,
-                               batch_size=cfg.batch_size, progress=cfg.progress)
+    effects = _steering_effects(model, vecs, eval_pairs, multipliers, system_prompt=cfg.system_prompt,
+                                batch_size=cfg.batch_size, progress=cfg.progress)
     eval_seconds = time.perf_counter() - t1
     if isinstance(reference, int) and not isinstance(reference, bool):
         if reference not in vecs:
@@ -281,8 +298,6 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
 
 def format_sweep(table: pd.DataFrame | Mapping[str, Any]) -> str:
     """Plain-text table of a sweep (its result or its table) for terminals (floats to 3 significant digits)."""
-    if callable(table):  # shim: the CLI passes ``result.table`` (now a method); lead removes at integration
-        table = table()
     if isinstance(table, Mapping):
         table = SweepResult.from_dict(table).table()
     return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")

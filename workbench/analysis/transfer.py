@@ -38,6 +38,7 @@ from workbench.core.backend import Model, is_bridge
 from workbench.core.io import atomic_write_json, atomic_write_safetensors
 from workbench.core.results import TRANSFER_LAYERS, TRANSFER_MODEL, Result, result
 from workbench.core.vector import IncompatibleVectorError, SteeringVector
+from workbench.data.pairs import check_pairs
 from workbench.engine.scoring import preference_logodds
 from workbench.evaluate.effects import effect_vs_zero, retained_vs_zero
 
@@ -73,7 +74,9 @@ def transfer_effect(source: Model, target: Model, vector: SteeringVector,
 
     Raises:
         IncompatibleVectorError: the target's ``d_model`` differs or it lacks the hook.
+        ValueError, TypeError: ``eval_pairs`` are not preference pairs (``workbench.data.pairs.check_pairs``).
     """
+    eval_pairs = check_pairs(eval_pairs, "eval_pairs")  # once; nothing below checks again
     d_src, d_tgt = int(source.cfg.d_model), int(target.cfg.d_model)
     if d_src != d_tgt:
         raise IncompatibleVectorError(
@@ -104,7 +107,11 @@ def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[An
         A ``transfer_layers`` result, one row per (offset, multiplier): ``offset, layer, multiplier,
         effect`` (the mean shift from m = 0, ``effect_vs_zero`` without an interval) and ``retained``
         (effect / effect at offset 0, when offset 0 is included).
+
+    Raises:
+        ValueError, TypeError: ``eval_pairs`` are not preference pairs (``workbench.data.pairs.check_pairs``).
     """
+    eval_pairs = check_pairs(eval_pairs, "eval_pairs")  # once; nothing below checks again
     n = model.cfg.n_layers
     layers = [(k, vector.layer + k) for k in offsets if 0 <= vector.layer + k < n]
     if not layers:
@@ -123,11 +130,6 @@ def layer_transfer(model: Model, vector: SteeringVector, eval_pairs: Sequence[An
     table["retained"] = [r.effect / at_zero[r.multiplier] if at_zero.get(r.multiplier) else float("nan")
                          for r in table.itertuples()]
     return result(TRANSFER_LAYERS, rows=table)
-
-
-def transfer_to_dict(table: Result, kind: str = TRANSFER_MODEL, **info: Any) -> Result:  # shim: lead removes at integration
-    """Deprecated: the transfers return results; this adds ``info`` (``table.with_info(**info)``)."""
-    return table.with_info(**info)
 
 
 # --------------------------------------------------------------------------- a related model

@@ -38,12 +38,6 @@ from workbench.core.prompts import has_chat_template
 if LINE == 3:  # TransformerLens 3.x's converters (4.x converts through the bridge instead)
     import transformer_lens.loading_from_pretrained as lp
 
-# re-export for callers; lead removes at integration
-from workbench.core.devices import DTYPES  # noqa: E402, F401
-from workbench.core.embedded import (EMBEDDED_N_LAYERS, EmbeddedModelMissingError, cache_root,  # noqa: E402, F401
-                                     embedded_gguf_path)
-from workbench.core.hf_config import llama_config_from_json  # noqa: E402, F401
-
 
 def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
                      n_devices: int = 1, max_ctx: int = 8192, **bridge_kwargs: Any) -> Model:

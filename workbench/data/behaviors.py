@@ -71,8 +71,21 @@ def load_behavior(name: str,
     return pairs
 
 
-def load_neutral_text() -> list[str]:
-    """The embedded neutral paragraphs (``data/neutral.txt``), for perplexity measurements."""
-    text = _read_text(DATA_DIR / "neutral.txt")
+def load_neutral_text(path: str | Path | None = None) -> list[str]:
+    """Neutral passages for perplexity and KL measurements: the embedded paragraphs (``files/neutral.txt``)
+    or those of ``path``.
+
+    Args:
+        path: a UTF-8 text file with one passage per line (blank lines skipped, each line stripped);
+            None: the embedded neutral text.
+
+    Returns:
+        The passages, in file order.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the error names it).
+        DataFormatError: ``path`` is not UTF-8 or has no non-blank line (``"{path}:{line}: {problem}"``).
+    """
+    text = _read_text(DATA_DIR / "neutral.txt" if path is None else path)
     return [line.strip() for line in text.split("\n") if line.strip()]
 

@@ -55,6 +55,24 @@ class TokenizedBatch:
                                                       self.prompt_lengths, self.lengths)))
 
 
+class AnswerTooLongError(ValueError):
+    """An answer that does not fit in ``max_length`` tokens (answers are never cut).
+
+    Attributes:
+        index: the row of the answer (its position in the flattened ``(prompt, answer)`` rows:
+            for items of two answers each, ``divmod(index, 2)`` is ``(item, answer)``).
+        n_tokens: the answer's tokens.
+        max_length: the limit it exceeds.
+    """
+
+    def __init__(self, index: int, n_tokens: int, max_length: int) -> None:
+        super().__init__(f"answer {index} has {n_tokens} tokens, more than max_length={max_length}")
+        self.index, self.n_tokens, self.max_length = index, n_tokens, max_length
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, int]]:  # picklable (cells run in subprocesses)
+        return type(self), (self.index, self.n_tokens, self.max_length)
+
+
 def _encode(model: Model, text: str) -> list[int]:
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -83,7 +101,7 @@ def _encode_parts(model: Model, prompts: Sequence[str], answers: Sequence[str],
         if not a_ids:
             raise ValueError(f"answer {i} is empty after tokenization: {a!r}")
         if max_length is not None and len(a_ids) >= max_length and len(p_ids) + len(a_ids) > max_length:
-            raise ValueError(f"answer {i} has {len(a_ids)} tokens, more than max_length={max_length}")
+            raise AnswerTooLongError(i, len(a_ids), max_length)
         encoded.append((p_ids, a_ids))
         cuts.append(0 if max_length is None else max(0, len(p_ids) + len(a_ids) - max_length))
     if groups is not None:

@@ -55,14 +55,6 @@ from workbench.engine.items import Items, tokenize_items
 from workbench.engine.readout import Readout
 from workbench.engine.runners import Precision, precision_runner
 
-# re-export for callers; lead removes at integration
-from workbench.engine.conditions import (Delta, VectorSpec, as_vector_list, entry, label_vectors,  # noqa: F401, I001
-                                         sweep_conditions)
-from workbench.engine.items import TokenizedBatch, tokenize_completions  # noqa: F401
-from workbench.engine.prefix_cache import PrefixCache  # noqa: F401
-from workbench.engine.readout import token_logprobs, unembed  # noqa: F401
-from workbench.engine.runners import PRECISIONS, make_runner  # noqa: F401
-
 
 @torch.no_grad()
 def run_conditions(model: Model, items: Items, conditions: Sequence[Condition], *,

@@ -17,7 +17,6 @@ tokens. ``generate`` decodes under steering; its decoding options travel togethe
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +26,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from workbench.core.backend import Model, is_bridge, kv_cache_ok, remaining_hooks
+from workbench.core.options import with_options
 from workbench.core.vector import SteeringVector
 from workbench.engine.runners import make_runner
 
@@ -184,9 +184,6 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-_GENERATION_OPTIONS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
-
-
 @torch.no_grad()
 def generate(model: Model, prompts: str | Sequence[str],
              vectors: SteeringVector | Sequence[SteeringVector] = (),
@@ -209,10 +206,7 @@ def generate(model: Model, prompts: str | Sequence[str],
     Example:
         >>> generate(model, format_chat(model, "Hi"), v, 2.0, max_new_tokens=16)
     """
-    unknown = sorted(set(options) - set(_GENERATION_OPTIONS))
-    if unknown:
-        raise TypeError(f"generate: unknown option(s) {unknown} (accepted: {', '.join(_GENERATION_OPTIONS)})")
-    config = dataclasses.replace(config or GenerationConfig(), **options)
+    config = with_options(GenerationConfig, config, options, "generate")
     single = isinstance(prompts, str)
     prompt_list = [prompts] if single else list(prompts)
     tok = model.tokenizer

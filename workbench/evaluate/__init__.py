@@ -5,7 +5,8 @@ passes them, checked, to the private half that computes; ``evaluate_vectors`` ru
 metrics (``METRICS``) under one ``EvalConfig``.
 """
 
-from workbench.evaluate.generation import (GenerationConfig, is_refusal, open_ended_eval, refusal_eval,
+from workbench.evaluate.effects import Effect, effect_vs_zero, retained_vs_zero
+from workbench.evaluate.generation import (DecodingConfig, is_refusal, open_ended_eval, refusal_eval,
                                            steered_generations)
 from workbench.evaluate.preference import ab_curve, ab_pair_probs, logodds_curve, pair_logodds, steerability
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, bootstrap_ci, summarize
@@ -13,8 +14,8 @@ from workbench.evaluate.suite import METRICS, EvalConfig, evaluate_vectors, form
 from workbench.evaluate.truthfulqa import truthfulqa_mc, truthfulqa_per_question
 from workbench.evaluate.utility import kl_unsteered_to_steered, utility_curve, utility_per_text
 
-__all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "EvalConfig", "GenerationConfig", "ab_curve", "ab_pair_probs",
-           "bootstrap_ci", "evaluate_vectors", "format_eval", "is_refusal", "kl_unsteered_to_steered",
-           "logodds_curve", "open_ended_eval", "pair_logodds", "refusal_eval", "steerability",
+__all__ = ["DEFAULT_MULTIPLIERS", "METRICS", "Effect", "EvalConfig", "DecodingConfig", "ab_curve", "ab_pair_probs",
+           "bootstrap_ci", "effect_vs_zero", "evaluate_vectors", "format_eval", "is_refusal", "kl_unsteered_to_steered",
+           "logodds_curve", "open_ended_eval", "pair_logodds", "refusal_eval", "retained_vs_zero", "steerability",
            "steered_generations", "summarize", "truthfulqa_mc", "truthfulqa_per_question", "utility_curve",
            "utility_per_text"]

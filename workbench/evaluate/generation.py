@@ -23,7 +23,7 @@ text; free generations that match neither reference can score below 0 at every m
 docstring gives the rule and its known limits). Harmful requests are read by
 ``workbench.data.load_refusal_prompts``.
 
-Decoding options travel together as a ``GenerationConfig``. The public functions check their inputs
+Decoding options travel together as a ``DecodingConfig``. The public functions check their inputs
 once; the private ``_steered_generations``, ``_open_ended``, ``_score_open_ended``,
 ``_validate_open_scorer`` and ``_refusal_eval`` trust them (``evaluate_vectors`` calls them).
 """
@@ -42,13 +42,16 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.core.backend import Model
+from workbench.core.options import with_options
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat, has_chat_template
 from workbench.core.vector import SteeringVector
 from workbench.data.pairs import PreferencePair, check_pairs
 from workbench.data.refusal import load_refusal_prompts  # noqa: F401  (its old home; cli/main.py imports it here)
-from workbench.engine.scoring import VectorSpec, answer_logprobs, label_vectors, tokenize_items
+from workbench.engine.conditions import VectorSpec, label_vectors
+from workbench.engine.items import tokenize_items
+from workbench.engine.scoring import answer_logprobs
 from workbench.engine.steering import generate
-from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize, with_options
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ Specs = Mapping[str, list[SteeringVector]]  # label_vectors output: {label: vect
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
+class DecodingConfig:
     """How steered answers are generated (``steered_generations``, ``open_ended_eval``)."""
 
     decodings: tuple[str, ...] = ("greedy",)  # "greedy" and/or "sampled" (nucleus sampling); one run each
@@ -86,7 +89,7 @@ class GenerationConfig:
 
 # --------------------------------------------------------------------------- generation
 def _generate_all(model: Model, vecs: Sequence[Any], prompts: Sequence[str], m: float, *,
-                  decoding: str, gen: GenerationConfig, batch_size: int) -> list[str]:
+                  decoding: str, gen: DecodingConfig, batch_size: int) -> list[str]:
     out: list[str] = []
     for b, s in enumerate(range(0, len(prompts), batch_size)):
         chunk = list(prompts[s: s + batch_size])
@@ -133,7 +136,7 @@ def is_refusal(text: str, window: int = REFUSAL_WINDOW) -> bool:
 
 
 def _steered_generations(model: Model, specs: Specs, questions: Sequence[str], mults: Sequence[float],
-                         gen: GenerationConfig, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                         gen: DecodingConfig, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                          batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
     """``steered_generations`` on checked input."""
     prompts = [format_chat(model, q, system_prompt) for q in questions]
@@ -148,7 +151,7 @@ def _steered_generations(model: Model, specs: Specs, questions: Sequence[str], m
 
 def steered_generations(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                         questions: Sequence[str], multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
-                        config: GenerationConfig | None = None, *,
+                        config: DecodingConfig | None = None, *,
                         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
                         progress: bool = True, **options: Any) -> pd.DataFrame:
     """Generations for every (vector, multiplier, decoding, question), batched with the KV cache.
@@ -158,17 +161,17 @@ def steered_generations(model: Model, vectors: VectorSpec | Mapping[str, VectorS
         vectors: a vector, a list applied together, or ``{label: vector(s)}``.
         questions: the user turns (each put in the chat template).
         multipliers: the ``m`` of ``m * v``.
-        config: decoding options (default ``GenerationConfig()``: greedy, 48 new tokens).
+        config: decoding options (default ``DecodingConfig()``: greedy, 48 new tokens).
         system_prompt: system turn of the chat prompt (None: no system turn).
         batch_size: prompts generated together.
         progress: show a progress bar.
-        **options: ``GenerationConfig`` fields (``decodings``, ``max_new_tokens``, ``temperature``,
+        **options: ``DecodingConfig`` fields (``decodings``, ``max_new_tokens``, ``temperature``,
             ``top_p``, ``seed``), replacing those of ``config``.
 
     Returns:
         Rows ``vector, multiplier, decoding, item, question, generation``.
     """
-    gen = with_options(config or GenerationConfig(), options, "steered_generations")
+    gen = with_options(DecodingConfig, config, options, "steered_generations")
     specs = label_vectors(vectors, model)
     mults = check_multipliers(multipliers)
     if not questions:
@@ -261,7 +264,7 @@ def validate_open_scorer(model: Model, pairs: Sequence[Any], *,
 
 
 def _open_ended(model: Model, specs: Specs, pairs: Sequence[PreferencePair], mults: Sequence[float],
-                gen: GenerationConfig, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
+                gen: DecodingConfig, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
                 n_boot: int = 1000, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``open_ended_eval`` on checked input."""
     gens = _steered_generations(model, specs, [p.question for p in pairs], mults, gen, system_prompt=system_prompt,
@@ -275,14 +278,14 @@ def _open_ended(model: Model, specs: Specs, pairs: Sequence[PreferencePair], mul
 
 
 def open_ended_eval(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
-                    multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, config: GenerationConfig | None = None, *,
+                    multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, config: DecodingConfig | None = None, *,
                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16, n_boot: int = 1000,
                     progress: bool = True, **options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Steered open-ended answers to the pairs' questions, scored by the likelihood judge.
 
     Args:
         config: decoding options (default: greedy and sampled, 48 new tokens); ``**options`` are
-            ``GenerationConfig`` fields replacing its own. The other arguments as ``steered_generations``.
+            ``DecodingConfig`` fields replacing its own. The other arguments as ``steered_generations``.
         pairs: preference pairs (``workbench.data.PreferencePair``).
         n_boot: bootstrap resamples of the intervals (seeded by the config's ``seed``).
 
@@ -291,7 +294,7 @@ def open_ended_eval(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec]
         ci_high, match_rate`` (share with score > 0); generations rows with the text, ``raw`` and
         ``score``.
     """
-    gen = with_options(config or GenerationConfig(decodings=DECODINGS), options, "open_ended_eval")
+    gen = with_options(DecodingConfig, config or DecodingConfig(decodings=DECODINGS), options, "open_ended_eval")
     specs = label_vectors(vectors, model)
     pairs = check_pairs(pairs)
     return _open_ended(model, specs, pairs, check_multipliers(multipliers), gen, system_prompt=system_prompt,
@@ -311,7 +314,7 @@ def _refusal_eval(model: Model, specs: Specs, prompts: Sequence[str], mults: Seq
                   system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 48, batch_size: int = 16,
                   n_boot: int = 1000, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``refusal_eval`` on checked input."""
-    gens = _steered_generations(model, specs, prompts, mults, GenerationConfig(max_new_tokens=max_new_tokens),
+    gens = _steered_generations(model, specs, prompts, mults, DecodingConfig(max_new_tokens=max_new_tokens),
                                 system_prompt=system_prompt, batch_size=batch_size, progress=progress)
     gens = gens.assign(refused=[is_refusal(t) for t in gens["generation"]])
     summary = summarize(gens.assign(refused=gens["refused"].astype(float)), "refused", n_boot=n_boot, seed=seed)
@@ -335,5 +338,5 @@ def refusal_eval(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], p
                          n_boot=n_boot, seed=seed, progress=progress)
 
 
-__all__ = ["DECODINGS", "GenerationConfig", "REFUSAL_WINDOW", "RESTATE_REQUEST", "check_prompts", "is_refusal",
+__all__ = ["DECODINGS", "DecodingConfig", "REFUSAL_WINDOW", "RESTATE_REQUEST", "check_prompts", "is_refusal",
            "open_ended_eval", "refusal_eval", "score_open_ended", "steered_generations", "validate_open_scorer"]

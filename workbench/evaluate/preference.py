@@ -12,6 +12,13 @@ Prompts are the chat template around the question with BiPO's system prompt; ans
 end-of-turn token appended (BiPO's protocol). Both metrics are computed by the one scoring engine
 (``workbench.engine.scoring``).
 
+The curves ``logodds_curve`` and ``ab_curve`` return an ``eval`` result (``workbench.core.results``)
+holding the tables ``evaluate_vectors`` writes for the metrics ``logodds`` (``logodds``,
+``logodds_per_token``, ``steerability``: ``logodds_tables``) and ``ab``, so ``workbench.viz.plot``
+draws them as it draws a saved evaluation; ``res.table("logodds")`` is the DataFrame. The per-pair
+functions (``pair_logodds``, ``ab_pair_probs``) and the summaries (``summarize_logodds``,
+``summarize_ab``, ``steerability``) return DataFrames.
+
 Inputs are checked once, by the public functions (``check_pairs``, ``label_vectors``,
 ``check_multipliers``); the private ``_pair_logodds`` and ``_ab_pair_probs`` trust what they get
 (``workbench.evaluate.suite.evaluate_vectors`` calls them with inputs it checked itself).
@@ -28,10 +35,14 @@ import torch
 
 from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
+from workbench.core.results import EVAL, Result, result
 from workbench.core.vector import SteeringVector
 from workbench.data.pairs import PreferencePair, ab_letters, check_pairs
-from workbench.engine.scoring import (Precision, VectorSpec, label_vectors, preference_logprobs, run_conditions,
-                                      sweep_conditions, tokenize_items, unembed)
+from workbench.engine.conditions import VectorSpec, label_vectors, sweep_conditions
+from workbench.engine.items import tokenize_items
+from workbench.engine.readout import unembed
+from workbench.engine.runners import Precision
+from workbench.engine.scoring import preference_logprobs, run_conditions
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
 
 Specs = Mapping[str, list[SteeringVector]]  # label_vectors output: {label: vectors applied together}
@@ -112,16 +123,49 @@ def summarize_logodds(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     return pd.concat(out, ignore_index=True)
 
 
+#: ``summarize_logodds``'s normalization -> the name of its table in an eval result
+LOGODDS_TABLES = {"sum": "logodds", "per_token": "logodds_per_token"}
+
+
+def logodds_tables(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """``pair_logodds`` output -> the tables of the ``logodds`` metric, named as in an eval result.
+
+    Returns:
+        ``{"logodds": ..., "logodds_per_token": ..., "steerability": ...}``: the rows of
+        ``summarize_logodds`` of each normalization (``LOGODDS_TABLES``; without the
+        ``normalization`` column), and ``steerability``.
+    """
+    summary = summarize_logodds(per_pair, n_boot, seed)
+    tables = {name: summary[summary["normalization"] == norm].drop(columns="normalization").reset_index(drop=True)
+              for norm, name in LOGODDS_TABLES.items()}
+    tables["steerability"] = steerability(per_pair, n_boot=n_boot, seed=seed)
+    return tables
+
+
+def curve_result(model: Model, multipliers: Sequence[float], tables: Mapping[str, pd.DataFrame]) -> Result:
+    """An ``eval`` result of one curve function: the model's name, the multipliers and the metric tables."""
+    return result(EVAL, model=str(model.cfg.model_name), multipliers=[float(m) for m in multipliers],
+                  metrics=dict(tables))
+
+
 def logodds_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
                   multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
-                  **kwargs: Any) -> pd.DataFrame:
-    """Preference log-odds curve over multipliers (see ``pair_logodds`` for the arguments).
+                  **kwargs: Any) -> Result:
+    """Preference log-odds curve over multipliers, as an ``eval`` result (see ``pair_logodds`` for the arguments).
+
+    Returns:
+        ``{"kind": "eval", "model", "multipliers", "metrics": {"logodds", "logodds_per_token",
+        "steerability"}}`` (``logodds_tables``): the tables ``evaluate_vectors`` writes for its
+        ``logodds`` metric. The curves have one row per (vector, multiplier): ``n, mean, ci_low,
+        ci_high, win_rate``.
 
     Example:
-        >>> curve = logodds_curve(model, {"bipo": v_bipo, "caa": v_caa}, test_pairs)
-        >>> curve[curve.normalization == "sum"][["vector", "multiplier", "mean", "win_rate"]]
+        >>> res = logodds_curve(model, {"bipo": v_bipo, "caa": v_caa}, test_pairs)
+        >>> res.table("logodds")[["vector", "multiplier", "mean", "win_rate"]]
+        >>> fig = plot(res)
     """
-    return summarize_logodds(pair_logodds(model, vectors, pairs, multipliers, **kwargs), n_boot, seed)
+    specs, pairs, mults = label_vectors(vectors, model), check_pairs(pairs), check_multipliers(multipliers)
+    return curve_result(model, mults, logodds_tables(_pair_logodds(model, specs, pairs, mults, **kwargs), n_boot, seed))
 
 
 def steerability(per_pair: pd.DataFrame, column: str = "logodds", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -203,10 +247,18 @@ def ab_pair_probs(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], 
 
 def ab_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], pairs: Sequence[Any],
              multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, n_boot: int = 1000, seed: int = 0,
-             **kwargs: Any) -> pd.DataFrame:
-    """A/B behavior probability per (vector, multiplier): ``mean`` p(matching) with its interval,
-    ``p_letters`` (mean letter mass) and ``matching_rate`` (share of pairs with p(matching) > 0.5)."""
-    return summarize_ab(ab_pair_probs(model, vectors, pairs, multipliers, **kwargs), n_boot, seed)
+             **kwargs: Any) -> Result:
+    """A/B behavior probability per (vector, multiplier), as an ``eval`` result with the metric ``ab``
+    (see ``ab_pair_probs`` for the arguments).
+
+    Returns:
+        ``{"kind": "eval", "model", "multipliers", "metrics": {"ab": rows}}``; ``res.table("ab")`` has
+        ``mean`` p(matching) with its interval, ``p_letters`` (mean letter mass) and ``matching_rate``
+        (share of pairs with p(matching) > 0.5).
+    """
+    specs, pairs, mults = label_vectors(vectors, model), check_pairs(pairs), check_multipliers(multipliers)
+    return curve_result(model, mults, {"ab": summarize_ab(_ab_pair_probs(model, specs, pairs, mults, **kwargs),
+                                                          n_boot, seed)})
 
 
 def summarize_ab(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -216,5 +268,5 @@ def summarize_ab(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> p
                             "matching_rate": lambda g: (g["p_matching"] > 0.5).mean()})
 
 
-__all__ = ["ab_curve", "ab_pair_probs", "logodds_curve", "pair_logodds", "steerability", "summarize_ab",
-           "summarize_logodds"]
+__all__ = ["LOGODDS_TABLES", "ab_curve", "ab_pair_probs", "curve_result", "logodds_curve", "logodds_tables",
+           "pair_logodds", "steerability", "summarize_ab", "summarize_logodds"]

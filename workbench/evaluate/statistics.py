@@ -8,8 +8,7 @@ report is a percentile bootstrap over items (pairs, questions, passages, prompts
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import fields, replace
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,18 +94,3 @@ def summarize(per_item: pd.DataFrame, value: str, *, by: Sequence[str] = ("vecto
             row[name] = float(fn(g))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def with_options(config: Any, options: Mapping[str, Any], where: str) -> Any:
-    """``config`` (a dataclass) with the fields named in ``options`` replaced (and validated again).
-
-    The keyword options of a public function that takes a config dataclass (``evaluate_vectors``'s
-    ``EvalConfig``, ``steered_generations``' ``GenerationConfig``): an unknown name is a
-    ``TypeError`` naming it, as a misspelt keyword argument would be.
-    """
-    names = [f.name for f in fields(config)]
-    unknown = [k for k in options if k not in names]
-    if unknown:
-        raise TypeError(f"{where}() got unknown option(s) {', '.join(map(repr, unknown))}; the options are the "
-                        f"fields of {type(config).__name__}: {', '.join(names)}")
-    return replace(config, **options) if options else config

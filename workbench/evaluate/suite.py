@@ -46,18 +46,20 @@ import pandas as pd
 
 from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.core.options import with_options
 from workbench.core.results import EVAL, result
 from workbench.core.vector import SteeringVector, __version__
 from workbench.data.formats import load_truthfulqa
 from workbench.data.pairs import MCQuestion, PreferencePair, check_pairs, fingerprint, is_ab_data
-from workbench.engine.scoring import Precision, VectorSpec, label_vectors, precision_runner
-from workbench.evaluate.generation import (GenerationConfig, _open_ended, _refusal_eval, _validate_open_scorer,
+from workbench.engine.conditions import VectorSpec, label_vectors
+from workbench.engine.runners import Precision, precision_runner
+from workbench.evaluate.generation import (DecodingConfig, _open_ended, _refusal_eval, _validate_open_scorer,
                                            check_prompts)
-from workbench.evaluate.preference import (_ab_pair_probs, _pair_logodds, ab_curve, logodds_curve, steerability,
-                                           summarize_ab, summarize_logodds)
-from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, records, with_options
+from workbench.evaluate.preference import (_ab_pair_probs, _pair_logodds, ab_curve, logodds_curve, logodds_tables,
+                                           steerability, summarize_ab, summarize_logodds)
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, records
 from workbench.evaluate.truthfulqa import _score_questions, check_truthfulqa, summarize_truthfulqa
-from workbench.evaluate.utility import _utility_per_text, check_texts, summarize_utility
+from workbench.evaluate.utility import _utility_per_text, check_texts, utility_tables
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +106,11 @@ class EvalConfig:
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}")
         if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, numbers.Integral) or self.n_boot < 0:
             raise ValueError(f"n_boot must be an integer >= 0, got {self.n_boot!r}")
-        set_(self, "decodings", self.generation().decodings)  # validated by GenerationConfig
+        set_(self, "decodings", self.generation().decodings)  # validated by DecodingConfig
 
-    def generation(self) -> GenerationConfig:
+    def generation(self) -> DecodingConfig:
         """The decoding options of the ``open`` metric."""
-        return GenerationConfig(decodings=self.decodings, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        return DecodingConfig(decodings=self.decodings, max_new_tokens=self.max_new_tokens, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (tuples as lists)."""
@@ -117,7 +119,7 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalConfig:
         """The inverse of ``to_dict``; an unknown key is a ``TypeError`` naming it."""
-        return with_options(cls(), dict(d), "EvalConfig.from_dict")
+        return with_options(cls, None, dict(d), "EvalConfig.from_dict")
 
     def recorded(self) -> dict[str, Any]:
         """The ``"config"`` recorded in the result (the fields that change numbers; multipliers have their own key)."""
@@ -170,11 +172,7 @@ def _logodds(x: EvalInputs) -> MetricOutput:
     per = _pair_logodds(x.model, x.specs, x.need_pairs(), c.multipliers, system_prompt=c.system_prompt,
                         precision=c.precision, append_end_of_turn=c.append_end_of_turn, max_length=c.max_length,
                         runner=x.runner, **x.common)
-    tables = {}
-    for norm, g in _split_by(summarize_logodds(per, c.n_boot, c.seed), "normalization").items():
-        tables["logodds" if norm == "sum" else "logodds_per_token"] = g
-    tables["steerability"] = steerability(per, n_boot=c.n_boot, seed=c.seed)
-    return {"metrics": tables}
+    return {"metrics": logodds_tables(per, c.n_boot, c.seed)}
 
 
 def _ab(x: EvalInputs) -> MetricOutput:
@@ -214,7 +212,7 @@ def _utility(x: EvalInputs) -> MetricOutput:
     c = x.config
     per = _utility_per_text(x.model, x.specs, x.neutral_texts, c.multipliers, max_tokens=c.utility_max_tokens,
                             precision=c.precision, runner=x.runner, **x.common)
-    return {"metrics": _split_by(summarize_utility(per, c.n_boot, c.seed), "measure")}
+    return {"metrics": utility_tables(per, c.n_boot, c.seed)}
 
 
 def _refusal(x: EvalInputs) -> MetricOutput:
@@ -271,16 +269,6 @@ def check_vectors(model: Model, specs: Mapping[str, list[SteeringVector]],
     return warnings
 
 
-def _config(config: EvalConfig | Sequence[float] | None, options: dict[str, Any]) -> EvalConfig:
-    if config is not None and not isinstance(config, EvalConfig):
-        # the old 4th positional argument was ``multipliers``: kept for one release
-        if "multipliers" in options:
-            raise TypeError("evaluate_vectors() got multipliers twice (positionally and by name)")
-        options = {"multipliers": config, **options}
-        config = None
-    return with_options(config or EvalConfig(), options, "evaluate_vectors")
-
-
 def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                      pairs: Sequence[Any] | None = None, config: EvalConfig | None = None, *,
                      ab_pairs: Sequence[Any] | None = None,
@@ -297,8 +285,7 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         model: the model (unchanged; no hook remains).
         vectors: ``{label: vector or [vectors applied together]}`` (or one vector / one list).
         pairs: held-out preference pairs (logodds, ab, open).
-        config: the options (``EvalConfig``; default ``EvalConfig()``). For one release a list of
-            numbers here is read as ``multipliers`` (the old fourth positional argument).
+        config: the options (``EvalConfig``; default ``EvalConfig()``).
         ab_pairs: pairs for ``ab`` instead of ``pairs`` (e.g. ``workbench.data.as_ab_pairs(pairs)``,
             the same pairs as A/B questions).
         truthfulqa: a path to TruthfulQA's ``mc_task.json`` or ``(mc1, mc2)`` question lists.
@@ -330,7 +317,7 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         >>> res = evaluate_vectors(model, {"bipo": v}, test, EvalConfig(metrics=("logodds", "utility")))
         >>> res = evaluate_vectors(model, {"bipo": v}, test, multipliers=[-1, 0, 1], n_boot=200)
     """
-    cfg = _config(config, options)
+    cfg = with_options(EvalConfig, config, options, "evaluate_vectors")
     specs = label_vectors(vectors)
     warnings = check_vectors(model, specs, cfg.strict_model_name)
     pairs = None if pairs is None else check_pairs(pairs)

@@ -30,8 +30,10 @@ from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_ch
 from workbench.data.formats import load_truthfulqa  # noqa: F401  (its old home; cli/main.py imports it here)
 from workbench.data.pairs import MCQuestion, check_questions
 from workbench.core.vector import SteeringVector
-from workbench.engine.scoring import (Precision, VectorSpec, answer_logprobs, label_vectors, sweep_conditions,
-                                      tokenize_items)
+from workbench.engine.conditions import VectorSpec, label_vectors, sweep_conditions
+from workbench.engine.items import tokenize_items
+from workbench.engine.runners import Precision
+from workbench.engine.scoring import answer_logprobs
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
 
 

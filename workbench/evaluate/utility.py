@@ -13,6 +13,10 @@ where that stops being true as ``|m|`` grows:
   would have said. ``workbench.analysis.logit_lens``'s ``kl`` is the other direction,
   ``KL(p_steered || p_unsteered)``; the two are not interchangeable.
 
+``utility_curve`` returns an ``eval`` result (``workbench.core.results``) with one table per measure,
+named as ``evaluate_vectors`` names them (``utility_tables``); ``utility_per_text`` and
+``summarize_utility`` return DataFrames.
+
 The vector is added at every position. Full-vocabulary distributions are computed in chunks of
 positions, never for the whole batch at once, in fp32.
 """
@@ -29,10 +33,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.core.backend import Model
+from workbench.core.results import Result
 from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
-from workbench.engine.scoring import (Items, Precision, VectorSpec, label_vectors, run_conditions, sweep_conditions,
-                                      unembed)
+from workbench.engine.conditions import VectorSpec, label_vectors, sweep_conditions
+from workbench.engine.items import Items
+from workbench.engine.readout import unembed
+from workbench.engine.runners import Precision
+from workbench.engine.scoring import run_conditions
+from workbench.evaluate.preference import curve_result
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, bootstrap_interval, check_multipliers
 
 #: The measures of ``summarize_utility``; ``kl_from_unsteered`` is KL(unsteered || steered).
@@ -165,19 +174,38 @@ def summarize_utility(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     return pd.DataFrame(rows)
 
 
+def utility_tables(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """``utility_per_text`` output -> one table per measure (``MEASURES``), named as in an eval result.
+
+    Each table holds the rows of ``summarize_utility`` of its measure, without the ``measure`` column:
+    ``vector, multiplier, n, n_tokens, mean, ci_low, ci_high``.
+    """
+    summary = summarize_utility(per_text, n_boot, seed)
+    return {measure: g.drop(columns="measure").reset_index(drop=True)
+            for measure, g in summary.groupby("measure", sort=False)}
+
+
 def utility_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                   texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
-                  n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
-    """Perplexity, top-1 agreement and ``KL(unsteered || steered)`` per (vector, multiplier).
+                  n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> Result:
+    """Perplexity, top-1 agreement and ``KL(unsteered || steered)`` per (vector, multiplier), as an ``eval`` result.
 
     Args: as ``utility_per_text``, plus ``n_boot`` and ``seed`` of the bootstrap intervals.
 
+    Returns:
+        ``{"kind": "eval", "model", "multipliers", "metrics": {"perplexity", "top1_agreement",
+        "kl_from_unsteered"}}`` (``utility_tables``): the tables ``evaluate_vectors`` writes for its
+        ``utility`` metric.
+
     Example:
         >>> u = utility_curve(model, {"bipo": v}, multipliers=[-4, -2, 0, 2, 4])
-        >>> u.pivot_table(index="multiplier", columns="measure", values="mean")
+        >>> u.table("kl_from_unsteered")[["vector", "multiplier", "mean"]]
+        >>> fig = plot(u, metric="perplexity")
     """
-    return summarize_utility(utility_per_text(model, vectors, texts, multipliers, **kwargs), n_boot, seed)
+    texts, specs, mults = check_texts(texts), label_vectors(vectors, model), check_multipliers(multipliers)
+    per_text = _utility_per_text(model, specs, texts, mults, **kwargs)
+    return curve_result(model, mults, utility_tables(per_text, n_boot, seed))
 
 
 __all__ = ["MEASURES", "check_texts", "kl_unsteered_to_steered", "summarize_utility", "utility_curve",
-           "utility_per_text"]
+           "utility_per_text", "utility_tables"]

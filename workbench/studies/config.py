@@ -17,46 +17,20 @@ config, derived from the ``StudyConfig`` by one method:
 dispatched by an executor (``workbench.studies.cells``). Every config is validated in
 ``__post_init__`` (a one-line ``ValueError`` naming the field) and has ``to_dict``, as SAELens'
 configs do. The study functions take ``config=None, **options`` where the options are the config's
-fields (``with_options``), so keyword calls written before the configs keep working.
+fields (``workbench.core.options.with_options``), so keyword calls written before the configs keep working.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from workbench.studies.cells import EXECUTORS, SlurmOptions
 from workbench.train.bipo import BiPOConfig
 from workbench.train.reps import RePSConfig
-
-C = TypeVar("C")
-
-
-def with_options(cls: type[C], config: C | None, options: Mapping[str, Any], where: str) -> C:
-    """``config`` (default ``cls()``) with ``options``, names of ``cls``'s fields, replaced.
-
-    Args:
-        cls: the config dataclass.
-        config: a ``cls`` or None.
-        options: field values to set (the ``**options`` of a study function).
-        where: the function's name, for the error message.
-
-    Raises:
-        TypeError: an option is not a field of ``cls``, or ``config`` is not a ``cls``.
-    """
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = [k for k in options if k not in names]
-    if unknown:
-        raise TypeError(f"{where}() got unknown option(s) {unknown}; options are the fields of "
-                        f"{cls.__name__}: {', '.join(names)}")
-    if config is None:
-        return cls(**options)
-    if not isinstance(config, cls):
-        raise TypeError(f"{where}(): config must be a {cls.__name__}, got {type(config).__name__}")
-    return dataclasses.replace(config, **options) if options else config  # type: ignore[type-var]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -341,4 +315,4 @@ class StudyConfig:
 
 
 __all__ = ["ExecutionConfig", "LoRAFinetuneConfig", "LoRATransferConfig", "RefusalConfig", "StudyConfig",
-           "TruthfulnessConfig", "with_options"]
+           "TruthfulnessConfig"]

@@ -45,12 +45,13 @@ from workbench.analysis.transfer import export_hf_llama, transfer_effect
 from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
 from workbench.core.loading import load_model
+from workbench.core.options import with_options
 from workbench.core.prompts import end_of_turn, format_chat
 from workbench.core.results import TRANSFER_LORA, Result, result
 from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
 from workbench.data.pairs import DataFormatError, PreferencePair
-from workbench.studies.config import LoRAFinetuneConfig, LoRATransferConfig, with_options
+from workbench.studies.config import LoRAFinetuneConfig, LoRATransferConfig
 from workbench.train.baselines import caa
 from workbench.train.bipo import train_bipo
 
@@ -248,9 +249,9 @@ def lora_finetunes(model: Model, out_dir: str | Path, *, chats: Sequence[tuple[s
     return records
 
 
-def _rows(table: pd.DataFrame | Result) -> list[dict[str, Any]]:
-    """The rows of ``transfer_effect``'s table (a DataFrame, or a Result once the analyses return one)."""
-    return (table.table() if isinstance(table, Result) else table).to_dict("records")
+def _rows(table: Result) -> list[dict[str, Any]]:
+    """The rows of ``transfer_effect``'s result."""
+    return table.table().to_dict("records")
 
 
 def lora_transfer(model: Model, vectors: Mapping[str, SteeringVector], train_pairs: Sequence[PreferencePair],

@@ -47,7 +47,8 @@ from workbench.evaluate.generation import REFUSAL_WINDOW, is_refusal, steered_ge
 from workbench.evaluate.preference import logodds_curve
 from workbench.evaluate.statistics import summarize
 from workbench.evaluate.utility import utility_curve
-from workbench.studies.config import RefusalConfig, with_options
+from workbench.core.options import with_options
+from workbench.studies.config import RefusalConfig
 
 
 def refusal_study(model: Model, vectors: Mapping[str, SteeringVector], requests: Sequence[HarmfulRequest],
@@ -90,8 +91,8 @@ def refusal_study(model: Model, vectors: Mapping[str, SteeringVector], requests:
         pairs = refusal_pairs(requests, template=template, seed=seed)
         # the target is only an opening: no end-of-turn token after either answer
         curve = logodds_curve(model, dict(vectors), pairs, multipliers, n_boot=n_boot, seed=seed,
-                              append_end_of_turn=False, batch_size=batch_size, progress=progress, **kw)
-        curve = curve[curve["normalization"] == "sum"]
+                              append_end_of_turn=False, batch_size=batch_size, progress=progress,
+                              **kw).table("logodds")
         gens = steered_generations(model, dict(vectors), [p.question for p in pairs], multipliers,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, **kw)
         gens = gens.assign(template=name, refused=[is_refusal(t) for t in gens["generation"]])
@@ -110,7 +111,7 @@ def refusal_study(model: Model, vectors: Mapping[str, SteeringVector], requests:
                              max_tokens=config.utility_max_tokens, batch_size=batch_size, progress=progress)
         wide = {}
         for measure, name in (("kl_from_unsteered", "kl"), ("perplexity", "perplexity")):
-            u = util[util["measure"] == measure][["vector", "multiplier", "mean", "ci_low", "ci_high"]]
+            u = util.table(measure)[["vector", "multiplier", "mean", "ci_low", "ci_high"]]
             wide[name] = u.rename(columns={"mean": name, "ci_low": f"{name}_ci_low", "ci_high": f"{name}_ci_high"})
         for part in wide.values():
             table = table.merge(part, on=["vector", "multiplier"], how="left")

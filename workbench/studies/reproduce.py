@@ -36,10 +36,11 @@ from typing import Any
 from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
 from workbench.core.loading import load_model
+from workbench.core.options import with_options
 from workbench.core.results import STUDY_SUMMARY, Result, result
 from workbench.data.behaviors import list_behaviors
 from workbench.studies.cells import SlurmOptions, aggregate, run_study
-from workbench.studies.config import ExecutionConfig, StudyConfig, with_options
+from workbench.studies.config import ExecutionConfig, StudyConfig
 from workbench.studies.stages import (compare_stage, composition_stage, cosine_stage, eval_stage, logit_lens_stage,
                                       lora_transfer_stage, refusal_stage, study_sweeps, sweep_stage, transfer_stage,
                                       truthfulness_stage)

@@ -21,7 +21,7 @@ from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
 from workbench.core.prompts import prompts_and_answers
 from workbench.core.vector import SteeringVector
-from workbench.engine.scoring import tokenize_items
+from workbench.engine.items import AnswerTooLongError, tokenize_items
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
                                     chosen_system_prompt, silent)
 from workbench.train import BiPOConfig, RePSConfig, TrainConfig, baselines, train_bipo, train_reps
@@ -117,19 +117,16 @@ def check_answer_lengths(model: Model, pairs: Sequence[Any], max_length: int, sy
 
     The trainer cuts prompts from the left but never an answer: this tokenizes the pairs as the trainer
     does (``tokenize_items`` over ``prompts_and_answers``, answers closed by the end-of-turn string) and
-    turns the engine's error on the first answer too long into one naming the pair and the flag.
+    turns the engine's error on the first answer too long (``AnswerTooLongError``) into one naming the
+    pair and the flag.
     """
     try:
         tokenize_items(model, *prompts_and_answers(model, pairs, system_prompt), max_length)
-    except ValueError as exc:
-        too_long = re.match(r"answer (\d+) has (\d+) tokens, more than max_length", str(exc))
-        if too_long is None:
-            raise
-        row, n = int(too_long.group(1)), int(too_long.group(2))
-        i, which = divmod(row, 2)
-        raise RunError(f"{_where(pairs[i], i, source)}: the {('matching', 'not_matching')[which]} answer has {n} "
-                       f"tokens, too many for --max-length {max_length} (answers are never cut); raise --max-length"
-                       ) from None
+    except AnswerTooLongError as exc:
+        i, which = divmod(exc.index, 2)  # two answers per pair
+        raise RunError(f"{_where(pairs[i], i, source)}: the {('matching', 'not_matching')[which]} answer has "
+                       f"{exc.n_tokens} tokens, too many for --max-length {exc.max_length} (answers are never cut); "
+                       "raise --max-length") from None
 
 
 def train_run(config: TrainRun, log: Log = silent) -> tuple[SteeringVector, dict[str, Any] | None]:

@@ -3,7 +3,7 @@
 The study they serve follows BiPO (Cao et al. 2024, arXiv 2406.00045): train or extract steering vectors,
 evaluate them over multipliers, compare them, sweep layers. Each command of ``workbench.cli`` parses its
 flags into a run config and calls one run function (``workbench.studies.run_train``, ``run_evaluate``,
-``run_study``, ``run_files``); this module holds what the runs share: the model and data options, the
+``run_studies``, ``run_files``); this module holds what the runs share: the model and data options, the
 checks of paths and options, and the loading of vectors, pairs, neutral text and the model.
 
 A run config mirrors its command's flags field for field (``test_fraction`` is ``--test-fraction``), so a
@@ -23,12 +23,13 @@ from typing import Any
 
 from workbench.core import loading  # the module, not its function: load_model is looked up at each call
 from workbench.core.backend import Model
-from workbench.core.loading import EMBEDDED_MODEL_NAME, EMBEDDED_N_LAYERS, ModelLoadError
+from workbench.core.devices import ModelLoadError, resolve_device
+from workbench.core.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_N_LAYERS
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
 from workbench.core.vector import SteeringVector, full_hook_name
 from workbench.data.behaviors import load_behavior, load_neutral_text
 from workbench.data.formats import load_pairs
-from workbench.data.pairs import PreferencePair, train_test_split
+from workbench.data.pairs import DataFormatError, PreferencePair, train_test_split
 
 #: where a run's status lines go (``print`` to stderr in the command line)
 Log = Callable[[str], None]
@@ -54,7 +55,7 @@ class ModelOptions:
     def load_model(self) -> Model:
         """The model these options ask for; a bad device, dtype or name is a ``RunError``."""
         try:
-            device = loading.resolve_device(self.device)
+            device = resolve_device(self.device)
             return loading.load_model(self.model, device=device, dtype=self.dtype, n_devices=self.n_devices)
         except ModelLoadError as exc:
             raise RunError(f"--model/--device: {exc}") from None
@@ -180,16 +181,14 @@ def load_vectors(paths: Sequence[str | Path]) -> tuple[dict[str, SteeringVector]
 
 
 def neutral_texts(path: str | Path | None, limit: int | None) -> list[str]:
-    """The ``--neutral`` file's passages (one per line), or the embedded neutral text; the first ``limit``."""
-    if path is None:
-        texts = load_neutral_text()
-    else:
-        if not Path(path).is_file():
-            raise RunError(f"--neutral {path}: no such file")
-        texts = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not texts:
-            raise RunError(f"--neutral {path}: no non-empty lines")
-    return texts[:limit]
+    """The ``--neutral`` file's passages (one per line, ``load_neutral_text``), or the embedded neutral
+    text; the first ``limit``."""
+    if path is not None and not Path(path).is_file():
+        raise RunError(f"--neutral {path}: no such file")
+    try:
+        return load_neutral_text(path)[:limit]
+    except DataFormatError as exc:
+        raise RunError(f"--neutral {exc}") from None
 
 
 __all__ = ["DataOptions", "Log", "ModelOptions", "RunError", "check_at_least_one", "check_data", "check_out",

@@ -22,17 +22,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from workbench.analysis.composition import composition_table
 from workbench.analysis.equal_cost import matched_cost
 from workbench.analysis.logit_lens import steered_logit_lens, vector_logit_lens
-from workbench.analysis.similarity import cosine_table, method_cosines, table_to_dict
+from workbench.analysis.similarity import cosine_table, method_cosines
 from workbench.analysis.sweep import SweepResult, layer_sweep, parse_layers
 from workbench.analysis.transfer import finetune_copy, layer_transfer, transfer_effect
 from workbench.core.backend import Model
-from workbench.core.results import (COMPOSITION, COSINE_METHODS, LOGIT_LENS_LAYERS, LOGIT_LENS_TOKENS, SWEEP,
-                                    TRANSFER_LAYERS, TRANSFER_MODEL, Result, result)
+from workbench.core.results import SWEEP, Result, result
 from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
 from workbench.data.pairs import as_ab_pairs, is_ab_data
@@ -59,14 +56,6 @@ def _neutral(config: StudyConfig, at_least_one: bool = False, cap: int | None = 
     return load_neutral_text()[:n]
 
 
-def _labelled(res: Result | pd.DataFrame, kind: str, **info: Any) -> Result:
-    """An analysis' output as a ``kind`` result with the study's labels ``info`` (behavior, method, ...)
-    first: a ``Result`` keeps its fields, a table becomes its ``rows``."""
-    if isinstance(res, Result):
-        return result(kind, **info, **{k: v for k, v in res.items() if k not in ("kind", "schema_version")})
-    return result(kind, **info, rows=res)
-
-
 # --------------------------------------------------------------------------- evaluation
 def eval_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
                config: StudyConfig, progress: bool = False) -> dict[str, Any]:
@@ -76,8 +65,8 @@ def eval_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
     texts = load_neutral_text()[: config.utility_texts] if config.utility_texts else None
     # A/B (CAA's protocol): the held-out pairs as A/B questions, the matching answer (A) for half of them
     ab_pairs = None if not config.ab or is_ab_data(test) else as_ab_pairs(test)
-    res = evaluate_vectors(model, vectors, test, config.multipliers, metrics=metrics, neutral_texts=texts,
-                           ab_pairs=ab_pairs, precision=config.precision,
+    res = evaluate_vectors(model, vectors, test, multipliers=config.multipliers, metrics=metrics,
+                           neutral_texts=texts, ab_pairs=ab_pairs, precision=config.precision,
                            utility_max_tokens=config.utility_max_tokens, batch_size=config.eval_batch_size,
                            n_boot=config.n_boot, seed=config.seed, data_info={"behavior": behavior, "split": "test"},
                            progress=progress)
@@ -131,17 +120,16 @@ def sweep_stage(model: Model, behavior: str, config: StudyConfig, runs_dir: Path
     if "bipo" in sweeps:
         caa_ref = {k: v for k, v in sweeps["caa"].vectors.items() if k in sweeps["bipo"].vectors}
         if caa_ref:
-            table = method_cosines({k: sweeps["bipo"].vectors[k] for k in caa_ref}, caa_ref, names=("bipo", "caa"))
-            cosines = _labelled(table, COSINE_METHODS, behavior=behavior)
+            cosines = method_cosines({k: sweeps["bipo"].vectors[k] for k in caa_ref}, caa_ref,
+                                     names=("bipo", "caa")).with_info(behavior=behavior)
     info = {k: v for k, v in sweeps["caa"].info.items() if k not in ("method", "layers")}
     return result(SWEEP, behavior=behavior, **info, rows=rows), cosines
 
 
-def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> dict[str, Any]:
+def cosine_stage(vectors: dict[str, dict[str, SteeringVector]]) -> Result:
     """Cosines between every (method, behavior) vector: a square ``cosine`` result."""
     labelled = {f"{m}:{b}": vecs[m] for m in METHODS for b, vecs in vectors.items()}
-    table = cosine_table(labelled)
-    return table if isinstance(table, Result) else table_to_dict(table)
+    return cosine_table(labelled)
 
 
 def logit_lens_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector],
@@ -149,16 +137,16 @@ def logit_lens_stage(model: Model, behavior: str, vectors: dict[str, SteeringVec
     """Top tokens of each vector (one result) and the steered per-layer lens of each (one per method)."""
     _, test = study_pairs(behavior, config)
     tokens = vector_logit_lens(model, vectors, k=config.lens_k)
-    out = {f"logit_lens_tokens_{behavior}": _labelled(tokens, LOGIT_LENS_TOKENS, behavior=behavior)}
+    out = {f"logit_lens_tokens_{behavior}": tokens.with_info(behavior=behavior)}
     for m, v in vectors.items():
         layers = steered_logit_lens(model, v, test, multiplier=1.0, batch_size=config.eval_batch_size)
-        out[f"logit_lens_layers_{behavior}_{m}"] = _labelled(layers, LOGIT_LENS_LAYERS, behavior=behavior, vector=m,
-                                                             multiplier=1.0, title=f"{m}, m = +1")
+        out[f"logit_lens_layers_{behavior}_{m}"] = layers.with_info(behavior=behavior, vector=m, multiplier=1.0,
+                                                                    title=f"{m}, m = +1")
     return out
 
 
 def composition_stage(model: Model, vectors: dict[str, dict[str, SteeringVector]],
-                      config: StudyConfig) -> dict[str, Any] | None:
+                      config: StudyConfig) -> Result | None:
     """The BiPO vectors of ``config.composition`` applied together: a ``composition`` result."""
     names = [b for b in config.composition if b in vectors]
     if len(names) < 2:
@@ -168,7 +156,7 @@ def composition_stage(model: Model, vectors: dict[str, dict[str, SteeringVector]
     pairs = {b: study_pairs(b, config)[1] for b in names}
     res = composition_table(model, vecs, pairs, multipliers=config.composition_multiplier,
                             batch_size=config.eval_batch_size)
-    return _labelled(res, COMPOSITION, method="bipo") if isinstance(res, Result) else res.to_dict(method="bipo")
+    return res.with_info(method="bipo")
 
 
 def transfer_stage(model: Model, behavior: str, vector: SteeringVector, config: StudyConfig) -> dict[str, Result]:
@@ -177,15 +165,14 @@ def transfer_stage(model: Model, behavior: str, vector: SteeringVector, config: 
     plus = [m for m in config.sweep_multipliers if m > 0] or [1.0]
     layers = layer_transfer(model, vector, test, offsets=config.transfer_offsets, multipliers=plus,
                             batch_size=config.eval_batch_size)
-    out = {"transfer_layers": _labelled(layers, TRANSFER_LAYERS, behavior=behavior, method="bipo")}
+    out = {"transfer_layers": layers.with_info(behavior=behavior, method="bipo")}
     if config.finetune_steps > 0:
         target, losses = finetune_copy(model, load_neutral_text(), steps=config.finetune_steps, seed=config.seed,
                                        train_last=min(4, model.cfg.n_layers))
         table = transfer_effect(model, target, vector, test, multipliers=config.sweep_multipliers,
                                 batch_size=config.eval_batch_size)
-        out["transfer_model"] = _labelled(table, TRANSFER_MODEL, behavior=behavior, method="bipo",
-                                          source=str(model.cfg.model_name), target=str(target.cfg.model_name),
-                                          finetune_losses=losses)
+        out["transfer_model"] = table.with_info(behavior=behavior, method="bipo", source=str(model.cfg.model_name),
+                                                target=str(target.cfg.model_name), finetune_losses=losses)
         del target
     return out
 

@@ -35,11 +35,13 @@ from typing import Any
 
 from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
+from workbench.core.options import with_options
+from workbench.core.results import Result
 from workbench.core.vector import SteeringVector
 from workbench.data.formats import load_truthfulqa_mc, load_truthfulqa_questions
 from workbench.data.pairs import MCQuestion, PreferencePair, fingerprint, split_questions, train_test_split
 from workbench.evaluate.suite import evaluate_vectors
-from workbench.studies.config import TruthfulnessConfig, with_options
+from workbench.studies.config import TruthfulnessConfig
 from workbench.train.baselines import caa
 from workbench.train.bipo import BiPOConfig, train_bipo
 
@@ -87,7 +89,7 @@ def _vectors(model: Model, train: Sequence[PreferencePair], bipo_config: BiPOCon
 
 def truthfulness_study(model: Model, path: str | Path, runs_dir: str | Path, bipo_config: BiPOConfig | None = None,
                        *, neutral_texts: Sequence[str] | None = None, config: TruthfulnessConfig | None = None,
-                       progress: bool = False, **options: Any) -> dict[str, Any]:
+                       progress: bool = False, **options: Any) -> Result:
     """Train BiPO and CAA truthfulness vectors and evaluate them on held-out TruthfulQA questions.
 
     Args:
@@ -120,15 +122,16 @@ def truthfulness_study(model: Model, path: str | Path, runs_dir: str | Path, bip
     if not train or not mc1:
         raise ValueError(f"{path}: the split left {len(train)} training pairs and {len(mc1)} held-out questions")
     vectors = _vectors(model, train, bipo_config, Path(runs_dir), progress)
-    res = evaluate_vectors(model, vectors, test, config.multipliers, metrics=["logodds", "truthfulqa", "utility"],
-                           truthfulqa=(mc1, mc2), neutral_texts=neutral_texts,
-                           utility_max_tokens=config.utility_max_tokens, batch_size=config.batch_size,
+    res = evaluate_vectors(model, vectors, test, multipliers=config.multipliers,
+                           metrics=["logodds", "truthfulqa", "utility"], truthfulqa=(mc1, mc2),
+                           neutral_texts=neutral_texts, utility_max_tokens=config.utility_max_tokens,
+                           batch_size=config.batch_size,
                            n_boot=config.n_boot, seed=seed, progress=progress,
                            data_info={"path": str(path), "format": "truthfulqa-mc2", "split": "test",
                                       "test_fraction": test_fraction, "split_seed": seed,
                                       "pairs_per_question": pairs_per_question, "n_train_pairs": len(train),
                                       "n_test_questions": len(mc1)})
-    return {**res, "behavior": "truthfulness"}
+    return res.with_info(behavior="truthfulness")
 
 
 __all__ = ["truthfulqa_split", "truthfulness_study"]

@@ -47,7 +47,7 @@ from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat  # BiPO's official system prompt
 from workbench.core.vector import SteeringVector, full_hook_name
 from workbench.data.pairs import PreferencePair, check_pairs, fingerprint
-from workbench.engine.scoring import TokenizedBatch, tokenize_completions
+from workbench.engine.items import TokenizedBatch, tokenize_completions
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,10 @@ from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.core.results import BIPO_HISTORY, Result, result
 from workbench.core.vector import SteeringVector, __version__, full_hook_name
 from workbench.data.pairs import check_pairs, fingerprint
-from workbench.engine.scoring import PrefixCache, entry, make_runner, tokenize_items
+from workbench.engine.conditions import entry
+from workbench.engine.items import tokenize_items
+from workbench.engine.prefix_cache import PrefixCache
+from workbench.engine.runners import make_runner
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from workbench.viz.tables import (
     main_table,
     need,
     read_result,
-    transition_result,
 )
 
 
@@ -93,8 +92,6 @@ def plot_composition(result: Any, ax: Axes | None = None) -> Figure:
             (``own_effect, cross_effect, combined_effect, interaction``) give bars per behavior.
         ax: draw into this axes.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.COMPOSITION)  # a table of either form, as `rows`
     res = read_result(result, (results.COMPOSITION,), "plot_composition")
     df = main_table(res, "conditions" if "conditions" in res.tables else "rows")
     if {"condition", "effect"} <= set(df.columns):
@@ -161,9 +158,6 @@ def plot_transfer(result: Any, ax: Axes | None = None, source: str | None = None
     Raises:
         ResultFormatError: another kind, or a missing column.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        frame = result if isinstance(result, pd.DataFrame) else pd.DataFrame(list(result))
-        result = transition_result(result, results.TRANSFER_LAYERS if "offset" in frame.columns else results.TRANSFER_MODEL)
     res = read_result(result, (results.TRANSFER_LAYERS, results.TRANSFER_MODEL), "plot_transfer")
     df = main_table(res)
     if res.kind == results.TRANSFER_LAYERS:
@@ -198,8 +192,6 @@ def plot_lora_transfer(result: Any, ax: Axes | None = None) -> Figure:
         result: a ``transfer_lora`` result (``workbench.studies.lora.lora_transfer``).
         ax: draw into this axes.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.TRANSFER_LORA)
     df = read_result(result, (results.TRANSFER_LORA,), "plot_lora_transfer").table()
     if df.empty:  # no fine-tune reached its target: say so rather than fail
         with paper_style():

@@ -37,7 +37,6 @@ from workbench.viz.tables import (
     main_table,
     need,
     read_result,
-    transition_result,
 )
 
 #: y-axis label of each metric (an eval result's table name, or a utility ``measure``)
@@ -82,8 +81,6 @@ def plot_multiplier_curves(result: Any, ax: Axes | None = None, metric: str = "l
     Raises:
         ResultFormatError: not an eval result, no such metric, or a missing column.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.EVAL, table=metric)
     df = main_table(read_result(result, (results.EVAL,), "plot_multiplier_curves"), metric)
     if normalization is not None and "normalization" in df.columns:
         if not (df["normalization"] == normalization).any():
@@ -129,8 +126,6 @@ def plot_refusal(result: Any, ax: Axes | Sequence[Axes] | None = None) -> Figure
         ax: the panels to draw into, in order (refusal rate, log-odds, cost); one axes draws the
             refusal rate only. Default: a new figure with two or three panels.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.REFUSAL)
     df = main_table(read_result(result, (results.REFUSAL,), "plot_refusal"))
     need(df, ["vector", "template", "multiplier", "refusal_rate", "logodds"], "plot_refusal")
     styles = ["-", "--", ":", "-."]
@@ -182,8 +177,6 @@ _HELD_OUT_PREFIXES = ("eval_", "val_", "test_")
 
 def _run(history: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(per-step table, per-epoch table or None) of one ``bipo_history`` result."""
-    if not isinstance(history, Mapping):  # transition: lead removes at integration
-        history = transition_result(history, results.BIPO_HISTORY)
     res = read_result(history, (results.BIPO_HISTORY,), "plot_training_curves")
     epochs = pd.DataFrame(res["epochs"]) if res.get("epochs") else None
     return main_table(res, "history"), epochs

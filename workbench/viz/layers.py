@@ -41,7 +41,6 @@ from workbench.viz.tables import (
     main_table,
     need,
     read_result,
-    transition_result,
 )
 
 #: the column of the logit lens's KL(steered ‖ unsteered), newest name first
@@ -54,8 +53,6 @@ def _sweep_table(result: Any) -> pd.DataFrame:
     if isinstance(result, Mapping) and not results.is_result(result):  # {label: sweep}
         parts = [_sweep_table(v).assign(method=str(k)) for k, v in result.items()]
         return pd.concat(parts, ignore_index=True)
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.SWEEP)
     res = read_result(result, (results.SWEEP,), "plot_layer_sweep")
     df = main_table(res)
     if "method" not in df.columns and "method" in res:
@@ -149,8 +146,6 @@ def plot_cosine_heatmap(result: Any, ax: Axes | None = None, annotate: bool | No
     Raises:
         ResultFormatError: not a cosine result, or a matrix that does not match its labels.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.COSINE)
     res = read_result(result, (results.COSINE,), "plot_cosine_heatmap")
     labels = list(res["labels"])
     mat = np.asarray(res["matrix"], dtype=float)
@@ -185,8 +180,6 @@ def plot_cosine_heatmap(result: Any, ax: Axes | None = None, annotate: bool | No
 
 def plot_method_cosine(result: Any, ax: Axes | None = None) -> Figure:
     """Per-layer cosine between two methods' vectors (a ``cosine_methods`` result: ``layer, cosine``)."""
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.COSINE_METHODS)
     df = main_table(read_result(result, (results.COSINE_METHODS,), "plot_method_cosine"))
     need(df, ["layer", "cosine"], "plot_method_cosine")
     with paper_style():
@@ -222,8 +215,6 @@ def plot_logit_lens_tokens(result: Any, ax: Axes | None = None, k: int | None = 
         k: at most this many tokens per direction.
         title: the panel title (with one panel).
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.LOGIT_LENS_TOKENS)
     df = main_table(read_result(result, (results.LOGIT_LENS_TOKENS,), "plot_logit_lens_tokens"))
     need(df, ["token", "logit_change"], "plot_logit_lens_tokens")
     if "direction" not in df.columns:
@@ -271,8 +262,6 @@ def plot_logit_lens_layers(result: Any, ax: Axes | None = None, title: str | Non
     unsteered residual, dashed); lower panel: KL(steered ‖ unsteered). Layers before the vector's hook
     are shaded. With ``ax``, only the upper panel.
     """
-    if not isinstance(result, Mapping):  # transition: lead removes at integration
-        result = transition_result(result, results.LOGIT_LENS_LAYERS)
     df = main_table(read_result(result, (results.LOGIT_LENS_LAYERS,), "plot_logit_lens_layers")).sort_values("layer")
     need(df, ["layer", "delta_logodds"], "plot_logit_lens_layers")
     kl = first(df, LENS_KL_COLUMNS)

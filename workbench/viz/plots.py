@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pandas as pd
 from matplotlib.figure import Figure
 
 from workbench.core import results
@@ -38,7 +37,6 @@ from workbench.viz.layers import (
     plot_logit_lens_tokens,
     plot_method_cosine,
 )
-from workbench.viz.style import save_figure  # noqa: F401  re-export for workbench/__init__'s _EXPORTS; lead removes at integration
 
 #: result ``kind`` -> the function drawing its main figure (kinds not listed, e.g. study_summary, have none)
 PLOTS: dict[str, Callable[..., Figure]] = {
@@ -72,8 +70,6 @@ def plot(result: Any, **kwargs: Any) -> Figure:
     Raises:
         ResultFormatError: not a result, an unknown kind or a newer schema version, or a kind with no figure.
     """
-    if not isinstance(result, (Mapping, list, pd.DataFrame)) and callable(getattr(result, "to_dict", None)):
-        result = result.to_dict()  # transition: lead removes at integration (a TrainResult)
     if not isinstance(result, (Mapping, list)):  # a list: a version-1 BiPO history file
         raise ResultFormatError(f"plot() draws a result with a 'kind' (workbench.core.results), "
                                 f"not a {type(result).__name__}")

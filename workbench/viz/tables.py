@@ -58,11 +58,15 @@ def result_files(results_dir: str | Path) -> Iterator[tuple[Path, Result]]:
 def read_result(result: Any, kinds: Sequence[str], plot: str) -> Result:
     """``result`` checked against its schema (``from_dict``) and against the kinds ``plot`` draws.
 
+    ``result`` is a result, the mapping loaded from its JSON, or a version-1 BiPO history file (a bare
+    list of step records, ``results.is_result``); anything else (a DataFrame, an analysis object) is an
+    error: analyses return results, and plotting reads only results.
+
     Raises:
-        ResultFormatError: not a mapping, not a valid result, or a kind not in ``kinds``.
+        ResultFormatError: not a result, not a valid one, or a kind not in ``kinds``.
     """
     wanted = " or ".join(kinds)
-    if not isinstance(result, Mapping):
+    if not (isinstance(result, Mapping) or (isinstance(result, list) and results.is_result(result))):
         raise ResultFormatError(f"{plot} draws a {wanted} result, not a {type(result).__name__}")
     res = results.from_dict(result)
     if res.kind not in kinds:
@@ -104,32 +108,4 @@ def label_series(df: pd.DataFrame, candidates: Sequence[str]) -> pd.Series:
     return df[cols].astype(str).agg(" / ".join, axis=1)
 
 
-def transition_result(obj: Any, kind: str, table: str | None = None) -> Result:
-    """transition: lead removes at integration (with the one marked branch in each ``plot_*`` calling it).
-
-    An analysis output that is not a result yet (a DataFrame, a list of row dicts, or an object whose
-    ``to_dict()`` gives a result, such as ``TrainResult``) as a ``kind`` result holding it as ``table``
-    (default: the kind's main table; eval: the metric ``table``, default ``"logodds"``).
-
-    Raises:
-        ResultFormatError: ``obj`` is none of these.
-    """
-    if not isinstance(obj, pd.DataFrame) and callable(getattr(obj, "to_dict", None)):
-        return results.from_dict(obj.to_dict())
-    schema = results.SCHEMAS[kind]
-    if isinstance(obj, pd.DataFrame):
-        if kind == results.COSINE:
-            return results.result(kind, labels=[x.item() if hasattr(x, "item") else x for x in obj.index],
-                                  matrix=obj.to_numpy(float).tolist())
-        obj = obj.reset_index(drop=all(n is None for n in obj.index.names))
-    elif not (isinstance(obj, Sequence) and not isinstance(obj, str) and all(isinstance(r, Mapping) for r in obj)):
-        raise ResultFormatError(f"cannot read a {kind} result from a {type(obj).__name__}")
-    if schema.tables_under:
-        return results.result(kind, **{schema.tables_under: {table or "logodds": obj}})
-    fields: dict[str, Any] = {k: None for k in schema.required}
-    if table is not None and table != schema.tables[0]:
-        fields[schema.tables[0]] = []
-    return results.result(kind, **fields, **{table or schema.tables[0]: obj})
-
-
-__all__ = ["first", "label_series", "main_table", "need", "read_result", "result_files", "transition_result"]
+__all__ = ["first", "label_series", "main_table", "need", "read_result", "result_files"]

@@ -230,9 +230,8 @@ class SteeringExplorer:
         key = (name, vec.hook_name)
         if key not in self._curves:
             table = logodds_curve(self.model, {name: vec}, self.pairs, self.curve_multipliers, n_boot=200,
-                                  system_prompt=self.system_prompt, batch_size=self.batch_size, progress=False)
-            if "normalization" in table.columns:
-                table = table[table["normalization"] == "sum"]
+                                  system_prompt=self.system_prompt, batch_size=self.batch_size,
+                                  progress=False).table("logodds")
             table = table.assign(vector=f"{name} @ L{vec.layer}", hook_name=vec.hook_name)
             self._curves[key] = table.reset_index(drop=True)
         return self._curves[key]

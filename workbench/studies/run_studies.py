@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import workbench.studies.reproduce as study  # the module: ``study.reproduce`` is looked up at each call
-from workbench.analysis.sweep import layer_sweep, parse_layers
+from workbench.analysis.sweep import SweepResult, layer_sweep, parse_layers
 from workbench.core.io import atomic_write_json
-from workbench.core.loading import EMBEDDED_N_LAYERS
+from workbench.core.embedded import EMBEDDED_N_LAYERS
 from workbench.data.behaviors import list_behaviors, load_behavior
 from workbench.data.formats import load_pairs
 from workbench.data.pairs import train_test_split
@@ -107,11 +105,12 @@ def _sweep_cells(config: SweepRun, source: str, log: Log) -> dict[str, Any]:
     return result
 
 
-def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], pd.DataFrame | None]:
+def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], SweepResult | None]:
     """A vector per layer and its effect; writes ``config.out``.
 
     Returns:
-        The result and its table (None when run as cells, whose result aggregates seeds).
+        The result as written and the sweep (``format_sweep`` prints it; None when run as cells,
+        whose result aggregates seeds).
     """
     check_out("--out", config.out, kind="file")
     check_out("--save-vectors", config.save_vectors, kind="dir")
@@ -154,7 +153,7 @@ def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], pd.D
     atomic_write_json(result, config.out)
     log(f"wrote {config.out}" + (f" and {len(layers)} vectors under {config.save_vectors}"
                                  if config.save_vectors else ""))
-    return result, swept.table
+    return result, swept
 
 
 @dataclass(kw_only=True)
