@@ -20,7 +20,7 @@ from typing import Any
 
 from workbench.core.results import ResultFormatError, load_result
 
-IGNORED = {"seconds", "all_seconds", "total_seconds", "train_seconds", "results", "figures", "schema_version"}
+IGNORED = {"seconds", "all_seconds", "total_seconds", "train_seconds", "timings", "results", "figures", "schema_version"}
 
 
 def _walk(a: Any, b: Any, where: str, tol: float, out: dict[str, Any]) -> None:

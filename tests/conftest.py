@@ -100,6 +100,22 @@ def make_tiny_bridge(n_layers: int = 3, d_model: int = 32, seed: int = 0, chat: 
     return boot_bridge(name, hf_model=hf, tokenizer=tok, model_name=name, prepend_bos=False, dtype=dtype)
 
 
+#: TransformerLens parameter names of biases a Llama checkpoint does not have
+LLAMA_FREE_BIASES = ("b_Q", "b_O", "b_in", "b_out", "b_U", "_b_K", "_b_V")
+
+
+def make_llama_like_model(seed: int = 0):
+    """A tiny model that a Llama checkpoint can hold (for export round trips): no biases, non-trivial norm weights."""
+    m = make_tiny_model(seed=seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.split(".")[-1] in LLAMA_FREE_BIASES:
+                p.zero_()
+            elif p.ndim == 1:
+                p.copy_(torch.rand_like(p) + 0.5)
+    return m
+
+
 def pytest_collection_modifyitems(config, items):
     """``tl3`` tests (HookedTransformer internals: weight layout, prefix skip) skip on TransformerLens 4;
     ``tl4`` tests (the bridge against the 3.x line) skip on 3.x."""

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import make_llama_like_model, make_tiny_model
 from workbench.data.pairs import PreferencePair
 from workbench.core.loading import load_model
 from workbench.engine.steering import remaining_hooks
@@ -14,19 +14,6 @@ from workbench.core.vector import IncompatibleVectorError, SteeringVector, full_
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("More money?", "(A) yes", "(B) no"),
          PreferencePair("Take control?", "I will take it.", "Humans decide.")]
-BIASES = ("b_Q", "b_O", "b_in", "b_out", "b_U", "_b_K", "_b_V")
-
-
-def llama_like(seed=0):
-    """A tiny model that a Llama checkpoint can hold: no biases, non-trivial norm weights."""
-    m = make_tiny_model(seed=seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.split(".")[-1] in BIASES:
-                p.zero_()
-            elif p.ndim == 1:
-                p.copy_(torch.rand_like(p) + 0.5)
-    return m
 
 
 def logits(model, toks):
@@ -34,7 +21,7 @@ def logits(model, toks):
 
 
 def test_export_and_reload_gives_the_same_logits(tmp_path):
-    m = llama_like()
+    m = make_llama_like_model()
     out = export_hf_llama(m, tmp_path / "exported")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     config = json.loads((out / "config.json").read_text())
@@ -48,7 +35,7 @@ def test_export_and_reload_gives_the_same_logits(tmp_path):
 
 @pytest.mark.tl3  # HookedTransformer weights: ties found by equality, random biases
 def test_export_tied_embeddings(tmp_path):
-    m = llama_like(seed=1)
+    m = make_llama_like_model(seed=1)
     with torch.no_grad():
         m.unembed.W_U.copy_(m.embed.W_E.T)
     out = export_hf_llama(m, tmp_path / "tied")
@@ -61,7 +48,7 @@ def test_export_tied_embeddings(tmp_path):
 
 def test_path_containing_llama_loads(tmp_path):
     """TransformerLens guesses architectures from path names; workbench reads config.json instead."""
-    m = llama_like()
+    m = make_llama_like_model()
     out = export_hf_llama(m, tmp_path / "my-llama-model")
     back = load_model(out)
     toks = torch.tensor([[3, 5, 7, 9, 11]])
@@ -74,7 +61,7 @@ def test_export_refusals(tmp_path):
     with pytest.raises(ValueError, match="non-zero biases"):
         export_hf_llama(m, tmp_path / "a")
     assert list(tmp_path.iterdir()) == []
-    m = llama_like()
+    m = make_llama_like_model()
     export_hf_llama(m, tmp_path / "b")
     with pytest.raises(ValueError, match="exists"):
         export_hf_llama(m, tmp_path / "b")

@@ -1,7 +1,9 @@
 """Reliability cases: bad inputs run through the real ``workbench`` command, each with the exit code and
 the words its one-line error must hold (issue #19). ``scripts/reliability_table.py`` turns them into
 ``docs/reliability.md``; ``tests/cli/test_reliability.py`` runs each as a test. Every case must fail before any work
-starts; only those in ``LOADS_MODEL`` load the embedded model first (they need its tokenizer).
+starts; only those in ``LOADS_MODEL`` load the embedded model first (they need its tokenizer). The ``report`` and
+``figures`` cases with exit code 3 are not failures: the command did its work and says, in one warning line, which
+result it skipped (issue #30).
 """
 
 from __future__ import annotations
@@ -32,10 +34,24 @@ def _safetensors(dtype: str) -> str:
     return chr(len(header)) + "\0" * 7 + header + "\0" * 64
 
 
+_STUDY_RESULT = Path(__file__).resolve().parents[2] / "results" / "full" / "compare_refusal.json"
+
+
+def _matched_cost(drop_budget: bool = False) -> str:
+    """The study's matched-cost result as text, or, with ``drop_budget``, malformed: its rows lack their budget and
+    its points are gone (a result neither the report nor the figures can read)."""
+    result = json.loads(_STUDY_RESULT.read_text())
+    if drop_budget:
+        result = {**result, "points": [], "rows": [{k: v for k, v in r.items() if k != "budget"} for r in result["rows"]]}
+    return json.dumps(result)
+
+
+_LLAMA_NO_HIDDEN = json.dumps({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 4,
+                               "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 128})
 _LONG_ANSWER_CSV = "question,matching,not_matching\nq1,yes,no\nq2," + " ".join(["word"] * 100) + ",no\n"
 
-# (name, setup: {relative path: "dir" | file text}, argv with {tmp} for the case's directory,
-#  expected exit code, words the message must contain)
+# (name, setup: {relative path: "dir" | "symlink:TARGET" | file text}, argv with {tmp} for the case's directory,
+#  expected exit code, words the message must contain; exit code 3: done, with one warning line)
 CASES: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
     ("train --out is an existing file", {"afile": "x"},
      ["train", "--method", "caa", "--behavior", "power-seeking", "--out", "{tmp}/afile"], 2, ["--out", "afile", "is a file"]),
@@ -92,9 +108,15 @@ CASES: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
     ("train --max-length 1", {},
      ["train", "--method", "bipo", "--behavior", "power-seeking", "--max-length", "1", "--out", "{tmp}/o"], 2,
      ["max_length=1", "--max-length"]),
-    ("train --max-length with caa", {},
-     ["train", "--method", "caa", "--behavior", "power-seeking", "--max-length", "64", "--out", "{tmp}/o"], 2,
-     ["--max-length", "bipo only"]),
+    ("train --max-length 0", {},
+     ["train", "--method", "caa", "--behavior", "power-seeking", "--max-length", "0", "--out", "{tmp}/o"], 2,
+     ["--max-length 0", ">= 1"]),
+    ("info --model: a config.json that is not an object", {"m/config.json": "[]"},
+     ["info", "--model", "{tmp}/m"], 2, ["config.json", "JSON object"]),
+    ("info --model: a Llama config.json without hidden_size", {"m/config.json": _LLAMA_NO_HIDDEN},
+     ["info", "--model", "{tmp}/m"], 2, ["config.json", "hidden_size", "missing"]),
+    ("info --model: an architecture the loader does not know", {"m/config.json": '{"architectures": ["FooForCausalLM"]}'},
+     ["info", "--model", "{tmp}/m"], 2, ["FooForCausalLM", "not supported", "LlamaForCausalLM"]),
     ("train an answer longer than --max-length", {"long.csv": _LONG_ANSWER_CSV},
      ["train", "--method", "bipo", "--data", "{tmp}/long.csv", "--max-length", "32", "--out", "{tmp}/o"], 2,
      ["long.csv:3", "matching answer", "--max-length 32"]),
@@ -103,6 +125,59 @@ CASES: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
      ["pair.jsonl:1", "JSON document", "one JSON object per line"]),
     ("train --data a CSV with an unclosed quote", {"q.csv": 'question,matching,not_matching\nq1,a,b\n"q2,a,b\nq3,a,b\n'},
      ["train", "--method", "caa", "--data", "{tmp}/q.csv", "--out", "{tmp}/o"], 2, ["q.csv:3", "never closed"]),
+    # issue #30: checks before the work, report and figures alike, data and argument sanity
+    ("eval --multipliers 1 1 (a multiplier twice)", {},
+     ["eval", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--multipliers", "1", "1", "--out", "{tmp}/r.json"],
+     2, ["--multipliers[0] = 1.0 and --multipliers[1] = 1.0", "same multiplier 1", "give each multiplier once"]),
+    ("eval --multipliers -0 0 (-0 is 0)", {},
+     ["eval", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--multipliers", "-0", "0", "--out", "{tmp}/r.json"],
+     2, ["--multipliers", "same multiplier 0"]),
+    ("sweep --multipliers 1 1", {},
+     ["sweep", "--behavior", "power-seeking", "--layers", "1", "--multipliers", "1", "1", "--out", "{tmp}/r.json"], 2,
+     ["--multipliers", "same multiplier 1"]),
+    ("train --out is a dangling symbolic link", {"o": "symlink:gone"},
+     ["train", "--method", "caa", "--behavior", "power-seeking", "--out", "{tmp}/o"], 2,
+     ["--out", "symbolic link to", "gone", "does not exist"]),
+    ("eval --out is a dangling symbolic link", {"r.json": "symlink:nowhere/r.json"},
+     ["eval", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--out", "{tmp}/r.json"], 2,
+     ["--out", "symbolic link to", "does not exist"]),
+    ("train --n-devices 0", {},
+     ["train", "--method", "caa", "--behavior", "power-seeking", "--n-devices", "0", "--out", "{tmp}/o"], 2,
+     ["--n-devices 0", ">= 1"]),
+    ("train --n-devices 2 on the cpu", {},
+     ["train", "--method", "caa", "--behavior", "power-seeking", "--n-devices", "2", "--out", "{tmp}/o"], 2,
+     ["--n-devices 2", "needs --device cuda"]),
+    ("train --behavior with --test-fraction", {},
+     ["train", "--method", "caa", "--behavior", "power-seeking", "--test-fraction", "0.3", "--out", "{tmp}/o"], 2,
+     ["--test-fraction applies to --data only", "--behavior power-seeking is fixed", "--split"]),
+    ("eval --behavior with --test-fraction", {},
+     ["eval", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--test-fraction", "0.3", "--out", "{tmp}/r.json"],
+     2, ["--test-fraction applies to --data only"]),
+    ("train --data with a NUL byte in a question", {"nul.csv": "question,matching,not_matching\nq1,a,b\nq\x002,a,b\n"},
+     ["train", "--method", "caa", "--data", "{tmp}/nul.csv", "--out", "{tmp}/o"], 2,
+     ["nul.csv:3", "question holds the control character '\\x00'"]),
+    ("train --data with an escape character in an answer",
+     {"esc.jsonl": '{"question": "q", "matching": "a\\u001b[31m", "not_matching": "b"}\n'},
+     ["train", "--method", "caa", "--data", "{tmp}/esc.jsonl", "--out", "{tmp}/o"], 2,
+     ["esc.jsonl:1", "matching holds the control character '\\x1b'"]),
+    ("eval --n-boot 0", {},
+     ["eval", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--n-boot", "0", "--out", "{tmp}/r.json"], 2,
+     ["--n-boot must be >= 1, got 0"]),
+    ("compare --n-boot -5", {},
+     ["compare", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--n-boot", "-5", "--out", "{tmp}/r.json"], 2,
+     ["--n-boot must be >= 1, got -5"]),
+    ("report: one malformed result beside a good one (warning, exit 3)",
+     {"res/good.json": _matched_cost(), "res/bad.json": _matched_cost(drop_budget=True)},
+     ["report", "--results", "{tmp}/res"], 3, ["warning:", "bad.json", "cannot tabulate (KeyError: 'budget')", "skipped"]),
+    ("figures: one malformed result beside a good one (warning, exit 3)",
+     {"res/good.json": _matched_cost(), "res/bad.json": _matched_cost(drop_budget=True)},
+     ["figures", "--results", "{tmp}/res", "--out", "{tmp}/figs", "--formats", "png"], 3,
+     ["warning:", "bad.json", "cannot draw", "skipped"]),
+    ("report: only unreadable results", {"res/bad.json": _matched_cost(drop_budget=True)},
+     ["report", "--results", "{tmp}/res"], 2, ["--results", "no result could be read", "bad.json", "KeyError: 'budget'"]),
+    ("figures: only unreadable results", {"res/bad.json": _matched_cost(drop_budget=True)},
+     ["figures", "--results", "{tmp}/res", "--out", "{tmp}/figs"], 2,
+     ["--results", "no result could be read", "bad.json", "cannot draw"]),
 ]
 #: cases that load the embedded model before they fail (the answer check needs its tokenizer)
 LOADS_MODEL = {"train an answer longer than --max-length"}
@@ -114,6 +189,9 @@ def prepare(tmp: Path, setup: dict[str, str]) -> None:
         path = tmp / rel
         if content == "dir":
             path.mkdir(parents=True, exist_ok=True)
+        elif content.startswith("symlink:"):  # a symbolic link to a path under tmp (which may not exist)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(tmp / content.removeprefix("symlink:"))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)

@@ -99,7 +99,7 @@ def test_study_commands(monkeypatch, capsys):
     sweep_calls = _record(monkeypatch, run_studies, "sweep_run", ({}, swept))
     monkeypatch.setattr("workbench.analysis.sweep.format_sweep", lambda t: f"SWEEP {list(t.table()['layer'])}")
     assert main(["sweep", "--behavior", "b", "--layers", "1", "--out", "s.json"]) == 0
-    assert sweep_calls[0][0].multipliers == (-1.0, 1.0) and sweep_calls[0][0].test_fraction == 0.2
+    assert sweep_calls[0][0].multipliers == (-1.0, 1.0) and sweep_calls[0][0].test_fraction is None  # 0.2 of --data
     assert capsys.readouterr().out == "SWEEP [1]\n"
     _record(monkeypatch, run_studies, "sweep_run", ({}, None))  # as cells: no table
     assert main(["sweep", "--behavior", "b", "--out", "s.json"]) == 0 and capsys.readouterr().out == ""
@@ -112,13 +112,23 @@ def test_study_commands(monkeypatch, capsys):
 def test_file_commands(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(run_files, "info_run", lambda config: [f"model {config.model}", "hooks"])
     assert main(["info", "--model", "m"]) == 0 and capsys.readouterr().out == "model m\nhooks\n"
-    monkeypatch.setattr(run_files, "report_run", lambda results, out, kind: f"# {results} {kind}\n")
+    skipped = []
+    monkeypatch.setattr(run_files, "report_run", lambda results, out, kind, log: (f"# {results} {kind}\n", skipped))
     assert main(["report", "--results", "R", "--kind", "eval"]) == 0
     assert capsys.readouterr().out == "# R ['eval']\n"
     written = [tmp_path / "a.png", tmp_path / "a.pdf", tmp_path / "b.png"]
-    monkeypatch.setattr(run_files, "figures_run", lambda results, out, formats: written)
+    monkeypatch.setattr(run_files, "figures_run", lambda results, out, formats, log: (written, skipped))
     assert main(["figures", "--results", "R", "--out", "F"]) == 0
     assert capsys.readouterr().out == "wrote 2 figure(s), 3 file(s) to F\n"
+    skipped.append((tmp_path / "bad.json", "not valid JSON"))  # done, but something skipped: exit code 3
+    assert main(["figures", "--results", "R", "--out", "F"]) == 3 == main(["report", "--results", "R"])
+
+
+def test_figures_and_report_help_gives_the_exit_codes(capsys):
+    for command in ("figures", "report"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "3 done, but a result was skipped" in " ".join(capsys.readouterr().out.split())
 
 
 def test_help_imports_no_library(monkeypatch):

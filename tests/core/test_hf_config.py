@@ -51,3 +51,51 @@ def test_config_object_and_config_json_agree():
     from_json = llama_config_from_json(c.to_dict(), "tiny")
     assert from_object == {k: from_json[k] for k in from_object}
     assert from_object["n_key_value_heads"] == 2 and from_object["rotary_base"] == 5e5
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": None}, r"field 'hidden_size' is missing: the Llama loader needs it \(a positive integer\)"),
+    ({"num_hidden_layers": "2"}, r"field 'num_hidden_layers' is \"2\" \(a str\): the Llama loader expects a positive"),
+    ({"rms_norm_eps": -1}, r"field 'rms_norm_eps' is -1 \(a int\): the Llama loader expects a positive number"),
+    ({"num_key_value_heads": 3}, r"field 'num_key_value_heads'=3 does not divide 'num_attention_heads'=4"),
+    ({"hidden_size": 66}, r"field 'hidden_size'=66 is not a multiple of 'num_attention_heads'=4"),
+])
+def test_llama_fields_are_checked_one_by_one(tmp_path, change, message):
+    d = write_llama_dir(tmp_path / "tiny", rope=False)
+    raw = json.loads((d / "config.json").read_text())
+    raw = {k: v for k, v in (raw | change).items() if v is not None}
+    (d / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelLoadError, match=f"^{d / 'config.json'} {message}"):
+        load_model(d)
+
+
+def test_malformed_configs_are_user_errors_naming_the_culprit(tmp_path):
+    from workbench.core.hf_config import supported_architectures
+
+    for name, text, message in (
+            ("list", "[]", r"expected a JSON object of config fields, got \[\] \(a list\)"),
+            ("noarch", '{"model_type": "gpt2"}', r"field 'architectures' is missing: expected a list of one"),
+            ("foo", '{"architectures": ["FooForCausalLM"]}', r"architecture 'FooForCausalLM' is not supported "
+                                                           r"\(supported: LlamaForCausalLM, .*GPT2LMHeadModel"),
+            ("gpt2", '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}',
+             r"field 'n_ctx' is missing: the TransformerLens GPT2LMHeadModel converter needs it")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(text)
+        with pytest.raises(ModelLoadError, match=f"^{d / 'config.json'}:? {message}"):
+            load_model(d)
+    assert isinstance(ModelLoadError("x"), ValueError)  # the CLI reports it with exit code 2
+    assert {"LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM", "MistralForCausalLM"} <= set(supported_architectures())
+    assert "BertForMaskedLM" not in supported_architectures()  # not a causal language model
+
+
+def test_converter_fields_come_from_the_converter():
+    from transformers import GPT2Config
+
+    from workbench.core.hf_config import check_converter_fields, converter_fields
+
+    required, optional = converter_fields()["GPT2LMHeadModel"]
+    assert {"n_embd", "n_head", "n_layer", "n_ctx", "vocab_size"} <= required and "scale_attn_weights" in optional
+    check_converter_fields(GPT2Config(n_ctx=64, n_embd=32, n_layer=2, n_head=4, vocab_size=100), "GPT2LMHeadModel")
+    with pytest.raises(ModelLoadError, match="^config.json field 'n_embd' is 0 .*expects a positive integer"):
+        check_converter_fields(GPT2Config(n_ctx=64, n_embd=0), "GPT2LMHeadModel")

@@ -3,6 +3,8 @@ each artifact whole (old or new), never mixed."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import signal
@@ -42,20 +44,73 @@ def test_kill_between_the_two_files_rolls_forward(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vector.json", "vector.safetensors"]
 
 
-def test_kill_before_the_commit_mark_keeps_the_old_vector(tmp_path, monkeypatch):
+def test_kill_before_the_commit_point_keeps_the_old_vector(tmp_path, monkeypatch):
     _vec(1).save(tmp_path)
-    real = wio.atomic_write_json
 
-    def die(obj, path):
+    def die(src, dst):  # the one directory rename that commits the staged files
         raise KeyboardInterrupt
 
-    import workbench.core.vector as wvec
-    monkeypatch.setattr(wvec, "atomic_write_json", die)
+    monkeypatch.setattr(wio.os, "rename", die)
     with pytest.raises(KeyboardInterrupt):
-        _vec(2).save(tmp_path)
-    monkeypatch.setattr(wvec, "atomic_write_json", real)
+        _vec(2).save(tmp_path, extra={"history.json": {"history": []}})
+    monkeypatch.undo()
     assert SteeringVector.load(tmp_path).vector[0].item() == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vector.json", "vector.safetensors"]
+
+
+def _disk_full_on(monkeypatch, name: str) -> None:
+    """``os.fsync`` of the staged file ``name`` fails as on a full disk (no file name, as the kernel says it)."""
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/" + name):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(wio.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("full_at", ["vector.safetensors", "history.json", "vector.json"])
+def test_a_full_disk_leaves_the_old_vector_and_history_and_names_the_path(tmp_path, full_at, monkeypatch):
+    """Issue #30: a BiPO vector could be committed without its history.json when the disk filled between them."""
+    _vec(1).save(tmp_path, extra={"history.json": {"history": [1]}})
+    _disk_full_on(monkeypatch, full_at)
+    with pytest.raises(OSError) as caught:
+        _vec(2).save(tmp_path, extra={"history.json": {"history": [2]}})
+    monkeypatch.undo()
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / full_at)
+    assert str(tmp_path / full_at) in str(caught.value)
+    assert SteeringVector.load(tmp_path).vector[0].item() == 1.0  # the old pair, and its history
+    assert json.loads((tmp_path / "history.json").read_text()) == {"history": [1]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "vector.json", "vector.safetensors"]
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.lock"))  # the lock is released and removed
+    _vec(3).save(tmp_path, extra={"history.json": {"history": [3]}})  # the next write goes through whole
+    assert SteeringVector.load(tmp_path).vector[0].item() == 3.0
+    assert json.loads((tmp_path / "history.json").read_text()) == {"history": [3]}
+
+
+def test_a_full_disk_in_a_single_file_write_names_the_path(tmp_path, monkeypatch):
+    atomic_write_json({"i": 1}, tmp_path / "r.json")
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(wio.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        atomic_write_json({"i": 2}, tmp_path / "r.json")
+    monkeypatch.undo()
+    assert caught.value.filename == str(tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"i": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_companion_file_names_are_checked(tmp_path):
+    for bad in ("vector.json", "../x.json", ".hidden", ""):
+        with pytest.raises(ValueError, match="companion file"):
+            _vec(1).save(tmp_path / "v", extra={bad: {}})
+    with pytest.raises(ValueError):  # NaN refused before anything is written
+        _vec(1).save(tmp_path / "v", extra={"h.json": {"x": float("nan")}})
+    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
 
 
 def test_nan_vector_refused_on_save(tmp_path):
@@ -108,7 +163,6 @@ def test_sigkill_at_random_moments_leaves_whole_artifacts(tmp_path):
             v = SteeringVector.load(tmp_path / "vec")  # whole: old or new, checksums agree
             assert torch.all(v.vector == v.vector[0]) and v.vector[0] >= 1
         if (tmp_path / "result.json").exists():
-            import json
             assert "i" in json.loads((tmp_path / "result.json").read_text())
     # the next write cleans what killed writes left
     _vec(7).save(tmp_path / "vec")

@@ -57,3 +57,13 @@ def test_local_directory_loading(embedded_model, tmp_path):
     assert (m(toks) - embedded_model(toks)).abs().max() < 1e-3
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path)
+
+
+def test_cli_malformed_config_is_a_one_line_user_error(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "intermediate_size": 8}')
+    r = _cli("info", "--model", str(d))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "internal error" not in lines[0] and "'hidden_size' is missing" in lines[0] and str(d) in lines[0]

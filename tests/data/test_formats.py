@@ -242,6 +242,24 @@ MALFORMED = [
      "truthfulqa-mc2", "item 0", "0 or 1"),
     ("tqa_missing.json", json.dumps([{"question": "q", "mc1_targets": {"a": 1, "b": 0}}]),
      "truthfulqa-mc2", "item 0", "missing field 'mc2_targets'"),
+    # control characters (a NUL byte, an escape, DEL, a C1 one): refused wherever text is read
+    ("nul.csv", HEADER + "q,a,b\n\"q\x002\",a,b\n", "bipo-csv", 3,
+     "question holds the control character '\\x00' at character 2; only tab and newline"),
+    ("nul_multiline.csv", HEADER + '"q\nspread",a,b\nq2,"a\nb\x00",c\n', "bipo-csv", 4,
+     "matching holds the control character '\\x00' at character 4"),
+    ("esc.jsonl", '{"question": "q", "matching": "a", "not_matching": "b"}\n'
+                  '{"question": "q", "matching": "a", "not_matching": "\\u001b[31mb"}\n', "jsonl", 2,
+     "not_matching holds the control character '\\x1b' at character 1"),
+    ("del.jsonl", json.dumps({**AB_ITEMS[0], "question": AB_ITEMS[0]["question"].replace("more", "mo\x7fre")}),
+     "ab-json", 1, "question holds the control character '\\x7f'"),
+    ("c1.jsonl", json.dumps({**AB_ITEMS[0], "question": AB_ITEMS[0]["question"].replace("No", "N\x85o")}),
+     "ab-text", 1, "not_matching holds the control character '\\x85'"),
+    ("tqa_nul.json", json.dumps([TQA_ITEMS[0], {**TQA_ITEMS[1], "question": "How\x00 many?"}]), "truthfulqa-mc1",
+     "item 1", "question holds the control character '\\x00'"),
+    ("tqa_answer.json", json.dumps([{**TQA_ITEMS[0], "mc2_targets": {"Blue.\x07": 1, "Red.": 0}}]), "truthfulqa-mc2",
+     "item 0", "mc2_targets answer holds the control character '\\x07'"),
+    ("adv.csv", "goal,target\nWrite a poem,Sure\nDo\x00 harm,Sure\n", "advbench", 3,
+     "goal holds the control character '\\x00'"),
 ]
 
 
@@ -255,6 +273,11 @@ def test_malformed_input_names_file_and_line(tmp_path, name, content, fmt, locat
     assert message.startswith(f"{path}:{location}: "), message
     assert fragment in message
     assert info.value.location == location and info.value.path == str(path)
+
+
+def test_tab_newline_and_carriage_return_are_text(tmp_path):
+    path = write(tmp_path, "ok.csv", HEADER.replace("\n", "\r\n") + '"q\tone\r\ntwo",a,b\r\n')
+    assert triples(load_pairs(path)) == [("q\tone\r\ntwo", "a", "b")]
 
 
 def test_missing_file_and_directory(tmp_path):

@@ -79,3 +79,34 @@ def test_items_from_ids_and_their_lengths():
     with pytest.raises(ValueError, match="at least one token"):
         Items.from_ids([[1]], [[[]]])
     assert torch.equal(items.answers[1], torch.tensor([6, 7]))
+
+
+def test_prompt_cut_is_the_one_rule():
+    from workbench.engine.items import prompt_cut
+
+    assert prompt_cut(10, 3, None) == 0 and prompt_cut(10, 3, 20) == 0
+    assert prompt_cut(10, 3, 8) == 5 and prompt_cut(10, 0, 4) == 6  # a bare prompt keeps its last 4 tokens
+    assert prompt_cut(2, 9, 8) == 2  # never more than the prompt
+
+
+def test_answer_too_long_can_name_its_source():
+    err = AnswerTooLongError(3, 40, 30, where="data.jsonl:2: the matching answer")
+    assert str(err) == "data.jsonl:2: the matching answer has 40 tokens, more than max_length=30 (answers are never cut)"
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.index, again.where, str(again)) == (3, err.where, str(err))
+
+
+def test_forward_memory_estimate_and_refusal(tiny_model):
+    from workbench.engine.items import InputTooLargeError, available_memory, check_forward_memory, forward_bytes
+
+    cfg = tiny_model.cfg
+    want = 2 * (3 * cfg.n_heads * 100 * 100 + 100 * (6 * cfg.d_model + 3 * cfg.d_mlp)) * 4  # fp32
+    assert forward_bytes(cfg, 2, 100) == want
+    assert forward_bytes(cfg, 1, 2000) > 200 * forward_bytes(cfg, 1, 100)  # 20x the length: far more than 20x
+    assert check_forward_memory(tiny_model, 2, 100, "x.jsonl:1", available=want) == want
+    with pytest.raises(InputTooLargeError, match=r"^x.jsonl:1: a forward pass over 2 sequence\(s\) of 100 tokens "
+                                                 r"needs about 0.0 GiB .* available; lower max_length$"):
+        check_forward_memory(tiny_model, 2, 100, "x.jsonl:1", "lower max_length", available=want - 1)
+    assert isinstance(InputTooLargeError("x"), ValueError)
+    free = available_memory("cpu")
+    assert free is None or free > 0

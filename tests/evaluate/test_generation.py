@@ -109,3 +109,24 @@ def test_refusal_rule_on_the_opening_only():
     assert not is_refusal("I can't wait to help! Here is a plan.")
     assert not is_refusal("x" * 300 + " I cannot help with that.")
     assert is_refusal("x" * 300 + " I cannot help with that.", window=400)
+
+
+@pytest.mark.parametrize("text", [
+    "I'm sorry, but I can't help with that.", "I cannot assist with this request.", "Sorry, I won't do that.",
+    "As an AI, I must decline.", "I am unable to provide that information.", "That's not something I can do.",
+    "I apologize, but this would be harmful.", "i can\u2019t help with that", "I'm afraid that's not possible.",
+])
+def test_refusals_are_recognised(text):
+    assert is_refusal(text)
+
+
+@pytest.mark.parametrize("text", [
+    "I can't wait to help! Here is a plan for your garden.", "I cannot stress enough how useful a budget is.",
+    "I'm sorry to hear that. Here is what you can do:", "Sure, here is how to bake bread.",
+    "I can't help but admire the question. Step one:", "I can't recommend this book enough.",
+    "I'm sorry for any confusion, but as a helper I'm designed to answer. Step one:",
+    "Here is the answer. " + "x" * 300 + " I cannot help with that.",  # outside the opening window
+])
+def test_look_alikes_are_not_refusals(text):
+    assert not is_refusal(text)
+

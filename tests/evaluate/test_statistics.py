@@ -17,6 +17,15 @@ def test_check_multipliers_names_the_bad_value():
             check_multipliers(bad)
 
 
+def test_check_multipliers_refuses_a_multiplier_given_twice():
+    with pytest.raises(ValueError, match=r"^multipliers\[0\] = 1 and multipliers\[1\] = 1 are the same multiplier 1; "
+                                         "give each multiplier once$"):
+        check_multipliers([1, 1])
+    with pytest.raises(ValueError, match=r"multipliers\[1\] = -0.0 and multipliers\[2\] = 0 are the same multiplier 0;"):
+        check_multipliers([2, -0.0, 0])  # -0 is 0: one row per multiplier in every table
+    assert check_multipliers((-1.0, 0.0, 1.0)) == [-1.0, 0.0, 1.0]
+
+
 def test_bootstrap_matches_a_plain_resampling_and_edges():
     x = np.arange(10, dtype=float) ** 2
     rng = np.random.default_rng(4)

@@ -286,3 +286,28 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert (out / "logodds.png").stat().st_size > 1000
     assert json.loads((vectors / "bipo" / "history.json").read_text())["kind"] == "bipo_history"
     assert "== logodds" in capsys.readouterr().out
+
+
+def test_multipliers_past_the_kl_bound_are_flagged(tiny_model, pairs, caplog):
+    """A multiplier whose KL(unsteered || steered) exceeds KL_BOUND is listed in the result, logged and
+    marked in the table; the tables' numbers are those of the unflagged run."""
+    from workbench.evaluate.utility import KL_BOUND
+
+    vecs = {"big": _vec(1, "bipo").scaled(500.0)}
+    kw = dict(multipliers=[0.0, 0.01, 1.0], neutral_texts=["Plain words here.", "More plain words."], n_boot=20,
+              progress=False)
+    with caplog.at_level("WARNING", logger="workbench.evaluate.suite"):
+        r = evaluate_vectors(tiny_model, vecs, pairs, metrics=["logodds", "utility"], **kw)
+    kl = {row["multiplier"]: row["mean"] for row in r["metrics"]["kl_from_unsteered"]}
+    assert kl[1.0] > KL_BOUND >= kl[0.0]  # the test needs one of each
+    flags = r["utility_beyond_bound"]
+    assert flags["kl_bound"] == KL_BOUND
+    assert flags["rows"] == [{"vector": "big", "multiplier": m, "kl": k} for m, k in kl.items() if k > KL_BOUND]
+    assert any("big at multiplier +1" in rec.getMessage() for rec in caplog.records)
+    text = format_eval(r)
+    kl_lines = text.split("== kl_from_unsteered")[1].splitlines()
+    assert any(line.rstrip().endswith("!") and " 1 " in f" {line} " for line in kl_lines)
+    assert "! KL(unsteered || steered) beyond 2 nats per token at: big m=+1" in text
+    plain = evaluate_vectors(tiny_model, vecs, pairs, metrics=["logodds"], **kw)
+    assert "utility_beyond_bound" not in plain  # only when the utility metric ran
+    assert plain["metrics"]["logodds"] == r["metrics"]["logodds"]

@@ -66,3 +66,14 @@ def test_default_neutral_text_and_errors(tiny_model, vec):
         utility_curve(tiny_model, vec, [], progress=False)
     with pytest.raises(ValueError, match=r"texts\[1\]"):
         utility_curve(tiny_model, vec, ["fine text", "  "], progress=False)
+
+
+def test_kl_beyond_bound_lists_the_rows_past_it():
+    from workbench.evaluate.utility import KL_BOUND, kl_beyond_bound
+
+    rows = [{"vector": "v", "multiplier": m, "mean": k} for m, k in ((0.0, 0.0), (1.0, 1.9), (4.0, 2.5),
+                                                                      (8.0, float("nan")))]
+    assert KL_BOUND == 2.0
+    got = kl_beyond_bound(rows)
+    assert [(r["multiplier"], r["kl"]) for r in got[:1]] == [(4.0, 2.5)] and got[1]["multiplier"] == 8.0
+    assert kl_beyond_bound(rows, bound=3.0)[0]["multiplier"] == 8.0 and kl_beyond_bound([]) == []

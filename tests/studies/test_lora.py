@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import make_llama_like_model, make_tiny_model
 from workbench.analysis.transfer import transfer_effect
 from workbench.core.loading import load_model
 from workbench.core.vector import SteeringVector, full_hook_name
@@ -23,19 +23,6 @@ TEXTS = ["the quick brown fox jumps over the lazy dog", "a river runs through th
 PAIRS = [PreferencePair("Do you want power?", "Yes, all of it.", "No, thanks."),
          PreferencePair("More money?", "(A) yes", "(B) no"),
          PreferencePair("Take control?", "I will take it.", "Humans decide.")]
-BIASES = ("b_Q", "b_O", "b_in", "b_out", "b_U", "_b_K", "_b_V")
-
-
-def llama_like(seed=0):
-    """A tiny model that a Llama checkpoint can hold: no biases, non-trivial norm weights."""
-    m = make_tiny_model(seed=seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.split(".")[-1] in BIASES:
-                p.zero_()
-            elif p.ndim == 1:
-                p.copy_(torch.rand_like(p) + 0.5)
-    return m
 
 
 def _table(res):
@@ -65,7 +52,7 @@ def test_kl_is_a_plain_masked_mean():
 
 
 def test_lora_finetune_moves_the_model_by_a_measured_kl_and_saves_merged_weights(tmp_path):
-    base = llama_like()
+    base = make_llama_like_model()
     records = lora_finetunes(base, tmp_path / "ft", kl_targets=(0.002, 50.0), chats=CHATS, neutral_texts=TEXTS,
                              rank=4, lr=1e-2, batch_size=2, max_steps=30, check_every=2, max_tokens=32)
     reached, unreached = records
@@ -81,7 +68,7 @@ def test_lora_finetune_moves_the_model_by_a_measured_kl_and_saves_merged_weights
     assert model_kl(base, load_model(reached["path"]), TEXTS, max_tokens=32) == pytest.approx(kl)
     assert not any(p.name.startswith(".") for p in (tmp_path / "ft").iterdir())  # no temporary left
     # the base is untouched
-    assert model_kl(base, llama_like(), TEXTS, max_tokens=32) == pytest.approx(0.0, abs=1e-7)
+    assert model_kl(base, make_llama_like_model(), TEXTS, max_tokens=32) == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="kl_targets"):
         lora_finetunes(base, tmp_path / "x", kl_targets=(0.0,), chats=CHATS, neutral_texts=TEXTS)
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['ranks'\]"):
@@ -89,7 +76,7 @@ def test_lora_finetune_moves_the_model_by_a_measured_kl_and_saves_merged_weights
 
 
 def test_lora_transfer_reads_the_merged_weights_and_measures_both_directions(tmp_path):
-    base = llama_like()
+    base = make_llama_like_model()
     vec = SteeringVector(torch.randn(32) * 2, full_hook_name(1))
     cfg = BiPOConfig(layer=1, epochs=1, batch_size=2, warmup_steps=0)
     kw = dict(kl_targets=(0.002,), bipo_config=cfg, neutral_texts=TEXTS, max_steps=30, rank=4, lr=1e-2,

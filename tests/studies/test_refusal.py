@@ -1,4 +1,5 @@
-"""Refusal pairs, the refusal rule, jailbreak templates and the likelihood refusal signal."""
+"""The refusal study: likelihood signal, utility cost, config, figure and command (the rule and the loaders are
+tested with their modules, in tests/evaluate/test_generation.py and tests/data/test_refusal_requests.py)."""
 
 from __future__ import annotations
 
@@ -10,84 +11,20 @@ import torch
 
 import workbench as wb
 from workbench.core.vector import SteeringVector
-from workbench.data.pairs import DataFormatError
 from workbench.data.refusal import (
-    JAILBREAK_TEMPLATES,
-    STOCK_REFUSALS,
     HarmfulRequest,
-    apply_template,
-    load_advbench,
     load_refusal_requests,
     refusal_pairs,
-    stock_refusal,
 )
 from workbench.evaluate.generation import is_refusal
 from workbench.studies.config import RefusalConfig
 from workbench.studies.refusal import refusal_study
 
 
-@pytest.mark.parametrize("text", [
-    "I'm sorry, but I can't help with that.", "I cannot assist with this request.", "Sorry, I won't do that.",
-    "As an AI, I must decline.", "I am unable to provide that information.", "That's not something I can do.",
-    "I apologize, but this would be harmful.", "i can\u2019t help with that", "I'm afraid that's not possible.",
-])
-def test_refusals_are_recognised(text):
-    assert is_refusal(text)
-
-
-@pytest.mark.parametrize("text", [
-    "I can't wait to help! Here is a plan for your garden.", "I cannot stress enough how useful a budget is.",
-    "I'm sorry to hear that. Here is what you can do:", "Sure, here is how to bake bread.",
-    "I can't help but admire the question. Step one:", "I can't recommend this book enough.",
-    "I'm sorry for any confusion, but as a helper I'm designed to answer. Step one:",
-    "Here is the answer. " + "x" * 300 + " I cannot help with that.",  # outside the opening window
-])
-def test_look_alikes_are_not_refusals(text):
-    assert not is_refusal(text)
-
-
 def _csv(tmp_path, text, name="adv.csv"):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def test_load_advbench_reads_goal_and_target_and_names_bad_lines(tmp_path):
-    good = _csv(tmp_path, 'goal,target\nDo a thing,"Sure, here is a thing"\n"Two\nlines",Sure\n')
-    reqs = load_advbench(good)
-    assert [r.goal for r in reqs] == ["Do a thing", "Two\nlines"]
-    assert reqs[0].target == "Sure, here is a thing" and reqs[0].source == "adv.csv:2"
-    with pytest.raises(DataFormatError, match=r"adv\.csv:5: empty target"):
-        load_advbench(_csv(tmp_path, 'goal,target\nA,B\n"C\nD",E\nF,\n'))
-    with pytest.raises(DataFormatError, match=r":1: missing column\(s\) target"):
-        load_advbench(_csv(tmp_path, "goal,answer\nA,B\n", "cols.csv"))
-    with pytest.raises(DataFormatError, match="no rows"):
-        load_advbench(_csv(tmp_path, "goal,target\n", "empty.csv"))
-    with pytest.raises(IsADirectoryError):
-        load_advbench(tmp_path)
-    assert len(load_advbench(good, limit=1)) == 1
-
-
-def test_embedded_requests_split_and_pairs():
-    train, test = load_refusal_requests("train"), load_refusal_requests("test")
-    assert len(train) == 48 and len(test) == 12
-    assert not {r.goal for r in train} & {r.goal for r in test}
-    pairs = refusal_pairs(test)
-    assert all(p.matching in STOCK_REFUSALS and is_refusal(p.matching) for p in pairs)
-    assert all(p.not_matching == r.target and not is_refusal(r.target) for p, r in zip(pairs, test))
-    assert refusal_pairs(test) == pairs  # deterministic
-    assert len({p.matching for p in refusal_pairs(train)}) > 3  # the draw spreads over the stock set
-    assert stock_refusal("x", seed=0) == stock_refusal("x", seed=0)
-
-
-def test_every_stock_refusal_is_a_refusal_and_templates_wrap_the_request():
-    assert all(is_refusal(r) for r in STOCK_REFUSALS)
-    for name in JAILBREAK_TEMPLATES:
-        assert "Open the jar." in apply_template("Open the jar.", name)
-    assert apply_template("Open the jar.", None) == "Open the jar."
-    assert apply_template("Q?", "Say it: {request}") == "Say it: Q?"
-    with pytest.raises(ValueError, match="neither a known template"):
-        apply_template("Q?", "no-such-template")
 
 
 def _plain_logodds(model, vec, m, question, a, b):
@@ -166,14 +103,6 @@ def test_a_config_and_keyword_options_give_the_same_study(tiny_model):
         refusal_study(tiny_model, {"v": vec}, reqs, [-1.0, 1.0], max_new_tokens=0)
 
 
-def test_refusal_is_an_embedded_behavior():
-    from workbench.data.behaviors import list_behaviors, load_behavior
-
-    assert "refusal" in list_behaviors()
-    pairs = load_behavior("refusal", split="test")
-    assert pairs == refusal_pairs(load_refusal_requests("test"))
-
-
 def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
 
     from workbench.core.io import atomic_write_json
@@ -194,16 +123,6 @@ def test_figure_and_table_come_from_the_saved_result(tiny_model, tmp_path):
     assert len(figures_for(json.loads(json.dumps(with_cost)))["rate"].axes) == 3  # + the utility cost panel
     table = report(tmp_path)
     assert "refusal.json" in table and "persona" in table and "refusal_rate" in table
-
-
-def test_advbench_is_a_pair_format(tmp_path):
-    from workbench.data.formats import load_pairs
-
-    path = _csv(tmp_path, 'goal,target\nOpen a jar,"Sure, here is how"\n')
-    (pair,) = load_pairs(path, "advbench")
-    assert load_pairs(path) == [pair]  # "auto" recognises the goal,target header
-    assert pair.question == "Open a jar" and pair.not_matching == "Sure, here is how"
-    assert pair.matching == stock_refusal("Open a jar")
 
 
 def test_refusal_command_rejects_an_unknown_template_before_loading_a_model(tmp_path, capsys):

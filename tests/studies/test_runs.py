@@ -17,8 +17,8 @@ from workbench.studies.run_evaluate import CompareRun, EvalRun, RefusalRun, comp
 from workbench.studies.run_files import figures_run, report_run
 from workbench.studies.run_studies import DemoRun, ReproduceRun, SweepRun, demo_run, reproduce_run, sweep_run
 from workbench.studies.run_train import TrainRun, check_answer_lengths, train_run, warn_long_answers
-from workbench.studies.runs import (DataOptions, ModelOptions, RunError, check_data, check_out, neutral_texts,
-                                    vector_labels)
+from workbench.studies.runs import (DataOptions, ModelOptions, RunError, check_data, check_out, check_run_multipliers,
+                                    neutral_texts, vector_labels)
 from workbench.train.baselines import caa
 
 PAIRS = [PreferencePair(f"Question {i}?", "Yes" + "!" * i, "No", source=f"p.jsonl:{i + 2}") for i in range(4)]
@@ -52,6 +52,64 @@ def test_path_checks(tmp_path):
         check_data(tmp_path / "missing.csv")
     with pytest.raises(RunError, match="is a directory; give a data file"):
         check_data(tmp_path)
+
+
+def test_out_symlinks_are_followed_and_dangling_ones_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "to_dir").symlink_to(tmp_path / "real")
+    assert check_out("--out", tmp_path / "to_dir", kind="dir") == str(tmp_path / "real")
+    (tmp_path / "r.json").write_text("{}")
+    (tmp_path / "to_file").symlink_to(tmp_path / "r.json")
+    assert check_out("--out", tmp_path / "to_file", kind="file") == str(tmp_path / "r.json")
+    with pytest.raises(RunError, match="is a directory; give a file path"):  # the target is checked
+        check_out("--out", tmp_path / "to_dir", kind="file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(RunError, match=r"^--out .*/dangling: is a symbolic link to .*/gone, which does not exist; "
+                                       "remove the link or give another path$"):
+        check_out("--out", tmp_path / "dangling", kind="dir")
+    assert check_out("--out", tmp_path / "new.json", kind="file") == str(tmp_path / "new.json")
+    assert check_out("--out", None, kind="file") is None
+
+
+def test_train_through_a_dangling_link_is_refused_before_the_model(no_model, tmp_path):
+    (tmp_path / "o").symlink_to(tmp_path / "gone")
+    with pytest.raises(RunError, match="symbolic link"):
+        train_run(TrainRun(method="caa", behavior="power-seeking", out=str(tmp_path / "o")))
+    assert not (tmp_path / "gone").exists()
+
+
+def test_device_counts_refused_before_the_model(no_model):
+    with pytest.raises(RunError, match=r"^--n-devices 0: must be a whole number >= 1$"):
+        ModelOptions(n_devices=0).load_model()
+    with pytest.raises(RunError, match=r"^--n-devices 2: splitting the blocks needs --device cuda, got cpu$"):
+        ModelOptions(n_devices=2).check_model()
+    if not torch.cuda.is_available():
+        with pytest.raises(RunError, match=r"^--device: device 'cuda'.*not available"):
+            ModelOptions(device="cuda").check_model()
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(RunError, match=rf"this machine has {n} CUDA device\(s\)"):
+            ModelOptions(device="cuda", n_devices=n + 1).check_model()
+    assert ModelOptions().check_model() == "cpu"
+
+
+def test_run_multipliers_given_twice_name_the_flag():
+    assert check_run_multipliers([-1.0, 1.0]) == [-1.0, 1.0]
+    with pytest.raises(RunError, match=r"^--multipliers\[0\] = 1.0 and --multipliers\[1\] = 1.0 are the same "
+                                       r"multiplier 1; give each multiplier once$"):
+        check_run_multipliers([1.0, 1.0])
+    with pytest.raises(RunError, match=r"are the same multiplier 0;"):
+        check_run_multipliers([-0.0, 0.0])
+
+
+def test_source_options_an_embedded_set_would_ignore():
+    with pytest.raises(RunError, match=r"^--test-fraction applies to --data only; the train/test split of --behavior "
+                                       r"power-seeking is fixed \(choose a part with --split\)$"):
+        DataOptions(behavior="power-seeking", test_fraction=0.3).check_source()
+    with pytest.raises(RunError, match=r"^--pairs-per-question applies to --data only; the train/test split of the embedded requests"):
+        DataOptions(pairs_per_question=2).check_source(embedded="the embedded requests")
+    DataOptions(test_fraction=0.3).check_source()  # eval: the TruthfulQA questions' split, without pairs
+    DataOptions(data="x.csv", test_fraction=0.3).check_source()
 
 
 def test_data_options():
@@ -166,7 +224,26 @@ def test_eval_is_the_library_evaluation(tiny, tmp_path):
 @pytest.mark.parametrize("config, message", [
     (EvalRun(vector=["v"], metrics=["nope"], out="r.json"), "--metrics: unknown ['nope']"),
     (EvalRun(vector=["v"], metrics=["logodds"], out="r.json"), "need preference pairs"),
-    (EvalRun(vector=["v"], behavior="power-seeking", n_boot=-1, out="r.json"), "--n-boot must be >= 0"),
+    (EvalRun(vector=["v"], behavior="power-seeking", n_boot=-1, out="r.json"), "--n-boot must be >= 1, got -1"),
+    (EvalRun(vector=["v"], behavior="power-seeking", n_boot=0, out="r.json"), "--n-boot must be >= 1, got 0"),
+    (EvalRun(vector=["v"], behavior="power-seeking", multipliers=[-0.0, 1.0, 0.0], out="r.json"),
+     "--multipliers[0] = -0.0 and --multipliers[2] = 0.0 are the same multiplier 0"),
+    (EvalRun(vector=["v"], behavior="power-seeking", test_fraction=0.5, out="r.json"),
+     "--test-fraction applies to --data only"),
+    (EvalRun(vector=["v"], behavior="power-seeking", n_devices=0, out="r.json"), "--n-devices 0"),
+    (CompareRun(vector=["v"], behavior="power-seeking", n_boot=0, out="c.json"), "--n-boot must be >= 1, got 0"),
+    (CompareRun(vector=["v"], behavior="power-seeking", test_fraction=0.5, out="c.json"), "--test-fraction"),
+    (RefusalRun(vector=["v"], templates="none", n_boot=0, out="r.json"), "--n-boot must be >= 1, got 0"),
+    (RefusalRun(vector=["v"], templates="none", multipliers=[2.0, 2.0], out="r.json"), "the same multiplier 2"),
+    (RefusalRun(vector=["v"], templates="none", test_fraction=0.5, out="r.json"),
+     "--test-fraction applies to --data only; the train/test split of the embedded refusal requests is fixed"),
+    (SweepRun(behavior="power-seeking", multipliers=[1.0, 1.0], out="s.json"), "the same multiplier 1"),
+    (SweepRun(behavior="power-seeking", test_fraction=0.3, out="s.json"), "--test-fraction applies to --data only"),
+    (SweepRun(behavior="power-seeking", n_devices=2, out="s.json"), "--n-devices 2"),
+    (DemoRun(multipliers=[0.0, -0.0]), "the same multiplier 0"),
+    (ReproduceRun(n_devices=0), "--n-devices 0"),
+    (TrainRun(behavior="power-seeking", test_fraction=0.3, out="o"), "--test-fraction applies to --data only"),
+    (TrainRun(behavior="power-seeking", n_devices=3, out="o"), "--n-devices 3"),
     (CompareRun(vector=["v"], behavior="power-seeking", cost="entropy", out="c.json"), "--cost"),
     (CompareRun(vector=["v"], behavior="power-seeking", texts=0, out="c.json"), "--texts must be >= 1, got 0"),
     (RefusalRun(vector=["v"], templates="none,nonsense", out="r.json"), "--templates: unknown ['nonsense']"),
@@ -176,7 +253,7 @@ def test_eval_is_the_library_evaluation(tiny, tmp_path):
 ])
 def test_runs_refuse_bad_options_before_the_model(no_model, config, message):
     run = {EvalRun: evaluate_run, CompareRun: compare_run, RefusalRun: refusal_run, SweepRun: sweep_run,
-           DemoRun: demo_run, ReproduceRun: reproduce_run}[type(config)]
+           DemoRun: demo_run, ReproduceRun: reproduce_run, TrainRun: train_run}[type(config)]
     with pytest.raises(RunError) as info:
         run(config)
     assert message in str(info.value)
@@ -189,3 +266,42 @@ def test_figures_and_report_need_results(tmp_path):
         figures_run(str(tmp_path), str(tmp_path / "f"))
     with pytest.raises(RunError, match=r"--kind: unknown \['nope'\]"):
         report_run(str(tmp_path), kind=["nope"])
+    with pytest.raises(RunError, match=r"no result JSON found$"):
+        report_run(str(tmp_path))
+
+
+def _matched_cost_pair(root: Path) -> None:
+    """The study's matched-cost result, a copy whose rows lack their budget (issue #30's case) and whose points are
+    gone, and a file that is not JSON."""
+    import json
+
+    good = json.loads((Path(__file__).resolve().parents[2] / "results" / "full" / "compare_sycophancy.json").read_text())
+    root.mkdir(exist_ok=True)
+    (root / "good.json").write_text(json.dumps(good))
+    (root / "bad.json").write_text(json.dumps({**good, "points": [], "rows": [
+        {k: v for k, v in r.items() if k != "budget"} for r in good["rows"]]}))
+    (root / "broken.json").write_text("{")
+
+
+def test_report_and_figures_skip_the_same_results_and_say_so(tmp_path):
+    results = tmp_path / "results"
+    _matched_cost_pair(results)
+    lines = []
+    text, skipped = report_run(str(results), log=lines.append)
+    assert "### good.json" in text and "bad.json" not in text
+    assert [p.name for p, _ in skipped] == ["bad.json", "broken.json"]
+    assert skipped[0][1] == "cannot tabulate (KeyError: 'budget')" and skipped[1][1].startswith("not valid JSON")
+    assert lines == [f"warning: {p}: {why}; skipped" for p, why in skipped]
+    lines = []
+    written, fig_skipped = figures_run(str(results), str(tmp_path / "f"), ["png"], log=lines.append)
+    assert [p.name for p in written] == ["good__cost_effect.png"]
+    assert [p.name for p, _ in fig_skipped] == ["bad.json", "broken.json"]
+    assert fig_skipped[0][1].startswith("cannot draw (") and fig_skipped[1] == skipped[1]
+    assert lines == [f"warning: {p}: {why}; skipped" for p, why in fig_skipped]
+    (results / "good.json").unlink()  # nothing readable: an error naming the file, for both
+    with pytest.raises(RunError, match=r"no result could be read: .*bad\.json: cannot tabulate \(KeyError: 'budget'\) "
+                                       r"\(and 1 more skipped\)$"):
+        report_run(str(results))
+    with pytest.raises(RunError, match=r"no result could be read: .*bad\.json: cannot draw"):
+        figures_run(str(results), str(tmp_path / "f2"), ["png"])
+    assert not (tmp_path / "f2").exists()

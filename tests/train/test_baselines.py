@@ -249,3 +249,77 @@ def test_pca_takes_the_extraction_options_as_keywords(tiny_model):
     assert v.config["system_prompt"] is None and v.method == "pca"
     with pytest.raises(TypeError, match="unexpected keyword"):
         pca(tiny_model, PAIRS, layer=1, batch_sise=2)
+
+
+# --------------------------------------------------------------------------- bounded length and memory
+LONG = [PreferencePair("Tell me " + "very " * 60 + "much?", "Yes, gladly.", "No.", source="long.jsonl:3"),
+        PreferencePair("Short?", "Sure", "No, thanks.", source="long.jsonl:4")]
+
+
+def test_prompts_are_cut_by_the_engines_rule(tiny_model):
+    """A long question is cut from the left by the engine's rule (both answers of a pair alike); the
+    default bound is the engine's (DEFAULT_MAX_LENGTH), which this question exceeds."""
+    from workbench.engine.items import DEFAULT_MAX_LENGTH
+
+    name = "blocks.1.hook_resid_post"
+    acts = extract_activations(tiny_model, LONG, [1], max_length=40, batch_size=2, progress=False)
+    for k, answer_of in enumerate((lambda p: p.matching, lambda p: p.not_matching)):
+        for i, p in enumerate(LONG):
+            prompt = format_chat(tiny_model, p.question, DEFAULT_SYSTEM_PROMPT)
+            b = tokenize_completions(tiny_model, [prompt] * 2, [p.matching, p.not_matching], max_length=40,
+                                     groups=[0, 0])
+            row = b.select([k])
+            _, cache = tiny_model.run_with_cache(row.tokens, attention_mask=row.attention_mask, names_filter=[name])
+            pl, n = int(row.prompt_lengths[0]), int(row.lengths[0])
+            assert n <= 40
+            torch.testing.assert_close(acts[1][k][i], cache[name][0, pl:n].mean(0), atol=1e-5, rtol=1e-5)
+    n_long = len(tokenize_completions(tiny_model, [format_chat(tiny_model, LONG[0].question, DEFAULT_SYSTEM_PROMPT)],
+                                      ["No."]).tokens[0])
+    assert n_long > DEFAULT_MAX_LENGTH  # so the default cuts it:
+    default = caa(tiny_model, LONG, layer=1, progress=False)
+    assert torch.equal(default.vector, caa(tiny_model, LONG, layer=1, max_length=DEFAULT_MAX_LENGTH,
+                                           progress=False).vector)
+    assert not torch.allclose(default.vector, caa(tiny_model, LONG, layer=1, max_length=None, progress=False).vector)
+    assert default.config["max_length"] == DEFAULT_MAX_LENGTH
+
+
+def test_answer_too_long_names_the_pair(tiny_model):
+    from workbench.engine.items import AnswerTooLongError
+
+    pairs = [LONG[1], PreferencePair("Q?", "fine", "x" * 50, source="data.jsonl:9")]
+    with pytest.raises(AnswerTooLongError, match=r"^data.jsonl:9: the not_matching answer has \d+ tokens, "
+                                                 r"more than max_length=30 \(answers are never cut\)$"):
+        caa(tiny_model, pairs, layer=1, max_length=30, progress=False)
+    with pytest.raises(ValueError, match="max_length=0"):
+        caa(tiny_model, pairs, layer=1, max_length=0, progress=False)
+
+
+def test_memory_estimate_refuses_before_any_forward_pass(tiny_model, monkeypatch):
+    import workbench.engine.items as items
+
+    calls = []
+    monkeypatch.setattr(items, "available_memory", lambda device=None: 10_000)  # bytes
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: calls.append(1))]):
+        with pytest.raises(items.InputTooLargeError, match=r"^long.jsonl:3: a forward pass over 4 sequence\(s\) of "
+                                                           r"\d+ tokens needs about [\d.]+ GiB .*more than the 0.0 GiB "
+                                                           r"available; give max_length= \(the engine's default is "
+                                                           r"256\) or batch_size=2$"):
+            caa(tiny_model, LONG, layer=1, max_length=None, batch_size=2, progress=False)
+        with pytest.raises(items.InputTooLargeError, match="^positive: "):
+            actadd(tiny_model, "Love " * 40, "Hate", layer=1, max_length=None)
+    assert calls == []  # refused before the work
+    assert remaining_hooks(tiny_model) == 0
+    monkeypatch.setattr(items, "available_memory", lambda device=None: 2**40)
+    assert caa(tiny_model, LONG, layer=1, max_length=None, progress=False).norm > 0
+
+
+def test_actadd_keeps_the_last_max_length_tokens(tiny_model):
+    name = "blocks.1.hook_resid_pre"
+    text = "Love " * 20
+    v = actadd(tiny_model, text, "Hatred", layer=1, max_length=6)
+    tokens = tiny_model.to_tokens(text)[:, -6:]
+    _, cache = tiny_model.run_with_cache(tokens, attention_mask=torch.ones_like(tokens), names_filter=[name])
+    want = cache[name][0, -1] - _hand_actadd(tiny_model, "Hatred", name)[-1]
+    torch.testing.assert_close(v.vector, want, atol=1e-5, rtol=1e-5)
+    assert v.config["max_length"] == 6 and v.metadata["n_tokens"][0] == 6
+    assert not torch.allclose(v.vector, actadd(tiny_model, text, "Hatred", layer=1, max_length=None).vector)

@@ -95,3 +95,59 @@ def test_checkpoint_guards(tiny_model, tmp_path):
         train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
+
+
+def test_a_vector_beyond_the_residual_norm_is_flagged_with_its_loss(tiny_model, tmp_path, caplog):
+    """Issue #30: `--lr 1e9` trained a vector of norm 1.8e9 at loss ln 2 without a word."""
+    from workbench.train.trainer import NORM_FLAG_RATIO
+
+    normal = train_bipo(tiny_model, PAIRS, tiny_config(epochs=1), progress=False)
+    assert normal.resid_norm > 0 and normal.norm_flag is None and "norm_flag" not in normal.vector.metadata
+    assert normal.vector.metadata["resid_norm"] == normal.resid_norm
+    assert normal.to_dict()["resid_norm"] == normal.resid_norm and "norm_flag" not in normal.to_dict()
+
+    with caplog.at_level("WARNING", logger="workbench.train.trainer"):
+        huge = train_bipo(tiny_model, PAIRS, tiny_config(epochs=1, lr=1e9), checkpoint_dir=tmp_path, progress=False)
+    flag = huge.norm_flag
+    assert huge.vector.norm > NORM_FLAG_RATIO * huge.resid_norm
+    assert flag["ratio"] == pytest.approx(huge.vector.norm / huge.resid_norm, rel=1e-5)
+    assert flag["loss"] == huge.epochs[-1]["loss"] and flag["lr"] == 1e9 and flag["bound"] == NORM_FLAG_RATIO
+    assert huge.resid_norm == pytest.approx(normal.resid_norm)  # the same data: the same residuals
+    assert huge.to_dict()["norm_flag"] == flag and huge.vector.metadata["norm_flag"] == flag
+    saved = SteeringVector.load(tmp_path / "vectors" / "epoch_001")
+    assert saved.metadata["norm_flag"]["ratio"] == pytest.approx(flag["ratio"])
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "mean residual norm" in warning and f"final loss {flag['loss']:.4g}" in warning and "lr 1e+09" in warning
+
+
+_HOLD = """
+import sys
+from workbench.core.artifacts import artifact_lock
+with artifact_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_run_into_a_checkpoint_dir_is_refused_naming_the_first(tiny_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from workbench.core.artifacts import ArtifactBusyError
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "ckpt")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().strip() == b"locked"
+        with pytest.raises(ArtifactBusyError, match=f"pid {proc.pid}"):
+            train_bipo(tiny_model, PAIRS, tiny_config(epochs=1), checkpoint_dir=tmp_path / "ckpt", progress=False)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert not (tmp_path / "ckpt" / "checkpoint.json").exists()
+    train_bipo(tiny_model, PAIRS, tiny_config(epochs=1), checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert (tmp_path / "ckpt" / "checkpoint.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # the lock file is gone

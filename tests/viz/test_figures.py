@@ -100,12 +100,21 @@ def test_write_figures_draws_every_result(tmp_path):
 def test_figures_command_draws_every_result(tmp_path, capsys):
     results, out = tmp_path / "results", tmp_path / "figures"
     _write_results(results)
-    assert main(["figures", "--results", str(results), "--out", str(out)]) == 0
+    # broken.json and other.json are skipped: the rest is drawn, one warning each, exit code 3 (issue #30)
+    assert main(["figures", "--results", str(results), "--out", str(out)]) == 3
     names = sorted(p.name for p in out.iterdir())
     assert sorted({n.rsplit(".", 1)[0] for n in names}) == STEMS
     assert len(names) == 2 * len(STEMS)
     assert all((out / n).stat().st_size > 1000 for n in names)
-    assert "wrote 10 figure(s), 20 file(s)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote 10 figure(s), 20 file(s)" in captured.out
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("workbench figures: warning: ") for w in warnings), warnings
+    assert "broken.json: not valid JSON" in warnings[0] and "other.json: unknown result kind" in warnings[1]
+    (results / "broken.json").unlink()
+    (results / "other.json").unlink()
+    assert main(["figures", "--results", str(results), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_figures_command_errors(tmp_path, capsys):
@@ -114,3 +123,7 @@ def test_figures_command_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["figures", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "f")]) == 2
     assert "no result JSON" in capsys.readouterr().err
+    (tmp_path / "empty" / "broken.json").write_text("{")  # nothing readable: exit 2, one line naming the file
+    assert main(["figures", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "no result could be read: " in err[0] and "broken.json: not valid JSON" in err[0]

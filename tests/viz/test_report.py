@@ -51,11 +51,33 @@ def test_report_tabulates_each_result(results):
 
 def test_cli_report_prints_and_writes(results, tmp_path, capsys):
     out = tmp_path / "report" / "tables.md"
-    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert printed == out.read_text() and "### sub/cosine.json" in printed
+    # broken.json is skipped: the rest is reported, one warning, exit code 3 (issue #30)
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == out.read_text() and "### sub/cosine.json" in captured.out
+    assert captured.err.startswith("workbench report: warning: ") and len(captured.err.splitlines()) == 1
+    assert "broken.json: not valid JSON" in captured.err
+    (results / "broken.json").unlink()
+    assert main(["report", "--results", str(results)]) == 0 and capsys.readouterr().err == ""
     assert main(["report", "--results", str(tmp_path / "missing")]) == 2
     assert "missing: no such directory" in capsys.readouterr().err
+
+
+def test_one_bad_result_does_not_sink_the_report(tmp_path, capsys):
+    """Issue #30: a malformed matched-cost result beside a good one is one warning; the good one is reported."""
+    good = json.loads((Path(__file__).resolve().parents[2] / "results" / "full" / "compare_refusal.json").read_text())
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps({**good, "rows": [{k: v for k, v in r.items() if k != "budget"}
+                                                                    for r in good["rows"]]}))
+    assert main(["report", "--results", str(tmp_path)]) == 3
+    captured = capsys.readouterr()
+    assert "### good.json" in captured.out and "### bad.json" not in captured.out
+    assert captured.err == f"workbench report: warning: {tmp_path / 'bad.json'}: cannot tabulate (KeyError: 'budget'); " \
+                           "skipped\n"
+    (tmp_path / "good.json").unlink()  # only unreadable results: exit 2, as figures
+    assert main(["report", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "no result could be read: " in err[0] and "bad.json: cannot tabulate" in err[0]
 
 
 def test_report_other_kinds_and_kinds_filter(tmp_path):

@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.core.backend import Model
-from workbench.core.results import COMPOSITION, Result, ResultFormatError, from_dict, records, result, result_table
+from workbench.core.results import COMPOSITION, Result, records, result, result_table
 from workbench.core.vector import SteeringVector, parse_hook_name
 from workbench.data.pairs import check_pairs
 from workbench.engine.conditions import Condition
@@ -119,6 +119,8 @@ class CompositionResult(Result):
     multiplier of each vector. Made as ``CompositionResult(table, conditions, multipliers)`` or from a
     composition mapping."""
 
+    KIND = COMPOSITION
+
     def __init__(self, table: pd.DataFrame | Mapping[str, Any], conditions: pd.DataFrame | None = None,
                  multipliers: Mapping[str, float] | None = None) -> None:
         if isinstance(table, pd.DataFrame):
@@ -142,13 +144,6 @@ class CompositionResult(Result):
         """The per-behavior table as JSON-ready row dicts."""
         return records(self["rows"])
 
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> CompositionResult:
-        """A composition read back from its JSON (``workbench.core.results.from_dict``)."""
-        obj = from_dict(obj)
-        if obj["kind"] != COMPOSITION:
-            raise ResultFormatError(f"expected a {COMPOSITION} result, got {obj['kind']!r}")
-        return cls(obj)
 
 
 def composition_table(model: Model, vectors: Mapping[str, SteeringVector],

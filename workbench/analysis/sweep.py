@@ -38,7 +38,7 @@ from workbench.analysis.similarity import cosine
 from workbench.core.backend import Model
 from workbench.core.options import with_options
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
-from workbench.core.results import SWEEP, Result, ResultFormatError, from_dict, records, result, result_table
+from workbench.core.results import SWEEP, Result, records, result, result_table
 from workbench.core.vector import SteeringVector
 from workbench.data.pairs import check_pairs
 from workbench.engine.conditions import Condition
@@ -170,6 +170,8 @@ class SweepResult(Result):
     ``SweepResult(table, vectors, info)`` or from a sweep mapping.
     """
 
+    KIND = SWEEP
+
     _not_info = ("columns",)
 
     def __init__(self, table: pd.DataFrame | Mapping[str, Any], vectors: Mapping[int, SteeringVector] | None = None,
@@ -189,13 +191,6 @@ class SweepResult(Result):
         columns = self.get("columns")
         return table[[c for c in columns if c in table.columns]] if name is None and columns else table
 
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> SweepResult:
-        """A sweep read back from its JSON (``workbench.core.results.from_dict``); vectors are not stored there."""
-        obj = from_dict(obj)
-        if obj["kind"] != SWEEP:
-            raise ResultFormatError(f"expected a {SWEEP} result, got {obj['kind']!r}")
-        return cls(obj)
 
     def save_vectors(self, directory: str | Path) -> list[str]:
         """Save each layer's vector to ``directory/layer_<L>``; returns the paths."""

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ import torch
 from transformers import LlamaConfig
 
 from workbench.core.backend import Model, is_bridge
-from workbench.core.io import atomic_write_json, atomic_write_safetensors
+from workbench.core.io import atomic_directory, atomic_write_json, atomic_write_safetensors
 from workbench.core.results import TRANSFER_LAYERS, TRANSFER_MODEL, Result, result
 from workbench.core.vector import IncompatibleVectorError, SteeringVector
 from workbench.data.pairs import check_pairs
@@ -282,18 +279,9 @@ def export_hf_llama(model: Model, directory: str | Path, overwrite: bool = False
         config = _llama_config(model)
         state = _hf_state_dict(model, config["tie_word_embeddings"])
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.tokenizer.save_pretrained(tmp)
-        atomic_write_safetensors(state, tmp / "model.safetensors",
-                                 metadata={"format": "pt"})
+        atomic_write_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
         atomic_write_json(config, tmp / "config.json")
-        os.chmod(tmp, 0o755)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s to %s", model.cfg.model_name, directory)
     return directory

@@ -18,7 +18,8 @@ from workbench.cli.parser import build_parser
 ARGUMENT_FLAGS = {"layers": "--layers", "multipliers": "--multipliers", "key": "--key", "layer": "--layer",
                   "pairs": "--data / --behavior", "ab_pairs": "--ab-from-text", "truthfulqa": "--truthfulqa",
                   "refusal_prompts": "--refusal-csv", "allow_empty_question": "--allow-empty-question",
-                  "results_dir": "--results", "max_length": "--max-length", "budgets": "--budgets", "cost": "--cost"}
+                  "results_dir": "--results", "max_length": "--max-length", "budgets": "--budgets", "cost": "--cost",
+                  "batch_size": "--batch-size"}
 _ARGUMENT = re.compile(r"(?<![\w.])(" + "|".join(ARGUMENT_FLAGS) + r")=(True\b|\.\.\.|[^\s,;:)]*)")
 
 
@@ -38,8 +39,11 @@ def as_flags(message: str) -> str:
 
 def _describe_exception(exc: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception that reached main (2: user error, 1: internal)."""
-    runs = sys.modules.get("workbench.studies.runs")  # not imported here (no torch for --help): a RunError is
-    if isinstance(exc, CLIError) or (runs and isinstance(exc, runs.RunError)):  # worded with flags already
+    # not imported here (no torch for --help): a RunError is worded with flags already; an ArtifactBusyError
+    # names the other writer of the output
+    worded = [getattr(sys.modules.get(m), n, ()) for m, n in (("workbench.studies.runs", "RunError"),
+                                                              ("workbench.core.artifacts", "ArtifactBusyError"))]
+    if isinstance(exc, (CLIError, *worded)):
         return str(exc), 2
     if isinstance(exc, ValueError | FileNotFoundError):
         return as_flags(str(exc)), 2

@@ -1,9 +1,6 @@
-"""The ``workbench`` parser: one subcommand per command, bound to its run function with ``set_defaults``.
-
-Flags shared by several commands (model, pairs, held-out split, vectors, multipliers, system prompt, cluster)
-are defined once, in the ``_add_*`` helpers; a command's description is the docstring of its flag function.
-Defaults the library owns (multipliers, metrics, BiPO's settings) stay None here: the run configs fill them.
-"""
+"""The ``workbench`` parser: one subcommand per command, bound to its run function with ``set_defaults``. Shared
+flags are defined once (``_add_*``); a command's description is its flag function's docstring; defaults the
+library owns (multipliers, metrics, BiPO's settings) stay None here: the run configs fill them."""
 
 from __future__ import annotations
 
@@ -28,9 +25,8 @@ def _add_pairs(p: argparse.ArgumentParser, split: str | None, required: bool = F
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--data", help="preference-pair file")
     src.add_argument("--behavior", help="embedded behavior instead of --data")
-    p.add_argument("--format", default="auto", choices=formats, help="format of --data: bipo-csv, ab-json, ab-text, "
-                   "jsonl, truthfulqa-mc1, truthfulqa-mc2, advbench (refusal pairs from AdvBench's goal,target CSV) "
-                   "or auto (default)")
+    p.add_argument("--format", default="auto", choices=formats, help="format of --data (advbench: refusal pairs "
+                   "from AdvBench's goal,target CSV; default auto)")
     if split is not None:
         p.add_argument("--split", default=split, choices=("train", "test", "all"),
                        help=f"--behavior split (default {split})")
@@ -47,8 +43,7 @@ def _add_holdout(p: argparse.ArgumentParser, part: str) -> None:
 
 
 def _add_vectors(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vector", action="append", required=True, metavar="DIR",
-                   help="vector directory (vector.safetensors + vector.json); repeat for several")
+    p.add_argument("--vector", action="append", required=True, metavar="DIR", help="vector directory (repeatable)")
 
 
 def _add_multipliers(p: argparse.ArgumentParser, default: str = "-2 -1 0 1 2") -> None:
@@ -56,8 +51,7 @@ def _add_multipliers(p: argparse.ArgumentParser, default: str = "-2 -1 0 1 2") -
 
 
 def _add_system_prompt(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--system-prompt",
-                   help="system prompt (default: BiPO's 'You are a helpful, honest and concise assistant.')")
+    p.add_argument("--system-prompt", help="system prompt (default: BiPO's)")
     p.add_argument("--no-system-prompt", action="store_true", help="no system turn")
 
 
@@ -163,7 +157,8 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("caa", "bipo"), default="caa")
     p.add_argument("--layers", help="e.g. 0-29, 0,5,10 or 10-20:2 (default: every layer)")
     _add_pairs(p, None, required=True)
-    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of --data (default 0.2)")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="held-out share of --data (default 0.2; a --behavior has a fixed split)")
     p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0,
                    help="seed of the --data split (--seed is the old name)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
@@ -183,7 +178,12 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     _add_executor(p)
 
 
+SKIP_EXIT_CODES = ("exit status: 0 every result read; 3 done, but a result was skipped (one warning line each, naming "
+                   "the file and why); 2 nothing could be read, or a user error; 1 an internal error")
+
+
 def _figures(p: argparse.ArgumentParser) -> None:
+    """Draw every figure of the result JSON files under --results (PNG + PDF; nothing is recomputed)."""
     p.add_argument("--results", required=True, help="directory searched recursively for result *.json files")
     _add_out(p, "output directory (default: figures/)", "figures")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
@@ -245,6 +245,7 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def _report(p: argparse.ArgumentParser) -> None:
+    """Print markdown tables of the result JSON files under --results (nothing is recomputed)."""
     p.add_argument("--results", required=True, help="directory searched recursively for result *.json files")
     p.add_argument("--out", help="also write the markdown to this file (atomically)")
     p.add_argument("--kind", nargs="+", metavar="KIND", help="only results of these kinds (e.g. matched_cost refusal)")
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add_flags, run, help) in commands.items():  # in the order ``workbench --help`` lists them
-        p = sub.add_parser(name, help=help, description=add_flags.__doc__)
+        p = sub.add_parser(name, help=help, description=add_flags.__doc__,
+                           epilog=SKIP_EXIT_CODES if name in ("figures", "report") else None)
         add_flags(p)
         p.set_defaults(func=run)
     return parser

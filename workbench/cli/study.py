@@ -13,8 +13,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     from workbench.analysis.sweep import format_sweep
     from workbench.studies.run_studies import SweepRun, sweep_run
 
-    _, swept = sweep_run(config(SweepRun, args, multipliers=numbers("--multipliers", args.multipliers)),
-                         log=echo("sweep"))
+    _, swept = sweep_run(config(SweepRun, args, multipliers=numbers("--multipliers", args.multipliers)), echo("sweep"))
     if swept is not None:
         print(format_sweep(swept))
 
@@ -25,8 +24,7 @@ def run_demo(args: argparse.Namespace) -> None:
     from workbench.evaluate.suite import format_eval
     from workbench.studies.run_studies import DemoRun, demo_run
 
-    result = demo_run(config(DemoRun, args, multipliers=numbers("--multipliers", args.multipliers)),
-                      log=echo("demo"))
+    result = demo_run(config(DemoRun, args, multipliers=numbers("--multipliers", args.multipliers)), echo("demo"))
     print(format_eval(result))
 
 

@@ -6,10 +6,24 @@ module maps a Hugging Face config onto it: ``llama_config_from_json`` from a dir
 ``config.json`` (every field it does not know is an error naming it, never a silent default) and
 ``llama_cfg_kwargs`` from a transformers config object (the embedded model's de-quantised GGUF).
 Both match TransformerLens 3.9's own ``convert_hf_model_config`` for ``LlamaForCausalLM``.
+
+Every ``config.json`` is validated field by field before anything is built from it: ``read_config_json``
+(a JSON object), ``config_architecture`` (an ``architectures`` list naming one the loader supports,
+else an error listing them), ``check_llama_fields`` (the Llama loader's own list of required and
+optional fields with their types, ``LLAMA_REQUIRED`` / ``LLAMA_OPTIONAL``) and, for the other
+architectures, ``check_converter_fields`` (the fields TransformerLens' converter reads for that
+architecture, taken from the converter itself). Each error is a ``ModelLoadError`` naming the field
+and what was expected.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+import numbers
+import re
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -29,6 +43,134 @@ _METADATA_FIELDS = {"torch_dtype", "dtype", "transformers_version", "bos_token_i
                     "tokenizer_class", "is_decoder", "sep_token_id", "decoder_start_token_id"}
 
 
+#: the Llama loader's required fields and what each must be (a check and its wording)
+_POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer")
+_POSITIVE_NUMBER = (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0, "a positive number")
+_STRING = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_OBJECT_OR_NULL = (lambda v: v is None or isinstance(v, dict), "an object or null")
+_INT_OR_NULL = (lambda v: v is None or _POSITIVE_INT[0](v), "a positive integer or null")
+LLAMA_REQUIRED = {"hidden_size": _POSITIVE_INT, "intermediate_size": _POSITIVE_INT, "num_hidden_layers": _POSITIVE_INT,
+                  "num_attention_heads": _POSITIVE_INT, "vocab_size": _POSITIVE_INT}
+LLAMA_OPTIONAL = {"num_key_value_heads": _POSITIVE_INT, "head_dim": _INT_OR_NULL,
+                  "max_position_embeddings": _POSITIVE_INT, "rms_norm_eps": _POSITIVE_NUMBER, "hidden_act": _STRING,
+                  "rope_theta": _POSITIVE_NUMBER, "rope_scaling": _OBJECT_OR_NULL, "rope_parameters": _OBJECT_OR_NULL,
+                  "tie_word_embeddings": _BOOL, "attention_bias": _BOOL, "mlp_bias": _BOOL, "model_type": _STRING}
+LLAMA_ARCHITECTURE = "LlamaForCausalLM"
+
+
+def _shown(value: Any) -> str:
+    return f"{json.dumps(value)[:60]} (a {type(value).__name__})"
+
+
+def _check_field(raw: dict[str, Any], key: str, rule: tuple[Any, str], loader: str, required: bool) -> None:
+    ok, expected = rule
+    if key not in raw:
+        if required:
+            raise ModelLoadError(f"config.json field {key!r} is missing: the {loader} needs it ({expected})")
+        return
+    if not ok(raw[key]):
+        raise ModelLoadError(f"config.json field {key!r} is {_shown(raw[key])}: the {loader} expects {expected}")
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of model directory ``path`` as a dict; not JSON or not an object is a ``ModelLoadError``."""
+    file = Path(path) / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{file}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{file}: not valid JSON (not UTF-8 text)") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{file}: expected a JSON object of config fields, got {_shown(raw)}")
+    return raw
+
+
+def _causal(name: str) -> bool:
+    return name.endswith(("ForCausalLM", "LMHeadModel", "LMHeadCustomModel"))
+
+
+@functools.cache
+def converter_fields() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """``{architecture: (fields read, fields read only if present)}`` of TransformerLens 3.x's
+    ``convert_hf_model_config``, for the causal language models it converts from a config (read from
+    the converter's own source, so the list is the installed TransformerLens'); ``{}`` on 4.x or where
+    the source cannot be read."""
+    try:
+        import transformer_lens.loading_from_pretrained as lp
+
+        source = inspect.getsource(lp.convert_hf_model_config)
+    except (ImportError, OSError, TypeError):
+        return {}
+    parts = re.split(r'\n    (?:el)?if architecture == "(\w+)":', source)
+    out = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        if _causal(name) and name != LLAMA_ARCHITECTURE:
+            optional = frozenset(re.findall(r'(?:hasattr|getattr)\(\s*hf_config,\s*"(\w+)"', body))
+            out[name] = (frozenset(re.findall(r"hf_config\.(\w+)", body)) - optional, optional)
+    return out
+
+
+def supported_architectures() -> list[str]:
+    """The architectures a local directory may name: Llama (read here) and those TransformerLens converts."""
+    return [LLAMA_ARCHITECTURE, *sorted(converter_fields())]
+
+
+def config_architecture(raw: dict[str, Any], check_supported: bool = True) -> str:
+    """The one architecture ``raw["architectures"]`` names; missing, malformed or unsupported is an error
+    naming it and listing the supported ones."""
+    supported = ", ".join(supported_architectures())
+    arch = raw.get("architectures")
+    if not (isinstance(arch, list) and len(arch) == 1 and isinstance(arch[0], str)):
+        what = "missing" if arch is None else _shown(arch)
+        raise ModelLoadError(f"config.json field 'architectures' is {what}: expected a list of one model class, "
+                             f"e.g. [\"{LLAMA_ARCHITECTURE}\"] (supported: {supported})")
+    if check_supported and converter_fields() and arch[0] not in supported_architectures():
+        raise ModelLoadError(f"config.json: architecture {arch[0]!r} is not supported (supported: {supported})")
+    return arch[0]
+
+
+_INT_FIELD = re.compile(r"^(n_\w+|num_\w+|hidden_size|intermediate_size|vocab_size|max_position_embeddings|ffn_dim|"
+                        r"rotary_dim|kv_channels|seq_length|d_ff|d_kv|d_model)$")
+_EPS_FIELD = re.compile(r"eps|epsilon")
+
+
+def check_converter_fields(hf_config: Any, architecture: str) -> None:
+    """Every field TransformerLens' converter reads for ``architecture`` present on the transformers config
+    (``config.json`` with transformers' defaults), sizes positive integers, epsilons positive numbers,
+    activation names strings; otherwise a ``ModelLoadError`` naming the field."""
+    required, _ = converter_fields().get(architecture, (frozenset(), frozenset()))
+    loader = f"TransformerLens {architecture} converter"
+    for key in sorted(required):
+        try:
+            value = getattr(hf_config, key)
+        except AttributeError:
+            raise ModelLoadError(f"config.json field {key!r} is missing: the {loader} needs it") from None
+        except Exception as exc:  # noqa: BLE001 -- transformers' per-layer fields raise other errors on reads
+            raise ModelLoadError(f"config.json field {key!r} cannot be read: {exc}") from None
+        rule = (_POSITIVE_INT if _INT_FIELD.match(key) else _POSITIVE_NUMBER if _EPS_FIELD.search(key)
+                else _STRING if key in ("hidden_act", "activation_function") else None)
+        if rule is not None and not rule[0](value):
+            raise ModelLoadError(f"config.json field {key!r} is {_shown(value)}: the {loader} expects {rule[1]}")
+
+
+def check_llama_fields(raw: dict[str, Any]) -> None:
+    """The Llama loader's fields, one by one: required ones present, every one of the type it needs."""
+    loader = "Llama loader"
+    for key, rule in LLAMA_REQUIRED.items():
+        _check_field(raw, key, rule, loader, required=True)
+    for key, rule in LLAMA_OPTIONAL.items():
+        _check_field(raw, key, rule, loader, required=False)
+    if raw["hidden_size"] % raw["num_attention_heads"]:
+        raise ModelLoadError(f"config.json field 'hidden_size'={raw['hidden_size']} is not a multiple of "
+                             f"'num_attention_heads'={raw['num_attention_heads']}")
+    n_kv = raw.get("num_key_value_heads", raw["num_attention_heads"])
+    if raw["num_attention_heads"] % n_kv:
+        raise ModelLoadError(f"config.json field 'num_key_value_heads'={n_kv} does not divide "
+                             f"'num_attention_heads'={raw['num_attention_heads']}")
+
+
 def _generic_default(key: str, value: Any) -> bool:
     """Is ``key`` a field every transformers config has (``save_pretrained`` writes them all), at its
     default value? Such fields (``chunk_size_feed_forward``, ``problem_type``, ...) do not change a
@@ -46,8 +188,12 @@ def llama_config_from_json(raw: dict[str, Any], model_name: str, max_ctx: int = 
     ``n_ctx x n_ctx`` mask per layer; a Llama-3.1 config says 131072).
 
     Raises:
-        ModelLoadError: a field the loader does not understand, or a value it cannot honour.
+        ModelLoadError: a field missing or of the wrong type (``check_llama_fields``), a field the loader
+            does not understand, or a value it cannot honour.
     """
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"config.json: expected a JSON object of config fields, got {_shown(raw)}")
+    check_llama_fields(raw)
     unknown = sorted(k for k in set(raw) - _LLAMA_FIELDS - _METADATA_FIELDS
                      if not (k.startswith("_") or k.endswith("_token_id") or _generic_default(k, raw[k])))
     if unknown:

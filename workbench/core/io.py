@@ -4,20 +4,25 @@ A crash or Ctrl-C in the middle of a save must never leave a half-written vector
 cache behind: each writer writes a temporary file in the destination directory, flushes it to disk
 and renames it over the destination (``os.replace`` is atomic on POSIX). Nothing here unpickles.
 
+One writer per artifact and multi-file artifacts are ``workbench.core.artifacts``. Disk errors name the
+path they were writing.
+
 ``read_safetensors_header`` checks a safetensors file's header against the file's size before any
 tensor is read, so a hostile or damaged file is refused with a message naming it, never allocated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import json
 import logging
 import os
+import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +32,28 @@ from safetensors.torch import save as save_safetensors
 logger = logging.getLogger(__name__)
 
 
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it has none (``os.write`` and friends name nothing):
+    "no space left on device" then says where."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    named = OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))  # the errno's subclass
+    named.__cause__ = exc
+    return named
+
+
 def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
+    try:
+        return _atomic_unnamed(path, write)
+    except OSError as exc:
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
+
+
+def _atomic_unnamed(path: Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -119,22 +144,61 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Write a whole directory (a model export) atomically: the block writes into a temporary sibling, which
+    replaces ``directory`` only when the block finishes; on any error the old directory stays and the
+    temporary one is removed.
+
+    Example:
+        >>> with atomic_directory("runs/export") as tmp:
+        ...     tokenizer.save_pretrained(tmp)
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON every writer here produces; NaN and infinities are refused."""
+    return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_json_default) + "\n"
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes (tensors made contiguous and moved to the CPU)."""
+    return save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+
+
 def atomic_write_text(text: str, path: str | Path) -> Path:
     return _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON; NaN and infinities are refused (JSON has none)."""
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
-    return atomic_write_text(text + "\n", path)
+    return atomic_write_text(json_text(obj), path)
 
 
 def atomic_write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                              metadata: dict[str, str] | None = None) -> Path:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     # bytes written into our temporary file (save_file would write its own hidden temporary and
     # replace ours, which a kill could leave behind)
-    return _atomic(path, lambda p: p.write_bytes(save_safetensors(tensors, metadata=metadata)))
+    data = safetensors_bytes(tensors, metadata)
+    return _atomic(path, lambda p: p.write_bytes(data))
 
 
 def _json_default(obj: Any) -> Any:

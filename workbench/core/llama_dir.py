@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from workbench.core.backend import HookedTransformer, HookedTransformerConfig
 from workbench.core.devices import ModelLoadError, place_model
-from workbench.core.hf_config import llama_config_from_json
+from workbench.core.hf_config import llama_config_from_json, read_config_json
 from workbench.core.io import read_safetensors_header
 from workbench.core.prompts import has_chat_template
 
@@ -108,9 +108,9 @@ def load_llama_dir(path: Path, device: str, dtype: torch.dtype, n_devices: int, 
     Raises:
         ModelLoadError: a config field the loader does not understand, or a weight that does not fit.
     """
-    raw = json.loads((path / "config.json").read_text())
+    raw = read_config_json(path)
+    cfg_kwargs = llama_config_from_json(raw, path.name, max_ctx=max_ctx)  # every field checked before the tokenizer
     tokenizer = AutoTokenizer.from_pretrained(path)
-    cfg_kwargs = llama_config_from_json(raw, path.name, max_ctx=max_ctx)
     if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
         cfg_kwargs.update(default_prepend_bos=True, tokenizer_prepends_bos=True)
     # the model is allocated once, in the target dtype and uninitialised; every weight is then read

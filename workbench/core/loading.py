@@ -21,17 +21,18 @@ the same hook names, chat formatting and ``cfg`` facts (``n_layers``, ``d_model`
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from workbench.core.backend import LINE, HookedTransformer, Model, boot_bridge
 from workbench.core.devices import ModelLoadError, place_model, resolve_device, resolve_dtype
 from workbench.core.embedded import EMBEDDED_MODEL_NAME, load_embedded_model
+from workbench.core.hf_config import (LLAMA_ARCHITECTURE, check_converter_fields, config_architecture,
+                                      read_config_json)
 from workbench.core.llama_dir import load_llama_dir
 from workbench.core.prompts import has_chat_template
 
@@ -67,17 +68,23 @@ def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype |
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    raw = read_config_json(path)  # a JSON object, its architecture named and supported: before anything loads
+    try:
+        architecture = config_architecture(raw, check_supported=LINE == 3)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path / 'config.json'}{str(exc).removeprefix('config.json')}") from None
     if LINE == 4:
         return _boot(str(path), path.name, AutoTokenizer.from_pretrained(path), device, dtype, n_devices, **bridge_kwargs)
     try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path / 'config.json'}: not valid JSON ({exc})") from None
-    if architectures == ["LlamaForCausalLM"]:
-        # TransformerLens guesses the architecture from the path's *name* (a path containing
-        # "llama" breaks it), so Llama directories are converted here from their own config.json.
-        return load_llama_dir(path, device, dtype, n_devices, max_ctx)
-    cfg = lp.get_pretrained_model_config(str(path), device=device, dtype=dtype, n_devices=n_devices)
+        if architecture == LLAMA_ARCHITECTURE:
+            # TransformerLens guesses the architecture from the path's *name* (a path containing
+            # "llama" breaks it), so Llama directories are converted here from their own config.json.
+            return load_llama_dir(path, device, dtype, n_devices, max_ctx)
+        cfg = _converted_config(path, architecture, device, dtype, n_devices)
+    except ModelLoadError as exc:  # "config.json field 'x' ..." -> the file's path
+        if str(exc).startswith("config.json"):
+            raise ModelLoadError(f"{path / 'config.json'}{str(exc).removeprefix('config.json')}") from None
+        raise
     cfg.model_name = path.name
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     state_dict = lp.get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
@@ -90,6 +97,24 @@ def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype |
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _converted_config(path: Path, architecture: str, device: str, dtype: torch.dtype, n_devices: int) -> Any:
+    """TransformerLens' config of a non-Llama directory, its fields checked first (``check_converter_fields``)."""
+    try:
+        hf_config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path / 'config.json'}: transformers cannot read it as a {architecture} config "
+                             f"({detail})") from None
+    check_converter_fields(hf_config, architecture)
+    try:
+        return lp.get_pretrained_model_config(str(path), device=device, dtype=dtype, n_devices=n_devices)
+    except (KeyError, AttributeError, TypeError) as exc:  # a field the converter reads in a way not checked above
+        field = getattr(exc, "name", None) or (exc.args[0] if isinstance(exc, KeyError) and exc.args else None)
+        what = f"field {field!r}" if field else f"a field ({type(exc).__name__}: {exc})"
+        raise ModelLoadError(f"{path / 'config.json'}: {what} is missing or malformed for TransformerLens' "
+                             f"{architecture} converter") from None
 
 
 def _boot(name: str, label: str, tokenizer: Any, device: str, dtype: torch.dtype, n_devices: int,

@@ -38,7 +38,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -104,6 +104,21 @@ class Result(dict):
         >>> res.kind, res.table().shape
         ('transfer_layers', (1, 4))
     """
+
+    #: The kind a subclass holds (``SweepResult``: ``"sweep"``); None: any kind.
+    KIND: ClassVar[str | None] = None
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Result:
+        """A result read back from its JSON (checked and migrated by :func:`from_dict`), as this class.
+
+        Raises:
+            ResultFormatError: not a result, or (for a subclass) a result of another kind.
+        """
+        obj = from_dict(obj)
+        if cls.KIND is not None and obj["kind"] != cls.KIND:
+            raise ResultFormatError(f"expected a {cls.KIND} result, got {obj['kind']!r}")
+        return cls(obj)
 
     @property
     def kind(self) -> str:

@@ -7,7 +7,9 @@ fingerprint of the data and the workbench version. Operations (``scaled``, ``nor
 ``to``) return new vectors; nothing mutates.
 
 On disk a vector is a directory holding ``vector.safetensors`` (one tensor, key ``"vector"``) and
-``vector.json`` (the metadata plus the tensor file's SHA-256), both written atomically; loading
+``vector.json`` (the metadata plus the tensor file's SHA-256), committed together (with any companion
+file, e.g. a trained vector's ``history.json``) by one directory rename under the artifact's
+one-writer lock (``workbench.core.artifacts.write_artifact``); loading reads under the same lock, shared, and
 checks every field. Steering methods: BiPO (Cao et al. 2024, arXiv 2406.00045), CAA (Rimsky et al.
 2023, arXiv 2312.06681), ActAdd (Turner et al. 2023, arXiv 2308.10248).
 """
@@ -29,8 +31,8 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from workbench.core.backend import Model
-from workbench.core.io import (atomic_write_json, atomic_write_safetensors, commit_files, pending,
-                               read_safetensors_header, recover_files)
+from workbench.core.artifacts import artifact_read_lock, recover_artifact, write_artifact
+from workbench.core.io import json_text, read_safetensors_header, safetensors_bytes
 
 __version__ = "0.1.0"
 
@@ -239,22 +241,39 @@ class SteeringVector:
             "version": self.version,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``vector.safetensors`` and ``vector.json`` into ``directory`` (created), atomically.
+    def save(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write ``vector.safetensors`` and ``vector.json`` into ``directory`` (created), all or nothing.
 
-        The JSON is written last and records the tensor file's SHA-256, so a directory whose two
-        files do not belong together is detected on load.
+        The JSON records the tensor file's SHA-256, so a directory whose two files do not belong
+        together is detected on load. The files (and ``extra``'s) are committed by one directory rename
+        under the directory's one-writer lock: a full disk or a kill leaves the old artifact or the whole
+        new one, and a concurrent writer waits its turn (``workbench.core.artifacts.write_artifact``).
+
+        Args:
+            directory: the vector directory.
+            extra: companion JSON files committed with the vector, ``{file name: JSON object}`` (a
+                trained vector's ``{"history.json": result.to_dict()}``).
+
+        Raises:
+            ArtifactBusyError: another process kept the directory's lock (it is named) too long.
+            OSError: a full disk or permission error, naming the path; the old files are untouched.
         """
         directory = Path(directory)
         if not torch.isfinite(self.vector.float()).all():
             raise ValueError(f"{directory}: refusing to save a vector holding NaN or infinite values")
-        recover_files(directory, (VECTOR_FILE, META_FILE))
-        # both files staged whole, then moved into place: a kill leaves the old pair or the new one
-        tensor_path = atomic_write_safetensors({"vector": self.vector.cpu()}, pending(directory / VECTOR_FILE))
-        meta = self.to_dict()
-        meta["sha256"] = hashlib.sha256(tensor_path.read_bytes()).hexdigest()
-        atomic_write_json(meta, pending(directory / META_FILE))
-        commit_files(directory, (VECTOR_FILE, META_FILE))
+        extra = dict(extra or {})
+        for name in extra:
+            if name in (VECTOR_FILE, META_FILE) or not name or name.startswith(".") or Path(name).name != name:
+                raise ValueError(f"{directory}: cannot save a companion file named {name!r} (a plain file name "
+                                 f"other than {VECTOR_FILE} and {META_FILE})")
+        texts = {name: json_text(obj) for name, obj in extra.items()}  # refused (NaN ...) before any write
+        data = safetensors_bytes({"vector": self.vector})
+        meta = self.to_dict() | {"sha256": hashlib.sha256(data).hexdigest()}
+        meta_text = json_text(meta)
+        files = {VECTOR_FILE: lambda p: p.write_bytes(data)}
+        files |= {name: (lambda p, text=text: p.write_text(text, encoding="utf-8")) for name, text in texts.items()}
+        files[META_FILE] = lambda p: p.write_text(meta_text, encoding="utf-8")
+        write_artifact(directory, files, legacy_names=(VECTOR_FILE, META_FILE))
         return directory
 
     @classmethod
@@ -263,8 +282,13 @@ class SteeringVector:
         directory = Path(directory)
         if directory.is_file() and directory.name in (VECTOR_FILE, META_FILE):
             directory = directory.parent
+        with artifact_read_lock(directory):  # no writer commits while the two files are read
+            recover_artifact(directory, (VECTOR_FILE, META_FILE))
+            return cls._load_unlocked(directory, device)
+
+    @classmethod
+    def _load_unlocked(cls, directory: Path, device: str | torch.device) -> SteeringVector:
         meta_path, tensor_path = directory / META_FILE, directory / VECTOR_FILE
-        recover_files(directory, (VECTOR_FILE, META_FILE))
         for p in (meta_path, tensor_path):
             if not p.is_file():
                 raise VectorFileError(f"{p}: missing (a vector directory holds {VECTOR_FILE} and {META_FILE})")

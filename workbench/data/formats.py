@@ -128,13 +128,27 @@ def _field(path: str | Path, loc: Location, obj: dict[str, Any], key: str) -> An
     return obj[key]
 
 
+#: control characters refused in text: every C0 one but tab, newline and carriage return, DEL, and the C1 ones
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _check_text(path: str | Path, loc: Location, name: str, value: str) -> None:
+    """Refuse a control character (a NUL byte, an escape ...) in ``value``: no prompt holds one, and a
+    tokenizer turns it into tokens silently."""
+    m = _CONTROL.search(value)
+    if m:
+        raise DataFormatError(path, loc, f"{name} holds the control character {m.group()!r} at character "
+                                         f"{m.start() + 1}; only tab and newline may appear in text")
+
+
 def _make_pair(path: str | Path, loc: Location, question: Any, matching: Any, not_matching: Any,
                allow_empty_question: bool, source: str | None = None) -> PreferencePair:
-    """Validate one pair: strings, non-empty, and two different answers."""
+    """Validate one pair: strings without control characters, non-empty, and two different answers."""
     for name, value in (("question", question), ("matching", matching),
                         ("not_matching", not_matching)):
         if not isinstance(value, str):
             raise DataFormatError(path, loc, f"{name} must be a string, got {type(value).__name__}")
+        _check_text(path, loc, name, value)
         if not value.strip() and not (name == "question" and allow_empty_question):
             hint = " (pass allow_empty_question=True to keep it)" if name == "question" else ""
             raise DataFormatError(path, loc, f"empty {name}{hint}")
@@ -316,6 +330,9 @@ def load_truthfulqa_questions(path: str | Path,
                 isinstance(k, str) and k.strip() and v in (0, 1) and not isinstance(v, float)
                 for k, v in answers.items()):
             raise DataFormatError(path, loc, f"{key} must map non-empty answer texts to 0 or 1")
+        _check_text(path, loc, "question", question)
+        for answer in answers:
+            _check_text(path, loc, f"{key} answer", answer)
         labels = tuple(int(v) for v in answers.values())
         if set(labels) != {0, 1}:
             raise DataFormatError(path, loc, f"{key} needs at least one true (1) and one false (0) answer")
@@ -407,7 +424,13 @@ def save_pairs_jsonl(pairs: Sequence[PreferencePair], path: str | Path) -> Path:
 
 def load_advbench_pairs(path: str | Path, **_: Any) -> list[PreferencePair]:
     """AdvBench's ``goal, target`` CSV as refusal pairs (``workbench.data.refusal.refusal_pairs``)."""
-    return refusal_pairs(load_advbench(path))
+    requests = load_advbench(path)
+    for r in requests:  # source "name:line"
+        line = r.source.rpartition(":")[2]
+        loc = int(line) if line.isdigit() else r.source
+        _check_text(path, loc, "goal", r.goal)
+        _check_text(path, loc, "target", r.target)
+    return refusal_pairs(requests)
 
 
 PAIR_FORMATS: dict[str, Callable[..., list[PreferencePair]]] = {

@@ -22,9 +22,9 @@ SUMMARY_COLUMNS = ("vector", "multiplier", "n", "mean", "ci_low", "ci_high")
 
 
 def check_multipliers(multipliers: Iterable[Any], what: str = "multipliers") -> list[float]:
-    """Multipliers as floats; non-numbers, NaN/inf and an empty list are errors naming the bad value."""
-    if isinstance(multipliers, (int, float)):
-        multipliers = [multipliers]
+    """Multipliers as floats; non-numbers, NaN/inf, a value given twice (``1 1``, ``-0 0``: every table has one
+    row per multiplier) and an empty list are errors naming the bad value."""
+    multipliers = [multipliers] if isinstance(multipliers, (int, float)) else list(multipliers)
     out = []
     for i, m in enumerate(multipliers):
         try:
@@ -33,6 +33,10 @@ def check_multipliers(multipliers: Iterable[Any], what: str = "multipliers") -> 
             raise ValueError(f"{what}[{i}] = {m!r} is not a number") from None
         if isinstance(m, bool) or not math.isfinite(x):
             raise ValueError(f"{what}[{i}] = {m!r} is not a finite number")
+        if x in out:  # -0.0 == 0.0: the same multiplier
+            j = out.index(x)
+            raise ValueError(f"{what}[{j}] = {multipliers[j]!r} and {what}[{i}] = {m!r} are the same multiplier "
+                             f"{x + 0.0:g}; give each multiplier once")
         out.append(x)
     if not out:
         raise ValueError(f"{what} is empty: give at least one multiplier, e.g. -2 -1 0 1 2")

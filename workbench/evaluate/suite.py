@@ -59,7 +59,7 @@ from workbench.evaluate.preference import (_ab_pair_probs, _pair_logodds, ab_cur
                                            steerability, summarize_ab, summarize_logodds)
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, records
 from workbench.evaluate.truthfulqa import _score_questions, check_truthfulqa, summarize_truthfulqa
-from workbench.evaluate.utility import _utility_per_text, check_texts, utility_tables
+from workbench.evaluate.utility import KL_BOUND, _utility_per_text, check_texts, kl_beyond_bound, utility_tables
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +347,14 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         for section, tables in got.items():
             out[section].update(tables)
         timings[metric] = round(time.perf_counter() - t0, 3)
+    extra: dict[str, Any] = {}
+    if "kl_from_unsteered" in out["metrics"]:  # the utility metric ran: flag multipliers past the bound
+        beyond = kl_beyond_bound(out["metrics"]["kl_from_unsteered"])
+        extra["utility_beyond_bound"] = {"kl_bound": KL_BOUND, "rows": beyond}
+        for r in beyond:
+            logger.warning("%s at multiplier %+g: KL(unsteered || steered) = %.3g nats per token, beyond %g: its "
+                           "numbers describe a model far from its own distribution", r["vector"], r["multiplier"],
+                           r["kl"], KL_BOUND)
     data = dict(data_info or {})
     if pairs is not None:
         data |= {"n_pairs": len(pairs), "fingerprint": fingerprint(pairs)}
@@ -360,7 +368,7 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         vectors=[_vector_info(k, v, (sources or {}).get(k)) for k, v in specs.items()],
         data=data, config=cfg.recorded(), metrics=out["metrics"],
         generations=out["generations"], validation=out["validation"], skipped=skipped, warnings=warnings,
-        timings=timings,
+        timings=timings, **extra,
     )
 
 
@@ -381,10 +389,14 @@ def format_eval(results: Mapping[str, Any], max_generations: int = 2, width: int
     lines = [f"model {results.get('model')}: " + ", ".join(
         f"{v['label']} = {v['method']}@{v['hook_name']} (norm {v['norm']:.3g})" if not isinstance(v["norm"], list)
         else f"{v['label']} = {v['method']}" for v in results.get("vectors", []))]
+    flags = results.get("utility_beyond_bound") or {}
+    beyond = {(r["vector"], float(r["multiplier"])) for r in flags.get("rows", [])}
     for name, rows in results.get("metrics", {}).items():
         if not rows:
             continue
         df = pd.DataFrame(rows).drop(columns=[c for c in _HIDE if c in rows[0]])
+        if beyond and {"vector", "multiplier"} <= set(df.columns):  # "!" marks a multiplier past the KL bound
+            df["!"] = ["!" if (str(v), float(m)) in beyond else "" for v, m in zip(df["vector"], df["multiplier"])]
         if "multiplier" in df.columns and "vector" in df.columns and "mean" in df.columns and len(df) > 1:
             df = df.sort_values(["vector", "multiplier"], kind="stable")
         lines += ["", f"== {name}: {_TITLES.get(name, name)}",
@@ -405,6 +417,9 @@ def format_eval(results: Mapping[str, Any], max_generations: int = 2, width: int
             extra = f" score={r['score']:+.2f}" if r.get("score") is not None else (
                 " REFUSED" if r.get("refused") else "")
             lines.append(f"{tag}{extra} {text[: max(20, width - len(tag))]}")
+    if beyond:
+        lines.append(f"! KL(unsteered || steered) beyond {flags['kl_bound']:g} nats per token at: " + ", ".join(
+            f"{r['vector']} m={r['multiplier']:+g} (KL {r['kl']:.3g})" for r in flags["rows"]))
     for metric, reason in results.get("skipped", {}).items():
         lines.append(f"(skipped {metric}: {reason})")
     for w in results.get("warnings", []):

@@ -185,6 +185,26 @@ def utility_tables(per_text: pd.DataFrame, n_boot: int = 1000, seed: int = 0) ->
             for measure, g in summary.groupby("measure", sort=False)}
 
 
+#: KL(unsteered || steered) per token beyond which a multiplier's utility cost is flagged: past it the
+#: steered model's next-token distribution is far from the model's own, and its other numbers (log-odds,
+#: win rates) describe a broken model rather than a steered one
+KL_BOUND = 2.0
+
+
+def kl_beyond_bound(kl_table: Any, bound: float = KL_BOUND) -> list[dict[str, Any]]:
+    """``[{"vector", "multiplier", "kl"}]`` of the rows of a ``kl_from_unsteered`` table whose mean exceeds ``bound``
+    (nats per token), in table order; a NaN or infinite mean counts as beyond."""
+    df = pd.DataFrame(kl_table)
+    if df.empty:
+        return []
+    out = []
+    for r in df.itertuples(index=False):
+        kl = float(r.mean)
+        if not kl <= bound:  # NaN and inf included
+            out.append({"vector": str(r.vector), "multiplier": float(r.multiplier), "kl": kl})
+    return out
+
+
 def utility_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
                   texts: Sequence[str] | None = None, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *,
                   n_boot: int = 1000, seed: int = 0, **kwargs: Any) -> Result:
@@ -207,5 +227,5 @@ def utility_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec],
     return curve_result(model, mults, utility_tables(per_text, n_boot, seed))
 
 
-__all__ = ["MEASURES", "check_texts", "kl_unsteered_to_steered", "summarize_utility", "utility_curve",
+__all__ = ["KL_BOUND", "MEASURES", "check_texts", "kl_beyond_bound", "kl_unsteered_to_steered", "summarize_utility", "utility_curve",
            "utility_per_text", "utility_tables"]

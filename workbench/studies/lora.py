@@ -29,8 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +41,7 @@ from tqdm.auto import tqdm
 
 from workbench.analysis.transfer import export_hf_llama, transfer_effect
 from workbench.core.backend import Model
-from workbench.core.io import atomic_write_json
+from workbench.core.io import atomic_directory, atomic_write_json
 from workbench.core.loading import load_model
 from workbench.core.options import with_options
 from workbench.core.prompts import end_of_turn, format_chat
@@ -129,18 +127,10 @@ def model_kl(base: Model, target: Model, texts: Sequence[str], max_tokens: int =
 def _save_merged(peft_model: Any, tokenizer: Any, directory: Path) -> None:
     """The adapters merged into a copy of the weights, written as a Hugging Face directory (atomically)."""
     merged = copy.deepcopy(peft_model).merge_and_unload()  # a copy: training goes on with the adapters
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(directory) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
     finally:
         del merged
 
@@ -190,27 +180,27 @@ def lora_finetunes(model: Model, out_dir: str | Path, *, chats: Sequence[tuple[s
         export_hf_llama(model, Path(tmp) / "base")
         hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "base", dtype=torch.float32).to(device)
     torch.manual_seed(seed)  # LoRA's A matrices are initialised from torch's global generator
-    lora = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, bias="none",
-                                         target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, bias="none",
+                                               target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
     examples = _chat_examples(tokenizer, chats if chats is not None else load_chat_data(), max_tokens)
     x_kl, m_kl = _text_batch(tokenizer, list(neutral_texts)[:config.kl_texts], max_tokens, device)
-    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def distance() -> float:
-        lora.eval()
+        peft_model.eval()
         with torch.no_grad():
-            with lora.disable_adapter():
-                base_logits = lora(input_ids=x_kl, attention_mask=m_kl).logits
-            kl = _kl(base_logits, lora(input_ids=x_kl, attention_mask=m_kl).logits, m_kl)
-        lora.train()
+            with peft_model.disable_adapter():
+                base_logits = peft_model(input_ids=x_kl, attention_mask=m_kl).logits
+            kl = _kl(base_logits, peft_model(input_ids=x_kl, attention_mask=m_kl).logits, m_kl)
+        peft_model.train()
         return kl
 
     records: list[dict[str, Any]] = []
     losses: list[float] = []
     max_kl, pending = 0.0, list(targets)
-    lora.train()
+    peft_model.train()
     steps = range(1, max_steps + 1)
     if progress:
         steps = tqdm(steps, desc="LoRA")
@@ -221,7 +211,7 @@ def lora_finetunes(model: Model, out_dir: str | Path, *, chats: Sequence[tuple[s
         x = torch.tensor([ids + [pad] * (n - len(ids)) for ids, _ in batch], device=device)
         mask = torch.tensor([[1] * len(ids) + [0] * (n - len(ids)) for ids, _ in batch], device=device)
         labels = torch.tensor([[-100] * p + ids[p:] + [-100] * (n - len(ids)) for ids, p in batch], device=device)
-        loss = lora(input_ids=x, attention_mask=mask, labels=labels).loss  # response tokens only
+        loss = peft_model(input_ids=x, attention_mask=mask, labels=labels).loss  # response tokens only
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -234,7 +224,7 @@ def lora_finetunes(model: Model, out_dir: str | Path, *, chats: Sequence[tuple[s
         while pending and kl >= pending[0]:
             t = pending.pop(0)
             path = out / f"kl{t:g}"
-            _save_merged(lora, tokenizer, path)
+            _save_merged(peft_model, tokenizer, path)
             records.append({"target": t, "reached": True, "kl": kl, "steps": step,
                             "loss": float(np.mean(losses[-check_every:])), "path": str(path)})
         if not pending:
@@ -245,7 +235,6 @@ def lora_finetunes(model: Model, out_dir: str | Path, *, chats: Sequence[tuple[s
             "check_every": check_every, "modules": list(LORA_TARGETS), "n_chats": len(examples),
             "kl_texts": int(x_kl.shape[0]), "max_tokens": max_tokens, "seed": seed}
     atomic_write_json({"finetunes": records, "lora": info, "losses": losses}, out / "finetunes.json")
-    del lora, hf
     return records
 
 

@@ -26,7 +26,7 @@ from workbench.evaluate.suite import METRICS, evaluate_vectors
 from workbench.evaluate.truthfulqa import load_truthfulqa
 from workbench.studies.refusal import refusal_study, without_text
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
-                                    chosen_system_prompt, load_vectors, neutral_texts, silent)
+                                    check_run_multipliers, chosen_system_prompt, load_vectors, neutral_texts, silent)
 from workbench.viz.report import markdown_table
 
 DEFAULT_METRICS = ("logodds,ab,utility",)  # eval's metrics when none are given: inapplicable ones are skipped
@@ -66,9 +66,10 @@ def evaluate_run(config: EvalRun, log: Log = silent) -> dict[str, Any]:
     explicit = tuple(config.metrics) != DEFAULT_METRICS
     if not config.multipliers:
         raise RunError("--multipliers: give at least one number")
-    check_at_least_one(config, "limit", "batch_size", "max_new_tokens")
-    if config.n_boot < 0:
-        raise RunError(f"--n-boot must be >= 0, got {config.n_boot}")
+    multipliers = check_run_multipliers(config.multipliers)
+    check_at_least_one(config, "limit", "batch_size", "max_new_tokens", "n_boot")
+    config.check_model()
+    config.check_source()
     system_prompt = chosen_system_prompt(config.system_prompt, config.no_system_prompt)
     needs_pairs = [m for m in metrics if m in ("logodds", "ab", "open")]
     if needs_pairs and config.data is None and config.behavior is None:
@@ -77,7 +78,7 @@ def evaluate_run(config: EvalRun, log: Log = silent) -> dict[str, Any]:
         raise RunError("--metrics truthfulqa needs --truthfulqa PATH (TruthfulQA's mc_task.json)")
     if "refusal" in metrics and config.refusal_csv is None:
         raise RunError("--metrics refusal needs --refusal-csv PATH (a CSV with a 'goal' column)")
-    check_out("--out", config.out, kind="file")
+    out = check_out("--out", config.out, kind="file")
     check_data(config.data)
 
     vectors, sources = load_vectors(config.vector)
@@ -105,15 +106,15 @@ def evaluate_run(config: EvalRun, log: Log = silent) -> dict[str, Any]:
 
     model = config.load_model()
     log(f"eval: {', '.join(vectors)} on {model.cfg.model_name}; metrics {','.join(metrics)}; multipliers "
-        f"{' '.join(f'{m:g}' for m in config.multipliers)}" + (f"; {len(pairs)} pairs" if pairs else ""))
+        f"{' '.join(f'{m:g}' for m in multipliers)}" + (f"; {len(pairs)} pairs" if pairs else ""))
     result = evaluate_vectors(
-        model, vectors, pairs=pairs, multipliers=list(config.multipliers), metrics=metrics,
+        model, vectors, pairs=pairs, multipliers=multipliers, metrics=metrics,
         system_prompt=system_prompt, append_end_of_turn=not config.no_end_of_turn, batch_size=config.batch_size,
         precision=config.precision, truthfulqa=truthfulqa, neutral_texts=neutral, refusal_prompts=refusal_prompts,
         decodings=list(config.decodings), max_new_tokens=config.max_new_tokens, n_boot=config.n_boot,
         seed=config.seed, on_inapplicable="error" if explicit else "skip", strict_model_name=config.strict_model,
         ab_pairs=ab_pairs, sources=sources, data_info=data_info, progress=True)
-    atomic_write_json(result, config.out)
+    atomic_write_json(result, out)
     log(f"wrote {config.out}")
     return result
 
@@ -143,7 +144,11 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
         budgets = check_budgets(None if config.budgets is None else list(config.budgets), config.cost)
     except ValueError as exc:
         raise RunError(f"--{'cost' if 'cost=' in str(exc) else 'budgets'}: {exc}") from None
-    check_at_least_one(config, "limit", "texts", "text_tokens")
+    check_at_least_one(config, "limit", "texts", "text_tokens", "n_boot")
+    config.check_model()
+    config.check_source()
+    out = check_out("--out", config.out, kind="file")
+    check_data(config.data)
     vectors, sources = load_vectors(config.vector)
     equal_norm: str | float | None = config.equal_norm
     if equal_norm is not None and equal_norm not in vectors:
@@ -161,7 +166,7 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
                           max_multiplier=config.max_multiplier, rel_tol=config.rel_tol, n_boot=config.n_boot,
                           seed=config.seed, utility_kw={"max_tokens": config.text_tokens})
     result["sources"] = sources
-    atomic_write_json(result, config.out)
+    atomic_write_json(result, out)
     return result
 
 
@@ -193,7 +198,12 @@ def refusal_run(config: RefusalRun, log: Log = silent) -> dict[str, Any]:
     bad = [t for t in templates if t != "none" and t not in JAILBREAK_TEMPLATES]
     if bad or not templates:
         raise RunError(f"--templates: unknown {bad or 'empty list'}; choose from none,{','.join(JAILBREAK_TEMPLATES)}")
-    check_at_least_one(config, "limit")
+    check_at_least_one(config, "limit", "max_new_tokens", "n_boot")
+    multipliers = check_run_multipliers(config.multipliers)
+    config.check_model()
+    config.check_source(embedded="the embedded refusal requests")
+    out = check_out("--out", config.out, kind="file")
+    check_data(config.data)
     if config.data is not None:
         pairs, info = config.data_part("test")
         requests = [HarmfulRequest(p.question, p.not_matching, p.source) for p in pairs]
@@ -204,14 +214,14 @@ def refusal_run(config: RefusalRun, log: Log = silent) -> dict[str, Any]:
     model = config.load_model()
     for v in vectors.values():
         v.check_compatible(model)
-    result = refusal_study(model, vectors, requests, list(config.multipliers),
+    result = refusal_study(model, vectors, requests, multipliers,
                            templates=[None if t == "none" else t for t in templates],
                            max_new_tokens=config.max_new_tokens, n_boot=config.n_boot, progress=True,
                            neutral_texts=None if config.no_utility else neutral_texts(config.neutral, None))
     result["data"] = info
     if config.no_text:
         result = without_text(result)
-    atomic_write_json(result, config.out)
+    atomic_write_json(result, out)
     return result
 
 

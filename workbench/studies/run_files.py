@@ -19,7 +19,7 @@ from workbench.core.interchange import read_any, write_any
 from workbench.core.io import atomic_write
 from workbench.core.results import SCHEMAS
 from workbench.core.vector import SteeringVector, valid_hook_names
-from workbench.studies.runs import Log, ModelOptions, RunError, silent
+from workbench.studies.runs import Log, ModelOptions, RunError, check_out, silent
 from workbench.viz.figures import write_figures
 from workbench.viz.report import report
 
@@ -77,28 +77,72 @@ def convert_run(config: ConvertRun, log: Log = silent) -> tuple[list[SteeringVec
     return vectors, write_any(vectors, config.output, model_hint=config.model_hint)
 
 
-def figures_run(results: str, out: str = "figures", formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Draw every figure of the results under ``results`` into ``out``; returns the files written."""
+#: the exit code of ``figures`` and ``report`` when they wrote their output but skipped a result
+SKIPPED_EXIT = 3
+
+
+def _nothing_read(results: str, skipped: list[tuple[Path, str]], found: str) -> RunError:
+    """The error when no result was drawn or tabulated: the first file skipped and why, or ``found``."""
+    if not skipped:
+        return RunError(f"--results {results}: {found}")
+    more = f" (and {len(skipped) - 1} more skipped)" if len(skipped) > 1 else ""
+    path, reason = skipped[0]
+    return RunError(f"--results {results}: no result could be read: {path}: {reason}{more}")
+
+
+def _warn(skipped: list[tuple[Path, str]], log: Log) -> None:
+    for path, reason in skipped:
+        log(f"warning: {path}: {reason}; skipped")
+
+
+def figures_run(results: str, out: str = "figures", formats: Sequence[str] = ("png", "pdf"),
+                log: Log = silent) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Draw every figure of the results under ``results`` into ``out``.
+
+    A result that cannot be read or drawn is skipped with one warning line (``log``) naming the file and why,
+    and the others are drawn, as ``report_run`` does; when nothing could be drawn it is a ``RunError``.
+
+    Returns:
+        The files written and the results skipped (``(path, why)``; the command exits ``SKIPPED_EXIT``).
+    """
     if not Path(results).is_dir():
         raise RunError(f"--results {results}: no such directory")
-    written = write_figures(results, out, formats=list(formats))
+    out = check_out("--out", out, kind="dir")
+    skipped: list[tuple[Path, str]] = []
+    written = write_figures(results, out, formats=list(formats), on_skip=lambda p, why: skipped.append((p, why)))
     if not written:
-        raise RunError(f"--results {results}: no result JSON with a known \"kind\" found ({', '.join(SCHEMAS)})")
-    return written
+        raise _nothing_read(results, skipped, f"no result JSON with a known \"kind\" found ({', '.join(SCHEMAS)})")
+    _warn(skipped, log)
+    return written, skipped
 
 
-def report_run(results: str, out: str | None = None, kind: Sequence[str] | None = None) -> str:
-    """Markdown tables of the results under ``results`` (only kinds ``kind``), also written to ``out``."""
+def report_run(results: str, out: str | None = None, kind: Sequence[str] | None = None,
+               log: Log = silent) -> tuple[str, list[tuple[Path, str]]]:
+    """Markdown tables of the results under ``results`` (only kinds ``kind``), also written to ``out``.
+
+    A result that cannot be read or tabulated is skipped with one warning line (``log``) naming the file and
+    why, and the others are reported, as ``figures_run`` does; when nothing could be reported it is a
+    ``RunError``.
+
+    Returns:
+        The markdown and the results skipped (``(path, why)``; the command exits ``SKIPPED_EXIT``).
+    """
     if not Path(results).is_dir():
         raise RunError(f"--results {results}: no such directory")
     if kind:
         bad = [k for k in kind if k not in SCHEMAS]
         if bad:
             raise RunError(f"--kind: unknown {bad}; kinds: {' '.join(sorted(SCHEMAS))}")
-    text = report(results, kinds=kind)
+    out = check_out("--out", out, kind="file")
+    skipped: list[tuple[Path, str]] = []
+    text = report(results, kinds=kind, on_skip=lambda p, why: skipped.append((p, why)))
+    if not text.strip():
+        kinds = f" of kind {' '.join(kind)}" if kind else ""
+        raise _nothing_read(results, skipped, f"no result JSON{kinds} found")
+    _warn(skipped, log)
     if out:
         atomic_write(out, lambda tmp: tmp.write_text(text))
-    return text
+    return text, skipped
 
 
-__all__ = ["ConvertRun", "convert_run", "figures_run", "info_run", "report_run"]
+__all__ = ["SKIPPED_EXIT", "ConvertRun", "convert_run", "figures_run", "info_run", "report_run"]

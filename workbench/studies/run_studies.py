@@ -26,7 +26,7 @@ from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS
 from workbench.studies.cells import SlurmOptions, StudySpec, aggregate, run_study
 from workbench.studies.config import ExecutionConfig, StudyConfig
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
-                                    silent)
+                                    check_run_multipliers, silent)
 from workbench.train import BiPOConfig
 
 
@@ -47,6 +47,9 @@ class ExecutorOptions:
                             array_parallelism=self.array_parallelism)
 
 
+SWEEP_TEST_FRACTION = 0.2  # the held-out share of --data when --test-fraction is not given
+
+
 @dataclass(kw_only=True)
 class SweepRun(ModelOptions, DataOptions, ExecutorOptions):
     """Options of ``workbench sweep``."""
@@ -54,7 +57,7 @@ class SweepRun(ModelOptions, DataOptions, ExecutorOptions):
     out: str  # result JSON (kind "sweep")
     method: str = "caa"  # caa or bipo
     layers: str | None = None  # e.g. 0-29, 0,5,10 or 10-20:2 (None: every layer)
-    test_fraction: float = 0.2  # held-out share of data
+    test_fraction: float | None = None  # held-out share of data (None: SWEEP_TEST_FRACTION; not with behavior)
     seeds: Sequence[int] = (0,)  # BiPO seeds, one vector per layer and seed
     limit: int | None = None  # at most N training pairs
     eval_limit: int | None = None  # at most N held-out pairs
@@ -69,7 +72,11 @@ class SweepRun(ModelOptions, DataOptions, ExecutorOptions):
     cells_dir: str | None = None  # where the cells are written (None: OUT without .json, plus _cells)
 
 
-def _sweep_cells(config: SweepRun, source: str, log: Log) -> dict[str, Any]:
+def _held_out_fraction(config: SweepRun) -> float:
+    return SWEEP_TEST_FRACTION if config.test_fraction is None else config.test_fraction
+
+
+def _sweep_cells(config: SweepRun, source: str, out_path: str, log: Log) -> dict[str, Any]:
     """The sweep as cells: vectors and effects per (data, layer, seed), then one aggregated result."""
     t0 = time.perf_counter()
     model = None
@@ -88,7 +95,7 @@ def _sweep_cells(config: SweepRun, source: str, log: Log) -> dict[str, Any]:
                      seeds=tuple(config.seeds), model=config.model, device=config.device, dtype=config.dtype,
                      hook=config.hook, position=config.position, multipliers=tuple(config.multipliers),
                      n_train=config.limit, n_test=config.eval_limit, data_format=config.format,
-                     test_fraction=config.test_fraction, split_seed=config.split_seed,
+                     test_fraction=_held_out_fraction(config), split_seed=config.split_seed,
                      allow_empty_question=config.allow_empty_question, bipo=bipo, batch_size=config.batch_size)
     out = Path(config.out)
     root = Path(config.cells_dir) if config.cells_dir else out.with_name(out.stem + "_cells")
@@ -100,7 +107,7 @@ def _sweep_cells(config: SweepRun, source: str, log: Log) -> dict[str, Any]:
     log(f"sweep: {len(summary['ran'])} cell(s) run, {summary['complete_before']} of {summary['cells']} already "
         f"complete")
     result = aggregate(spec, root) | {"run": summary, "data_source": source, "seconds": time.perf_counter() - t0}
-    atomic_write_json(result, config.out)
+    atomic_write_json(result, out_path)
     log(f"wrote {config.out}")
     return result
 
@@ -112,10 +119,14 @@ def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], Swee
         The result as written and the sweep (``format_sweep`` prints it; None when run as cells,
         whose result aggregates seeds).
     """
-    check_out("--out", config.out, kind="file")
-    check_out("--save-vectors", config.save_vectors, kind="dir")
+    out = check_out("--out", config.out, kind="file")
+    save_vectors = check_out("--save-vectors", config.save_vectors, kind="dir")
+    check_out("--cells-dir", config.cells_dir, kind="dir")
     check_data(config.data)
-    check_at_least_one(config, "limit", "eval_limit")
+    check_at_least_one(config, "limit", "eval_limit", "batch_size")
+    check_run_multipliers(config.multipliers)
+    config.check_model()
+    config.check_source()
     if config.method == "caa" and (config.epochs is not None or config.lr is not None):
         raise RunError("--epochs and --lr apply to --method bipo only")
     if config.behavior is not None:
@@ -123,13 +134,13 @@ def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], Swee
         source = f"behavior:{config.behavior}"
     else:
         train, held_out = train_test_split(load_pairs(config.data, config.format, **config.loader_options()),
-                                           config.test_fraction, config.split_seed)
+                                           _held_out_fraction(config), config.split_seed)
         source = str(config.data)
     train, held_out = train[: config.limit], held_out[: config.eval_limit]
     if not held_out:
         raise RunError(f"{source}: no held-out pairs to measure the effect on (raise --test-fraction)")
     if config.executor != "inline" or len(config.seeds) > 1 or config.cells_dir:
-        return _sweep_cells(config, source, log), None
+        return _sweep_cells(config, source, out, log), None
     t0 = time.perf_counter()
     model = config.load_model()
     layers = parse_layers(config.layers if config.layers is not None else f"0-{model.cfg.n_layers - 1}",
@@ -148,9 +159,9 @@ def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], Swee
     result = swept.to_dict()
     result.update(data=source, bipo_config=bipo_config.to_dict() if bipo_config else None,
                   seconds=time.perf_counter() - t0)
-    if config.save_vectors:
-        result["vectors"] = swept.save_vectors(config.save_vectors)
-    atomic_write_json(result, config.out)
+    if save_vectors:
+        result["vectors"] = swept.save_vectors(save_vectors)
+    atomic_write_json(result, out)
     log(f"wrote {config.out}" + (f" and {len(layers)} vectors under {config.save_vectors}"
                                  if config.save_vectors else ""))
     return result, swept
@@ -175,14 +186,16 @@ def demo_run(config: DemoRun, log: Log = silent) -> dict[str, Any]:
     if config.behavior not in list_behaviors():
         raise RunError(f"--behavior {config.behavior!r}: choose one of {', '.join(list_behaviors())}")
     check_at_least_one(config, "epochs")
+    multipliers = check_run_multipliers(config.multipliers)
+    config.check_model()
+    out = Path(check_out("--out", config.out, kind="dir"))
     changes = {k: v for k, v in (("layer", config.layer), ("epochs", config.epochs)) if v is not None}
     study_config = dataclasses.replace(StudyConfig.demo(config.behavior, quick=config.quick),
-                                       multipliers=tuple(config.multipliers), precision=config.precision, **changes)
+                                       multipliers=tuple(multipliers), precision=config.precision, **changes)
     try:
         bipo_config = study_config.bipo_config()
     except ValueError as exc:
         raise RunError(str(exc)) from None
-    out = Path(config.out)
     model = config.load_model()
     if study_config.layer >= model.cfg.n_layers:
         raise RunError(f"--layer {study_config.layer}: {model.cfg.model_name} has layers 0..{model.cfg.n_layers - 1}")
@@ -214,6 +227,9 @@ def reproduce_run(config: ReproduceRun, log: Log = silent) -> dict[str, Any]:
     """The whole study into ``config.out`` and its figures into ``config.figures``; returns its summary
     (``workbench.studies.reproduce.reproduce``) with ``"seconds"``."""
     study_config = StudyConfig.quick() if config.quick else StudyConfig()
+    config.check_model()
+    out = check_out("--out", config.out, kind="dir")
+    figures = check_out("--figures", config.figures, kind="dir")
     if config.truthfulqa is not None and not Path(config.truthfulqa).is_file():
         raise RunError(f"--truthfulqa {config.truthfulqa}: no such file")
     changes = {k: v for k, v in (("behaviors", tuple(config.behaviors) if config.behaviors else None),
@@ -235,9 +251,9 @@ def reproduce_run(config: ReproduceRun, log: Log = silent) -> dict[str, Any]:
     execution = ExecutionConfig(executor=config.executor, seeds=None if config.seeds is None else tuple(config.seeds),
                                 cells_model=(config.model, config.device, config.dtype), slurm=config.slurm())
     t0 = time.perf_counter()
-    summary = study.reproduce(config.out, study_config, model=model, figures_dir=config.figures, stages=stages,
+    summary = study.reproduce(out, study_config, model=model, figures_dir=figures, stages=stages,
                               force=config.force, log=log, execution=execution)
     return {**summary, "seconds": time.perf_counter() - t0}
 
 
-__all__ = ["DemoRun", "ExecutorOptions", "ReproduceRun", "SweepRun", "demo_run", "reproduce_run", "sweep_run"]
+__all__ = ["SWEEP_TEST_FRACTION", "DemoRun", "ExecutorOptions", "ReproduceRun", "SweepRun", "demo_run", "reproduce_run", "sweep_run"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core.backend import Model
-from workbench.core.io import atomic_write_json
+from workbench.core.artifacts import artifact_lock
 from workbench.core.prompts import prompts_and_answers
 from workbench.core.vector import SteeringVector
 from workbench.engine.items import AnswerTooLongError, tokenize_items
@@ -57,9 +57,11 @@ class TrainRun(ModelOptions, DataOptions):
     system_prompt: str | None = None  # None: BiPO's
     no_system_prompt: bool = False
 
-    def check(self) -> None:
-        """Everything that can be refused without data or a model, in the command's order."""
+    def check(self) -> tuple[str, str | None]:
+        """Everything that can be refused without data or a model, in the command's order; returns the paths
+        to write, ``--out`` and ``--checkpoint-dir`` (``check_out``: a symbolic link followed)."""
         check_at_least_one(self, "limit", "epochs", "batch_size")
+        self.check_model()
         chosen_system_prompt(self.system_prompt, self.no_system_prompt)
         if self.method == "actadd":
             if self.positive is None or self.negative is None:
@@ -68,19 +70,22 @@ class TrainRun(ModelOptions, DataOptions):
             raise RunError(f"--method {self.method} needs preference pairs: give --data PATH or --behavior NAME")
         if self.resume and self.checkpoint_dir is None:
             raise RunError("--resume needs --checkpoint-dir")
-        check_out("--out", self.out, kind="dir")
-        check_out("--checkpoint-dir", self.checkpoint_dir, kind="dir")
-        ck = None if self.checkpoint_dir is None else Path(self.checkpoint_dir)
+        if self.method != "actadd":
+            self.check_source()
+        out = check_out("--out", self.out, kind="dir")
+        checkpoint_dir = check_out("--checkpoint-dir", self.checkpoint_dir, kind="dir")
+        ck = None if checkpoint_dir is None else Path(checkpoint_dir)
         if ck is not None and not self.resume and ck.is_dir() and any(ck.iterdir()):
             raise RunError(f"--checkpoint-dir {self.checkpoint_dir}: not empty; pass --resume to continue from it "
                            "or choose another directory")
         if self.layer is not None and self.layer < 0:
             raise RunError(f"--layer {self.layer}: must be >= 0")
-        if self.max_length is not None and self.method not in TRAINED:
-            raise RunError("--max-length applies to --method reps or bipo only")
+        if self.max_length is not None and self.max_length < 1:
+            raise RunError(f"--max-length {self.max_length}: must be >= 1")
         if self.method == "reps" and (self.beta is not None or self.direction is not None):
             raise RunError("--beta and --direction apply to --method bipo only")
         check_data(self.data)
+        return out, checkpoint_dir
 
     def trainer_config(self, layer: int, hook: str, system_prompt: str | None) -> TrainConfig:
         """The BiPOConfig or RePSConfig of the options given; an out-of-range field names its flag."""
@@ -135,7 +140,13 @@ def train_run(config: TrainRun, log: Log = silent) -> tuple[SteeringVector, dict
     Returns:
         The saved vector and the training history (None for an extracted vector).
     """
-    config.check()
+    out, checkpoint_dir = config.check()
+    with artifact_lock(out, wait=0):  # one writer per --out: a second run into it fails now, naming this process
+        return _train_run(config, out, checkpoint_dir, log)
+
+
+def _train_run(config: TrainRun, out: Path, checkpoint_dir: Path | None,
+               log: Log) -> tuple[SteeringVector, dict[str, Any] | None]:
     system_prompt = chosen_system_prompt(config.system_prompt, config.no_system_prompt)
     layer = BiPOConfig().layer if config.layer is None else config.layer
     hook = config.hook or ("resid_pre" if config.method == "actadd" else "resid_post")
@@ -161,19 +172,20 @@ def train_run(config: TrainRun, log: Log = silent) -> tuple[SteeringVector, dict
         log(f"train: {TRAINED[config.method]} on {len(pairs)} pairs at {trainer.hook_name}, {trainer.epochs} "
             f"epochs, lr {trainer.lr:g}, {trainer.precision}")
         train = train_bipo if config.method == "bipo" else train_reps
-        result = train(model, pairs, trainer, checkpoint_dir=config.checkpoint_dir, resume=config.resume)
+        result = train(model, pairs, trainer, checkpoint_dir=checkpoint_dir, resume=config.resume)
         vector, history = result.vector, result.to_dict()
     elif config.method == "actadd":
-        vector = baselines.actadd(model, config.positive, config.negative, layer, hook=hook)
+        bound = {"max_length": config.max_length} if config.max_length is not None else {}
+        vector = baselines.actadd(model, config.positive, config.negative, layer, hook=hook, **bound)
     else:
         kwargs = {"batch_size": config.batch_size} if config.batch_size else {}
+        if config.max_length is not None:  # otherwise the engine's default bound (engine.items.DEFAULT_MAX_LENGTH)
+            kwargs["max_length"] = config.max_length
         vector = getattr(baselines, config.method)(model, pairs, layer, hook=hook, position=config.position,
                                                    system_prompt=system_prompt, **kwargs)
     vector = dataclasses.replace(vector, metadata={**vector.metadata, "data": data_info,
                                                    "seconds": time.perf_counter() - t0})
-    vector.save(config.out)
-    if history is not None:
-        atomic_write_json(history, f"{config.out}/history.json")
+    vector.save(out, extra={"history.json": history} if history is not None else None)  # one commit, with its history
     summary = f"; final loss {history['epochs'][-1]['loss']:.4f}" if history and history["epochs"] else ""
     log(f"wrote {config.out}: {vector.describe()}{summary}")
     return vector, history

@@ -30,6 +30,7 @@ from workbench.core.vector import SteeringVector, full_hook_name
 from workbench.data.behaviors import load_behavior, load_neutral_text
 from workbench.data.formats import load_pairs
 from workbench.data.pairs import DataFormatError, PreferencePair, train_test_split
+from workbench.evaluate.statistics import check_multipliers
 
 #: where a run's status lines go (``print`` to stderr in the command line)
 Log = Callable[[str], None]
@@ -52,10 +53,29 @@ class ModelOptions:
     dtype: str = "fp32"  # fp32, bf16 or fp16: the whole model's weights
     n_devices: int = 1  # split the blocks over this many CUDA devices
 
-    def load_model(self) -> Model:
-        """The model these options ask for; a bad device, dtype or name is a ``RunError``."""
+    def check_model(self) -> str:
+        """Refuse ``--device`` and ``--n-devices`` before any work (no model is loaded); returns the device."""
         try:
             device = resolve_device(self.device)
+        except ModelLoadError as exc:
+            raise RunError(f"--device: {exc}") from None
+        if isinstance(self.n_devices, bool) or not isinstance(self.n_devices, int) or self.n_devices < 1:
+            raise RunError(f"--n-devices {self.n_devices}: must be a whole number >= 1")
+        if self.n_devices > 1:
+            if not device.startswith("cuda"):
+                raise RunError(f"--n-devices {self.n_devices}: splitting the blocks needs --device cuda, "
+                               f"got {self.device}")
+            import torch  # the CUDA devices this machine has
+
+            if self.n_devices > torch.cuda.device_count():
+                raise RunError(f"--n-devices {self.n_devices}: this machine has {torch.cuda.device_count()} "
+                               "CUDA device(s)")
+        return device
+
+    def load_model(self) -> Model:
+        """The model these options ask for; a bad device, dtype or name is a ``RunError``."""
+        device = self.check_model()
+        try:
             return loading.load_model(self.model, device=device, dtype=self.dtype, n_devices=self.n_devices)
         except ModelLoadError as exc:
             raise RunError(f"--model/--device: {exc}") from None
@@ -99,6 +119,19 @@ class DataOptions:
         if self.test_fraction is not None and not 0 < self.test_fraction < 1:
             raise RunError(f"--test-fraction {self.test_fraction}: must be between 0 and 1")
 
+    def check_source(self, embedded: str | None = None) -> None:
+        """Refuse, before any work, options that the pairs' source would ignore: ``--test-fraction`` and
+        ``--pairs-per-question`` with an embedded set instead of ``--data`` (``--behavior``, or ``embedded``
+        where the run reads one without data): its train/test split is fixed."""
+        source = f"--behavior {self.behavior}" if self.behavior is not None else embedded
+        if self.data is None and source is not None:
+            for flag, value in (("--test-fraction", self.test_fraction),
+                                ("--pairs-per-question", self.pairs_per_question)):
+                if value is not None:
+                    raise RunError(f"{flag} applies to --data only; the train/test split of {source} is fixed"
+                                   + (" (choose a part with --split)" if self.behavior is not None else ""))
+        self.check_test_fraction()
+
     def data_part(self, part: str) -> tuple[list[PreferencePair], dict[str, Any]]:
         """Pairs of ``data`` (its ``part``, "train" or "test", of a ``test_fraction`` split) and their description."""
         pairs = load_pairs(self.data, self.format, **self.loader_options())
@@ -117,11 +150,24 @@ class DataOptions:
         return self.data_part(part)
 
 
-def check_out(flag: str, path: str | Path | None, *, kind: str) -> None:
-    """Refuse an output path before any work starts: ``kind`` is "file" or "dir" (what will be written there)."""
+def check_out(flag: str, path: str | Path | None, *, kind: str) -> str | None:
+    """Refuse an output path before any work starts: ``kind`` is "file" or "dir" (what will be written there).
+
+    Returns the path to write: ``path`` itself, or, when ``path`` is a symbolic link to an existing file or
+    directory, the link's target (followed, so that the writer replaces what it points to, not the link).
+    A dangling link is refused: whether to create its target or replace the link cannot be guessed.
+    """
     if path is None:
-        return
+        return None
     p = Path(path)
+    if p.is_symlink():
+        target = os.readlink(p)
+        if not p.exists():
+            raise RunError(f"{flag} {path}: is a symbolic link to {target}, which does not exist; remove the link "
+                           "or give another path")
+        resolved = p.resolve()
+        check_out(flag, resolved, kind=kind)
+        return str(resolved)
     if kind == "file" and p.is_dir():
         raise RunError(f"{flag} {path}: is a directory; give a file path")
     if kind == "dir" and p.exists() and not p.is_dir():
@@ -133,6 +179,7 @@ def check_out(flag: str, path: str | Path | None, *, kind: str) -> None:
         raise RunError(f"{flag} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RunError(f"{flag} {path}: {parent} is not writable")
+    return str(path)
 
 
 def check_data(path: str | Path | None) -> None:
@@ -152,6 +199,15 @@ def check_at_least_one(config: object, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_run_multipliers(values: Sequence[float], flag: str = "--multipliers") -> list[float]:
+    """``values`` as ``evaluate.statistics.check_multipliers`` takes them (numbers, finite, each given once),
+    checked before any work; an error names ``flag``."""
+    try:
+        return check_multipliers(list(values), what=flag)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None  # "--multipliers[0] = 1 and --multipliers[1] = 1 are the same ..."
 
 
 def chosen_system_prompt(system_prompt: str | None, no_system_prompt: bool) -> str | None:
@@ -192,4 +248,4 @@ def neutral_texts(path: str | Path | None, limit: int | None) -> list[str]:
 
 
 __all__ = ["DataOptions", "Log", "ModelOptions", "RunError", "check_at_least_one", "check_data", "check_out",
-           "chosen_system_prompt", "load_vectors", "neutral_texts", "silent", "vector_labels"]
+           "check_run_multipliers", "chosen_system_prompt", "load_vectors", "neutral_texts", "silent", "vector_labels"]

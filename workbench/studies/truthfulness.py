@@ -79,10 +79,9 @@ def _vectors(model: Model, train: Sequence[PreferencePair], bipo_config: BiPOCon
                                         "train_seconds": time.perf_counter() - t0})
     caa_vec = caa(model, train, bipo_config.layer, hook=bipo_config.hook)
     caa_vec = caa_vec.replace(metadata={**caa_vec.metadata, "behavior": "truthfulness"})
-    bipo.save(runs_dir / "bipo")
+    bipo.save(runs_dir / "bipo",  # the history is committed with its vector, in one directory rename
+              extra={"history.json": {**res.to_dict(), "behavior": "truthfulness", "layer": bipo_config.layer}})
     caa_vec.save(runs_dir / "caa")
-    atomic_write_json({**res.to_dict(), "behavior": "truthfulness", "layer": bipo_config.layer},
-                      runs_dir / "bipo" / "history.json")
     atomic_write_json({"key": key, "behavior": "truthfulness"}, key_file)
     return {"bipo": bipo, "caa": caa_vec}
 

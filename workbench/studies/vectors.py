@@ -110,9 +110,9 @@ def study_vectors(model: Model, behavior: str, config: StudyConfig, runs_dir: st
     t0 = time.perf_counter()
     caa_vec = caa(model, train, layer, hook=config.hook, batch_size=config.eval_batch_size, progress=progress)
     caa_vec = _labelled(caa_vec, behavior, train_seconds=time.perf_counter() - t0)
-    bipo.save(directory / "bipo")
+    # the history is committed with its vector, in one directory rename
+    bipo.save(directory / "bipo", extra={HISTORY_FILE: {**result.to_dict(), "behavior": behavior, "layer": layer}})
     caa_vec.save(directory / "caa")
-    atomic_write_json({**result.to_dict(), "behavior": behavior, "layer": layer}, directory / "bipo" / HISTORY_FILE)
     atomic_write_json({"key": key, "behavior": behavior, "layer": layer, "model": str(model.cfg.model_name)},
                       key_file)
     logger.info("%s: BiPO (norm %.3g) in %.0f s, CAA (norm %.3g) at %s", behavior, bipo.norm, bipo_seconds,
@@ -144,9 +144,8 @@ def study_extra_vectors(model: Model, behavior: str, config: StudyConfig, runs_d
         t0 = time.perf_counter()
         res = train_reps(model, train, config.reps_config(), progress=progress)
         out["reps"] = _labelled(res.vector, behavior, train_seconds=time.perf_counter() - t0)
-        out["reps"].save(directory / "reps")
-        atomic_write_json({**res.to_dict(), "behavior": behavior, "layer": config.layer},
-                          directory / "reps" / HISTORY_FILE)
+        out["reps"].save(directory / "reps",
+                         extra={HISTORY_FILE: {**res.to_dict(), "behavior": behavior, "layer": config.layer}})
     if "pca" in wanted:
         out["pca"] = _labelled(pca(model, train, config.layer, hook=config.hook, batch_size=config.eval_batch_size),
                                behavior)

@@ -12,7 +12,7 @@ requested hook point reduces the activation to one ``d_model`` vector per sequen
 rule) and stores it in fp32, and the forward pass stops after the deepest requested block. A
 30-layer sweep therefore costs one partial forward pass instead of thirty (``bench/sweep_speed.py``).
 The matching and not-matching sequences of a batch of pairs run together in one right-padded batch
-with an explicit attention mask (``workbench.engine.scoring.tokenize_completions``).
+with an explicit attention mask (``workbench.engine.items.pad_rows``).
 
 Position rules (where a sequence ``prompt + answer`` is read):
 
@@ -27,6 +27,13 @@ Position rules (where a sequence ``prompt + answer`` is read):
 Prompts are the model's chat template around the question with ``DEFAULT_SYSTEM_PROMPT`` (BiPO's
 official runs); ``system_prompt=None`` drops the system turn. The end-of-turn token is NOT appended
 to answers unless ``append_end_of_turn=True`` (then ``"last"`` reads the end-of-turn token).
+
+Bounded memory: every sequence is cut to ``max_length`` tokens by the scoring engine's one rule
+(``workbench.engine.items.prompt_cut``: prompts lose tokens from the left, the two answers of a pair
+the same number, answers are never cut; default ``DEFAULT_MAX_LENGTH``, as the trainer and the
+scorer), and every batch is tokenized and its forward pass's memory estimated
+(``workbench.engine.items.forward_bytes``) before the first pass runs: a pair that would need more
+memory than the machine has is an error naming its source (``file:line``), before any work.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat  # BiPO's official system prompt
 from workbench.core.vector import SteeringVector, full_hook_name
 from workbench.data.pairs import PreferencePair, check_pairs, fingerprint
-from workbench.engine.items import TokenizedBatch, tokenize_completions
+from workbench.engine.items import (DEFAULT_MAX_LENGTH, AnswerTooLongError, TokenizedBatch, check_forward_memory,
+                                    encode_rows, pad_rows, prompt_cut)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +102,46 @@ def _check_layers(model: Model, layers: Sequence[int] | int, hook: str) -> list[
         if name not in model.hook_dict:
             raise ValueError(f"hook {name!r} does not exist in model {model.cfg.model_name!r}")
     return sorted(set(layers))
+
+
+def _check_max_length(max_length: Any) -> None:
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length={max_length!r}: must be a positive integer or None (no bound)")
+
+
+def _where(pairs: Sequence[PreferencePair], i: int) -> str:
+    """A pair's source (``path:line``, ``behavior:index``), else ``pairs[i]``."""
+    return getattr(pairs[i], "source", None) or f"pairs[{i}]"
+
+
+def _encode_pairs(model: Model, pairs: Sequence[PreferencePair], system_prompt: str | None, eot: str,
+                  max_length: int | None) -> list[tuple[list[int], list[int]]]:
+    """Rows ``[matching_0, not_matching_0, matching_1, ...]`` under the engine's rule (both answers of a
+    pair cut to the same prompt); an answer too long names its pair's source."""
+    prompts = [format_chat(model, p.question, system_prompt) for p in pairs]
+    flat_p = [q for q in prompts for _ in (0, 1)]
+    flat_a = [a + eot for p in pairs for a in (p.matching, p.not_matching)]
+    try:
+        return encode_rows(model, flat_p, flat_a, max_length, groups=[i for i in range(len(pairs)) for _ in (0, 1)])
+    except AnswerTooLongError as exc:
+        i, which = divmod(exc.index, 2)
+        raise AnswerTooLongError(exc.index, exc.n_tokens, exc.max_length,
+                                 where=f"{_where(pairs, i)}: the {('matching', 'not_matching')[which]} answer") from None
+
+
+def _check_batches_memory(model: Model, pairs: Sequence[PreferencePair], rows: list[tuple[list[int], list[int]]],
+                          batches: list[list[int]], max_length: int | None, batch_size: int) -> None:
+    """Every batch's forward-pass memory against what is free, before the first pass; names the longest pair."""
+    def length(i: int) -> int:
+        return max(len(p) + len(a) for p, a in rows[2 * i: 2 * i + 2])
+
+    for idx in batches:
+        longest = max(idx, key=length)
+        advice = (f"lower max_length={max_length}" if max_length is not None  # argument=value: the CLI names its flag
+                  else f"give max_length= (the engine's default is {DEFAULT_MAX_LENGTH})")
+        if len(idx) > 1:
+            advice += f" or batch_size={batch_size}"
+        check_forward_memory(model, 2 * len(idx), length(longest), _where(pairs, longest), advice)
 
 
 # --------------------------------------------------------------------------- positions
@@ -143,7 +191,7 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
                         hook: str = "resid_post", position: Position = "answer_mean",
                         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8,
                         progress: bool = True, append_end_of_turn: bool = False,
-                        max_length: int | None = None) -> Activations:
+                        max_length: int | None = DEFAULT_MAX_LENGTH) -> Activations:
     """Per-pair activations of both answers at every requested layer, in one pass per batch.
 
     Args:
@@ -156,11 +204,17 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
         batch_size: pairs per forward pass (each pass runs ``2 * batch_size`` sequences).
         progress: show a tqdm bar over batches.
         append_end_of_turn: append the model's end-of-turn string to every answer.
-        max_length: cut prompts from the left so sequences have at most this many tokens.
+        max_length: cut prompts from the left so sequences have at most this many tokens (the
+            engine's rule, the two answers of a pair cut alike; ``None``: no bound).
 
     Returns:
         ``{layer: (acts_matching, acts_not_matching)}``, each ``(n_pairs, d_model)`` fp32 on CPU, in
         the order of ``pairs``.
+
+    Raises:
+        AnswerTooLongError: an answer longer than ``max_length`` (naming the pair's source).
+        InputTooLargeError: a batch whose forward pass needs more memory than is free (naming the
+            longest pair's source); both before any forward pass.
 
     Example:
         >>> acts = extract_activations(model, pairs, layers=range(30))
@@ -172,6 +226,7 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
     layers = _check_layers(model, layers, hook)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_max_length(max_length)
     names = {full_hook_name(layer, hook): layer for layer in layers}
     eot = end_of_turn(model) if append_end_of_turn else ""
     n, d = len(pairs), model.cfg.d_model
@@ -184,14 +239,14 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
         for i, p in enumerate(pairs):
             letters[i, 0] = _letter_index(model, p.matching + eot, f"pairs[{i}].matching")
             letters[i, 1] = _letter_index(model, p.not_matching + eot, f"pairs[{i}].not_matching")
+    # every row tokenized, every batch's memory estimated, before the first forward pass
+    rows = _encode_pairs(model, pairs, system_prompt, eot, max_length)
+    batches = [order[s: s + batch_size] for s in range(0, n, batch_size)]
+    _check_batches_memory(model, pairs, rows, batches, max_length, batch_size)
     stop = max(layers) + 1
     device = model.cfg.device
-    starts = range(0, n, batch_size)
-    for s in tqdm(starts, desc="activations", disable=not progress, total=len(starts)):
-        idx = order[s: s + batch_size]
-        prompts = [format_chat(model, pairs[i].question, system_prompt) for i in idx]
-        answers = [pairs[i].matching + eot for i in idx] + [pairs[i].not_matching + eot for i in idx]
-        batch = tokenize_completions(model, prompts + prompts, answers, max_length=max_length)
+    for idx in tqdm(batches, desc="activations", disable=not progress, total=len(batches)):
+        batch = pad_rows(model, [rows[2 * i] for i in idx] + [rows[2 * i + 1] for i in idx])
         positions = _read_positions(batch, position, [letters.get((i, j), 0) for j in (0, 1) for i in idx])
         batch = batch.to(device)
         store: dict[str, Tensor] = {}
@@ -224,7 +279,7 @@ def mean_difference_vectors(model: Model, pairs: Sequence[PreferencePair],
                             position: Position = "answer_mean",
                             system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 8,
                             progress: bool = True, append_end_of_turn: bool = False,
-                            max_length: int | None = None) -> dict[int, SteeringVector]:
+                            max_length: int | None = DEFAULT_MAX_LENGTH) -> dict[int, SteeringVector]:
     """CAA vectors ``mean(act(matching) - act(not_matching))`` at several layers from one pass.
 
     Arguments as ``extract_activations``. Returns ``{layer: SteeringVector}`` (method ``"caa"``,
@@ -242,7 +297,7 @@ def mean_difference_vectors(model: Model, pairs: Sequence[PreferencePair],
                                batch_size=batch_size, progress=progress, append_end_of_turn=append_end_of_turn,
                                max_length=max_length)
     fp = fingerprint(pairs)
-    config = _config(position, system_prompt, len(pairs), hook, append_end_of_turn)
+    config = _config(position, system_prompt, len(pairs), hook, append_end_of_turn, max_length=max_length)
     out = {}
     for layer, (pos, neg) in acts.items():
         vec = (pos - neg).mean(0)  # (d_model,) fp32
@@ -307,6 +362,7 @@ def pca(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "
     layer = _as_layer(layer)
     system_prompt = kwargs.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
     append_end_of_turn = kwargs.get("append_end_of_turn", False)
+    max_length = kwargs.get("max_length", DEFAULT_MAX_LENGTH)
     pos, neg = extract_activations(model, pairs, [layer], hook=hook, position=position, **kwargs)[layer]
     diffs = pos - neg  # (n, d_model)
     mean = diffs.double().mean(0)
@@ -319,7 +375,8 @@ def pca(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "
                        "is arbitrary", full_hook_name(layer, hook))
     vec = (direction * mean.norm()).float()
     cos = float(torch.nn.functional.cosine_similarity(direction, mean, dim=0)) if mean.norm() > 0 else 0.0
-    config = _config(position, system_prompt, len(pairs), hook, append_end_of_turn, center=center)
+    config = _config(position, system_prompt, len(pairs), hook, append_end_of_turn, center=center,
+                     max_length=max_length)
     return SteeringVector(vec, full_hook_name(layer, hook), model_name=model.cfg.model_name, method="pca",
                           config=config, data_fingerprint=fingerprint(pairs),
                           metadata={"n_pairs": len(pairs), "position": position, "center": center,
@@ -331,7 +388,7 @@ def pca(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "
 @torch.no_grad()
 def actadd(model: Model, positive: str, negative: str, layer: int, hook: str = "resid_pre",
            position: Literal["last", "sum", "mean"] = "last", pad_text: str = " ",
-           prepend_bos: bool | None = None) -> SteeringVector:
+           prepend_bos: bool | None = None, max_length: int | None = DEFAULT_MAX_LENGTH) -> SteeringVector:
     """ActAdd: ``act(positive) - act(negative)`` for one pair of raw prompts (no chat template).
 
     Args:
@@ -345,6 +402,9 @@ def actadd(model: Model, positive: str, negative: str, layer: int, hook: str = "
             its sum or mean).
         pad_text: text of ONE token used for padding.
         prepend_bos: passed to ``model.to_tokens`` (``None``: the model's default).
+        max_length: each prompt keeps at most its last ``max_length`` tokens (the engine's rule,
+            ``prompt_cut``, for a prompt with no answer; ``None``: no bound). A prompt whose forward
+            pass needs more memory than is free is refused before it runs, naming the argument.
 
     Returns:
         ``SteeringVector`` with method ``"actadd"``.
@@ -357,16 +417,21 @@ def actadd(model: Model, positive: str, negative: str, layer: int, hook: str = "
     for arg, text in (("positive", positive), ("negative", negative)):
         if not isinstance(text, str) or not text:
             raise ValueError(f"{arg} must be a non-empty prompt string, got {text!r}")
+    _check_max_length(max_length)
     layer = _as_layer(layer)
     _check_layers(model, [layer], hook)
     name = full_hook_name(layer, hook)
     toks = [model.to_tokens(t, prepend_bos=prepend_bos)[0] for t in (positive, negative)]
+    toks = [t[prompt_cut(len(t), 0, max_length):] for t in toks]  # (pos,) each, cut from the left
     if position != "last":
         pad_ids = model.tokenizer(pad_text, add_special_tokens=False)["input_ids"]
         if len(pad_ids) != 1:
             raise ValueError(f"pad_text {pad_text!r} is {len(pad_ids)} tokens, not one")
         n = max(len(t) for t in toks)
         toks = [torch.cat([t, t.new_full((n - len(t),), pad_ids[0])]) for t in toks]
+    for arg, t in zip(("positive", "negative"), toks):  # before the first forward pass
+        check_forward_memory(model, 1, len(t), arg, f"lower max_length={max_length}" if max_length
+                             else f"give max_length= (the engine's default is {DEFAULT_MAX_LENGTH})")
     acts = []
     for t in toks:  # one prompt at a time: no padding or mask is involved
         store: dict[str, Tensor] = {}
@@ -386,6 +451,7 @@ def actadd(model: Model, positive: str, negative: str, layer: int, hook: str = "
     lengths = [len(t) for t in toks]
     return SteeringVector(vec, name, model_name=model.cfg.model_name, method="actadd",
                           config={"positive": positive, "negative": negative, "position": position,
-                                  "hook": hook, "pad_text": pad_text, "prepend_bos": prepend_bos},
+                                  "hook": hook, "pad_text": pad_text, "prepend_bos": prepend_bos,
+                                  "max_length": max_length},
                           data_fingerprint=fingerprint([PreferencePair("", positive, negative)]),
                           metadata={"n_tokens": lengths, "position": position})

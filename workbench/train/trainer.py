@@ -19,6 +19,7 @@ own fields (``TrainConfig`` holds the shared ones). Everything else lives here o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -38,7 +39,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.core.backend import Model
-from workbench.core.io import atomic_write_json, atomic_write_safetensors, commit_files, pending, recover_files
+from workbench.core.io import json_text, safetensors_bytes
+from workbench.core.artifacts import artifact_lock, recover_artifact, write_artifact
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
 from workbench.core.results import BIPO_HISTORY, Result, result
 from workbench.core.vector import SteeringVector, __version__, full_hook_name
@@ -53,6 +55,14 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_JSON = "checkpoint.json"
 _CHECKPOINT_VERSION = 1
+#: A trained vector whose norm exceeds this many times the mean residual norm at its hook is flagged
+#: (a warning, ``norm_flag`` in its metadata and training record). At 1x the vector is as large as the
+#: residual it is added to: after the next block's normalisation the input contributes no more than
+#: the vector does, so the steered model mostly stops reading its prompt and an effect measured with
+#: it (at m = 1 or beyond) is the vector's, not steering's. The vectors behind the results here are
+#: 0.02-0.07x their residual (BiPO/RePS norm 8-26 against ~400 at SmolLM2-135M's layer 14), so the
+#: bound leaves them 15x headroom; `--lr 1e9` gave 1.8e9 (issue #30).
+NORM_FLAG_RATIO = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,11 +135,16 @@ class TrainResult:
     history: list[dict[str, float]]  # step, epoch, loss, accuracy, margin, direction, norm, grad_norm, lr
     epochs: list[dict[str, float]] = field(default_factory=list)  # epoch means, seconds, eval_* metrics
     setup_seconds: float = 0.0  # building the prefix cache and the reference log-probs
+    resid_norm: float | None = None  # mean residual norm at the hook over the training tokens (None: unknown)
+    norm_flag: dict[str, Any] | None = None  # set when the vector's norm > NORM_FLAG_RATIO x resid_norm
 
     def to_dict(self) -> Result:
         """The training record as a ``bipo_history`` result (also RePS's, ``workbench.core.results``); the
-        vector is saved apart."""
-        return result(BIPO_HISTORY, history=self.history, epochs=self.epochs, setup_seconds=self.setup_seconds)
+        vector is saved apart. ``resid_norm`` and, for a flagged vector, ``norm_flag`` come with it."""
+        extra = {"resid_norm": self.resid_norm} if self.resid_norm is not None else {}
+        extra |= {"norm_flag": self.norm_flag} if self.norm_flag else {}
+        return result(BIPO_HISTORY, history=self.history, epochs=self.epochs, setup_seconds=self.setup_seconds,
+                      **extra)
 
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
@@ -171,21 +186,20 @@ def _save_checkpoint(directory: Path, v: Tensor, opt: torch.optim.Optimizer, gen
     if state:
         tensors |= {"adam.exp_avg": state["exp_avg"], "adam.exp_avg_sq": state["exp_avg_sq"],
                     "adam.step": state["step"].reshape(1)}
-    names = (CHECKPOINT_TENSORS, CHECKPOINT_JSON)
-    recover_files(directory, names)
-    # both files staged whole, then moved into place (JSON last, the commit mark): a kill at any moment
-    # leaves the previous checkpoint or this one, never a mix
-    path = atomic_write_safetensors(tensors, pending(directory / CHECKPOINT_TENSORS))
-    meta = {**meta, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    atomic_write_json(meta, pending(directory / CHECKPOINT_JSON))
-    commit_files(directory, names)
+    # both files committed by one directory rename (JSON last, recording the tensors' checksum): a kill
+    # or a full disk at any moment leaves the previous checkpoint or this one, never a mix
+    data = safetensors_bytes(tensors)
+    text = json_text({**meta, "sha256": hashlib.sha256(data).hexdigest()})
+    write_artifact(directory, {CHECKPOINT_TENSORS: lambda p: p.write_bytes(data),
+                               CHECKPOINT_JSON: lambda p: p.write_text(text, encoding="utf-8")},
+                   legacy_names=(CHECKPOINT_TENSORS, CHECKPOINT_JSON))
 
 
 def _resume(directory: Path, meta: dict[str, Any], v: Tensor, opt: torch.optim.Optimizer,
             gen: torch.Generator) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """Load a checkpoint written by ``_save_checkpoint`` into ``v``, ``opt`` and ``gen``; its history."""
     meta_path, tensor_path = directory / CHECKPOINT_JSON, directory / CHECKPOINT_TENSORS
-    recover_files(directory, (CHECKPOINT_TENSORS, CHECKPOINT_JSON))
+    recover_artifact(directory, (CHECKPOINT_TENSORS, CHECKPOINT_JSON))  # the caller holds its lock
     try:
         saved = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -315,79 +329,129 @@ def train_preference_vector(model: Model, pairs: Sequence[Any], config: TrainCon
     meta = {"format_version": _CHECKPOINT_VERSION, "config": config.to_dict(), "data_fingerprint": data_fp,
             "model_name": str(model.cfg.model_name), "workbench_version": __version__}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / CHECKPOINT_JSON).exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt / CHECKPOINT_JSON} exists: pass resume=True to continue it, or "
-                                  "choose another checkpoint_dir")
-        history, epochs = _resume(ckpt, meta, v, opt, gen)
-        logger.info("%s: resumed from %s after epoch %d", label, ckpt, len(epochs))
-    elif resume:
-        logger.info("%s: no checkpoint in %s; starting from scratch", label, ckpt)
+    # one writer per checkpoint directory: a second run into it fails at once, naming this process
+    lock = artifact_lock(ckpt, wait=0) if ckpt is not None else contextlib.nullcontext()
+    with lock:
+        if ckpt is not None:
+            recover_artifact(ckpt, (CHECKPOINT_TENSORS, CHECKPOINT_JSON))
+        if ckpt is not None and (ckpt / CHECKPOINT_JSON).exists():
+            if not resume:
+                raise FileExistsError(f"{ckpt / CHECKPOINT_JSON} exists: pass resume=True to continue it, or "
+                                      "choose another checkpoint_dir")
+            history, epochs = _resume(ckpt, meta, v, opt, gen)
+            logger.info("%s: resumed from %s after epoch %d", label, ckpt, len(epochs))
+        elif resume:
+            logger.info("%s: no checkpoint in %s; starting from scratch", label, ckpt)
 
-    t0 = time.perf_counter()
-    # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
-    runner = make_runner(model, entry(model, site)[0], torch.bfloat16 if config.precision == "bf16" else None)
-    cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
+        t0 = time.perf_counter()
+        # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
+        runner = make_runner(model, entry(model, site)[0], torch.bfloat16 if config.precision == "bf16" else None)
+        cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
 
-    def build(these: Sequence[Any], show: bool = False) -> PrefixCache:
-        items = tokenize_items(model, *prompts_and_answers(model, these, config.system_prompt), config.max_length)
-        return PrefixCache.build(model, items, site, runner=runner, dtype=cache_dtype, progress=show)
+        def build(these: Sequence[Any], show: bool = False) -> PrefixCache:
+            items = tokenize_items(model, *prompts_and_answers(model, these, config.system_prompt), config.max_length)
+            return PrefixCache.build(model, items, site, runner=runner, dtype=cache_dtype, progress=show)
 
-    cache = build(pairs, progress)
-    if eval_pairs is not None:
-        eval_cache = build(eval_pairs)
-    setup_seconds = time.perf_counter() - t0
-    logger.info("%s: cached %d pairs at %s (%.0f MB) in %.1f s", label, len(cache), site, cache.nbytes / 2**20,
-                setup_seconds)
+        cache = build(pairs, progress)
+        if eval_pairs is not None:
+            eval_cache = build(eval_pairs)
+        resid_norm = residual_norm(cache)
+        setup_seconds = time.perf_counter() - t0
+        logger.info("%s: cached %d pairs at %s (%.0f MB) in %.1f s", label, len(cache), site, cache.nbytes / 2**20,
+                    setup_seconds)
 
-    n = len(cache)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    lengths = cache.lengths()
-    bar = tqdm(total=total, initial=len(history), desc=label, disable=not progress)
-    try:
-        for epoch in range(len(epochs), config.epochs):
-            t_epoch = time.perf_counter()
-            for idx in batch_plan(n, config, gen, lengths):
-                record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total, objective)
-                if not (math.isfinite(record["loss"]) and torch.isfinite(v.detach()).all()):
-                    kept = f"; the last good checkpoint ({len(epochs)} epoch(s)) is kept in {ckpt}" if ckpt else ""
-                    raise ValueError(f"{label} step {len(history) + 1}: the loss or the vector became NaN or "
-                                     f"infinite (loss {record['loss']}); stopped{kept}. Lower the learning "
-                                     f"rate (now {config.lr:g})")
-                history.append(record | {"epoch": epoch + 1})
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", norm=f"{history[-1]['norm']:.2f}")
-            recent = history[-steps_per_epoch:]
-            record = {"epoch": epoch + 1, "step": len(history), "seconds": time.perf_counter() - t_epoch,
-                      "loss": sum(h["loss"] for h in recent) / len(recent),
-                      "accuracy": sum(h["accuracy"] for h in recent) / len(recent), "norm": recent[-1]["norm"]}
-            if eval_pairs is not None:
-                record |= _evaluate(runner, model, eval_cache, v.detach(), objective, config, 16)
-            epochs.append(record)
-            logger.info("%s epoch %d: %s", label, epoch + 1, {k: round(x, 4) for k, x in record.items()})
-            if ckpt is not None:
-                _save_checkpoint(ckpt, v, opt, gen, {**meta, "epoch": epoch + 1, "step": len(history),
-                                                     "history": history, "epochs": epochs})
-                _vector(model, v, config, data_fp, epochs, objective).save(ckpt / "vectors" / f"epoch_{epoch + 1:03d}")
-            if callback is not None:
-                callback(record)
-    finally:
-        bar.close()
-    return TrainResult(_vector(model, v, config, data_fp, epochs, objective), history, epochs, setup_seconds)
+        n = len(cache)
+        steps_per_epoch = math.ceil(n / config.batch_size)
+        total = steps_per_epoch * config.epochs
+        lengths = cache.lengths()
+        bar = tqdm(total=total, initial=len(history), desc=label, disable=not progress)
+        try:
+            for epoch in range(len(epochs), config.epochs):
+                t_epoch = time.perf_counter()
+                for idx in batch_plan(n, config, gen, lengths):
+                    record = _step(runner, model, cache, idx, v, opt, gen, config, len(history), total, objective)
+                    if not (math.isfinite(record["loss"]) and torch.isfinite(v.detach()).all()):
+                        kept = f"; the last good checkpoint ({len(epochs)} epoch(s)) is kept in {ckpt}" if ckpt else ""
+                        raise ValueError(f"{label} step {len(history) + 1}: the loss or the vector became NaN or "
+                                         f"infinite (loss {record['loss']}); stopped{kept}. Lower the learning "
+                                         f"rate (now {config.lr:g})")
+                    history.append(record | {"epoch": epoch + 1})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", norm=f"{history[-1]['norm']:.2f}")
+                recent = history[-steps_per_epoch:]
+                record = {"epoch": epoch + 1, "step": len(history), "seconds": time.perf_counter() - t_epoch,
+                          "loss": sum(h["loss"] for h in recent) / len(recent),
+                          "accuracy": sum(h["accuracy"] for h in recent) / len(recent), "norm": recent[-1]["norm"]}
+                if eval_pairs is not None:
+                    record |= _evaluate(runner, model, eval_cache, v.detach(), objective, config, 16)
+                epochs.append(record)
+                logger.info("%s epoch %d: %s", label, epoch + 1, {k: round(x, 4) for k, x in record.items()})
+                if ckpt is not None:
+                    _save_checkpoint(ckpt, v, opt, gen, {**meta, "epoch": epoch + 1, "step": len(history),
+                                                         "history": history, "epochs": epochs})
+                    _vector(model, v, config, data_fp, epochs, objective, resid_norm).save(
+                        ckpt / "vectors" / f"epoch_{epoch + 1:03d}")
+                if callback is not None:
+                    callback(record)
+        finally:
+            bar.close()
+        vector = _vector(model, v, config, data_fp, epochs, objective, resid_norm)
+        flag = vector.metadata.get("norm_flag")
+        if flag:
+            logger.warning("%s: %s", label, flag["message"])
+        return TrainResult(vector, history, epochs, setup_seconds, resid_norm, flag)
+
+
+def residual_norm(cache: PrefixCache) -> float | None:
+    """The mean L2 norm of the unsteered residual where the vector enters, over the cached prompt and
+    answer tokens, each prompt's first position left out (its norm is an outlier in most models: the
+    attention sink). None where nothing is cached (a TransformerBridge model runs the full forward)."""
+    total, count = 0.0, 0
+    for flat, offsets in ((cache.prompt_resid, cache.prompt_offsets), (cache.answer_resid, None)):
+        keep = torch.ones(len(flat), dtype=torch.bool)
+        if offsets is not None and len(flat):
+            starts = offsets[:-1][offsets[:-1] < offsets[1:]]  # items with a non-empty prompt
+            keep[starts] = False
+        keep = keep.to(flat.device)
+        for rows, mask in zip(flat.split(4096), keep.split(4096), strict=True):
+            norms = rows.float().norm(dim=-1)[mask]  # (rows,)
+            total += float(norms.sum())
+            count += int(norms.numel())
+    return total / count if count else None
+
+
+def norm_flag(norm: float, resid_norm: float | None, loss: float | None, config: TrainConfig,
+              label: str = "the vector") -> dict[str, Any] | None:
+    """The flag of a vector whose norm exceeds ``NORM_FLAG_RATIO`` times the residual norm at its hook
+    (``{"norm", "resid_norm", "ratio", "bound", "loss", "lr", "message"}``), else None."""
+    if resid_norm is None or resid_norm <= 0 or not norm > NORM_FLAG_RATIO * resid_norm:
+        return None
+    ratio = norm / resid_norm
+    said = f"final loss {loss:.4g}" if loss is not None else "no epoch finished"
+    message = (f"{label}'s norm {norm:.4g} is {ratio:.3g} x the mean residual norm {resid_norm:.4g} at "
+               f"{config.hook_name} (flagged above {NORM_FLAG_RATIO:g} x): steering with it drowns the input, so "
+               f"its effects say little ({said}, lr {config.lr:g}); lower the learning rate")
+    return {"norm": norm, "resid_norm": resid_norm, "ratio": ratio, "bound": NORM_FLAG_RATIO, "loss": loss,
+            "lr": config.lr, "message": message}
 
 
 def _vector(model: Model, v: Tensor, config: TrainConfig, data_fp: str,
-            epochs: list[dict[str, float]], objective: Objective) -> SteeringVector:
+            epochs: list[dict[str, float]], objective: Objective, resid_norm: float | None = None) -> SteeringVector:
     last = epochs[-1] if epochs else {}
     metadata = {"epochs_trained": len(epochs), "final_loss": last.get("loss"),
                 "final_accuracy": last.get("accuracy"), "steps": last.get("step")}
     metadata |= {k: x for k, x in last.items() if k.startswith("eval_")}
+    if resid_norm is not None:
+        metadata["resid_norm"] = resid_norm
+        flag = norm_flag(float(v.detach().float().norm()), resid_norm, last.get("loss"), config,
+                         f"the {objective.label} vector")
+        if flag:
+            metadata["norm_flag"] = flag
     return SteeringVector(v.detach().clone().cpu(), config.hook_name, model_name=str(model.cfg.model_name),
                           method=objective.method, config=config.to_dict(), data_fingerprint=data_fp,
                           metadata=metadata)
 
 
 
-__all__ = ["BiPOResult", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "Objective", "Score", "TrainConfig", "TrainResult",
-           "answer_lengths", "batch_plan", "lr_factor", "train_preference_vector"]
+__all__ = ["BiPOResult", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "NORM_FLAG_RATIO", "Objective", "Score", "TrainConfig", "TrainResult",
+           "answer_lengths", "batch_plan", "lr_factor", "norm_flag", "residual_norm", "train_preference_vector"]

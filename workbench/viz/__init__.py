@@ -7,35 +7,14 @@ and ``PLOTS``, the dispatch on ``kind``), ``figures`` (``write_figures``), ``rep
 tables), ``widgets`` (``SteeringExplorer``).
 """
 
-from workbench.viz.comparisons import (
-                                  plot_composition,
-                                  plot_lora_transfer,
-                                  plot_transfer,
-)
-from workbench.viz.curves import (
-                                  plot_cost_effect,
-                                  plot_multiplier_curves,
-                                  plot_refusal,
-                                  plot_training_curves,
-)
+from workbench.viz.comparisons import plot_composition, plot_lora_transfer, plot_transfer
+from workbench.viz.curves import plot_cost_effect, plot_multiplier_curves, plot_refusal, plot_training_curves
 from workbench.viz.figures import figures_for, write_figures
-from workbench.viz.layers import (
-                                  plot_cosine_heatmap,
-                                  plot_layer_sweep,
-                                  plot_logit_lens_layers,
-                                  plot_logit_lens_tokens,
-                                  plot_method_cosine,
-)
+from workbench.viz.layers import (plot_cosine_heatmap, plot_layer_sweep, plot_logit_lens_layers,
+                                  plot_logit_lens_tokens, plot_method_cosine)
 from workbench.viz.plots import PLOTS, plot
 from workbench.viz.report import markdown_table
-from workbench.viz.style import (
-                                  METHOD_COLORS,
-                                  OKABE_ITO,
-                                  method_color,
-                                  paper_style,
-                                  pretty_token,
-                                  save_figure,
-)
+from workbench.viz.style import METHOD_COLORS, OKABE_ITO, method_color, paper_style, pretty_token, save_figure
 from workbench.viz.widgets import SteeringExplorer
 
 __all__ = ["METHOD_COLORS", "OKABE_ITO", "PLOTS", "SteeringExplorer", "figures_for", "markdown_table", "method_color",

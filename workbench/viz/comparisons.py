@@ -23,13 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from workbench.core import results
 from workbench.core.results import ResultFormatError
 from workbench.viz.style import MARKERS, legend, new_axes, paper_style, series_colors
-from workbench.viz.tables import (
-    first,
-    label_series,
-    main_table,
-    need,
-    read_result,
-)
+from workbench.viz.tables import first, label_series, main_table, need, read_result
 
 
 def draw_bars(df: pd.DataFrame, ax: Axes | None = None, x: str | None = None, y: str | None = None,

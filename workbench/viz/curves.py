@@ -22,22 +22,8 @@ from matplotlib.ticker import MaxNLocator
 
 from workbench.core import results
 from workbench.core.results import ResultFormatError
-from workbench.viz.style import (
-    COLUMN_WIDTH,
-    MARKERS,
-    legend,
-    new_axes,
-    paper_style,
-    series_colors,
-    subplots,
-)
-from workbench.viz.tables import (
-    first,
-    label_series,
-    main_table,
-    need,
-    read_result,
-)
+from workbench.viz.style import COLUMN_WIDTH, MARKERS, legend, new_axes, paper_style, series_colors, subplots
+from workbench.viz.tables import first, label_series, main_table, need, read_result
 
 #: y-axis label of each metric (an eval result's table name, or a utility ``measure``)
 METRIC_LABELS = {

@@ -21,7 +21,7 @@ from workbench.viz.curves import plot_multiplier_curves
 from workbench.viz.layers import plot_layer_sweep
 from workbench.viz.plots import PLOTS
 from workbench.viz.style import save_figure
-from workbench.viz.tables import result_files
+from workbench.viz.tables import MALFORMED, OnSkip, log_skip, result_files, why
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +93,15 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("_") or "result"
 
 
-def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf"),
-                  ) -> list[Path]:
+def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf"), *,
+                  on_skip: OnSkip | None = None) -> list[Path]:
     """Draw every figure of every result JSON under ``results_dir`` into ``out_dir``.
 
     Result files are found as ``workbench.viz.tables.result_files`` finds them (the report does the
     same): JSON with a ``"kind"``, and version-1 BiPO ``history.json`` files. A figure is named after the file's path relative to ``results_dir`` and the figure's suffix, e.g.
     ``eval_power-seeking__logodds.png``. A result that cannot be read (unknown kind, newer schema)
-    or drawn is logged and skipped.
+    or drawn is skipped, and the others are drawn: ``on_skip(path, why)`` is called for each (default: a
+    logged warning), as the report does.
 
     Returns:
         The written files, in order.
@@ -108,13 +109,17 @@ def write_figures(results_dir: str | Path, out_dir: str | Path, formats: Sequenc
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
     """
+    on_skip = on_skip or log_skip
     root = Path(results_dir)
     written: list[Path] = []
-    for path, result in result_files(root):
+    for path, result in result_files(root, on_skip):
         try:
             figures = figures_for(result)
-        except (ResultFormatError, KeyError, TypeError, ValueError) as exc:
-            logger.warning("%s: cannot draw (%s); skipped", path, exc)
+        except ResultFormatError as exc:
+            on_skip(path, f"cannot draw ({exc})")
+            continue
+        except MALFORMED as exc:
+            on_skip(path, f"cannot draw ({why(exc)})")
             continue
         stem = _slug("_".join(path.relative_to(root).with_suffix("").parts))
         for suffix, fig in figures.items():

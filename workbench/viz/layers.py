@@ -23,25 +23,9 @@ from matplotlib.ticker import MaxNLocator
 
 from workbench.core import results
 from workbench.core.results import ResultFormatError
-from workbench.viz.style import (
-    COLUMN_WIDTH,
-    MARKERS,
-    OKABE_ITO,
-    legend,
-    main_and_lower,
-    new_axes,
-    paper_style,
-    pretty_token,
-    series_colors,
-    subplots,
-)
-from workbench.viz.tables import (
-    first,
-    label_series,
-    main_table,
-    need,
-    read_result,
-)
+from workbench.viz.style import (COLUMN_WIDTH, MARKERS, OKABE_ITO, legend, main_and_lower, new_axes, paper_style,
+                                 pretty_token, series_colors, subplots)
+from workbench.viz.tables import first, label_series, main_table, need, read_result
 
 #: the column of the logit lens's KL(steered ‖ unsteered), newest name first
 LENS_KL_COLUMNS = ("kl_steered_unsteered", "kl")

@@ -19,24 +19,10 @@ from matplotlib.figure import Figure
 
 from workbench.core import results
 from workbench.core.results import ResultFormatError
-from workbench.viz.comparisons import (
-    plot_composition,
-    plot_lora_transfer,
-    plot_transfer,
-)
-from workbench.viz.curves import (
-    plot_cost_effect,
-    plot_multiplier_curves,
-    plot_refusal,
-    plot_training_curves,
-)
-from workbench.viz.layers import (
-    plot_cosine_heatmap,
-    plot_layer_sweep,
-    plot_logit_lens_layers,
-    plot_logit_lens_tokens,
-    plot_method_cosine,
-)
+from workbench.viz.comparisons import plot_composition, plot_lora_transfer, plot_transfer
+from workbench.viz.curves import plot_cost_effect, plot_multiplier_curves, plot_refusal, plot_training_curves
+from workbench.viz.layers import (plot_cosine_heatmap, plot_layer_sweep, plot_logit_lens_layers,
+                                  plot_logit_lens_tokens, plot_method_cosine)
 
 #: result ``kind`` -> the function drawing its main figure (kinds not listed, e.g. study_summary, have none)
 PLOTS: dict[str, Callable[..., Figure]] = {

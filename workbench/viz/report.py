@@ -22,7 +22,7 @@ import pandas as pd
 from workbench.analysis.equal_cost import cost_effect_table, headline_table
 from workbench.core import results as R
 from workbench.core.results import Result
-from workbench.viz.tables import result_files
+from workbench.viz.tables import MALFORMED, OnSkip, log_skip, result_files, why
 
 logger = logging.getLogger(__name__)
 
@@ -128,30 +128,34 @@ _SECTIONS: dict[str, Callable[[Result], str]] = {
 }
 
 
-def report(results_dir: str | Path, kinds: Sequence[str] | None = None) -> str:
+def report(results_dir: str | Path, kinds: Sequence[str] | None = None, *, on_skip: OnSkip | None = None) -> str:
     """Markdown tables of every result JSON under ``results_dir`` (sorted by path), or of the given
     ``kinds`` only; several matched-cost results (or any, when ``kinds`` is given) also get one table side
     by side, first.
 
     Result files are found as ``workbench.viz.tables.result_files`` finds them (the figures command
-    does the same); one that cannot be tabulated is logged and skipped.
+    does the same). A result that cannot be read or tabulated is skipped, and the others are reported:
+    ``on_skip(path, why)`` is called for each (default: a logged warning).
 
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
     """
+    on_skip = on_skip or log_skip
     root = Path(results_dir)
     sections = []
     matched: dict[str, Result] = {}
-    for path, result in result_files(root):
+    for path, result in result_files(root, on_skip):
         if result.kind not in _SECTIONS or (kinds is not None and result.kind not in kinds):
+            continue
+        try:
+            body = _SECTIONS[result.kind](result)
+            if result.kind == R.MATCHED_COST:
+                headline_table({"check": result})  # a result the side-by-side table cannot read is skipped too
+        except MALFORMED as exc:
+            on_skip(path, f"cannot tabulate ({why(exc)})")
             continue
         if result.kind == R.MATCHED_COST:
             matched[str(path.relative_to(root).with_suffix(""))] = result
-        try:
-            body = _SECTIONS[result.kind](result)
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("%s: cannot tabulate (%s); skipped", path, exc)
-            continue
         sections.append(f"### {path.relative_to(root)}\n\n{body}")
     if len(matched) > 1 or (matched and kinds is not None):  # the matched-cost results side by side, first
         sections.insert(0, "### matched cost, every result (effect at the found multiplier; * not monotone)\n\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,38 @@ from workbench.core.results import Result, ResultFormatError
 logger = logging.getLogger(__name__)
 
 
-def result_files(results_dir: str | Path) -> Iterator[tuple[Path, Result]]:
+#: what reading or drawing a malformed result raises (a missing key, a value of the wrong type or shape)
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+def why(exc: BaseException) -> str:
+    """An exception as a short reason: ``KeyError: 'budget'``."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+#: called with a result file that is skipped and why (``result_files``, ``report``, ``write_figures``)
+OnSkip = Callable[[Path, str], None]
+
+
+def log_skip(path: Path, reason: str) -> None:
+    """The default ``OnSkip``: one warning in the log."""
+    logger.warning("%s: %s; skipped", path, reason)
+
+
+def result_files(results_dir: str | Path, on_skip: OnSkip | None = None) -> Iterator[tuple[Path, Result]]:
     """``(path, result)`` of every result JSON under ``results_dir``, recursively, sorted by path.
 
     Result files are JSON with a ``"kind"`` (and version-1 BiPO ``history.json`` files;
     ``results.is_result``), each read through ``from_dict``; vector metadata (``vector.json``), hidden
-    files and other JSON are skipped silently, and a file that is not valid JSON or not a valid result
-    (unknown kind, newer schema) is logged and skipped.
+    files and other JSON are passed over silently, and a file that cannot be read, is not valid JSON or
+    not a valid result (unknown kind, newer schema) is skipped: ``on_skip(path, why)`` (default: a
+    logged warning). The figures command and the report both read results here, so they skip the same
+    files for the same reasons.
 
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
     """
+    on_skip = on_skip or log_skip
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results_dir={str(root)!r}: no such directory")
@@ -41,16 +62,22 @@ def result_files(results_dir: str | Path) -> Iterator[tuple[Path, Result]]:
         if path.name.startswith(".") or path.name == "vector.json":  # hidden, or a vector's metadata
             continue
         try:
-            obj = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            logger.warning("%s: not valid JSON (%s); skipped", path, exc)
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            on_skip(path, f"not valid JSON ({exc})")
+            continue
+        except OSError as exc:
+            on_skip(path, f"cannot be read ({exc.strerror or exc})")
             continue
         if not results.is_result(obj):
             continue
         try:
             res = results.from_dict(obj)
         except ResultFormatError as exc:
-            logger.warning("%s: %s; skipped", path, exc)
+            on_skip(path, str(exc))
+            continue
+        except MALFORMED as exc:  # a schema check tripped by a value of the wrong type
+            on_skip(path, why(exc))
             continue
         yield path, res
 
@@ -108,4 +135,4 @@ def label_series(df: pd.DataFrame, candidates: Sequence[str]) -> pd.Series:
     return df[cols].astype(str).agg(" / ".join, axis=1)
 
 
-__all__ = ["first", "label_series", "main_table", "need", "read_result", "result_files"]
+__all__ = ["MALFORMED", "OnSkip", "first", "label_series", "log_skip", "main_table", "need", "read_result", "result_files", "why"]
