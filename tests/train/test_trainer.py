@@ -94,6 +94,7 @@ def test_checkpoint_guards(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         train_bipo(tiny_model, PAIRS, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
 
+
 @pytest.mark.tl3  # the residual norm comes from the prefix cache, which the bridge (TL 4) does not keep
 def test_a_vector_beyond_the_residual_norm_is_flagged_with_its_loss(tiny_model, tmp_path, caplog):
     """Issue #30: `--lr 1e9` trained a vector of norm 1.8e9 at loss ln 2 without a word."""
