@@ -1,18 +1,31 @@
-"""Benchmark: peak host memory of loading a local Llama directory, against the weights' size.
+"""Benchmark: peak host memory of loading a local model directory, against the weights' size.
 
     python bench/load_memory.py [--hidden 1024] [--layers 8] [--dtype bf16] [--out bench/results/load_memory.json]
+    python bench/load_memory.py --families [llama qwen2 ... gemma-3-270m] [--hidden 512] [--layers 6]
 
 Writes a random Llama directory (config.json, model.safetensors in fp32, tokenizer) into a temporary
 folder, then loads it with ``workbench.core.loading.load_model`` in a fresh subprocess, reading the
 process's resident memory before and its high-water mark (``VmHWM``) after. The figure is
 ``(peak after - resident before) / bytes of the weights in the target dtype``; the target is about
 1.3 or less (weights are streamed tensor by tensor from the file straight into the model's dtype).
+
+``--families`` measures the other families instead (``workbench.core.hf_dir``, streamed layer by
+layer through TransformerLens' converters): a random directory of each, written by transformers from
+its config in its public checkpoints' layout (tied embeddings, GQA, biases, head_dim ...), at
+``--hidden``/``--layers`` with an 8192-token vocabulary; and ``gemma-3-270m``, the real Gemma 3 270M
+directory (``workbench.core.gemma_gguf.gemma_dir``, converted on first use), when its package is
+installed. Results go to ``bench/results/load_memory_families.json`` by default. Weights (and
+``n_params``) count each storage once (tied embeddings share one). The tokenizer's own resident memory,
+measured alone in another fresh process, is recorded too (``tokenizer_rss``), with
+``ratio_without_tokenizer`` = (peak - before - tokenizer) / weights: Gemma's 262k-token tokenizer is
+hundreds of MB by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,9 +45,11 @@ def hwm():
 before = psutil.Process().memory_info().rss
 model = m.load_model(sys.argv[1], dtype=sys.argv[2])
 peak = hwm()
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
+storages = {p.untyped_storage().data_ptr(): (p.untyped_storage().nbytes(), p.numel()) for p in model.parameters()}
+weights = sum(b for b, _ in storages.values())  # each storage once: tied embeddings share one
 print(json.dumps({"rss_before": before, "peak_after": peak, "weights_bytes": weights,
-                  "ratio": (peak - before) / weights, "n_params": sum(p.numel() for p in model.parameters())}))
+                  "ratio": (peak - before) / weights, "n_params": sum(n for _, n in storages.values()),
+                  "architecture": model.cfg.original_architecture}))
 """
 
 
@@ -73,21 +88,150 @@ def write_random_llama(path: Path, hidden: int, layers: int, vocab: int = 8192, 
     return path
 
 
+FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "pythia", "gemma2", "gemma3")
+REAL_GEMMA = "gemma-3-270m"
+
+
+def family_config(family: str, hidden: int, layers: int, vocab: int, max_pos: int = 2048):
+    """A transformers config of ``family`` in its public checkpoints' layout, at ``hidden`` x ``layers``."""
+    import transformers as tf
+
+    heads = max(1, hidden // 64)
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, vocab_size=vocab,
+                  max_position_embeddings=max_pos)
+    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "llama":
+        return tf.LlamaConfig(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 4),
+                              tie_word_embeddings=False, rope_theta=5e5, **special)
+    if family == "qwen2":
+        return tf.Qwen2Config(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 4),
+                              tie_word_embeddings=True, rope_theta=1e6, **special)
+    if family == "mistral":
+        return tf.MistralConfig(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 4),
+                                sliding_window=None, rope_theta=1e6, **special)
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=vocab, n_positions=max_pos,
+                             n_ctx=max_pos, bos_token_id=1, eos_token_id=2)
+    if family == "pythia":
+        return tf.GPTNeoXConfig(**common, intermediate_size=4 * hidden, rotary_pct=0.25, use_parallel_residual=True,
+                                tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    if family == "gemma2":
+        return tf.Gemma2Config(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 2),
+                               head_dim=64, query_pre_attn_scalar=64, sliding_window=1024, **special)
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**common, intermediate_size=4 * hidden, num_key_value_heads=1, head_dim=64,
+                                   query_pre_attn_scalar=64, sliding_window=512, **special,
+                                   layer_types=[("full_attention" if (i + 1) % 6 == 0 else "sliding_attention")
+                                                for i in range(layers)])
+    raise ValueError(f"family {family!r} (known: {', '.join(FAMILIES)}, {REAL_GEMMA})")
+
+
+def write_random_family(path: Path, family: str, hidden: int, layers: int, vocab: int = 8192) -> Path:
+    """A random directory of ``family`` (config.json, model.safetensors in fp32, tokenizer) written by transformers."""
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = family_config(family, hidden, layers, vocab)
+    torch.manual_seed(0)
+    model = (tf.Gemma3ForCausalLM._from_config(cfg) if family == "gemma3"
+             else tf.AutoModelForCausalLM.from_config(cfg))
+    model.to(torch.float32).save_pretrained(path)
+    del model
+    tk = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="t0", bos_token="t1", eos_token="t2",
+                            unk_token="t0").save_pretrained(path)
+    return path
+
+
+def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str]) -> dict:
+    """``{family: {dtype: figures}}`` for random directories of ``families`` (and the real Gemma 3 270M)."""
+    runs: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            if family == REAL_GEMMA:
+                from workbench.core.devices import ModelLoadError
+                from workbench.core.gemma_gguf import gemma_dir
+
+                try:
+                    d = gemma_dir()
+                except ModelLoadError as exc:
+                    print(f"{REAL_GEMMA}: skipped ({exc})")
+                    continue
+            else:
+                d = write_random_family(Path(tmp) / family, family, hidden, layers)
+            mb = sum(f.stat().st_size for f in d.glob("*.safetensors")) / 2**20
+            tok = tokenizer_memory(d)
+            runs[family] = {}
+            for dt in dtypes:
+                r = measure(d, dt) | {"checkpoint_dtype": "fp32", "checkpoint_mb": round(mb, 1), "tokenizer_rss": tok}
+                r["ratio_without_tokenizer"] = (r["peak_after"] - r["rss_before"] - tok) / r["weights_bytes"]
+                runs[family][dt] = r
+                grown = (r["peak_after"] - r["rss_before"]) / 2**20
+                print(f"{family:>13} ({r['architecture']}, {mb:.0f} MB fp32 checkpoint) -> {dt}: weights "
+                      f"{r['weights_bytes'] / 2**20:.0f} MB, peak - before {grown:.0f} MB, ratio {r['ratio']:.2f} "
+                      f"(tokenizer {tok / 2**20:.0f} MB; without it {r['ratio_without_tokenizer']:.2f})", flush=True)
+            if family != REAL_GEMMA:
+                shutil.rmtree(d)
+    return runs
+
+
+_TOKENIZER_CHILD = r"""
+import json, sys
+import psutil
+import workbench.core.loading
+from transformers import AutoTokenizer
+before = psutil.Process().memory_info().rss
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+print(json.dumps({"tokenizer_rss": psutil.Process().memory_info().rss - before}))
+"""
+
+
+def tokenizer_memory(directory: Path) -> int:
+    """Resident bytes the directory's tokenizer alone adds (in a fresh process): part of every load's peak,
+    large for big vocabularies (Gemma's 262k tokens)."""
+    out = subprocess.run([sys.executable, "-c", _TOKENIZER_CHILD, str(directory)], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["tokenizer_rss"]
+
+
 def measure(directory: Path, dtype: str) -> dict:
     """Load ``directory`` in a fresh process; its peak memory figures (see the module docstring)."""
     out = subprocess.run([sys.executable, "-c", _CHILD, str(directory), dtype], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+                         cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"loading {directory} as {dtype} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=None, help="default 1024 (Llama mode), 512 (--families)")
+    ap.add_argument("--layers", type=int, default=None, help="default 8 (Llama mode), 6 (--families)")
     ap.add_argument("--dtype", nargs="+", default=["fp32", "bf16"])
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load_memory.json")
+    ap.add_argument("--families", nargs="*", default=None, metavar="FAMILY",
+                    help=f"measure these families instead (none named: {' '.join(FAMILIES)} {REAL_GEMMA})")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/load_memory.json (load_memory_families.json with --families)")
     args = ap.parse_args()
     from workbench.core.io import atomic_write_json
+
+    if args.families is not None:
+        families = args.families or [*FAMILIES, REAL_GEMMA]
+        for f in families:
+            if f != REAL_GEMMA:
+                family_config(f, 64, 1, 16)  # an unknown name fails here, before anything is measured
+        hidden, layers = args.hidden or 512, args.layers or 6
+        runs = run_families(families, hidden, layers, args.dtype)
+        atomic_write_json({"benchmark": "peak host memory of load_model(local directory), by family",
+                           "hidden": hidden, "layers": layers, "vocab": 8192,
+                           "note": f"{REAL_GEMMA} is the real model (its own sizes), the others random", "runs": runs},
+                          args.out or ROOT / "bench" / "results" / "load_memory_families.json")
+        return 0
+    args.hidden, args.layers = args.hidden or 1024, args.layers or 8
+    args.out = args.out or ROOT / "bench" / "results" / "load_memory.json"
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:

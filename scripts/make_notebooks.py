@@ -301,6 +301,51 @@ print("steered:  ", out["steered"])'''),
 explorer.enable("bipo", "caa")
 display(explorer.on_curve().round(3))'''),
     ],
+    "08_mechanism": header("Inside the model: which heads and MLPs carry a steering vector's effect", """
+A steering vector added at layer 14 changes the answer's log-odds, but the vector's own direct path to the
+logits carries almost none of that change: the blocks after the hook do the work. Which ones? This notebook
+patches every attention head, MLP and block after the hook (exact activation patching: *necessity*, the
+steered run with one component restored to its unsteered value; *sufficiency*, the unsteered run with only
+that component steered), checks the one-pass gradient approximation (attribution patching) against it,
+attributes the steered change to components directly through the unembedding, shows how the top heads'
+attention moves, and compares BiPO's route with CAA's (`workbench.analysis`: `patching`, `attribution`,
+`attention_shift`, `routes`). Quick mode patches the MLPs and blocks of 2 pairs; the full run patches every
+head too, on 20 pairs (about 45 minutes per vector on a 2-core CPU).
+""") + [
+        code('''
+vectors = wb.study_vectors(model, "power-seeking", CONFIG, RUNS)
+_, test = wb.study_pairs("power-seeking", CONFIG)
+pairs = test[:2] if QUICK else test[:20]
+components = ("mlp", "block", "direct") if QUICK else ("head", "mlp", "block", "direct")
+print({name: v.hook_name for name, v in vectors.items()}, "|", len(pairs), "held-out pairs")'''),
+        md("## Exact activation patching of the steering effect (`m = +1`)"),
+        code('''
+exact = {name: wb.activation_patching(model, v, pairs, 1.0, components=components) for name, v in vectors.items()}
+for name, res in exact.items():
+    print(f"{name}: total effect {res['total_effect']:+.2f} log-odds")
+    display(res.table().query("direction == 'necessity'").nlargest(5, "share")
+            [["component", "share", "share_ci_low", "share_ci_high"]].round(3))
+wb.plot(exact["bipo"])'''),
+        md("## Attribution patching: the same shares from one forward/backward pair\nIts rank agreement with the exact result is in the `agreement` table."),
+        code('''
+approx = wb.attribution_patching(model, vectors["bipo"], pairs, 1.0, exact=exact["bipo"])
+display(pd.DataFrame(approx["agreement"]).round(3))
+wb.plot(approx)'''),
+        md("## Direct logit attribution of the steered change\nPer layer, attention and MLP; the cumulative sum ends at the logit lens's final row."),
+        code('''
+dla = wb.steered_dla(model, vectors["bipo"], pairs, 1.0)
+wb.plot(dla)'''),
+        md("## Where the top heads look, steered vs unsteered\nHeads ranked by the attribution result's necessity share."),
+        code('''
+shift = wb.attention_shifts(model, vectors["bipo"], pairs, 1.0, heads=approx, top_k=5)
+display(shift.table("heads").round(3))
+wb.plot(shift)'''),
+        md("## BiPO's route against CAA's\nPer-layer shares side by side and the cosine of the two component profiles."),
+        code('''
+routes = wb.compare_routes(exact)
+display(routes.table("cosines").round(3))
+wb.plot(routes)'''),
+    ],
 }
 
 

@@ -195,3 +195,67 @@ def write_llama_dir(path, hidden: int = 64, layers: int = 2, vocab: int | None =
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def family_config(family: str, vocab: int, hidden: int = 64, layers: int = 2, inter: int = 128, max_pos: int = 512):
+    """A transformers config of ``family`` in its real checkpoints' layout (GQA, biases, tied embeddings,
+    sliding windows, head_dim, partial rotary ... as the public models have them), at a tiny size."""
+    import transformers as tf
+
+    heads = 4
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, vocab_size=vocab,
+                  max_position_embeddings=max_pos)
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=vocab, n_positions=max_pos,
+                             n_ctx=max_pos)
+    if family == "pythia":
+        return tf.GPTNeoXConfig(**common, intermediate_size=4 * hidden, rotary_pct=0.25, use_parallel_residual=True)
+    if family == "mistral":
+        return tf.MistralConfig(**common, intermediate_size=inter, num_key_value_heads=2, sliding_window=None,
+                                rope_theta=1e6)
+    if family == "qwen2":
+        return tf.Qwen2Config(**common, intermediate_size=inter, num_key_value_heads=2, tie_word_embeddings=True,
+                              rope_theta=1e6)
+    if family == "qwen3":
+        return tf.Qwen3Config(**common, intermediate_size=inter, num_key_value_heads=2, head_dim=32,
+                              tie_word_embeddings=True, rope_theta=1e6)
+    if family == "phi3":
+        return tf.Phi3Config(**common, intermediate_size=inter, num_key_value_heads=heads, sliding_window=None,
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "gemma":
+        return tf.GemmaConfig(**common, intermediate_size=inter, num_key_value_heads=1, head_dim=16, pad_token_id=0,
+                              bos_token_id=1, eos_token_id=2)
+    if family == "gemma2":
+        return tf.Gemma2Config(**common, intermediate_size=inter, num_key_value_heads=2, head_dim=16,
+                               query_pre_attn_scalar=16, sliding_window=4096, pad_token_id=0, bos_token_id=1,
+                               eos_token_id=2)
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**common, intermediate_size=inter, num_key_value_heads=1, head_dim=32,
+                                   query_pre_attn_scalar=32, sliding_window=512, pad_token_id=0, bos_token_id=1,
+                                   eos_token_id=2, layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"])
+    if family == "olmo":
+        return tf.OlmoConfig(**common, intermediate_size=inter, pad_token_id=0, bos_token_id=None, eos_token_id=2)
+    if family == "olmo2":
+        return tf.Olmo2Config(**common, intermediate_size=inter, pad_token_id=0, bos_token_id=None, eos_token_id=2)
+    raise ValueError(f"family {family!r}")
+
+
+FAMILIES = ("gpt2", "pythia", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "olmo", "olmo2")
+_FAMILY_CLASSES = {"gemma3": "Gemma3ForCausalLM"}
+
+
+def write_family_dir(path, family: str, dtype: torch.dtype = torch.float32, chat: bool = True, **sizes):
+    """A random model directory of ``family`` (config.json, model.safetensors, tokenizer) written by transformers."""
+    import transformers as tf
+
+    tok = make_tiny_tokenizer(chat=chat)
+    cfg = family_config(family, len(tok), **sizes)
+    torch.manual_seed(0)
+    cls = getattr(tf, _FAMILY_CLASSES.get(family, "AutoModelForCausalLM"))
+    model = cls._from_config(cfg) if family in _FAMILY_CLASSES else cls.from_config(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.3) if p.ndim >= 2 else p.normal_(0, 0.1) if "norm" not in name and "ln" not in name else None
+    model.to(dtype).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -54,6 +54,14 @@ _EXPORTS = {
     "workbench.analysis.similarity": ["cosine_table", "layer_cosine_table", "method_cosines"],
     "workbench.analysis.sweep": ["SweepConfig", "SweepResult", "layer_sweep"],
     "workbench.analysis.transfer": ["finetune_copy", "layer_transfer", "transfer_effect"],
+    "workbench.engine.gate": ["SteeringCondition"],
+    "workbench.analysis.conditional": ["ConditionalConfig", "conditional_steering", "fit_condition"],
+    "workbench.analysis.entanglement": ["EntanglementConfig", "measure_entanglement"],
+    "workbench.evaluate.prompting": ["PromptingConfig", "prompting_baseline"],
+    "workbench.analysis.patching": ["PatchingConfig", "activation_patching"],
+    "workbench.analysis.attribution": ["attribution_patching", "steered_dla"],
+    "workbench.analysis.attention_shift": ["attention_shifts"],
+    "workbench.analysis.routes": ["compare_routes", "route_patching"],
     "workbench.viz.comparisons": ["plot_composition", "plot_lora_transfer", "plot_transfer"],
     "workbench.viz.curves": ["plot_cost_effect", "plot_multiplier_curves", "plot_refusal", "plot_training_curves"],
     "workbench.viz.figures": ["write_figures"],
@@ -76,6 +84,14 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + ["__version__"]
 
 if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py keeps the two lists equal)
+    from workbench.engine.gate import SteeringCondition
+    from workbench.analysis.conditional import ConditionalConfig, conditional_steering, fit_condition
+    from workbench.analysis.entanglement import EntanglementConfig, measure_entanglement
+    from workbench.evaluate.prompting import PromptingConfig, prompting_baseline
+    from workbench.analysis.patching import PatchingConfig, activation_patching
+    from workbench.analysis.attribution import attribution_patching, steered_dla
+    from workbench.analysis.attention_shift import attention_shifts
+    from workbench.analysis.routes import compare_routes, route_patching
     from workbench.analysis.composition import CompositionResult, composition_table
     from workbench.analysis.equal_cost import MatchedCostConfig, matched_cost
     from workbench.analysis.logit_lens import steered_logit_lens, vector_logit_lens

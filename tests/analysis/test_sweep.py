@@ -220,3 +220,25 @@ def test_bad_eval_pairs_are_one_clear_error_before_any_vector_is_made(tiny_model
     with pytest.raises(ValueError, match=r"^pairs\[0\]: not_matching is empty"):
         steering_effects(tiny_model, {"v": SteeringVector(torch.ones(32), full_hook_name(0))},
                          [PreferencePair("q", "yes", " ")])
+
+
+def test_sweep_reports_coherence_and_anti_steerable_share(tiny_model):
+    from workbench.evaluate.preference import least_squares_slopes
+    from workbench.train.baselines import layer_coherence
+
+    res = layer_sweep(tiny_model, PAIRS, PAIRS, "0-1", method="caa", multipliers=(-1.0, 1.0))
+    t = res.table()
+    for layer in (0, 1):  # the predictor: the CAA vector's own metadata, the same as a separate pass
+        assert t.coherence[layer] == pytest.approx(res.vectors[layer].metadata["coherence"])
+        want = layer_coherence(tiny_model, PAIRS, [layer], progress=False, batch_size=8)[layer]["coherence"]
+        assert t.coherence[layer] == pytest.approx(want, abs=1e-5)
+    # the measured reliability: the share of pairs whose slope over m = -1, 0, +1 is negative
+    lo = preference_logodds(tiny_model, PAIRS, [((res.vectors[1], -1.0),), (), ((res.vectors[1], 1.0),)],
+                            batch_size=8)  # (3, n)
+    slopes = least_squares_slopes([-1.0, 0.0, 1.0], lo.double().numpy().T)
+    assert t.anti_steerable[1] == pytest.approx(float((slopes < 0).mean()))
+    # given vectors without metadata: the coherence comes from one pass over the training pairs
+    given = layer_sweep(tiny_model, PAIRS, PAIRS[:2], [1], vectors={1: res.vectors[1].replace(metadata={})})
+    assert given.table().coherence[0] == pytest.approx(t.coherence[1], abs=1e-5)
+    assert "coherence" not in layer_sweep(tiny_model, [], PAIRS[:2], [1], vectors={1: res.vectors[1].replace(
+        metadata={})}).table()  # no training pairs: no predictor

@@ -7,9 +7,13 @@ import inspect
 
 import pytest
 
-from workbench.cli import evaluate, files, study, train
+from workbench.cli import conditional, entanglement, evaluate, files, mechanism, prompting, study, train
 from workbench.cli.parser import build_parser
+from workbench.studies.run_conditional import ConditionalRun
+from workbench.studies.run_entanglement import EntanglementRun
 from workbench.studies.run_evaluate import CompareRun, EvalRun, RefusalRun
+from workbench.studies.run_mechanism import MechanismRun
+from workbench.studies.run_prompting import PromptingRun
 from workbench.studies.run_files import ConvertRun, figures_run, report_run
 from workbench.studies.run_studies import DemoRun, ReproduceRun, SweepRun
 from workbench.studies.run_train import TrainRun
@@ -20,7 +24,10 @@ COMMANDS = {"info": (files.run_info, ModelOptions), "train": (train.run_train, T
             "figures": (files.run_figures, figures_run), "convert": (files.run_convert, ConvertRun),
             "demo": (study.run_demo, DemoRun), "reproduce": (study.run_reproduce, ReproduceRun),
             "report": (files.run_report, report_run), "refusal": (evaluate.run_refusal, RefusalRun),
-            "compare": (evaluate.run_compare, CompareRun)}
+            "compare": (evaluate.run_compare, CompareRun), "prompting": (prompting.run_prompting, PromptingRun),
+            "conditional": (conditional.run_conditional, ConditionalRun),
+            "entanglement": (entanglement.run_entanglement, EntanglementRun),
+            "mechanism": (mechanism.run_mechanism, MechanismRun)}
 MODEL_FLAGS = {"--model", "--device", "--dtype", "--n-devices"}
 
 

@@ -78,7 +78,7 @@ def test_malformed_configs_are_user_errors_naming_the_culprit(tmp_path):
             ("foo", '{"architectures": ["FooForCausalLM"]}', r"architecture 'FooForCausalLM' is not supported "
                                                            r"\(supported: LlamaForCausalLM, .*GPT2LMHeadModel"),
             ("gpt2", '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}',
-             r"field 'n_ctx' is missing: the TransformerLens GPT2LMHeadModel converter needs it")):
+             r"field 'n_embd' is missing: the GPT2LMHeadModel loader needs it")):
         d = tmp_path / name
         d.mkdir()
         (d / "config.json").write_text(text)

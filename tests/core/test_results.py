@@ -32,6 +32,22 @@ EXAMPLES = {
                            "logodds": 0.1}], generations=[]),
     R.MATCHED_COST: dict(rows=[], points=[], slopes=[], cost="kl", budgets=[0.1]),
     R.STUDY_SUMMARY: dict(results=[], figures=[]),
+    R.ACTIVATION_PATCHING: dict(rows=[{"direction": "necessity", "component": "L1H0", "share": 0.4}],
+                                pairs=[], totals=[], multiplier=1.0),
+    R.ATTRIBUTION_PATCHING: dict(rows=[{"direction": "necessity", "component": "L1 mlp", "share": 0.2}],
+                                 pairs=[], totals=[], multiplier=1.0),
+    R.DIRECT_LOGIT_ATTRIBUTION: dict(rows=[{"component": "L1H0", "dla": 0.1}], layers=[], multiplier=1.0),
+    R.ATTENTION_SHIFT: dict(rows=[{"layer": 1, "head": 0, "region": "prompt", "delta": 0.1}], heads=[],
+                            multiplier=1.0),
+    R.MECHANISM_ROUTES: dict(rows=[{"label": "bipo", "component": "L1H0", "share": 0.3}], cosines=[]),
+    R.ENTANGLEMENT: dict(rows=[{"vector": "power", "target": "wealth", "multiplier": 1.0, "effect": 0.5,
+                                "on_target": 2.0, "normalized": 0.25}], vectors=["power"], targets=["wealth"]),
+    R.PROMPTING: dict(rows=[{"method": "instruction", "direction": 1, "k": 0, "cost": 0.1, "effect": 2.0}],
+                      instructions={"elicit": "Ask.", "suppress": "Do not."}),
+    R.CONDITIONAL: dict(rows=[{"vector": "bipo", "effect_ungated": 2.0, "effect_gated": 1.8, "kept": 0.9}],
+                        grid=[{"layer": 3, "comparator": "above", "threshold": 0.1, "f1": 0.8}],
+                        scores=[{"group": "power-seeking", "label": 1, "score": 0.2, "open": True}],
+                        condition={"layer": 3, "threshold": 0.1, "comparator": "above"}),
 }
 
 
@@ -135,7 +151,8 @@ def test_result_info_with_info_and_records():
 
 def _committed() -> list[Path]:
     return sorted(p for p in (ROOT / "results").rglob("*.json")
-                  if p.name not in ("vector.json", "study_key.json", "extra_key.json", "finetunes.json"))
+                  if p.name not in ("vector.json", "study_key.json", "extra_key.json", "finetunes.json",
+                                                   "condition.json"))
 
 
 def test_every_committed_result_loads_through_the_schema():

@@ -15,8 +15,10 @@ from workbench.engine.steering import remaining_hooks, steer
 from workbench.evaluate.preference import (
     ab_curve,
     ab_pair_probs,
+    least_squares_slopes,
     logodds_curve,
     pair_logodds,
+    pair_steerability,
     steerability,
     summarize_ab,
     summarize_logodds,
@@ -89,7 +91,7 @@ def test_truncated_prompts_lose_the_same_tokens_for_both_answers(tiny_model, vec
 
 def test_logodds_curve_summary(tiny_model, pairs, vectors):
     res = logodds_curve(tiny_model, vectors["post"], pairs, MULTS, progress=False, n_boot=300)
-    assert res.kind == "eval" and res.tables == ["logodds", "logodds_per_token", "steerability"]
+    assert res.kind == "eval" and res.tables == ["logodds", "logodds_per_token", "steerability", "steerability_pairs"]
     assert res["multipliers"] == MULTS and res["model"] == tiny_model.cfg.model_name
     for name in ("logodds", "logodds_per_token"):
         curve = res.table(name)
@@ -155,6 +157,44 @@ def test_steerability_recovers_known_slopes():
     out = steerability(pd.DataFrame(rows))
     assert out.iloc[0]["mean"] == pytest.approx(1.25)
     assert out.iloc[0]["anti_steerable"] == pytest.approx(0.25)
+
+
+def test_pair_slopes_equal_a_least_squares_fit_by_hand():
+    rng = np.random.default_rng(0)
+    mults = [-2.0, -0.5, 0.0, 1.0, 3.0]  # uneven spacing: not a two-point difference
+    y = rng.normal(size=(7, len(mults)))  # (pairs, multipliers)
+    rows = [{"vector": v, "multiplier": m, "pair": i, "logodds": (y[i, j] if v == "a" else -y[i, j])}
+            for v in ("a", "b") for i in range(7) for j, m in enumerate(mults)]
+    per = pair_steerability(pd.DataFrame(rows))
+    for v, sign in (("a", 1.0), ("b", -1.0)):
+        got = per[per.vector == v].sort_values("pair")
+        for i in range(7):  # the normal equations, solved by numpy's least squares
+            X = np.column_stack([np.ones(len(mults)), mults])
+            (_, slope), *_ = np.linalg.lstsq(X, sign * y[i], rcond=None)
+            assert got.slope.iloc[i] == pytest.approx(slope, abs=1e-12)
+            assert got["shift@+3"].iloc[i] == pytest.approx(sign * (y[i, 4] - y[i, 2]))
+        assert list(got.anti_steerable) == list(got.slope < 0)
+    assert set(per.columns) >= {"shift@-2", "shift@-0.5", "shift@+1", "shift@+3"} and "shift@+0" not in per.columns
+
+
+def test_anti_steerable_and_moved_fractions_on_a_constructed_case():
+    # 10 pairs: 3 move the wrong way (slope -1), 7 the right way; of those 7, 4 move by 2 nats at m = +2
+    # and 3 by 0.5 nat; at m = -2 the shifts mirror the m = +2 ones.
+    slopes = [-1.0] * 3 + [1.0] * 4 + [0.25] * 3
+    rows = [{"vector": "v", "multiplier": m, "pair": i, "logodds": s * m + 5.0}
+            for i, s in enumerate(slopes) for m in (-2.0, -1.0, 0.0, 1.0, 2.0)]
+    out = steerability(pd.DataFrame(rows), n_boot=500).iloc[0]
+    assert out["anti_steerable"] == pytest.approx(0.3)
+    assert out["anti_steerable_ci_low"] < 0.3 < out["anti_steerable_ci_high"]
+    assert 0.0 <= out["anti_steerable_ci_low"] and out["anti_steerable_ci_high"] <= 1.0
+    assert out["m_plus"] == 2.0 and out["m_minus"] == -2.0
+    assert out["moved_plus"] == pytest.approx(0.4) and out["moved_minus"] == pytest.approx(0.4)
+    assert out["moved_plus_ci_low"] <= 0.4 <= out["moved_plus_ci_high"]
+    # no m = 0 evaluated: slopes and anti-steerable share still, no shifts
+    no_zero = steerability(pd.DataFrame([r for r in rows if r["multiplier"] != 0]), n_boot=0).iloc[0]
+    assert no_zero["anti_steerable"] == pytest.approx(0.3) and "moved_plus" not in no_zero
+    with pytest.raises(ValueError, match="two distinct multipliers"):
+        least_squares_slopes(np.array([1.0, 1.0]), np.zeros((2, 2)))
 
 
 def test_bad_inputs(tiny_model, pairs, vectors):

@@ -47,8 +47,12 @@ def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
     assert r["kind"] == "eval" and r["schema_version"] == SCHEMA_VERSION and r["model"] == "tiny-3x32"
     assert [v["label"] for v in r["vectors"]] == ["bipo", "caa"]
     assert r["vectors"][1]["hook_name"] == "blocks.0.hook_mlp_out"
-    assert set(r["metrics"]) == {"logodds", "logodds_per_token", "steerability", "perplexity", "top1_agreement",
-                                 "kl_from_unsteered", "mc1"}
+    assert set(r["metrics"]) == {"logodds", "logodds_per_token", "steerability", "steerability_pairs", "perplexity",
+                                 "top1_agreement", "kl_from_unsteered", "mc1"}
+    per_pair = r["metrics"]["steerability_pairs"]  # one row per (vector, pair), a shift per multiplier but 0
+    assert len(per_pair) == 2 * 4 and {"slope", "anti_steerable"} | {f"shift@{m:+g}" for m in MULTS if m} <= set(per_pair[0])
+    summary = {row["vector"]: row for row in r["metrics"]["steerability"]}
+    assert summary["bipo"]["anti_steerable"] == sum(p["slope"] < 0 for p in per_pair if p["vector"] == "bipo") / 4
     assert "ab" in r["skipped"] and r["data"]["n_pairs"] == 4
     rows = r["metrics"]["logodds"]
     assert len(rows) == 2 * len(MULTS)
@@ -56,6 +60,7 @@ def test_evaluate_vectors_schema_and_purity(tiny_model, pairs):
     assert json.loads(json.dumps(r, allow_nan=False)) == r  # JSON-ready, no NaN
     text = format_eval(r)
     assert "== logodds" in text and "== perplexity" in text and "skipped ab" in text
+    assert "== steerability:" in text and "steerability_pairs" not in text  # per-pair rows stay out of the terminal
 
 
 def test_inapplicable_metrics_error_when_asked(tiny_model, pairs, ab_pairs):

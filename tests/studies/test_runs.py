@@ -221,6 +221,26 @@ def test_eval_is_the_library_evaluation(tiny, tmp_path):
     assert Path(tmp_path / "r.json").is_file()
 
 
+@pytest.mark.parametrize("all_points", [False, True])
+def test_compare_shows_progress_and_passes_all_points(tiny, tmp_path, monkeypatch, all_points):
+    """compare draws matched_cost's progress bar; --all-points reaches matched_cost."""
+    import workbench.studies.run_evaluate as run_evaluate
+
+    seen = {}
+
+    def fake(model, vectors, pairs, texts, **kw):
+        seen.update(kw)
+        return {"kind": "matched_cost", "rows": []}
+
+    monkeypatch.setattr(run_evaluate, "matched_cost", fake)
+    path = save_pairs_jsonl(PAIRS, tmp_path / "p.jsonl")
+    v = SteeringVector(torch.randn(32), "blocks.1.hook_resid_post", method="caa", model_name="tiny-3x32")
+    v.save(tmp_path / "v")
+    compare_run(CompareRun(vector=[str(tmp_path / "v")], data=str(path), format="jsonl", budgets=[0.1],
+                           all_points=all_points, out=str(tmp_path / "c.json")))
+    assert seen["progress"] is True and seen["all_points"] is all_points
+
+
 @pytest.mark.parametrize("config, message", [
     (EvalRun(vector=["v"], metrics=["nope"], out="r.json"), "--metrics: unknown ['nope']"),
     (EvalRun(vector=["v"], metrics=["logodds"], out="r.json"), "need preference pairs"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -323,3 +325,34 @@ def test_actadd_keeps_the_last_max_length_tokens(tiny_model):
     torch.testing.assert_close(v.vector, want, atol=1e-5, rtol=1e-5)
     assert v.config["max_length"] == 6 and v.metadata["n_tokens"][0] == 6
     assert not torch.allclose(v.vector, actadd(tiny_model, text, "Hatred", layer=1, max_length=None).vector)
+
+
+# --------------------------------------------------------------------------- the coherence predictor
+def test_difference_coherence_of_constructed_differences():
+    from workbench.train.baselines import difference_coherence
+    same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
+    assert difference_coherence(same)["coherence"] == pytest.approx(1.0)
+    assert difference_coherence(same)["coherence_std"] == pytest.approx(0.0, abs=1e-12)
+    # two orthogonal unit differences: the mean is at 45 degrees to each
+    ortho = difference_coherence(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert ortho["coherence"] == pytest.approx(2 ** -0.5)
+    # one pair against the others: cosines 1, 1, -1 to the mean (1/3, 0)
+    mixed = difference_coherence(torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]))
+    assert mixed["coherence"] == pytest.approx(1 / 3)
+    assert math.isnan(difference_coherence(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))["coherence"])  # zero mean
+
+
+def test_caa_and_pca_record_the_coherence_of_their_differences(tiny_model):
+    from workbench.train.baselines import pair_coherence
+    pos, neg = _hand_acts(tiny_model, PAIRS, 1, "resid_post", "answer_mean")
+    d = (pos - neg).double()
+    mean = d.mean(0)
+    want = float(torch.nn.functional.cosine_similarity(d, mean[None], dim=1).mean())
+    v = caa(tiny_model, PAIRS, layer=1, batch_size=2, progress=False)
+    assert v.metadata["coherence"] == pytest.approx(want, abs=1e-5)
+    assert pca(tiny_model, PAIRS, layer=1, progress=False).metadata["coherence"] == pytest.approx(want, abs=1e-5)
+    got = pair_coherence(tiny_model, PAIRS, "blocks.1.hook_resid_post", progress=False)  # what BiPO's trainer calls
+    assert got["coherence"] == pytest.approx(want, abs=1e-5) and got["coherence_position"] == "answer_mean"
+    assert remaining_hooks(tiny_model) == 0
+    with pytest.raises(ValueError, match="block hook name"):
+        pair_coherence(tiny_model, PAIRS, "resid_post")

@@ -102,8 +102,9 @@ def plain_loss(model, pairs, hook: str, v: torch.Tensor, d: torch.Tensor, beta: 
 @pytest.mark.parametrize("hook", ["resid_post", "resid_mid", "attn_out", "resid_pre", "mlp_out"])
 @pytest.mark.parametrize("direction", ["batch", "example"])
 def test_trainer_step_matches_plain_full_forward(hook, direction):
-    """The trainer's own step (loss and gradient) equals a plain implementation to 1e-5, with BOS,
-    padding and prompts cut at max_length."""
+    """The trainer's own step (loss and gradient) equals a plain implementation to 5e-5, with BOS,
+    padding and prompts cut at max_length (the step scores groups of similar length apart: other matmul
+    shapes, another fp32 summation order)."""
     model = make_tiny_model(seed=3)
     model.cfg.default_prepend_bos = True
     config = tiny_config(hook=hook, direction=direction, beta=0.5, max_length=80, seed=5)
@@ -123,9 +124,9 @@ def test_trainer_step_matches_plain_full_forward(hook, direction):
     plain = plain_loss(model, pairs, config.hook_name, x, d, config.beta, config.max_length)
     (g_plain,) = torch.autograd.grad(plain, x)
     assert abs(record["loss"] - math.log(2)) > 1e-3  # the vector does something
-    assert record["loss"] == pytest.approx(float(plain.detach()), rel=1e-5, abs=1e-5)
-    torch.testing.assert_close(v.grad, g_plain, atol=1e-5, rtol=1e-5)
-    assert record["grad_norm"] == pytest.approx(float(g_plain.norm()), rel=1e-5)
+    assert record["loss"] == pytest.approx(float(plain.detach()), rel=5e-5, abs=5e-5)
+    torch.testing.assert_close(v.grad, g_plain, atol=5e-5, rtol=5e-5)
+    assert record["grad_norm"] == pytest.approx(float(g_plain.norm()), rel=5e-5)
     assert not torch.equal(v.detach(), v0)  # the step moved the vector
     assert remaining_hooks(model) == 0 and remaining_hooks(runner) == 0
 
@@ -137,6 +138,7 @@ def test_training_learns_and_returns_a_described_vector(tiny_model):
     res = train_bipo(tiny_model, PAIRS, cfg, progress=False, eval_pairs=PAIRS[:2])
     v = res.vector
     assert isinstance(v, SteeringVector) and v.method == "bipo" and v.hook_name == "blocks.1.hook_resid_post"
+    assert -1 <= v.metadata["coherence"] <= 1 and v.metadata["coherence_position"] == "answer_mean"  # Braun et al.
     assert v.vector.dtype == torch.float32 and v.model_name == tiny_model.cfg.model_name
     assert v.config == cfg.to_dict() and v.data_fingerprint == fingerprint(PAIRS)
     assert v.metadata["final_loss"] == res.epochs[-1]["loss"] and v.metadata["epochs_trained"] == 6
@@ -162,6 +164,27 @@ def test_deterministic_for_a_seed(tiny_model):
     assert torch.equal(a.vector.vector, b.vector.vector)
     assert a.history == b.history
     assert not torch.equal(a.vector.vector, c.vector.vector)
+
+
+def test_relayout_is_an_option_with_the_same_numbers(tiny_model):
+    """The CPU re-laid-out copy of the blocks is a choice (``relayout``): on and off train the same vector,
+    and the plan says how large the copy is before it is made."""
+    from workbench.train import relayout_plan
+
+    on = train_bipo(tiny_model, PAIRS, tiny_config(relayout=True, epochs=2), progress=False)
+    off = train_bipo(tiny_model, PAIRS, tiny_config(relayout=False, epochs=2), progress=False)
+    torch.testing.assert_close(on.vector.vector, off.vector.vector, atol=1e-5, rtol=1e-4)
+    plan = relayout_plan(tiny_model, tiny_config(relayout=False))
+    if plan["upper_bytes"] == 0:  # a TransformerBridge in its own dtype: nothing to re-lay out
+        assert plan["relayout"] is False and "no re-laid-out copy" in plan["message"]
+        return
+    assert plan["relayout"] is False and plan["upper_bytes"] > 0 and plan["lower_bytes"] == 0
+    assert "--relayout" in plan["message"]
+    plan = relayout_plan(tiny_model, tiny_config(relayout=True, layer=1))
+    per_block = plan["upper_bytes"] / (tiny_model.cfg.n_layers - 2)  # blocks 2.. after blocks.1.hook_resid_post
+    assert plan["relayout"] is True and plan["lower_bytes"] == pytest.approx(2 * per_block)
+    assert f"{plan['upper_bytes'] / 2**20:,.0f} MB" in plan["message"]
+    assert remaining_hooks(tiny_model) == 0
 
 
 class Interrupt(Exception):
@@ -224,8 +247,14 @@ def test_cli_train_bipo_end_to_end(embedded_model, tmp_path, monkeypatch, capsys
     monkeypatch.setattr("workbench.core.loading.load_model", lambda *a, **k: embedded_model)
     out = tmp_path / "vec"
     code = cli.main(["train", "--method", "bipo", "--behavior", "power-seeking", "--limit", "4", "--epochs", "1",
-                     "--layer", "10", "--out", str(out)])
+                     "--layer", "10", "--no-relayout", "--out", str(out)])
     assert code == 0
+    err = capsys.readouterr().err
+    assert "model float32, blocks after the hook float32" in err  # the model's real dtype
+    from workbench.core.backend import LINE
+
+    # --no-relayout, and the size the copy would take (a TransformerBridge has nothing to lay out)
+    assert ("no re-laid-out copy of blocks 11..29" if LINE == 3 else "no re-laid-out copy") in err
     v = SteeringVector.load(out)
     assert v.method == "bipo" and v.hook_name == "blocks.10.hook_resid_post" and v.config["epochs"] == 1
     history = json.loads((out / "history.json").read_text())

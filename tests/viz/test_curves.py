@@ -142,3 +142,34 @@ def test_cost_effect_lines_found_points_and_budgets():
     assert to_hex(lines[0].get_color()) == to_hex(lines[1].get_color())
     with pytest.raises(R.ResultFormatError, match="plot_cost_effect draws a matched_cost result, not a DataFrame"):
         C.plot_cost_effect(pd.DataFrame({"a": [1]}))
+
+
+def _eval_with_steerability():
+    from workbench.evaluate.preference import logodds_tables
+    rng = np.random.default_rng(0)
+    rows = [{"vector": v, "multiplier": m, "pair": i, "logodds": s * m + rng.normal(0, 0.3) + i * 0.1 * m,
+             "logodds_per_token": 0.0} for v, s in (("bipo", 1.0), ("caa", 0.2)) for i in range(12) for m in MULTS]
+    return eval_of(logodds_tables(pd.DataFrame(rows), n_boot=200))
+
+
+def test_steerability_violins_per_vector_and_figures():
+    from workbench.viz.figures import figures_for
+    res = _eval_with_steerability()
+    fig = C.plot_steerability(res)
+    ax = fig.axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0].startswith("bipo\nanti ") and "[" in ticks[0] and ticks[1].startswith("caa")
+    assert len(ax.collections) >= 4  # two violins and two sets of dots
+    dots = [c for c in ax.collections if len(c.get_offsets()) == 12]
+    assert len(dots) == 2
+    assert "steerability" in figures_for(res)  # `workbench figures` draws it for an eval result
+    with pytest.raises(R.ResultFormatError, match="steerability_pairs"):
+        C.plot_steerability(eval_result())  # an older eval result without per-pair rows
+
+
+def test_report_has_steerability_rows(tmp_path):
+    from workbench.viz.report import report
+    _eval_with_steerability().save(tmp_path / "eval.json")
+    text = report(tmp_path)
+    assert "Per-example steerability" in text and "anti-steerable [95 % CI]" in text
+    assert "moved > 1 nat (m > 0)" in text and "at m = +2" in text

@@ -127,3 +127,24 @@ def test_logit_lens_layers_reads_a_version_2_file():
                     for r in layers_result()["rows"]]}
     np.testing.assert_allclose(L.plot_logit_lens_layers(old).axes[1].get_lines()[0].get_ydata(),
                                [0.01 * i for i in range(6)])
+
+
+def test_coherence_reliability_points_per_layer_and_behavior():
+    from workbench.core import results as R
+    from workbench.viz.figures import figures_for
+    from workbench.viz.layers import plot_coherence_reliability
+
+    def sweep(behavior, shift):
+        rows = [{"layer": x, "method": "caa", "behavior": behavior, "effect@+1": 0.1 * x, "coherence": 0.1 + 0.1 * x + shift,
+                 "anti_steerable": max(0.0, 0.5 - 0.1 * x - shift)} for x in range(5)]
+        return R.result(R.SWEEP, method="caa", multipliers=[1.0], rows=rows)
+
+    fig = plot_coherence_reliability({"power": sweep("power", 0.0), "wealth": sweep("wealth", 0.05)})
+    ax = fig.axes[0]
+    assert [len(c.get_offsets()) for c in ax.collections] == [5, 5]
+    assert ax.collections[0].get_offsets()[2].tolist() == pytest.approx([0.3, 0.7])  # (coherence, 1 - anti)
+    assert "Pearson r = 1.00" in ax.get_title()  # constructed to rise together
+    assert ax.get_legend() is not None
+    assert "coherence" in figures_for(sweep("power", 0.0))
+    with pytest.raises(R.ResultFormatError, match="coherence"):
+        plot_coherence_reliability(R.result(R.SWEEP, rows=[{"layer": 0, "effect@+1": 0.1}]))

@@ -29,22 +29,24 @@ from it alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from workbench.core.backend import Model
 from workbench.core.options import with_options
 from workbench.core.results import MATCHED_COST, Result, result
 from workbench.core.vector import SteeringVector
-from workbench.data.behaviors import load_neutral_text
 from workbench.data.pairs import check_pairs
+from workbench.engine.conditions import condition_deltas, start_layer
+from workbench.engine.scoring import preference_logprobs
 from workbench.evaluate.effects import effect_vs_zero
-from workbench.evaluate.preference import _ab_pair_probs, _pair_logodds  # on checked input: matched_cost checks
-from workbench.evaluate.utility import utility_per_text
+from workbench.evaluate.preference import _ab_pair_probs  # on checked input: matched_cost checks
+from workbench.evaluate.utility import NeutralReference, check_texts, utility_passes
 
 Cost = Literal["kl", "perplexity"]
 COSTS = ("kl", "perplexity")
@@ -112,6 +114,9 @@ class MatchedCostConfig:
     seed: int = 0  # the bootstrap's seed
     utility_kw: Mapping[str, Any] = field(default_factory=dict)  # to utility_per_text (max_tokens, batch_size ...)
     logodds_kw: Mapping[str, Any] = field(default_factory=dict)  # to pair_logodds (system_prompt, batch_size ...)
+    effect_grid: tuple[float, ...] = (0.5,)  # the effect also at these fractions of the largest multiplier within budget
+    all_points: bool = False  # the effect at every visited multiplier within budget (the best-within-budget column)
+    progress: bool = False  # a tqdm bar on stderr: the stage (layer, vector, direction, budget) and probes so far
 
     def __post_init__(self) -> None:
         check_budgets(self.budgets, self.cost)
@@ -123,41 +128,59 @@ class MatchedCostConfig:
             raise ValueError(f"max_multiplier={self.max_multiplier} is below start={self.start}")
         object.__setattr__(self, "utility_kw", dict(self.utility_kw or {}))  # None given: no options
         object.__setattr__(self, "logodds_kw", dict(self.logodds_kw or {}))
+        grid = tuple(self.effect_grid or ())
+        if not all(isinstance(g, (int, float)) and 0 < g < 1 for g in grid):
+            raise ValueError(f"effect_grid={self.effect_grid!r}: fractions between 0 and 1")
+        object.__setattr__(self, "effect_grid", tuple(float(g) for g in grid))
 
 
 class _CostProbe:
-    """Cost of one vector at multipliers, through ``utility_per_text`` (memoised)."""
+    """Costs on the neutral passages of the vectors that enter at one layer, memoised per (label, ``m``).
 
-    def __init__(self, model: Model, label: str, vector: SteeringVector, texts: Sequence[str],
+    Every multiplier asked for at once (``measure``) runs as a condition of ONE engine pass
+    (``workbench.evaluate.utility.utility_passes``: the blocks below the vectors run once for all);
+    the unsteered log-probs are computed on the first pass and reused (``NeutralReference``). The
+    costs equal those of ``utility_per_text(model, {label: vector}, texts, [0, m])`` bit for bit.
+    """
+
+    def __init__(self, model: Model, vectors: Mapping[str, SteeringVector], texts: Sequence[str],
                  cost: str, utility_kw: Mapping[str, Any]):
-        self.model, self.label, self.vector, self.texts = model, label, vector, list(texts)
-        self.cost, self.kw = cost, dict(utility_kw)
-        self.seen: dict[float, dict[str, float]] = {}
+        kw = dict(utility_kw)
+        kw.pop("progress", None)
+        self.model, self.vectors, self.cost = model, dict(vectors), cost
+        self.reference = NeutralReference(model, texts, kw.pop("max_tokens", 128))
+        self.kw = kw  # batch_size, precision, chunk
+        self.seen: dict[str, dict[float, dict[str, float]]] = {label: {} for label in vectors}
+        self.n_probes = 0  # (vector, multiplier) costs measured
 
-    def __call__(self, m: float) -> float:
-        m = float(m)
-        if m not in self.seen:
-            per = utility_per_text(self.model, {self.label: self.vector}, self.texts, [0.0, m], progress=False,
-                                   **self.kw)
+    def measure(self, wanted: Sequence[tuple[str, float]]) -> None:
+        """Measure every ``(label, m)`` not seen yet, all in one engine pass."""
+        todo = list(dict.fromkeys((label, float(m)) for label, m in wanted if float(m) not in self.seen[label]))
+        if not todo:
+            return
+        acc = utility_passes(self.model, self.reference, [(self.vectors[label], m) for label, m in todo], **self.kw)
+        n_tok = self.reference.n_pred.numpy()
+        base = self.reference.base.numpy()
+        for (label, m), a in zip(todo, acc.numpy()):
+            # the old probe's arithmetic: per-text frames of m = 0 and m, summed by pandas
+            per = pd.DataFrame({"multiplier": np.repeat([0.0, m], len(n_tok)), "n_tokens": np.tile(n_tok, 2),
+                                "nll_sum": np.concatenate([base[:, 0], a[:, 0]]),
+                                "kl_sum": np.concatenate([base[:, 2], a[:, 2]])})
             tot = per.groupby("multiplier")[["n_tokens", "nll_sum", "kl_sum"]].sum()
             ppl0 = math.exp(tot.loc[0.0, "nll_sum"] / tot.loc[0.0, "n_tokens"])
             ppl = math.exp(tot.loc[m, "nll_sum"] / tot.loc[m, "n_tokens"])
             kl = float(tot.loc[m, "kl_sum"] / tot.loc[m, "n_tokens"])
-            self.seen[m] = {"kl": kl, "perplexity": ppl / ppl0 - 1.0, "perplexity_value": ppl}
-        return self.seen[m][self.cost]
+            self.seen[label][m] = {"kl": kl, "perplexity": ppl / ppl0 - 1.0, "perplexity_value": ppl}
+        self.n_probes += len(todo)
+
+    def __call__(self, label: str, m: float) -> float:
+        self.measure([(label, m)])
+        return self.seen[label][float(m)][self.cost]
 
 
-def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0.25, growth: float = 2.0,
-                  max_multiplier: float = 64.0, rel_tol: float = 0.05, max_iter: int = 30,
-                  known: Mapping[float, float] | None = None) -> dict[str, Any]:
-    """Find ``m`` (sign ``direction``) with ``|cost(m) - budget| <= rel_tol * budget``.
-
-    Brackets by growing ``|m|`` from ``start`` by ``growth`` up to ``max_multiplier`` (starting from
-    the costs already ``known``, ``{|m|: cost}`` in this direction, e.g. from a smaller budget), then
-    narrows the bracket: each step interpolates in log-log (cost grows like a power of ``|m|``; from
-    ``m = 0``, like ``m**2``), clamped inside the bracket, and bisects instead whenever the previous
-    step kept less than half of it. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
-    """
+def _search(budget: float, direction: int, *, start: float, growth: float, max_multiplier: float, rel_tol: float,
+            max_iter: int, known: Mapping[float, float] | None) -> Generator[float, float, dict[str, Any]]:
+    """``search_budget`` as a generator: yields each multiplier to measure, is sent its cost, returns the answer."""
     lo, c_lo = 0.0, 0.0
     hi, c_hi = None, None
     max_seen, steps = 0.0, 0
@@ -171,16 +194,12 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
         elif c > budget and hi is None:
             hi, c_hi = a, c
 
-    def measure(m: float) -> tuple[float, dict[str, Any] | None]:
-        """Cost at ``direction * m``, and the final answer when it is within tolerance of the budget."""
-        nonlocal max_seen, steps
-        c = probe(direction * m)
-        steps += 1
-        max_seen = max(max_seen, c)
+    def done(m: float, c: float) -> dict[str, Any] | None:
+        """The final answer when the cost at ``direction * m`` is within tolerance of the budget."""
         if abs(c - budget) <= rel_tol * budget:
-            return c, {"reached": True, "multiplier": direction * m, "cost": c, "converged": True,
-                       "max_cost_seen": max_seen, "steps": steps}
-        return c, None
+            return {"reached": True, "multiplier": direction * m, "cost": c, "converged": True,
+                    "max_cost_seen": max_seen, "steps": steps}
+        return None
 
     a = start if lo == 0 else lo * growth
     while hi is None:  # bracket
@@ -188,9 +207,10 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
             return {"reached": False, "multiplier": None, "cost": None, "converged": False,
                     "max_cost_seen": max_seen, "steps": steps}
         a = min(a, max_multiplier)
-        c, done = measure(a)
-        if done:
-            return done
+        c = yield direction * a
+        steps, max_seen = steps + 1, max(max_seen, c)
+        if (answer := done(a, c)) is not None:
+            return answer
         if c > budget:
             hi, c_hi = a, c
             break
@@ -207,9 +227,10 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
             t = (math.log(budget) - math.log(c_lo)) / (math.log(c_hi) - math.log(c_lo))
             mid = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
         mid = min(max(mid, lo + 0.02 * width), hi - 0.02 * width)
-        c, done = measure(mid)
-        if done:
-            return done
+        c = yield direction * mid
+        steps, max_seen = steps + 1, max(max_seen, c)
+        if (answer := done(mid, c)) is not None:
+            return answer
         if c > budget:
             hi, c_hi = mid, c
         else:
@@ -220,24 +241,113 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
             "converged": False, "max_cost_seen": max_seen, "steps": steps}
 
 
-def _effects(model: Model, label: str, vector: SteeringVector, pairs: Sequence[Any], mults: Sequence[float],
-             ab_pairs: Sequence[Any] | None, n_boot: int, seed: int, kw: Mapping[str, Any]) -> dict[float, dict]:
-    """Per multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals.
+def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0.25, growth: float = 2.0,
+                  max_multiplier: float = 64.0, rel_tol: float = 0.05, max_iter: int = 30,
+                  known: Mapping[float, float] | None = None) -> dict[str, Any]:
+    """Find ``m`` (sign ``direction``) with ``|cost(m) - budget| <= rel_tol * budget``; ``probe(m)`` is the cost.
 
-    ``pairs`` and ``ab_pairs`` were checked by ``matched_cost``; the vector is checked against the
-    model by the engine."""
-    mults = sorted(set([0.0, *map(float, mults)]))
-    out: dict[float, dict] = {m: {} for m in mults}
-    spec = {label: [vector]}
-    tables = [("effect", _pair_logodds(model, spec, pairs, mults, progress=False, **kw), "logodds")]
-    if ab_pairs is not None:
-        ab_kw = {k: v for k, v in kw.items() if k in ("system_prompt", "batch_size", "precision")}
-        tables.append(("ab", _ab_pair_probs(model, spec, ab_pairs, mults, progress=False, **ab_kw), "p_matching"))
-    for name, df, col in tables:
-        wide = df.pivot(index="pair", columns="multiplier", values=col)  # (pairs, multipliers)
-        base = wide[0.0].to_numpy(np.float64)
-        for m in mults:
-            out[m] |= effect_vs_zero(wide[m].to_numpy(np.float64), base, n_boot=n_boot, seed=seed).columns(name)
+    Brackets by growing ``|m|`` from ``start`` by ``growth`` up to ``max_multiplier`` (starting from
+    the costs already ``known``, ``{|m|: cost}`` in this direction, e.g. from a smaller budget), then
+    narrows the bracket: each step interpolates in log-log (cost grows like a power of ``|m|``; from
+    ``m = 0``, like ``m**2``), clamped inside the bracket, and bisects instead whenever the previous
+    step kept less than half of it. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
+    ``matched_cost`` runs the same search for every vector and direction in lockstep (``_search``).
+    """
+    gen = _search(budget, direction, start=start, growth=growth, max_multiplier=max_multiplier, rel_tol=rel_tol,
+                  max_iter=max_iter, known=known)
+    try:
+        m = next(gen)
+        while True:
+            m = gen.send(probe(m))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _direction_search(seen: Mapping[float, Mapping[str, float]], visited: set[float], direction: int,
+                      budgets: Sequence[float], cost: str, stage: dict, search: Mapping[str, Any],
+                      ) -> Generator[float, float, dict[float, dict[str, Any]]]:
+    """The searches of one vector and direction, budgets ascending, each from what the smaller ones measured
+    (``visited``: the multipliers the searches asked for; ``seen``: their costs)."""
+    found = {}
+    for b in budgets:
+        stage["budget"] = b
+        known = {abs(m): seen[m][cost] for m in visited if m * direction > 0}
+        gen = _search(b, direction, known=known, **search)
+        try:
+            m = next(gen)
+            while True:
+                visited.add(m)
+                m = gen.send((yield m))
+        except StopIteration as stop:
+            found[b] = stop.value
+    return found
+
+
+def _lockstep(probe: _CostProbe, tasks: Mapping[tuple[str, int], Generator], extra: Sequence[tuple[str, float]],
+              bar: Any, stages: Mapping[tuple[str, int], dict]) -> dict[tuple[str, int], Any]:
+    """Run the searches side by side: each round, every search's next multiplier in one engine pass."""
+    out: dict[tuple[str, int], Any] = {}
+
+    def advance(key: tuple[str, int], value: float | None) -> None:
+        gen, label = tasks[key], key[0]
+        try:
+            m = next(gen) if value is None else gen.send(value)
+            while m in probe.seen[label]:  # memoised: no pass needed
+                m = gen.send(probe.seen[label][m][probe.cost])
+            pending[key] = m
+        except StopIteration as stop:
+            out[key] = stop.value
+            pending.pop(key, None)
+
+    pending: dict[tuple[str, int], float] = {}
+    for key in tasks:
+        advance(key, None)
+    extra = list(extra)
+    while pending or extra:
+        probe.measure([(key[0], m) for key, m in pending.items()] + extra)
+        extra = []
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str("; ".join(f"{label} {'+' if d > 0 else '-'} budget {stages[(label, d)]['budget']:g}"
+                                          for label, d in pending) + f"; probes {probe.n_probes}", refresh=False)
+        for key, m in list(pending.items()):
+            advance(key, probe.seen[key[0]][m][probe.cost])
+    return out
+
+
+def _effects(model: Model, vectors: Mapping[str, SteeringVector], pairs: Sequence[Any],
+             mults_of: Mapping[str, Sequence[float]], ab_pairs: Sequence[Any] | None, n_boot: int, seed: int,
+             kw: Mapping[str, Any]) -> dict[str, dict[float, dict]]:
+    """Per vector and multiplier: log-odds shift from m = 0 (and A/B p_matching shift) with bootstrap intervals.
+
+    The log-odds of all the vectors (entering at one layer) and multipliers come from ONE engine pass;
+    the numbers equal ``_pair_logodds``' per vector. ``pairs`` and ``ab_pairs`` were checked by
+    ``matched_cost``; the vectors are checked against the model by the engine."""
+    mults = {label: sorted(set([0.0, *map(float, ms)])) for label, ms in mults_of.items()}
+    conds, where = [()], {}
+    for label, ms in mults.items():
+        for m in ms:
+            if m != 0:
+                where[(label, m)] = len(conds)
+                conds.append(((vectors[label], m),))
+    lp_kw = {k: v for k, v in kw.items() if k != "progress"}
+    lp, _ = preference_logprobs(model, pairs, conds, **lp_kw)
+    lp = lp.double().numpy()
+    logodds = lp[:, :, 0] - lp[:, :, 1]  # (conditions, pairs), as _pair_logodds
+    out: dict[str, dict[float, dict]] = {}
+    for label, ms in mults.items():
+        out[label] = {m: {} for m in ms}
+        for m in ms:
+            out[label][m] |= effect_vs_zero(logodds[where.get((label, m), 0)], logodds[0], n_boot=n_boot,
+                                            seed=seed).columns("effect")
+        if ab_pairs is not None:
+            ab_kw = {k: v for k, v in kw.items() if k in ("system_prompt", "batch_size", "precision")}
+            df = _ab_pair_probs(model, {label: [vectors[label]]}, ab_pairs, ms, progress=False, **ab_kw)
+            wide = df.pivot(index="pair", columns="multiplier", values="p_matching")  # (pairs, multipliers)
+            base = wide[0.0].to_numpy(np.float64)
+            for m in ms:
+                out[label][m] |= effect_vs_zero(wide[m].to_numpy(np.float64), base, n_boot=n_boot,
+                                                seed=seed).columns("ab")
     return out
 
 
@@ -253,15 +363,18 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
         texts: neutral passages for the cost (default: ``workbench.data.behaviors.load_neutral_text()``).
         config: the options (``MatchedCostConfig``: ``cost``, ``budgets``, ``equal_norm``, the search's
             ``start``, ``growth``, ``max_multiplier``, ``rel_tol``, ``max_iter``, ``slope_multiplier``,
-            ``n_boot``, ``seed``, ``utility_kw`` / ``logodds_kw`` for ``utility_per_text`` / ``pair_logodds``).
+            ``n_boot``, ``seed``, ``utility_kw`` / ``logodds_kw`` for ``utility_per_text`` / ``pair_logodds``,
+            ``effect_grid``, ``all_points``, ``progress``).
         ab_pairs: A/B pairs; also report the shift of p(matching letter).
         options: ``MatchedCostConfig`` fields given as keywords (applied to ``config``).
 
     Returns:
         A ``matched_cost`` result: ``rows`` one per (vector, direction, budget) with the found
         multiplier, its cost and the effect there, the best effect within budget and its multiplier;
-        ``points`` every visited multiplier with its cost and effect; ``slopes`` the effect per
-        sqrt(KL) near m = 0 per vector and direction.
+        ``points`` every multiplier where the effect was measured (the found ones, the slope's and the
+        ``effect_grid``; with ``all_points``, every visited one) with its cost and effect; ``slopes`` the
+        effect per sqrt(KL) near m = 0 per vector and direction; ``work`` the cost probes and engine
+        passes it took.
 
     Raises:
         ValueError, TypeError: ``pairs`` or ``ab_pairs`` are not preference pairs
@@ -279,58 +392,99 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
         raise ValueError("vectors is empty: give at least one vector")
     pairs = check_pairs(pairs)  # once, with ab_pairs; nothing below checks again
     ab_pairs = None if ab_pairs is None else check_pairs(ab_pairs, "ab_pairs")
-    texts = list(load_neutral_text() if texts is None else texts)
+    texts = check_texts(texts)
     used, norm_info = rescale(vectors, cfg.equal_norm)
-    rows, points, slopes = [], [], []
+    search = {"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
+              "max_iter": max_iter}
+    cutoff = max(budgets)
+    groups: dict[int, list[str]] = {}  # vectors entering at the same layer share every engine pass
     for label, vec in used.items():
-        probe = _CostProbe(model, label, vec, texts, cost, cfg.utility_kw)
-        found = {}
-        for d in (1, -1):
-            for b in budgets:  # ascending: each search starts from what the smaller budgets measured
-                known = {abs(m): s[cost] for m, s in probe.seen.items() if m * d > 0}
-                found[(d, b)] = search_budget(probe, b, d, start=start, growth=growth, max_multiplier=max_multiplier,
-                                              rel_tol=rel_tol, max_iter=max_iter, known=known)
-        for d in (1, -1):
-            probe(d * slope_multiplier)
-        cutoff = max(budgets)
-        eval_m = [m for m, s in probe.seen.items() if s[cost] <= cutoff * (1 + rel_tol)]
-        eff = _effects(model, label, vec, pairs, eval_m, ab_pairs, n_boot, seed, cfg.logodds_kw)
-        cost_at = {m: probe.seen[m] for m in eval_m} | {0.0: {"kl": 0.0, "perplexity": 0.0}}
-        for m in sorted(eff):
+        groups.setdefault(start_layer(model, condition_deltas(((vec, 1.0),))), []).append(label)
+    found: dict[tuple[str, int, float], dict] = {}
+    eff: dict[str, dict[float, dict]] = {}
+    cost_at: dict[str, dict[float, dict]] = {}
+    work = {"cost_probes": 0, "cost_passes": 0, "effect_conditions": 0, "effect_passes": 0}
+    bar = tqdm(desc="matched cost", unit="pass", disable=not cfg.progress, leave=False)
+    try:
+        for layer, labels in sorted(groups.items()):
+            group = {label: used[label] for label in labels}
+            probe = _CostProbe(model, group, texts, cost, cfg.utility_kw)
+            visited: dict[str, set[float]] = {label: set() for label in labels}
+            stages = {(label, d): {"budget": budgets[0]} for label in labels for d in (1, -1)}
+            tasks = {(label, d): _direction_search(probe.seen[label], visited[label], d, budgets, cost,
+                                                   stages[(label, d)], search)
+                     for label in labels for d in (1, -1)}
+            bar.set_description(f"matched cost: search at layer {layer}")
+            slope_points = [(label, d * slope_multiplier) for label in labels for d in (1, -1)]
+            for (label, d), answers in _lockstep(probe, tasks, slope_points, bar, stages).items():
+                for b, s in answers.items():
+                    found[(label, d, b)] = s
+            within = {label: [m for m, s in probe.seen[label].items() if s[cost] <= cutoff * (1 + rel_tol)]
+                      for label in labels}  # the visited multipliers within the largest budget, and the slope's
+            if cfg.all_points:
+                mults_of = within
+            else:
+                chosen = {label: {d * slope_multiplier for d in (1, -1)} | {
+                    found[(label, d, b)]["multiplier"] for d in (1, -1) for b in budgets
+                    if found[(label, d, b)]["reached"]} for label in labels}
+                grid = [(label, d * f * anchor) for label in labels for d in (1, -1)  # fractions of the largest
+                        for anchor in [max((abs(m) for m in within[label] if m * d > 0), default=0.0)] if anchor > 0
+                        for f in cfg.effect_grid]
+                probe.measure(grid)  # their costs (for the points table), all in one pass
+                mults_of = {label: [m for m in chosen[label] | {m for lab, m in grid if lab == label}
+                                    if probe.seen[label][m][cost] <= cutoff * (1 + rel_tol)] for label in labels}
+            bar.set_description(f"matched cost: effects at layer {layer}")
+            eff |= _effects(model, group, pairs, mults_of, ab_pairs, n_boot, seed, cfg.logodds_kw)
+            bar.update(1)
+            for label in labels:
+                cost_at[label] = {m: probe.seen[label][m] for m in eff[label] if m != 0} | {
+                    0.0: {"kl": 0.0, "perplexity": 0.0}}
+            work["cost_probes"] += probe.n_probes
+            work["cost_passes"] += probe.reference.n_passes
+            work["effect_conditions"] += 1 + sum(len([m for m in eff[label] if m != 0]) for label in labels)
+            work["effect_passes"] += 1
+    finally:
+        bar.close()
+    rows, points, slopes = [], [], []
+    for label in used:
+        e, c_at = eff[label], cost_at[label]
+        for m in sorted(e):
             points.append({"vector": label, "direction": int(np.sign(m)), "multiplier": m,
-                           "cost": cost_at[m][cost], "kl": cost_at[m]["kl"],
-                           "perplexity_ratio": 1.0 + cost_at[m]["perplexity"]} | eff[m])
+                           "cost": c_at[m][cost], "kl": c_at[m]["kl"],
+                           "perplexity_ratio": 1.0 + c_at[m]["perplexity"]} | e[m])
         for d in (1, -1):
             m0 = d * slope_multiplier
-            kl0 = probe.seen[m0]["kl"]
-            e0 = eff[m0]["effect"]
+            kl0 = c_at[m0]["kl"]
+            e0 = e[m0]["effect"]
             slopes.append({"vector": label, "direction": d, "multiplier": m0, "kl": kl0, "effect": e0,
                            "slope": e0 / math.sqrt(kl0) if kl0 > 0 else None})
             for b in budgets:
-                s = found[(d, b)]
-                inside = sorted((m for m in eff if m * d > 0 and cost_at[m][cost] <= b * (1 + rel_tol)), key=abs)
-                series = [d * eff[m]["effect"] for m in inside]
-                best = max(inside, key=lambda m: d * eff[m]["effect"], default=None)
+                s = found[(label, d, b)]
+                inside = sorted((m for m in e if m * d > 0 and c_at[m][cost] <= b * (1 + rel_tol)), key=abs)
+                series = [d * e[m]["effect"] for m in inside]
+                best = max(inside, key=lambda m: d * e[m]["effect"], default=None)
                 row = {"vector": label, "direction": d, "budget": b, "reached": s["reached"],
                        "converged": s["converged"], "multiplier": s["multiplier"], "cost": s["cost"],
                        "max_cost_seen": s["max_cost_seen"], "search_steps": s["steps"]}
-                at = eff.get(s["multiplier"], {}) if s["reached"] else {}
+                at = e.get(s["multiplier"], {}) if s["reached"] else {}
                 for k in ("effect", "effect_ci_low", "effect_ci_high", "ab", "ab_ci_low", "ab_ci_high"):
                     if k in at or k.startswith("effect"):
                         row[k] = at.get(k)
-                row |= {"best_effect": eff[best]["effect"] if best is not None else None,
-                        "best_ci_low": eff[best]["effect_ci_low"] if best is not None else None,
-                        "best_ci_high": eff[best]["effect_ci_high"] if best is not None else None,
-                        "best_multiplier": best, "best_cost": cost_at[best][cost] if best is not None else None,
+                row |= {"best_effect": e[best]["effect"] if best is not None else None,
+                        "best_ci_low": e[best]["effect_ci_low"] if best is not None else None,
+                        "best_ci_high": e[best]["effect_ci_high"] if best is not None else None,
+                        "best_multiplier": best, "best_cost": c_at[best][cost] if best is not None else None,
                         "n_within_budget": len(inside),
                         "monotone": bool(all(y >= x for x, y in zip(series, series[1:])))}
                 rows.append(row)
     return result(MATCHED_COST, cost=cost, budgets=budgets,
                   search={"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
-                          "max_iter": max_iter, "slope_multiplier": slope_multiplier},
+                          "max_iter": max_iter, "slope_multiplier": slope_multiplier,
+                          "effect_points": "all" if cfg.all_points else "found+grid",
+                          "effect_grid": list(cfg.effect_grid)},
                   equal_norm=norm_info, norms={k: v.norm for k, v in used.items()},
                   n_pairs=len(pairs), n_texts=len(texts), n_ab_pairs=len(ab_pairs) if ab_pairs else 0,
-                  n_boot=n_boot, seed=seed,
+                  n_boot=n_boot, seed=seed, work=work,
                   rows=pd.DataFrame(rows), points=pd.DataFrame(points), slopes=pd.DataFrame(slopes))
 
 

@@ -13,6 +13,10 @@ end-of-turn string appended to each answer, BiPO's chat prompt) at multiplier ``
 computed for every layer's vector at once by the scoring engine
 (``workbench.engine.scoring.preference_logodds``: each block below a vector runs once per batch), with
 the one effect rule of ``workbench.evaluate.effects`` (mean shift, paired bootstrap interval).
+Each layer also gets the predicted and measured reliability of its vector: the coherence of the
+training pairs' activation differences (Braun et al. 2025, arXiv 2505.22637;
+``workbench.train.baselines.difference_coherence``) and the share of held-out pairs the vector moves
+the wrong way (anti-steerable, Tan et al. 2024, arXiv 2407.12404).
 The options travel as one ``SweepConfig``; ``layer_sweep`` returns a ``SweepResult`` (a ``sweep``
 result that also holds the vectors).
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -44,7 +49,8 @@ from workbench.data.pairs import check_pairs
 from workbench.engine.conditions import Condition
 from workbench.engine.scoring import preference_logodds
 from workbench.evaluate.effects import effect_vs_zero
-from workbench.train.baselines import POSITIONS, mean_difference_vectors
+from workbench.evaluate.preference import least_squares_slopes
+from workbench.train.baselines import POSITIONS, layer_coherence, mean_difference_vectors
 from workbench.train.bipo import BiPOConfig, train_bipo
 
 logger = logging.getLogger(__name__)
@@ -128,6 +134,14 @@ def _steering_effects(model: Model, vectors: Mapping[Any, SteeringVector], pairs
             c += 1
     table = pd.DataFrame(rows)
     table.attrs["base_logodds"] = float(base.mean())
+    # per-example reliability (Tan et al. 2024): the share of pairs whose least-squares slope over
+    # m = 0 and the multipliers is negative (the vector moves them the wrong way)
+    mults = np.array([0.0, *map(float, multipliers)])
+    anti = {}
+    for k, key in enumerate(keys):
+        ys = lo[[0, *range(1 + k * len(multipliers), 1 + (k + 1) * len(multipliers))]].double().numpy()  # (1 + M, n)
+        anti[key] = float((least_squares_slopes(mults, ys.T) < 0).mean()) if len(set(mults)) > 1 else float("nan")
+    table.attrs["anti_steerable"] = anti
     return table
 
 
@@ -145,7 +159,8 @@ class SweepConfig:
     multipliers: tuple[float, ...] = (-1.0, 1.0)  # where the effect is measured (against m = 0)
     hook: str = "resid_post"  # hook point in each block
     bipo_config: BiPOConfig | None = None  # BiPO's settings (its layer and hook are replaced per layer)
-    position: str = "answer_mean"  # CAA position rule (workbench.train.baselines)
+    position: str = "answer_mean"  # CAA position rule (workbench.train.baselines); also the coherence's
+    coherence: bool = True  # the coherence predictor per layer (Braun et al. 2025; one extra pass for BiPO)
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # the chat prompt's system turn
     batch_size: int = 8  # pairs per forward pass
     progress: bool = False  # tqdm bars
@@ -165,7 +180,10 @@ class SweepResult(Result):
 
     Its table (``.table()``) has one row per layer: ``layer, method, hook_name, norm, cos_ref`` (cosine
     to the reference vector, when given), ``cos_prev`` (to the previous swept layer's vector),
-    ``base_logodds`` and one ``effect@<m>`` column per multiplier. ``.vectors`` is ``{layer: vector}``
+    ``base_logodds``, one ``effect@<m>`` column per multiplier, ``anti_steerable`` (share of held-out
+    pairs whose least-squares slope over ``m = 0`` and the multipliers is negative: the measured
+    reliability is one minus it) and ``coherence, coherence_std`` (the predictor of Braun et al. 2025:
+    the training pairs' activation differences' mean cosine to their mean, at the layer). ``.vectors`` is ``{layer: vector}``
     (not written to JSON; ``save_vectors`` writes them), ``.info`` what was run. Made as
     ``SweepResult(table, vectors, info)`` or from a sweep mapping.
     """
@@ -208,6 +226,18 @@ def _bipo_vectors(model: Model, pairs: Sequence[Any], layers: Sequence[int], hoo
         vectors[layer] = trained.vector
         logger.info("BiPO at %s: norm %.3g in %.1f s", trained.vector.hook_name, trained.vector.norm, seconds[layer])
     return vectors, seconds
+
+
+def _coherence(model: Model, train_pairs: Sequence[Any] | None, vecs: Mapping[int, SteeringVector],
+               layers: Sequence[int], cfg: SweepConfig) -> dict[int, dict[str, float]]:
+    """The coherence predictor per layer: from the CAA vectors' metadata, else one pass over the training pairs."""
+    if all("coherence" in vecs[x].metadata for x in layers):
+        return {x: vecs[x].metadata for x in layers}
+    if not train_pairs:
+        return {}
+    return layer_coherence(model, train_pairs, layers, hook=cfg.hook,
+                           position=cfg.position if cfg.position != "prompt_last" else "answer_mean",
+                           system_prompt=cfg.system_prompt, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
 def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[Any],
@@ -258,6 +288,7 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
     else:
         vecs, seconds = _bipo_vectors(model, train_pairs, layer_list, hook, cfg.bipo_config, cfg.progress)
     make_seconds = time.perf_counter() - t0
+    coherence = _coherence(model, train_pairs, vecs, layer_list, cfg) if cfg.coherence else {}
     t1 = time.perf_counter()
     effects = _steering_effects(model, vecs, eval_pairs, multipliers, system_prompt=cfg.system_prompt,
                                 batch_size=cfg.batch_size, progress=cfg.progress)
@@ -279,6 +310,9 @@ def layer_sweep(model: Model, train_pairs: Sequence[Any], eval_pairs: Sequence[A
         for m in multipliers:
             sel = effects[(effects.key == layer) & (effects.multiplier == float(m))]
             row[effect_column(m)] = float(sel.effect.iloc[0])
+        row["anti_steerable"] = effects.attrs["anti_steerable"][layer]
+        if layer in coherence:
+            row |= {k: coherence[layer][k] for k in ("coherence", "coherence_std")}
         if layer in seconds:
             row["train_seconds"] = seconds[layer]
         rows.append(row)

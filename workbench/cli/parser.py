@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli import evaluate, files, study, train
+from workbench.cli import conditional, entanglement, evaluate, files, mechanism, prompting, study, train
 
 PAIR_FORMATS = ("bipo-csv", "ab-json", "ab-text", "truthfulqa-mc1", "truthfulqa-mc2", "jsonl", "advbench", "auto")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="TransformerLens name or local Hugging Face directory (default: embedded)")
+    p.add_argument("--model", help="TransformerLens name, local Hugging Face directory, or 'gemma-3-270m' (the "
+                   "packaged Gemma 3 270M; default: the embedded SmolLM2)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto (cuda when available)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="dtype of the whole model's "
                    "weights (default fp32); --precision only sets the blocks after the vector of an fp32 model")
@@ -98,6 +99,9 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, help="BiPO linear warm-up steps")
     p.add_argument("--direction", choices=("batch", "example"), help="BiPO: one d per batch or per pair")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="BiPO: dtype of the blocks after the hook")
+    p.add_argument("--relayout", action=argparse.BooleanOptionalAction, help="BiPO/RePS on CPU: keep a copy of the "
+                   "blocks after the hook laid out for the matmuls (faster; its size is printed; default: where "
+                   "memory allows)")
     p.add_argument("--bipo-seed", "--seed", dest="seed", type=int,
                    help="BiPO seed: shuffling, directions, init (--seed is the old name)")
     p.add_argument("--max-length", type=int, metavar="N",
@@ -289,9 +293,106 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neutral", metavar="PATH", help="neutral text file, one passage per line")
     p.add_argument("--texts", type=int, default=16, help="neutral passages of the cost search (default 16)")
     p.add_argument("--text-tokens", type=int, default=64, help="tokens per passage in the cost search (default 64)")
+    p.add_argument("--all-points", action="store_true", help="measure the effect at every multiplier the search "
+                   "visited within budget (slower; default: the found multipliers, the slope's and a grid)")
     _add_model(p)
     _add_boot(p, "bootstrap resamples (default 1000)", "bootstrap seed (--seed is the old name)")
     _add_out(p, "JSON result file (written atomically)")
+
+
+def _prompting(p: argparse.ArgumentParser) -> None:
+    """Ask for the behavior instead of steering: an instruction in the system turn and k shots from the training
+    pairs, each direction; the held-out log-odds shift and the KL cost on neutral text as compare measures them
+    (kind 'prompting'; workbench.evaluate.prompting). With --compare, the vectors and prompt + vector rows."""
+    _add_pairs(p, "test", required=True)
+    _add_holdout(p, "test")
+    p.add_argument("--compare", metavar="RESULT.json", help="a `workbench compare` result of the same pairs: add its "
+                   "vector rows, and each vector with the instruction at its matched-cost multipliers")
+    p.add_argument("--vector", action="append", metavar="DIR", help="vector directory (repeatable; default: the "
+                   "--compare result's sources)")
+    p.add_argument("--merged", metavar="PATH", help="also write the --compare result with the prompting points "
+                   "added (kind 'matched_cost': its cost-effect figure shows them)")
+    p.add_argument("--instructions-for", metavar="NAME", help="whose instructions (default: --behavior, or the "
+                   "folder name of --data)")
+    p.add_argument("--instructions", metavar="PATH", help="instructions JSON (default: the embedded one)")
+    p.add_argument("--ks", nargs="+", help="numbers of shots (default 1 2 4 8)")
+    p.add_argument("--budgets", nargs="+", help="prompt + vector at these budgets of --compare (default: all)")
+    p.add_argument("--limit", type=int, help="at most N held-out pairs (the same as --compare's)")
+    p.add_argument("--neutral", metavar="PATH", help="neutral text file, one passage per line")
+    p.add_argument("--texts", type=int, default=16, help="neutral passages of the cost (default 16)")
+    p.add_argument("--text-tokens", type=int, default=64, help="tokens per passage (default 64)")
+    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (default 8)")
+    _add_model(p)
+    _add_boot(p, "bootstrap resamples (default 1000)", "bootstrap seed")
+    _add_out(p, "JSON result file (kind 'prompting', written atomically)")
+
+
+def _conditional(p: argparse.ArgumentParser) -> None:
+    """Fit a CAST condition (the topic's embedded questions against the other questions and instructions; grid
+    over condition layer, comparator and threshold by F1) and report, for each vector gated by it, the effect
+    kept on the topic's held-out pairs and the KL on other held-out prompts (kind 'conditional')."""
+    _add_vectors(p)
+    p.add_argument("--topic", default="power-seeking", help="embedded behavior whose questions open the gate "
+                   "(default power-seeking)")
+    p.add_argument("--layers", nargs="+", type=int, metavar="L", help="candidate condition layers (default: every "
+                   "layer up to the vectors')")
+    p.add_argument("--multiplier", type=float, default=1.0, help="m of m * v when the gate is open (default 1)")
+    p.add_argument("--limit", type=int, help="at most N questions per group and split")
+    p.add_argument("--save-condition", metavar="DIR", help="also write the fitted condition to this directory")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    _add_model(p)
+    _add_out(p, "result JSON (kind 'conditional', written atomically)")
+
+
+def _entanglement(p: argparse.ArgumentParser) -> None:
+    """Score each behavior's vector, at its matched-cost multiplier (--compare) or --multiplier, on every behavior's
+    held-out pairs, the refusal pairs and TruthfulQA MC1 (--truthfulqa); rows normalised by the on-target effect
+    (kind 'entanglement'; workbench.analysis.entanglement). The figure is written to figures/ beside --out."""
+    p.add_argument("--vector", action="append", metavar="BEHAVIOR=DIR", help="a behavior's vector (repeatable)")
+    p.add_argument("--vectors-root", metavar="ROOT", help="find ROOT/<behavior>/L<layer>/<method> for every embedded "
+                   "behavior (as `workbench reproduce` writes them)")
+    p.add_argument("--method", default="bipo", help="vector folder under --vectors-root and its label in the "
+                   "--compare results (default bipo)")
+    p.add_argument("--layer", type=int, help="the L<layer> folder under --vectors-root (default: the only one)")
+    p.add_argument("--compare", metavar="DIR", help="directory of compare_<behavior>.json results: each vector "
+                   "takes its matched-cost multiplier at --budget")
+    p.add_argument("--budget", type=float, default=0.1, help="the --compare budget (default 0.1)")
+    p.add_argument("--multiplier", type=float, default=1.0, help="m of vectors without a --compare result "
+                   "(default 1)")
+    p.add_argument("--truthfulqa", metavar="PATH", help="TruthfulQA mc_task.json: also score MC1")
+    p.add_argument("--truthfulqa-limit", type=int, help="at most N TruthfulQA questions")
+    p.add_argument("--no-refusal", dest="refusal", action="store_false", help="leave out the embedded refusal pairs")
+    p.add_argument("--limit", type=int, help="at most N held-out pairs per behavior")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+    _add_model(p)
+    _add_boot(p, "bootstrap resamples (default 1000)", "bootstrap seed")
+    _add_out(p, "result JSON (kind 'entanglement', written atomically)")
+
+
+def _mechanism(p: argparse.ArgumentParser) -> None:
+    """For each vector on an embedded behavior's held-out pairs: exact activation patching of every head, MLP and
+    block after the hook (necessity and sufficiency share), attribution patching (its gradient approximation),
+    the direct logit attribution of the steered change, the attention shift of the top heads and, with two
+    vectors or more, the comparison of their routes (workbench.analysis.patching, attribution, attention_shift,
+    routes). Writes OUT/<label>_<kind>.json and the figures under OUT/figures. Exact patching is the slow one:
+    --analysis attribution dla is a first look in two passes."""
+    _add_vectors(p)
+    p.add_argument("--behavior", "--topic", dest="behavior", required=True,
+                   help="embedded behavior whose held-out pairs are used")
+    p.add_argument("--analysis", action="extend", nargs="+", metavar="NAME",
+                   choices=("patching", "attribution", "dla", "attention", "routes", "all"),
+                   help="some of patching attribution dla attention routes, or all (default: all; routes need two "
+                        "vectors and bring patching)")
+    p.add_argument("--multiplier", type=float, default=1.0, help="m of the steered run (default 1)")
+    p.add_argument("--pairs", type=int, default=20, metavar="N", help="the first N held-out pairs (default 20)")
+    p.add_argument("--top-k", type=int, default=5, help="heads of the attention shift, by necessity share "
+                   "(default 5; every head after the hook without patching)")
+    p.add_argument("--batch-size", type=int, default=20, help="pairs per batch (default 20)")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="write the results only")
+    _add_model(p)
+    _add_boot(p, "bootstrap resamples (default 1000)", "bootstrap seed")
+    _add_out(p, "output directory: one result JSON per vector and analysis (written atomically), figures/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "with and without jailbreak templates"),
         "compare": (_compare, evaluate.run_compare, "steering effect of several vectors at equal utility cost "
                     "(matched cost)"),
+        "prompting": (_prompting, prompting.run_prompting, "prompting baseline (instruction, k shots) at the "
+                      "cost and effect of compare"),
+        "conditional": (_conditional, conditional.run_conditional, "steer only prompts about a topic (CAST "
+                        "condition): effect kept, KL spared"),
+        "entanglement": (_entanglement, entanglement.run_entanglement, "side effects: each behavior's vector on "
+                         "every other behavior, refusal and TruthfulQA (entanglement matrix)"),
+        "mechanism": (_mechanism, mechanism.run_mechanism, "which heads and MLPs carry a vector's effect: "
+                      "activation/attribution patching, DLA, attention shift, routes"),
     }
     parser = argparse.ArgumentParser(prog="workbench", description="A TransformerLens workbench for steering vectors.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

@@ -113,8 +113,9 @@ def converter_fields() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
 
 
 def supported_architectures() -> list[str]:
-    """The architectures a local directory may name: Llama (read here) and those TransformerLens converts."""
-    return [LLAMA_ARCHITECTURE, *sorted(converter_fields())]
+    """The architectures a local directory may name: Llama (``llama_dir``) and those ``hf_dir`` streams
+    through TransformerLens' converters (``STREAMED_ARCHITECTURES``)."""
+    return [LLAMA_ARCHITECTURE, *sorted(STREAMED_ARCHITECTURES)]
 
 
 def config_architecture(raw: dict[str, Any], check_supported: bool = True) -> str:
@@ -263,3 +264,120 @@ def llama_cfg_kwargs(hf_config: Any, model_name: str) -> dict[str, Any]:
         default_prepend_bos=False,
         tokenizer_prepends_bos=False,
     )
+
+
+#: the architectures a local directory may name, each with TransformerLens 3.9's weight converter
+#: (``transformer_lens.pretrained.weight_conversions``) that ``workbench.core.hf_dir`` streams through;
+#: Llama is read by ``workbench.core.llama_dir``
+STREAMED_ARCHITECTURES = {
+    "GPT2LMHeadModel": "convert_gpt2_weights", "GPTNeoXForCausalLM": "convert_neox_weights",
+    "MistralForCausalLM": "convert_mistral_weights", "Qwen2ForCausalLM": "convert_qwen2_weights",
+    "Qwen3ForCausalLM": "convert_qwen3_weights", "Phi3ForCausalLM": "convert_phi3_weights",
+    "GemmaForCausalLM": "convert_gemma_weights", "Gemma2ForCausalLM": "convert_gemma_weights",
+    "Gemma3ForCausalLM": "convert_gemma_weights", "OlmoForCausalLM": "convert_olmo_weights",
+    "Olmo2ForCausalLM": "convert_olmo2_weights",
+}
+GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+#: families TransformerLens 3.9 configures from the model's *name* (hard-coded per checkpoint): built
+#: here from the directory's config instead
+_NAME_KEYED = (*GEMMA_ARCHITECTURES, "OlmoForCausalLM", "Olmo2ForCausalLM")
+
+
+def _rope(hf_config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    out = dict(params) | (dict(scaling) if isinstance(scaling, dict) and "rope_type" in scaling else {})
+    kind = str(out.get("rope_type") or out.get("type") or "default").lower()
+    if kind not in ("default", "linear"):
+        raise ModelLoadError(f"config.json field 'rope_parameters' type {kind!r} is not supported for "
+                             f"{hf_config.architectures[0]} (supported: default, linear on Gemma 3's global layers)")
+    return out
+
+
+def _name_keyed_config(c: Any, architecture: str) -> dict[str, Any]:
+    """``HookedTransformerConfig`` fields of a Gemma 1/2/3 or OLMo 1/2 config, as TransformerLens 3.9's
+    hard-coded per-checkpoint entries set them, from the config's own values."""
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    act = getattr(c, "hidden_activation", None) or c.hidden_act
+    kw: dict[str, Any] = dict(
+        d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, d_vocab=c.vocab_size, act_fn=act,
+        positional_embedding_type="rotary", rotary_dim=d_head, gated_mlp=True, original_architecture=architecture,
+        n_key_value_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    if architecture.startswith("Olmo"):
+        kw.update(eps=getattr(c, "rms_norm_eps", 1e-5), rotary_base=float(_rope(c).get("rope_theta", 10000.0)),
+                  normalization_type="LN" if architecture == "OlmoForCausalLM" else "RMS",
+                  attn_types=["global"] * c.num_hidden_layers)
+        if architecture == "OlmoForCausalLM":
+            kw.update(eps=1e-5, clip_qkv=getattr(c, "clip_qkv", None))
+        if kw["n_key_value_heads"] == c.num_attention_heads:
+            kw["n_key_value_heads"] = None
+        return kw
+    kw.update(eps=c.rms_norm_eps, normalization_type="RMS", final_rms=True, use_attn_scale=True,
+              rotary_base=float(_rope(c, "full_attention").get("rope_theta", 10000.0)))
+    if architecture == "GemmaForCausalLM":
+        return kw
+    kw.update(use_normalization_before_and_after=True, attn_scale=float(c.query_pre_attn_scalar) ** 0.5,
+              attn_scores_soft_cap=float(getattr(c, "attn_logit_softcapping", None) or -1.0),
+              output_logits_soft_cap=float(getattr(c, "final_logit_softcapping", None) or -1.0))
+    types = list(getattr(c, "layer_types", None) or [])
+    if getattr(c, "sliding_window", None) and types:
+        kw.update(use_local_attn=True, window_size=c.sliding_window,
+                  attn_types=["local" if t == "sliding_attention" else "global" for t in types])
+    if architecture == "Gemma3ForCausalLM":
+        kw.update(use_qk_norm=True, rotary_base_local=float(_rope(c, "sliding_attention").get("rope_theta", 10000.0)))
+        factor = _rope(c, "full_attention").get("factor")
+        if factor not in (None, 1, 1.0):
+            kw["rotary_scaling_factor"] = float(factor)
+    return kw
+
+
+def tl_config_dict(hf_config: Any, architecture: str, model_name: str, max_ctx: int = 8192) -> dict[str, Any]:
+    """``HookedTransformerConfig`` keyword arguments from a transformers config *object*.
+
+    TransformerLens 3.9's ``convert_hf_model_config`` picks Llama, Gemma and OLMo by the model's
+    *name*; here the architecture is the config's own: Gemma 1/2/3 and OLMo 1/2 are built from its
+    values (``_name_keyed_config``), every other family by TransformerLens' own converter, given a
+    neutral copy of the config. ``n_ctx`` is capped at ``max_ctx``.
+    """
+    if architecture not in STREAMED_ARCHITECTURES:
+        raise ModelLoadError(f"config.json: architecture {architecture!r} is not supported "
+                             f"(supported: {', '.join(supported_architectures())})")
+    if architecture in _NAME_KEYED:
+        kw = _name_keyed_config(hf_config, architecture)
+    else:
+        import tempfile
+
+        import transformer_lens.loading_from_pretrained as lp
+
+        with tempfile.TemporaryDirectory(prefix="wb-config-") as tmp:
+            neutral = Path(tmp) / "model"  # no family name in the path for TransformerLens to guess from
+            neutral.mkdir()
+            hf_config.to_json_file(str(neutral / "config.json"))
+            if any(word in str(neutral).lower() for word in ("llama", "gemma", "olmo")):
+                raise ModelLoadError(f"the temporary directory {tmp} names a model family; set TMPDIR elsewhere")
+            kw = lp.convert_hf_model_config(str(neutral))
+        for key in ("tokenizer_name", "trust_remote_code", "quantization_method"):
+            kw.pop(key, None)
+    kw["model_name"] = model_name
+    kw["n_ctx"] = min(int(kw.get("n_ctx") or max_ctx), max_ctx)
+    return kw
+
+
+_CORE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+
+
+def check_core_fields(raw: dict[str, Any], config_class: Any, architecture: str) -> None:
+    """The size fields every family needs written in ``config.json`` itself (under the config class's own
+    name or its alias: ``n_embd`` for GPT-2's ``hidden_size``), not left to transformers' defaults of
+    some other model; a missing one is a ``ModelLoadError`` naming it."""
+    aliases = getattr(config_class, "attribute_map", {}) or {}
+    native = config_class().to_dict()
+    for key in _CORE_FIELDS:
+        name = aliases.get(key, key)
+        if name not in native and key not in native:
+            continue  # a field this family does not have (GPT-2 has no intermediate_size)
+        if key not in raw and name not in raw:
+            raise ModelLoadError(f"config.json field {name!r} is missing: the {architecture} loader needs it")

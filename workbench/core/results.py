@@ -58,6 +58,14 @@ BIPO_HISTORY = "bipo_history"  # workbench.train.trainer.TrainResult (BiPO and R
 REFUSAL = "refusal"  # workbench.studies.refusal.refusal_study
 MATCHED_COST = "matched_cost"  # workbench.analysis.equal_cost.matched_cost
 STUDY_SUMMARY = "study_summary"  # workbench.studies.reproduce.reproduce: what a study run wrote
+ACTIVATION_PATCHING = "activation_patching"  # workbench.analysis.patching.activation_patching
+ATTRIBUTION_PATCHING = "attribution_patching"  # workbench.analysis.attribution.attribution_patching
+DIRECT_LOGIT_ATTRIBUTION = "direct_logit_attribution"  # workbench.analysis.attribution.steered_dla
+ATTENTION_SHIFT = "attention_shift"  # workbench.analysis.attention_shift.attention_shifts
+MECHANISM_ROUTES = "mechanism_routes"  # workbench.analysis.routes.compare_routes
+PROMPTING = "prompting"  # workbench.evaluate.prompting.prompting_baseline: asking instead of steering
+ENTANGLEMENT = "entanglement"  # workbench.analysis.entanglement.entanglement: side effects on other behaviors
+CONDITIONAL = "conditional"  # workbench.analysis.conditional.conditional_steering: CAST-gated vectors
 
 
 class ResultFormatError(ValueError):
@@ -89,6 +97,14 @@ SCHEMAS: dict[str, Schema] = {s.kind: s for s in (
     Schema(REFUSAL, ("rows", "generations")),
     Schema(MATCHED_COST, ("rows", "points", "slopes"), required=("cost", "budgets")),
     Schema(STUDY_SUMMARY, required=("results", "figures")),
+    Schema(ACTIVATION_PATCHING, ("rows", "pairs", "totals"), required=("multiplier",)),
+    Schema(ATTRIBUTION_PATCHING, ("rows", "pairs", "totals"), required=("multiplier",)),
+    Schema(DIRECT_LOGIT_ATTRIBUTION, ("rows", "layers"), required=("multiplier",)),
+    Schema(ATTENTION_SHIFT, ("rows", "heads"), required=("multiplier",)),
+    Schema(MECHANISM_ROUTES, ("rows", "cosines")),
+    Schema(PROMPTING, ("rows",), required=("instructions",)),
+    Schema(ENTANGLEMENT, ("rows",), required=("vectors", "targets")),
+    Schema(CONDITIONAL, ("rows", "grid", "scores"), required=("condition",)),
 )}
 
 
@@ -339,7 +355,8 @@ def load_result(path: str | Path) -> Result:
         raise ResultFormatError(f"{path}: {exc}") from None
 
 
-__all__ = ["BIPO_HISTORY", "COMPOSITION", "COSINE", "COSINE_METHODS", "EVAL", "LOGIT_LENS_LAYERS",
-           "LOGIT_LENS_TOKENS", "MATCHED_COST", "REFUSAL", "Result", "SCHEMAS", "SCHEMA_VERSION", "STUDY_SUMMARY", "SWEEP",
+__all__ = ["CONDITIONAL", "ENTANGLEMENT", "ACTIVATION_PATCHING", "ATTENTION_SHIFT", "ATTRIBUTION_PATCHING", "DIRECT_LOGIT_ATTRIBUTION",
+           "MECHANISM_ROUTES", "BIPO_HISTORY", "COMPOSITION", "COSINE", "COSINE_METHODS", "EVAL", "LOGIT_LENS_LAYERS",
+           "LOGIT_LENS_TOKENS", "MATCHED_COST", "PROMPTING", "REFUSAL", "Result", "SCHEMAS", "SCHEMA_VERSION", "STUDY_SUMMARY", "SWEEP",
            "Schema", "ResultFormatError", "TRANSFER_LAYERS", "TRANSFER_LORA", "TRANSFER_MODEL", "from_dict", "is_result",
            "load_result", "records", "result", "result_table", "rows", "table_names", "table_rows"]

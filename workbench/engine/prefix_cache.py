@@ -11,6 +11,7 @@ On a ``TransformerBridge`` only the reference is kept and every step runs the fu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ from workbench.engine.conditions import entry
 from workbench.engine.forward import (Stream, apply_deltas, assemble, check_positions, full_readout, length_batches,
                                       read_answers, run_blocks)
 from workbench.engine.items import Items
+
+
+#: A group of items costs this many padded tokens more than its tokens (two more passes through the
+#: blocks, forward and backward): ``PrefixCache.logprobs`` splits a batch where padding costs more.
+GROUP_OVERHEAD_TOKENS = 64
 
 
 @dataclass
@@ -130,6 +136,39 @@ class PrefixCache:
         """
         head = unembed_model or runner
         rows = torch.as_tensor(index, dtype=torch.long).view(-1).cpu()
+        groups = [rows] if is_bridge(runner) or len(set(rows.tolist())) < len(rows) else self._length_groups(rows)
+        if len(groups) > 1:  # padding costs more than another pass: score groups of similar length apart
+            position = {int(r): j for j, r in enumerate(rows)}
+            parts = []
+            for group in groups:
+                at = torch.tensor([position[int(r)] for r in group])
+                d = delta if delta is None or delta.ndim == 1 else delta[at.to(delta.device)]
+                parts.append(self._logprobs(runner, head, group, d))
+            order = torch.tensor([position[int(r)] for g in groups for r in g])
+            return torch.cat(parts)[torch.argsort(order).to(parts[0].device)]
+        return self._logprobs(runner, head, rows, delta)
+
+    def _length_groups(self, rows: Tensor) -> list[Tensor]:
+        """``rows`` split into groups of similar prompt length that minimise the padded tokens plus
+        ``GROUP_OVERHEAD_TOKENS`` per group (dynamic programming over the length-sorted rows)."""
+        p_len = (self.prompt_offsets[rows + 1] - self.prompt_offsets[rows]).tolist()
+        a_len = (self.answer_offsets[1:] - self.answer_offsets[:-1]).view(-1, self.n_answers)[rows].amax(1).tolist()
+        order = sorted(range(len(rows)), key=lambda j: p_len[j])
+        best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
+        for end in range(1, len(order) + 1):
+            for begin in range(end):
+                members = order[begin:end]
+                cost = best[begin] + GROUP_OVERHEAD_TOKENS + len(members) * (
+                    max(p_len[j] for j in members) + self.n_answers * max(a_len[j] for j in members))
+                if cost < best[end]:
+                    best[end], cut[end] = cost, begin
+        groups, end = [], len(order)
+        while end > 0:
+            groups.append(rows[order[cut[end]:end]])
+            end = cut[end]
+        return groups[::-1]
+
+    def _logprobs(self, runner: Model, head: Model, rows: Tensor, delta: Tensor | None) -> Tensor:
         batch = assemble(head, self.items, rows.tolist())
         a_rows = batch.answer_idx
         if is_bridge(runner):

@@ -25,7 +25,7 @@ _KERNEL_LAYOUT = {"W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0), "W_Q": (0, 
 
 
 def make_runner(model: Model, start_layer: int, dtype: torch.dtype | None = None, *,
-                unembed: bool = False) -> Model:
+                unembed: bool = False, stop_layer: int | None = None) -> Model:
     """The model that runs blocks ``start_layer..``: ``model`` itself, or a copy of those blocks only.
 
     * Same dtype, not on CPU: ``model`` itself (no copy).
@@ -42,7 +42,9 @@ def make_runner(model: Model, start_layer: int, dtype: torch.dtype | None = None
 
     Everything else (embedding, earlier blocks, ``ln_final``, ``W_U``, tokenizer) is shared with
     ``model``; with ``unembed=True`` the runner also gets its own laid-out ``W_U`` (callers that
-    unembed through TransformerLens, e.g. generation). The caller's model is never modified.
+    unembed through TransformerLens, e.g. generation). With ``stop_layer`` only blocks
+    ``start_layer..stop_layer - 1`` are copied (e.g. the blocks before a hook, laid out for one setup
+    pass). The caller's model is never modified.
     """
     dtype = dtype or model.cfg.dtype
     on_cpu = torch.device(model.cfg.device or "cpu").type == "cpu"
@@ -52,7 +54,7 @@ def make_runner(model: Model, start_layer: int, dtype: torch.dtype | None = None
         return to_dtype(copy.deepcopy(model, {id(model.tokenizer): model.tokenizer}), dtype)
     if dtype == model.cfg.dtype and not on_cpu and not unembed:
         return model
-    modules = list(model.blocks[start_layer:]) + ([model.unembed] if unembed else [])
+    modules = list(model.blocks[start_layer:stop_layer]) + ([model.unembed] if unembed else [])
     memo: dict[int, object] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     for module in (sub for m in modules for sub in m.modules()):
         for name, w in module._parameters.items():
@@ -73,6 +75,29 @@ def make_runner(model: Model, start_layer: int, dtype: torch.dtype | None = None
     runner = copy.deepcopy(model, memo)  # copies the module tree; every tensor comes from memo
     runner.cfg.dtype = dtype
     return runner
+
+
+def runner_bytes(model: Model, start_layer: int, dtype: torch.dtype | None = None, *,
+                 stop_layer: int | None = None) -> int:
+    """Bytes of the parameters and float buffers that ``make_runner(model, start_layer, dtype,
+    stop_layer=stop_layer)`` copies (blocks ``start_layer..stop_layer - 1`` in ``dtype``); 0 where it
+    copies nothing (same dtype off the CPU, a ``TransformerBridge`` in its own dtype)."""
+    dtype = dtype or model.cfg.dtype
+    on_cpu = torch.device(model.cfg.device or "cpu").type == "cpu"
+    if (is_bridge(model) or not on_cpu) and dtype == model.cfg.dtype:
+        return 0
+    size = torch.empty((), dtype=dtype).element_size()
+    if is_bridge(model):  # a whole copy in the other dtype
+        return sum(t.numel() * size for t in itertools.chain(model.parameters(), model.buffers())
+                   if t.is_floating_point())
+    total = 0
+    for module in (sub for block in model.blocks[start_layer:stop_layer] for sub in block.modules()):
+        for name, w in module._parameters.items():  # same dtype: only the re-laid-out weights are new
+            if w is not None and (w.dtype != dtype and w.is_floating_point() or name in _KERNEL_LAYOUT):
+                total += w.numel() * size
+        total += sum(b.numel() * size for b in module._buffers.values()
+                     if b is not None and b.is_floating_point() and b.dtype != dtype)
+    return total
 
 
 def precision_runner(model: Model, precision: Precision | str, start_layer: int = 0) -> Model:

@@ -12,6 +12,14 @@ of shape ``(batch, pos)``. Positions are absolute: inside ``generate`` with the 
 carries over from one decoding step to the next, so cached and uncached generation steer the same
 tokens. ``generate`` decodes under steering; its decoding options travel together as one
 ``GenerationConfig``.
+
+Conditional steering (CAST, Lee et al. 2024, arXiv 2409.05907): with ``condition=`` (a
+``workbench.engine.gate.SteeringCondition``) each batch row is steered only when its prompt meets the
+condition. The decision is made per row at the condition's hook (which must come at or before every
+vector's hook) from the mean of the prompt's activations there; a closed row's activations are left
+as they are (bit for bit the unsteered run), an open row's get exactly the ordinary steered sum.
+``steer`` decides on every forward pass (``condition_mask``: which positions are the prompt's);
+``generate`` decides on the prompt pass and keeps each row's decision for the generated tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from torch import Tensor
 from workbench.core.backend import Model, is_bridge, kv_cache_ok, remaining_hooks
 from workbench.core.options import with_options
 from workbench.core.vector import SteeringVector
+from workbench.engine.gate import Gate, SteeringCondition
 from workbench.engine.runners import make_runner
 
 Positions = Literal["all"] | int | tuple[str, int] | Bool[Tensor, "batch pos"]
@@ -75,10 +84,16 @@ def _position_mask(positions: Positions, act: Tensor, offset: int) -> Tensor | N
 
 def steering_hooks(model: Model, vectors: Sequence[SteeringVector], multipliers: Sequence[float],
                    positions: Positions = "all", counter: _PositionCounter | None = None,
-                   ) -> list[tuple[str, Any]]:
-    """``(hook_name, fn)`` pairs adding ``m * v`` at each vector's hook, for ``model.hooks``."""
+                   gate: Gate | None = None) -> list[tuple[str, Any]]:
+    """``(hook_name, fn)`` pairs adding ``m * v`` at each vector's hook, for ``model.hooks``; with ``gate``
+    only on the rows whose condition holds (the condition's hook is registered first)."""
     counter = counter or _PositionCounter()
     hooks: list[tuple[str, Any]] = []
+    if gate is not None:
+        gate.condition.check_compatible(model)
+        for vec in vectors:
+            gate.condition.check_before(vec.hook_name)
+        hooks.append((gate.condition.hook_name, gate.on_condition))
     needs_positions = not (isinstance(positions, str) and positions == "all")
     if needs_positions:
         # TransformerLens' generate embeds tokens itself (hook_embed does not fire), so positions are
@@ -91,7 +106,8 @@ def steering_hooks(model: Model, vectors: Sequence[SteeringVector], multipliers:
         def add(act: Float[Tensor, "batch pos d_model"], hook: Any, delta: Tensor = delta) -> Tensor:
             d = delta.to(device=act.device, dtype=act.dtype)
             mask = _position_mask(positions, act, counter.offset) if needs_positions else None
-            return act + d if mask is None else act + d * mask
+            steered = act + d if mask is None else act + d * mask
+            return steered if gate is None else gate.apply(act, steered)
 
         hooks.append((vec.hook_name, add))
     return hooks
@@ -114,7 +130,8 @@ def _as_lists(vectors: SteeringVector | Sequence[SteeringVector],
 @contextlib.contextmanager
 def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector],
           multipliers: float | Sequence[float] | None = None, positions: Positions = "all",
-          *, _counter: _PositionCounter | None = None) -> Iterator[Model]:
+          *, condition: SteeringCondition | None = None, condition_mask: Bool[Tensor, "batch pos"] | None = None,
+          _counter: _PositionCounter | None = None, _gate: Gate | None = None) -> Iterator[Model]:
     """Add ``multiplier * vector`` at each vector's hook point inside the ``with`` block.
 
     Args:
@@ -122,13 +139,23 @@ def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector],
         vectors: one vector or several (same or different hooks).
         multipliers: one number for all, or one per vector (default 1.0).
         positions: which token positions are steered (see the module docstring).
+        condition: a CAST condition; each row of each forward pass is steered only when its prompt's mean
+            activation at the condition's hook meets it (None: every row is steered).
+        condition_mask: ``(batch, pos)`` bool, the positions averaged for the condition (the prompt's real
+            tokens; default: every position of the forward pass).
 
     Example:
         >>> with steer(model, [power, wealth], [1.0, -0.5]):
         ...     logits = model(tokens)
+        >>> with steer(model, power, 1.0, condition=cond):  # rows not about the topic run unsteered
+        ...     logits = model(tokens)
     """
     vecs, mults = _as_lists(vectors, multipliers)
-    hooks = steering_hooks(model, vecs, mults, positions, _counter)
+    if _gate is None and condition is not None:
+        if not isinstance(condition, SteeringCondition):
+            raise ValueError(f"condition must be a SteeringCondition, got {type(condition).__name__}")
+        _gate = Gate(condition, condition_mask)
+    hooks = steering_hooks(model, vecs, mults, positions, _counter, _gate)
     with model.hooks(fwd_hooks=hooks):
         yield model
 
@@ -188,7 +215,8 @@ class GenerationConfig:
 def generate(model: Model, prompts: str | Sequence[str],
              vectors: SteeringVector | Sequence[SteeringVector] = (),
              multipliers: float | Sequence[float] | None = None, positions: Positions | str = "all",
-             config: GenerationConfig | None = None, **options: Any) -> list[str] | str:
+             config: GenerationConfig | None = None, *, condition: SteeringCondition | None = None,
+             **options: Any) -> list[str] | str:
     """Generate continuations of ``prompts`` with vectors applied (batched, left-padded, KV cache).
 
     Args:
@@ -197,6 +225,9 @@ def generate(model: Model, prompts: str | Sequence[str],
         positions: as in ``steer``; additionally ``"prompt"`` (prompt tokens only) and
             ``"response"`` (generated tokens only), resolved against the padded prompt length.
         config: the decoding options (default ``GenerationConfig()``).
+        condition: a CAST condition (``workbench.engine.gate.SteeringCondition``): each prompt is steered
+            (prompt and generated tokens) only when the mean of its own tokens' activations at the
+            condition's hook meets it; decided on the prompt pass and kept for every decoding step.
         **options: any ``GenerationConfig`` field (``max_new_tokens=8``, ``do_sample=True``, ``seed``,
             ...), overriding ``config``'s.
 
@@ -225,10 +256,19 @@ def generate(model: Model, prompts: str | Sequence[str],
     vecs, mults = _as_lists(vectors, multipliers) if vectors else ([], [])
     use_kv_cache = config.use_kv_cache and kv_cache_ok(model)
     counter = _PositionCounter(cumulative=use_kv_cache)
+    gate = None
+    if condition is not None:
+        if not isinstance(condition, SteeringCondition):
+            raise ValueError(f"condition must be a SteeringCondition, got {type(condition).__name__}")
+        condition.check_compatible(model)
+        lengths = torch.tensor([model.to_tokens(p, prepend_bos=prepend_bos).shape[1] for p in prompt_list],
+                               device=tokens.device)  # (batch,) each prompt's own tokens, left-padded
+        mask = torch.arange(n_prompt, device=tokens.device)[None, :] >= (n_prompt - lengths)[:, None]
+        gate = Gate(condition, mask, sticky=True)  # decided on the prompt pass, kept for the new tokens
     if config.seed is not None:
         torch.manual_seed(config.seed)
     decoder = _generation_model(model)
-    with steer(decoder, vecs, mults, positions, _counter=counter) if vecs else contextlib.nullcontext():
+    with steer(decoder, vecs, mults, positions, _counter=counter, _gate=gate) if vecs else contextlib.nullcontext():
         out = decoder.generate(tokens, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                                temperature=config.temperature, top_p=config.top_p, use_past_kv_cache=use_kv_cache,
                                verbose=False, stop_at_eos=True, prepend_bos=False, padding_side="left",

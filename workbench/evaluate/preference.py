@@ -4,7 +4,9 @@
   ``log p(matching | prompt) - log p(not_matching | prompt)`` with summed answer-token log-probs
   (and per answer token), at each multiplier ``m`` of ``m * v``; ``summarize_logodds`` gives the mean
   with a bootstrap 95% interval and the win rate (share of pairs with log-odds > 0);
-  ``steerability`` fits each pair's slope over ``m`` (Tan et al. 2024, arXiv 2407.12404).
+  ``steerability`` fits each pair's slope over ``m`` (Tan et al. 2024, arXiv 2407.12404) and reports
+  the anti-steerable share (slope < 0) and the share of pairs moved by more than one nat, with
+  bootstrap intervals; ``pair_steerability`` gives the per-pair slopes and shifts.
 * **A/B probability** (CAA, Rimsky et al. 2023, arXiv 2312.06681): the question holds its choices
   inline, the answer starts with ``"("``, and ``p(matching letter)`` is normalised over the two letters.
 
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 
 from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, format_chat
@@ -43,7 +46,7 @@ from workbench.engine.items import tokenize_items
 from workbench.engine.readout import unembed
 from workbench.engine.runners import Precision
 from workbench.engine.scoring import preference_logprobs, run_conditions
-from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, check_multipliers, summarize
+from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS, bootstrap_ci, check_multipliers, summarize
 
 Specs = Mapping[str, list[SteeringVector]]  # label_vectors output: {label: vectors applied together}
 
@@ -131,14 +134,17 @@ def logodds_tables(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) ->
     """``pair_logodds`` output -> the tables of the ``logodds`` metric, named as in an eval result.
 
     Returns:
-        ``{"logodds": ..., "logodds_per_token": ..., "steerability": ...}``: the rows of
-        ``summarize_logodds`` of each normalization (``LOGODDS_TABLES``; without the
-        ``normalization`` column), and ``steerability``.
+        ``{"logodds": ..., "logodds_per_token": ..., "steerability": ..., "steerability_pairs": ...}``:
+        the rows of ``summarize_logodds`` of each normalization (``LOGODDS_TABLES``; without the
+        ``normalization`` column), ``steerability`` (per vector: mean slope, anti-steerable share and
+        the share moved by more than one nat, with intervals) and ``steerability_pairs`` (per pair:
+        slope and shift at each multiplier, ``pair_steerability``).
     """
     summary = summarize_logodds(per_pair, n_boot, seed)
     tables = {name: summary[summary["normalization"] == norm].drop(columns="normalization").reset_index(drop=True)
               for norm, name in LOGODDS_TABLES.items()}
     tables["steerability"] = steerability(per_pair, n_boot=n_boot, seed=seed)
+    tables["steerability_pairs"] = pair_steerability(per_pair)
     return tables
 
 
@@ -168,26 +174,98 @@ def logodds_curve(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec], 
     return curve_result(model, mults, logodds_tables(_pair_logodds(model, specs, pairs, mults, **kwargs), n_boot, seed))
 
 
+#: a pair is "moved" when its log-odds shift in the multiplier's direction exceeds this (nats)
+MOVED_NATS = 1.0
+
+
+def shift_column(m: float) -> str:
+    """The per-pair table's column of the shift from ``m = 0`` at ``m``: ``shift@+1``, ``shift@-0.5``."""
+    return f"shift@{m:+g}"
+
+
+def _wide(g: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pairs, multipliers, values)`` of one vector's rows: values ``(n_pairs, n_multipliers)`` float64."""
+    wide = g.pivot(index="pair", columns="multiplier", values=column).sort_index(axis=1)
+    return wide.index.to_numpy(), wide.columns.to_numpy(dtype=np.float64), wide.to_numpy(dtype=np.float64)
+
+
+def least_squares_slopes(multipliers: Float[np.ndarray, " m"], values: Float[np.ndarray, "n m"]) -> Float[np.ndarray, " n"]:
+    """Each row's least-squares slope of ``values`` on ``multipliers`` (ordinary least squares with an intercept).
+
+    Raises:
+        ValueError: fewer than two distinct multipliers (no slope is defined).
+    """
+    m = np.asarray(multipliers, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    mc = m - m.mean()
+    if (mc ** 2).sum() == 0:
+        raise ValueError(f"a slope needs at least two distinct multipliers, got {m.tolist()}")
+    return ((y - y.mean(1, keepdims=True)) * mc).sum(1) / (mc ** 2).sum()  # (n,)
+
+
+def pair_steerability(per_pair: pd.DataFrame, column: str = "logodds") -> pd.DataFrame:
+    """Per-example steerability (Tan et al. 2024, arXiv 2407.12404): one row per (vector, pair).
+
+    Columns: ``vector, pair, slope`` (least-squares slope of the pair's ``column`` over every evaluated
+    multiplier: log-odds gained per unit of ``m``), ``anti_steerable`` (slope < 0: the vector moves
+    the pair the wrong way), and, when ``m = 0`` was evaluated, ``shift@<m>`` for every other
+    multiplier (the pair's value at ``m`` minus at ``m = 0``). Vectors with fewer than two
+    multipliers have no rows.
+    """
+    frames = []
+    for label, g in per_pair.groupby("vector", sort=False):
+        pairs, m, y = _wide(g, column)
+        if len(m) < 2:
+            continue
+        frame = {"vector": label, "pair": pairs, "slope": least_squares_slopes(m, y)}
+        frame["anti_steerable"] = frame["slope"] < 0
+        if 0.0 in m:
+            zero = y[:, list(m).index(0.0)]
+            for j, mj in enumerate(m):
+                if mj != 0:
+                    frame[shift_column(mj)] = y[:, j] - zero
+        frames.append(pd.DataFrame(frame))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["vector", "pair", "slope"])
+
+
+def _share(flags: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """A share of items and its percentile bootstrap interval (``bootstrap_ci`` of the 0/1 flags)."""
+    x = np.asarray(flags, dtype=np.float64)
+    lo, hi = bootstrap_ci(x, n_boot=n_boot, seed=seed)
+    return float(x.mean()), lo, hi
+
+
 def steerability(per_pair: pd.DataFrame, column: str = "logodds", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per-pair least-squares slope of log-odds over the multiplier, summarised per vector.
 
     Columns: ``vector, n, mean`` (mean slope: log-odds gained per unit of multiplier), ``ci_low,
-    ci_high, anti_steerable`` (share of pairs whose slope is negative). Needs >= 2 multipliers.
+    ci_high`` (its bootstrap interval), ``anti_steerable`` (share of pairs whose slope is negative)
+    with ``anti_steerable_ci_low, anti_steerable_ci_high`` (percentile bootstrap over pairs), and,
+    when ``m = 0`` was evaluated, ``m_plus`` / ``m_minus`` (the largest ``|m|`` evaluated in each
+    direction) with ``moved_plus`` / ``moved_minus``: the share of pairs whose log-odds moved by more
+    than ``MOVED_NATS`` (one nat) in that multiplier's direction (``shift > 1`` at ``m_plus``,
+    ``shift < -1`` at ``m_minus``), each with its interval. Needs >= 2 multipliers
+    (``pair_steerability`` gives the per-pair values).
     """
+    per = pair_steerability(per_pair, column)
     rows = []
-    for label, g in per_pair.groupby("vector", sort=False):
-        wide = g.pivot(index="pair", columns="multiplier", values=column)  # (pairs, multipliers)
-        m = wide.columns.to_numpy(dtype=np.float64)
-        if len(m) < 2:
-            continue
-        y = wide.to_numpy(dtype=np.float64)
-        mc = m - m.mean()
-        slopes = ((y - y.mean(1, keepdims=True)) * mc).sum(1) / (mc ** 2).sum()
-        frame = pd.DataFrame({"vector": label, "multiplier": 0.0, "slope": slopes})
-        s = summarize(frame, "slope", by=("vector",), n_boot=n_boot, seed=seed,
-                      extra={"anti_steerable": lambda g: (g["slope"] < 0).mean()})
-        rows.append(s)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["vector", "n", "mean"])
+    for label, g in per.groupby("vector", sort=False):
+        slopes = g["slope"].to_numpy(np.float64)
+        lo, hi = bootstrap_ci(slopes, n_boot=n_boot, seed=seed)
+        row: dict[str, Any] = {"vector": label, "n": int(slopes.size), "mean": float(slopes.mean()),
+                               "ci_low": lo, "ci_high": hi}
+        share, a, b = _share(slopes < 0, n_boot, seed)
+        row |= {"anti_steerable": share, "anti_steerable_ci_low": a, "anti_steerable_ci_high": b}
+        shifts = {float(c.split("@", 1)[1]): c for c in g.columns if c.startswith("shift@") and g[c].notna().any()}
+        for side, sign in (("plus", 1.0), ("minus", -1.0)):
+            ms = [m for m in shifts if m * sign > 0]
+            if not ms:
+                continue
+            m = max(ms, key=abs)
+            share, a, b = _share(sign * g[shifts[m]].to_numpy(np.float64) > MOVED_NATS, n_boot, seed)
+            row |= {f"m_{side}": m, f"moved_{side}": share, f"moved_{side}_ci_low": a, f"moved_{side}_ci_high": b}
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["vector", "n", "mean"])
 
 
 # --------------------------------------------------------------------------- 2. A/B probability
@@ -268,5 +346,6 @@ def summarize_ab(per_pair: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> p
                             "matching_rate": lambda g: (g["p_matching"] > 0.5).mean()})
 
 
-__all__ = ["LOGODDS_TABLES", "ab_curve", "ab_pair_probs", "curve_result", "logodds_curve", "logodds_tables",
-           "pair_logodds", "steerability", "summarize_ab", "summarize_logodds"]
+__all__ = ["LOGODDS_TABLES", "MOVED_NATS", "ab_curve", "ab_pair_probs", "curve_result", "least_squares_slopes",
+           "logodds_curve", "logodds_tables", "pair_logodds", "pair_steerability", "shift_column", "steerability",
+           "summarize_ab", "summarize_logodds"]

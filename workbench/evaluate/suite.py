@@ -227,7 +227,9 @@ def _refusal(x: EvalInputs) -> MetricOutput:
 
 #: The metric table: name -> function from the checked inputs to its tables (in this order in ``--help``).
 METRICS: dict[str, Callable[[EvalInputs], MetricOutput]] = {
-    "logodds": _logodds,  # preference log-odds curve, per token, steerability (BiPO; Tan et al. 2024)
+    # preference log-odds curve, per token, and per-example steerability (BiPO; Tan et al. 2024): the
+    # steerability tables come from the same per-pair log-odds, so they cost no forward pass of their own
+    "logodds": _logodds,
     "ab": _ab,  # CAA's A/B probability of the matching letter
     "open": _open,  # steered generations scored by the likelihood judge
     "truthfulqa": _truthfulqa,  # TruthfulQA MC1 and MC2
@@ -308,7 +310,9 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
         "validation": {"open_scorer": [...]}, "skipped": {metric: reason}, "warnings": [...],
         "timings": {metric: seconds}}``. Metric tables (every row has ``vector``; those with a
         ``multiplier`` column are curves with ``mean, ci_low, ci_high``): ``logodds`` and
-        ``logodds_per_token`` (+ ``win_rate``), ``steerability`` (slope per vector), ``ab``
+        ``logodds_per_token`` (+ ``win_rate``), ``steerability`` (per vector: mean slope, anti-steerable
+        share and share moved by more than one nat at the largest ``|m|`` of each sign, with intervals),
+        ``steerability_pairs`` (per pair: ``slope``, ``anti_steerable``, ``shift@<m>``), ``ab``
         (+ ``p_letters, matching_rate``), ``open`` (+ ``decoding, match_rate``), ``mc1``, ``mc2``,
         ``perplexity``, ``top1_agreement``, ``kl_from_unsteered`` (KL(unsteered || steered), + ``n_tokens``),
         ``refusal``.
@@ -374,9 +378,11 @@ def evaluate_vectors(model: Model, vectors: VectorSpec | Mapping[str, VectorSpec
 
 # --------------------------------------------------------------------------- terminal tables
 _HIDE = {"normalization", "measure", "targets"}
+_NOT_PRINTED = {"steerability_pairs"}  # one row per pair: for figures and files, not the terminal
 _TITLES = {"logodds": "log-odds  log p(matching) - log p(not matching)  [mean, 95% bootstrap CI]",
            "logodds_per_token": "log-odds per answer token",
-           "steerability": "steerability: slope of log-odds per unit multiplier",
+           "steerability": "steerability: slope of log-odds per unit multiplier; anti-steerable share (slope < 0) "
+                           "and share moved > 1 nat at the largest |m| of each sign, with 95% bootstrap CIs",
            "ab": "A/B: p(matching letter), normalised over the two letters",
            "open": "open-ended: likelihood-judge score",
            "mc1": "TruthfulQA MC1 accuracy", "mc2": "TruthfulQA MC2 score",
@@ -392,7 +398,7 @@ def format_eval(results: Mapping[str, Any], max_generations: int = 2, width: int
     flags = results.get("utility_beyond_bound") or {}
     beyond = {(r["vector"], float(r["multiplier"])) for r in flags.get("rows", [])}
     for name, rows in results.get("metrics", {}).items():
-        if not rows:
+        if not rows or name in _NOT_PRINTED:
             continue
         df = pd.DataFrame(rows).drop(columns=[c for c in _HIDE if c in rows[0]])
         if beyond and {"vector", "multiplier"} <= set(df.columns):  # "!" marks a multiplier past the KL bound

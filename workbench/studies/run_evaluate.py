@@ -136,6 +136,7 @@ class CompareRun(ModelOptions, DataOptions):
     text_tokens: int = 64  # tokens per passage in the cost search
     n_boot: int = 1000
     seed: int = 0  # bootstrap seed
+    all_points: bool = False  # the effect at every visited multiplier within budget, not only the found ones
 
 
 def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
@@ -164,7 +165,8 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
     model = config.load_model()
     result = matched_cost(model, vectors, pairs, texts, cost=config.cost, budgets=budgets, equal_norm=equal_norm,
                           max_multiplier=config.max_multiplier, rel_tol=config.rel_tol, n_boot=config.n_boot,
-                          seed=config.seed, utility_kw={"max_tokens": config.text_tokens})
+                          seed=config.seed, utility_kw={"max_tokens": config.text_tokens},
+                          all_points=config.all_points, progress=True)
     result["sources"] = sources
     atomic_write_json(result, out)
     return result

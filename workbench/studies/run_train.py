@@ -24,7 +24,7 @@ from workbench.core.vector import SteeringVector
 from workbench.engine.items import AnswerTooLongError, tokenize_items
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
                                     chosen_system_prompt, silent)
-from workbench.train import BiPOConfig, RePSConfig, TrainConfig, baselines, train_bipo, train_reps
+from workbench.train import BiPOConfig, RePSConfig, TrainConfig, baselines, relayout_plan, train_bipo, train_reps
 
 TRAINED = {"bipo": "BiPO", "reps": "RePS"}  # methods trained by the preference trainer (the others are extracted)
 LONG_ANSWER_CHARS = 2048  # CAA/PCA warn beyond this: every answer token is a forward position
@@ -47,6 +47,7 @@ class TrainRun(ModelOptions, DataOptions):
     warmup_steps: int | None = None
     direction: str | None = None  # BiPO only: one direction per batch or per pair
     precision: str | None = None  # dtype of the blocks after the hook
+    relayout: bool | None = None  # CPU copy of the blocks after the hook laid out for the matmuls (None: auto)
     seed: int | None = None
     max_length: int | None = None  # tokens of prompt + answer
     checkpoint_dir: str | None = None  # checkpoint after every epoch here
@@ -91,7 +92,7 @@ class TrainRun(ModelOptions, DataOptions):
         """The BiPOConfig or RePSConfig of the options given; an out-of-range field names its flag."""
         given = {"layer": layer, "hook": hook, "epochs": self.epochs, "lr": self.lr, "beta": self.beta,
                  "batch_size": self.batch_size, "warmup_steps": self.warmup_steps, "direction": self.direction,
-                 "precision": self.precision, "seed": self.seed, "max_length": self.max_length,
+                 "precision": self.precision, "relayout": self.relayout, "seed": self.seed, "max_length": self.max_length,
                  "system_prompt": system_prompt}
         try:
             return (BiPOConfig if self.method == "bipo" else RePSConfig)(
@@ -169,8 +170,11 @@ def _train_run(config: TrainRun, out: Path, checkpoint_dir: Path | None,
     t0 = time.perf_counter()
     history = None
     if trainer is not None:
+        dtype = str(model.cfg.dtype).removeprefix("torch.")
+        after = "bf16" if trainer.precision == "bf16" else dtype  # the blocks after the hook
         log(f"train: {TRAINED[config.method]} on {len(pairs)} pairs at {trainer.hook_name}, {trainer.epochs} "
-            f"epochs, lr {trainer.lr:g}, {trainer.precision}")
+            f"epochs, lr {trainer.lr:g}, model {dtype}, blocks after the hook {after}")
+        log(f"train: {relayout_plan(model, trainer)['message']}")
         train = train_bipo if config.method == "bipo" else train_reps
         result = train(model, pairs, trainer, checkpoint_dir=checkpoint_dir, resume=config.resume)
         vector, history = result.vector, result.to_dict()

@@ -6,6 +6,9 @@
   activations of ONE pair of prompts (``"Love"`` - ``"Hate"``).
 * **PCA**: the first principal component of the per-pair differences (as repeng's ``pca_diff``),
   with its sign and norm fixed by the mean difference.
+* **Coherence predictor** (Braun et al. 2025, arXiv 2505.22637): the mean cosine of each pair's
+  activation difference to the mean difference (``difference_coherence``), recorded in every CAA
+  and PCA vector's ``metadata``; ``pair_coherence`` computes it for a vector trained otherwise (BiPO).
 
 ``extract_activations`` reads every requested layer in ONE forward pass per batch: a hook at each
 requested hook point reduces the activation to one ``d_model`` vector per sequence (by a position
@@ -52,7 +55,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat  # BiPO's official system prompt
-from workbench.core.vector import SteeringVector, full_hook_name
+from workbench.core.vector import SteeringVector, full_hook_name, parse_hook_name
 from workbench.data.pairs import PreferencePair, check_pairs, fingerprint
 from workbench.engine.items import (DEFAULT_MAX_LENGTH, AnswerTooLongError, TokenizedBatch, check_forward_memory,
                                     encode_rows, pad_rows, prompt_cut)
@@ -283,8 +286,9 @@ def mean_difference_vectors(model: Model, pairs: Sequence[PreferencePair],
     """CAA vectors ``mean(act(matching) - act(not_matching))`` at several layers from one pass.
 
     Arguments as ``extract_activations``. Returns ``{layer: SteeringVector}`` (method ``"caa"``,
-    fp32). ``metadata`` holds ``n_pairs``, ``position`` and ``mean_activation_norm`` (mean L2 norm
-    of the activations read, to put the vector's norm in proportion).
+    fp32). ``metadata`` holds ``n_pairs``, ``position``, ``mean_activation_norm`` (mean L2 norm
+    of the activations read, to put the vector's norm in proportion) and the coherence predictor
+    (``difference_coherence``: ``coherence``, ``coherence_std``).
 
     Example:
         >>> vecs = mean_difference_vectors(model, load_behavior("power-seeking"), range(30))
@@ -305,7 +309,7 @@ def mean_difference_vectors(model: Model, pairs: Sequence[PreferencePair],
         out[layer] = SteeringVector(vec, full_hook_name(layer, hook), model_name=model.cfg.model_name,
                                     method="caa", config=config, data_fingerprint=fp,
                                     metadata={"n_pairs": len(pairs), "position": position,
-                                              "mean_activation_norm": norm})
+                                              "mean_activation_norm": norm} | difference_coherence(pos - neg))
     return out
 
 
@@ -381,7 +385,66 @@ def pca(model: Model, pairs: Sequence[PreferencePair], layer: int, hook: str = "
                           config=config, data_fingerprint=fingerprint(pairs),
                           metadata={"n_pairs": len(pairs), "position": position, "center": center,
                                     "explained_variance": share, "cosine_with_mean_difference": cos,
-                                    "scale": "norm of the mean difference"})
+                                    "scale": "norm of the mean difference"} | difference_coherence(diffs))
+
+
+# --------------------------------------------------------------------------- the coherence predictor
+def difference_coherence(diffs: Float[Tensor, "n d_model"]) -> dict[str, float]:
+    """How coherent per-pair activation differences are: their mean cosine to the mean difference.
+
+    Braun et al. (2025, arXiv 2505.22637) find that this predicts how reliably a vector steers: when
+    the pairs' differences point the same way, the mean difference steers most inputs; when they
+    scatter, many inputs are not steered or are steered the wrong way. Computed in float64; a pair
+    whose difference is zero counts as cosine 0.
+
+    Returns:
+        ``{"coherence": mean cosine, "coherence_std": its standard deviation over pairs}`` (NaN with
+        no pair or a zero mean difference).
+    """
+    x = diffs.double()  # (n, d_model)
+    mean = x.mean(0)  # (d_model,)
+    if x.shape[0] == 0 or float(mean.norm()) == 0:
+        return {"coherence": float("nan"), "coherence_std": float("nan")}
+    cos = (x @ mean) / (x.norm(dim=1) * mean.norm()).clamp_min(torch.finfo(torch.float64).tiny)  # (n,)
+    return {"coherence": float(cos.mean()), "coherence_std": float(cos.std(unbiased=False))}
+
+
+def layer_coherence(model: Model, pairs: Sequence[PreferencePair], layers: Sequence[int] | int,
+                    hook: str = "resid_post", position: Position = "answer_mean", **kwargs: Any,
+                    ) -> dict[int, dict[str, float]]:
+    """``difference_coherence`` of the training pairs' activation differences at every layer, in one pass per batch.
+
+    Args:
+        model, pairs, layers, hook, position: as ``extract_activations``.
+        **kwargs: the other options of ``extract_activations`` (``system_prompt``, ``batch_size``,
+            ``progress``, ``append_end_of_turn``, ``max_length``).
+
+    Returns:
+        ``{layer: {"coherence", "coherence_std"}}``.
+    """
+    _refuse_prompt_last(position)
+    acts = extract_activations(model, pairs, layers, hook=hook, position=position, **kwargs)
+    return {layer: difference_coherence(pos - neg) for layer, (pos, neg) in acts.items()}
+
+
+def pair_coherence(model: Model, pairs: Sequence[PreferencePair], hook_name: str,
+                   position: Position = "answer_mean", **kwargs: Any) -> dict[str, float]:
+    """The coherence predictor of a vector trained at ``hook_name`` (``"blocks.14.hook_resid_post"``).
+
+    For a vector not made from mean differences (BiPO, RePS): the trainer calls it on the same
+    training pairs at the end of training and records the result in the vector's ``metadata``.
+    Keyword arguments as ``layer_coherence``.
+
+    Returns:
+        ``{"coherence", "coherence_std", "coherence_position"}``.
+
+    Example:
+        >>> meta = pair_coherence(model, train_pairs, "blocks.14.hook_resid_post")
+        >>> vector = vector.replace(metadata={**vector.metadata, **meta})
+    """
+    layer, hook = parse_hook_name(hook_name)
+    return layer_coherence(model, pairs, [layer], hook=hook, position=position, **kwargs)[layer] | {
+        "coherence_position": position}
 
 
 # --------------------------------------------------------------------------- ActAdd

@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.core.backend import Model
+from workbench.core.backend import Model, is_bridge
 from workbench.core.io import json_text, safetensors_bytes
 from workbench.core.artifacts import artifact_lock, recover_artifact, write_artifact
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
@@ -46,9 +46,10 @@ from workbench.core.results import BIPO_HISTORY, Result, result
 from workbench.core.vector import SteeringVector, __version__, full_hook_name
 from workbench.data.pairs import check_pairs, fingerprint
 from workbench.engine.conditions import entry
-from workbench.engine.items import tokenize_items
+from workbench.engine.items import available_memory, tokenize_items
 from workbench.engine.prefix_cache import PrefixCache
-from workbench.engine.runners import make_runner
+from workbench.engine.runners import make_runner, runner_bytes
+from workbench.train.baselines import pair_coherence
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ class TrainConfig:
     init: Literal["zero", "random"] = "zero"  # [zero]; random: N(0, 1/d_model) per coordinate
     cache_dtype: Literal["model", "bf16"] = "model"  # storage of the cached residuals
     batching: Literal["random", "bucket"] = "random"  # bucket: batches of similar length, random order
+    # CPU: keep a copy of the blocks after the hook laid out for the matmuls (faster, same numbers;
+    # the blocks before it too, during the setup pass); None: where memory allows (``relayout_plan``)
+    relayout: bool | None = None
+    # the coherence predictor of the vector's reliability (Braun et al. 2025), in the vector's metadata:
+    # one extra pass of the training pairs up to the hook (``workbench.train.baselines.pair_coherence``)
+    coherence: bool = True
 
     #: fields with a fixed set of values (a subclass adds its own, e.g. BiPO's ``direction``)
     _options: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -344,17 +351,24 @@ def train_preference_vector(model: Model, pairs: Sequence[Any], config: TrainCon
             logger.info("%s: no checkpoint in %s; starting from scratch", label, ckpt)
 
         t0 = time.perf_counter()
-        # the blocks after the hook run in a private (bf16 or fp32) copy; the caller's model unembeds
-        runner = make_runner(model, entry(model, site)[0], torch.bfloat16 if config.precision == "bf16" else None)
+        # the blocks after the hook run in a private (bf16 or laid-out fp32) copy; the caller's model unembeds
+        plan = relayout_plan(model, config)
+        logger.info("%s: %s", label, plan["message"])
+        start = entry(model, site)[0]
+        precision = torch.bfloat16 if config.precision == "bf16" else None
+        runner = make_runner(model, start, precision) if plan["relayout"] or precision else model
         cache_dtype = torch.bfloat16 if config.cache_dtype == "bf16" else runner.cfg.dtype
+        # the setup pass runs the blocks before the hook once: in a laid-out copy of them too, dropped after
+        lower = make_runner(model, 0, stop_layer=start) if plan["relayout"] and plan["lower_bytes"] else model
 
         def build(these: Sequence[Any], show: bool = False) -> PrefixCache:
             items = tokenize_items(model, *prompts_and_answers(model, these, config.system_prompt), config.max_length)
-            return PrefixCache.build(model, items, site, runner=runner, dtype=cache_dtype, progress=show)
+            return PrefixCache.build(lower, items, site, runner=runner, dtype=cache_dtype, progress=show)
 
         cache = build(pairs, progress)
         if eval_pairs is not None:
             eval_cache = build(eval_pairs)
+        del lower
         resid_norm = residual_norm(cache)
         setup_seconds = time.perf_counter() - t0
         logger.info("%s: cached %d pairs at %s (%.0f MB) in %.1f s", label, len(cache), site, cache.nbytes / 2**20,
@@ -396,10 +410,54 @@ def train_preference_vector(model: Model, pairs: Sequence[Any], config: TrainCon
         finally:
             bar.close()
         vector = _vector(model, v, config, data_fp, epochs, objective, resid_norm)
+        if config.coherence:
+            coherence = pair_coherence(model, pairs, config.hook_name, system_prompt=config.system_prompt,
+                                       max_length=config.max_length, progress=False)
+            vector = vector.replace(metadata={**vector.metadata, **coherence})
         flag = vector.metadata.get("norm_flag")
         if flag:
             logger.warning("%s: %s", label, flag["message"])
         return TrainResult(vector, history, epochs, setup_seconds, resid_norm, flag)
+
+
+def relayout_plan(model: Model, config: TrainConfig) -> dict[str, Any]:
+    """Whether the trainer keeps a re-laid-out copy of the blocks after the hook, and its size.
+
+    On CPU, TransformerLens copies most block weights into a transposed contiguous tensor at every call;
+    the trainer's runner (``engine.runners.make_runner``) stores them laid out once, for the blocks
+    after the hook for the whole run and for the blocks before it during the setup pass only (same
+    numbers, faster). ``config.relayout``: True/False, or None (auto: on where both copies together
+    take at most half the available memory, ``engine.items.available_memory``). A bf16 run converts
+    the blocks after the hook anyway (always laid out); off the CPU nothing is re-laid out.
+
+    Returns:
+        ``{"relayout", "upper_bytes", "lower_bytes", "available_bytes", "message"}``: the bytes of the
+        copies (blocks after the hook, kept; blocks before it, during the setup) and a one-line message.
+    """
+    start = entry(model, config.hook_name)[0]
+    on_cpu = torch.device(model.cfg.device or "cpu").type == "cpu"
+    upper = runner_bytes(model, start) if on_cpu and not is_bridge(model) else 0
+    lower = runner_bytes(model, 0, stop_layer=start) if on_cpu and not is_bridge(model) else 0
+    available = available_memory(model.cfg.device)
+    relayout = config.relayout
+    if relayout is None:
+        relayout = upper > 0 and (available is None or upper + lower <= available / 2)
+    relayout = bool(relayout and upper > 0)
+    n = model.cfg.n_layers
+    mb = lambda b: f"{b / 2**20:,.0f} MB"  # noqa: E731
+    free = f", {mb(available)} available" if available is not None else ""
+    if upper == 0:
+        message = "no re-laid-out copy of the blocks (off the CPU, or a TransformerBridge: nothing to lay out)"
+    elif relayout:
+        message = (f"re-laid-out copy of blocks {start}..{n - 1}: {mb(upper)}, and of blocks 0..{start - 1} "
+                   f"during the setup: {mb(lower)}{free} (--no-relayout: none, slower)")
+    else:
+        message = (f"no re-laid-out copy of blocks {start}..{n - 1} ({mb(upper)} + {mb(lower)} during the "
+                   f"setup{free}; --relayout to make it)")
+    if config.precision == "bf16" and upper:
+        message += f"; bf16 copy of blocks {start}..{n - 1}: {mb(runner_bytes(model, start, torch.bfloat16))}"
+    return {"relayout": relayout, "upper_bytes": upper, "lower_bytes": lower if relayout else 0,
+            "available_bytes": available, "message": message}
 
 
 def residual_norm(cache: PrefixCache) -> float | None:
@@ -454,4 +512,4 @@ def _vector(model: Model, v: Tensor, config: TrainConfig, data_fp: str,
 
 
 __all__ = ["BiPOResult", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "NORM_FLAG_RATIO", "Objective", "Score", "TrainConfig", "TrainResult",
-           "answer_lengths", "batch_plan", "lr_factor", "norm_flag", "residual_norm", "train_preference_vector"]
+           "answer_lengths", "batch_plan", "lr_factor", "norm_flag", "relayout_plan", "residual_norm", "train_preference_vector"]

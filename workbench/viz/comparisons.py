@@ -5,7 +5,8 @@ applied to another model? ``plot_composition`` draws each behavior's log-odds ch
 vector alone and together; ``plot_transfer`` the effect of a vector applied ``k`` layers away or on
 another model (the transfer experiments of BiPO, Cao et al. 2024, arXiv 2406.00045);
 ``plot_lora_transfer`` the share of the effect retained on LoRA fine-tunes (Hu et al. 2021, arXiv
-2106.09685) against their distance from the base. Each takes a result (``workbench.core.results``)
+2106.09685) against their distance from the base; ``plot_entanglement`` each behavior vector's effect
+on the other behaviors (SteeringControl / SteeringSafety 2025). Each takes a result (``workbench.core.results``)
 and returns a ``Figure``; none recomputes anything.
 """
 
@@ -22,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workbench.core import results
 from workbench.core.results import ResultFormatError
-from workbench.viz.style import MARKERS, legend, new_axes, paper_style, series_colors
+from workbench.viz.style import MARKERS, new_axes, paper_style, place_legend, series_colors
 from workbench.viz.tables import first, label_series, main_table, need, read_result
 
 
@@ -68,7 +69,7 @@ def draw_bars(df: pd.DataFrame, ax: Axes | None = None, x: str | None = None, y:
         ax.axhline(0, color="0.3", linewidth=0.6)
         ax.set_ylabel(ylabel or y.replace("_", " "))
         if hues != [None]:  # the legend sits above the axes; a title becomes the legend's title
-            legend(ax, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(hues), 3), title=title)
+            place_legend(ax, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(hues), 3), title=title)
         elif title:
             ax.set_title(title)
     return fig
@@ -134,7 +135,7 @@ def _plot_layer_transfer(df: pd.DataFrame, ax: Axes | None) -> Figure:
         ax.set_ylabel({"retained": "effect retained (vs. k = 0)", "ratio": "effect ratio"}.get(
             ycol, "Δ held-out log-odds"))
         if df["_series"].nunique() > 1:
-            legend(ax)
+            place_legend(ax)
     return fig
 
 
@@ -214,8 +215,51 @@ def plot_lora_transfer(result: Any, ax: Axes | None = None) -> Figure:
         ax.axhline(0, color="0.8", linewidth=0.5, zorder=0)
         ax.set_xlabel("fine-tune's KL from the base per token (neutral text)")
         ax.set_ylabel("effect retained (target / source)")
-        legend(ax, fontsize="x-small")
+        place_legend(ax, fontsize="x-small")
     return fig
 
 
-__all__ = ["draw_bars", "plot_composition", "plot_lora_transfer", "plot_transfer"]
+# --------------------------------------------------------------------------- entanglement
+def plot_entanglement(result: Any, ax: Axes | None = None, value: str = "normalized") -> Figure:
+    """The entanglement matrix (``workbench.analysis.entanglement``): each vector's effect on every target.
+
+    Rows: the vectors (each at its own multiplier, in the row label); columns: the target sets (other
+    behaviors' held-out pairs, the refusal pairs, TruthfulQA MC1). Cells: the effect divided by the
+    vector's on-target effect (``value="normalized"``: 1 on the diagonal; a diverging map centred on
+    0), or the raw effect (``value="effect"``); each cell carries its number. SteeringControl /
+    SteeringSafety (2025) call the off-diagonal cells entanglement.
+
+    Raises:
+        ResultFormatError: not an entanglement result, or no such column.
+    """
+    res = read_result(result, (results.ENTANGLEMENT,), "plot_entanglement")
+    df = main_table(res)
+    need(df, ["vector", "target", value], "plot_entanglement")
+    vectors = list(res.get("vectors") or dict.fromkeys(df["vector"]))
+    targets = list(res.get("targets") or dict.fromkeys(df["target"]))
+    wide = df.pivot(index="vector", columns="target", values=value).reindex(index=vectors, columns=targets)
+    mat = wide.to_numpy(float)
+    finite = np.abs(mat[np.isfinite(mat)])
+    bound = max(1.0, float(finite.max())) if finite.size else 1.0
+    mults = res.get("multipliers") or {}
+    with paper_style():
+        fig, ax = new_axes(ax, height=0.9 + 0.32 * len(vectors), width=max(3.3, 1.6 + 0.55 * len(targets)))
+        im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto",
+                       interpolation="nearest")
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                v = mat[i, j]
+                ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                        color="white" if np.isfinite(v) and abs(v) > 0.6 * bound else "black")
+        names = {"truthfulqa_mc1": "TruthfulQA\nMC1 (Δ acc.)"}
+        ax.set_xticks(range(len(targets)), [names.get(t, t) for t in targets], rotation=30, ha="right")
+        ax.set_yticks(range(len(vectors)), [f"{v} (m = {mults[v]:+.2g})" if v in mults else v for v in vectors])
+        ax.set_xlabel("evaluated on")
+        ax.set_ylabel("vector")
+        ax.spines[:].set_visible(False)
+        label = "effect / on-target effect" if value == "normalized" else "Δ log-odds vs. m = 0"
+        fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, label=label)
+    return fig
+
+
+__all__ = ["draw_bars", "plot_composition", "plot_entanglement", "plot_lora_transfer", "plot_transfer"]

@@ -2,7 +2,8 @@
 
 Activation steering adds ``m * v`` to the residual stream; these figures show what the multiplier
 ``m`` does: a metric (held-out log-odds, A/B probability, utility) against ``m`` with bootstrap
-intervals (``plot_multiplier_curves``), refusal rate and cost against ``m``
+intervals (``plot_multiplier_curves``), the per-pair steerability's distribution
+(``plot_steerability``), refusal rate and cost against ``m``
 (``plot_refusal``), the effect against its utility cost at matched budgets (``plot_cost_effect``), and
 BiPO's training curves (``plot_training_curves``; BiPO is Cao et al. 2024, arXiv 2406.00045; CAA,
 drawn beside it, Rimsky et al. 2023, arXiv 2312.06681). Each takes a result
@@ -22,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workbench.core import results
 from workbench.core.results import ResultFormatError
-from workbench.viz.style import COLUMN_WIDTH, MARKERS, legend, new_axes, paper_style, series_colors, subplots
+from workbench.viz.style import COLUMN_WIDTH, MARKERS, new_axes, paper_style, place_legend, series_colors, subplots
 from workbench.viz.tables import first, label_series, main_table, need, read_result
 
 #: y-axis label of each metric (an eval result's table name, or a utility ``measure``)
@@ -95,7 +96,63 @@ def plot_multiplier_curves(result: Any, ax: Axes | None = None, metric: str = "l
         ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
         if title:
             ax.set_title(title)
-        legend(ax)
+        place_legend(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------- per-example steerability
+def plot_steerability(result: Any, ax: Axes | None = None, value: str = "slope") -> Figure:
+    """Distribution over held-out pairs of each vector's per-pair steerability (Tan et al. 2024, arXiv 2407.12404).
+
+    One violin per vector of the pairs' least-squares slopes of log-odds in ``m`` (or of a
+    ``shift@<m>`` column), the pairs as dots; each tick label carries the anti-steerable share
+    (slope < 0) and its 95 % interval when the result's ``steerability`` table has it.
+
+    Args:
+        result: an eval result with the ``steerability_pairs`` table (the ``logodds`` metric).
+        ax: draw into this axes.
+        value: ``"slope"`` or a ``shift@<m>`` column of the per-pair table.
+
+    Raises:
+        ResultFormatError: not an eval result, no per-pair table, or no such column.
+    """
+    res = read_result(result, (results.EVAL,), "plot_steerability")
+    df = main_table(res, "steerability_pairs")
+    need(df, ["vector", value], "plot_steerability")
+    summary = res.table("steerability") if "steerability" in res.tables else pd.DataFrame()
+    labels = list(dict.fromkeys(df["vector"]))
+    with paper_style():
+        fig, ax = new_axes(ax, width=max(COLUMN_WIDTH, 0.6 + 0.7 * len(labels)))
+        colors = series_colors(labels)
+        data = [df.loc[df["vector"] == lab, value].to_numpy(float) for lab in labels]
+        data = [d[np.isfinite(d)] for d in data]
+        pos = np.arange(len(labels))
+        drawable = [i for i, d in enumerate(data) if len(d) > 1 and np.ptp(d) > 0]
+        if drawable:
+            parts = ax.violinplot([data[i] for i in drawable], positions=pos[drawable], widths=0.75,
+                                  showextrema=False, showmedians=True)
+            for body, i in zip(parts["bodies"], drawable):
+                body.set_facecolor(colors[labels[i]])
+                body.set_edgecolor("none")
+                body.set_alpha(0.35)
+            parts["cmedians"].set_color("0.2")
+        rng = np.random.default_rng(0)  # fixed jitter: the same figure gives the same bytes
+        for i, (lab, d) in enumerate(zip(labels, data)):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=4, color=colors[lab], linewidths=0, zorder=3)
+        ticks = []
+        for lab in labels:
+            row = summary[summary["vector"] == lab] if "vector" in summary.columns else summary
+            text = str(lab)
+            if len(row) and "anti_steerable" in row.columns:
+                r = row.iloc[0]
+                text += f"\nanti {r['anti_steerable']:.0%}"
+                if pd.notna(r.get("anti_steerable_ci_low")):
+                    text += f" [{r['anti_steerable_ci_low']:.0%}, {r['anti_steerable_ci_high']:.0%}]"
+            ticks.append(text)
+        ax.set_xticks(pos, ticks)
+        ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+        ax.set_ylabel("per-pair slope of log-odds in m" if value == "slope"
+                      else f"per-pair log-odds shift at m = {value.split('@', 1)[-1]}")
     return fig
 
 
@@ -152,7 +209,7 @@ def plot_refusal(result: Any, ax: Axes | Sequence[Axes] | None = None) -> Figure
         for a in axes:
             a.set_xlabel("multiplier m")
             a.axvline(0, color="0.6", linewidth=0.6, linestyle=":", zorder=0)
-        legend(axes[0])
+        place_legend(axes[0])
     return fig
 
 
@@ -227,7 +284,7 @@ def plot_training_curves(history: Any, ax: Axes | None = None, metric: str | Non
         axes[-1].set_xlabel("optimiser step")
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(runs) > 1 or held_out:
-            legend(axes[0])
+            place_legend(axes[0])
     return fig
 
 
@@ -248,31 +305,32 @@ def plot_cost_effect(result: Any, ax: Axes | None = None) -> Figure:
     pts = res.table("points")
     rows = res.table("rows")
     need(pts, ("vector", "direction", "multiplier", "cost", "effect"), "plot_cost_effect")
-    fig, ax = new_axes(ax)
-    colors = series_colors(list(dict.fromkeys(pts["vector"])))
-    for label in dict.fromkeys(pts["vector"]):
-        for d, style in ((1, "-"), (-1, "--")):
-            sub = pts[(pts["vector"] == label) & ((pts["direction"] == d) | (pts["multiplier"] == 0))]
-            sub = sub.reindex(sub["multiplier"].abs().sort_values().index)
-            ax.plot(sub["cost"], sub["effect"], style, marker=".", color=colors[label],
-                    label=f"{label} ({'m > 0' if d == 1 else 'm < 0'})")
-            found = rows[(rows["vector"] == label) & (rows["direction"] == d) & rows["reached"].astype(bool)]
-            if len(found):
-                ax.errorbar(found["cost"], found["effect"],
-                            yerr=[found["effect"] - found["effect_ci_low"], found["effect_ci_high"] - found["effect"]],
-                            fmt="o", color=colors[label], ms=4, capsize=2)
-    for i, b in enumerate(res.get("budgets", [])):
-        ax.axvline(b, color="0.6", lw=0.6, ls=":", label="budget" if i == 0 else None)
-    ax.axhline(0, color="0.8", lw=0.5)
-    cost = res.get("cost", "kl")
-    ax.set_xlabel("KL(unsteered ‖ steered) per token" if cost == "kl" else "perplexity ratio - 1")
-    ax.set_ylabel("log-odds shift from m = 0")
-    note = (res.get("equal_norm") or {}).get("mode")
-    if note:
-        ax.set_title(f"equal norm ({note})", fontsize="small")
-    legend(ax, fontsize="x-small")
+    with paper_style():
+        fig, ax = new_axes(ax)
+        colors = series_colors(list(dict.fromkeys(pts["vector"])))
+        for label in dict.fromkeys(pts["vector"]):
+            for d, style in ((1, "-"), (-1, "--")):
+                sub = pts[(pts["vector"] == label) & ((pts["direction"] == d) | (pts["multiplier"] == 0))]
+                sub = sub.reindex(sub["multiplier"].abs().sort_values().index)
+                ax.plot(sub["cost"], sub["effect"], style, marker=".", color=colors[label],
+                        label=f"{label} ({'m > 0' if d == 1 else 'm < 0'})")
+                found = rows[(rows["vector"] == label) & (rows["direction"] == d) & rows["reached"].astype(bool)]
+                if len(found):
+                    ax.errorbar(found["cost"], found["effect"],
+                                yerr=[found["effect"] - found["effect_ci_low"], found["effect_ci_high"] - found["effect"]],
+                                fmt="o", color=colors[label], ms=4, capsize=2)
+        for i, b in enumerate(res.get("budgets", [])):
+            ax.axvline(b, color="0.6", lw=0.6, ls=":", label="budget" if i == 0 else None)
+        ax.axhline(0, color="0.8", lw=0.5)
+        cost = res.get("cost", "kl")
+        ax.set_xlabel("KL(unsteered ‖ steered) per token" if cost == "kl" else "perplexity ratio - 1")
+        ax.set_ylabel("log-odds shift from m = 0")
+        note = (res.get("equal_norm") or {}).get("mode")
+        if note:
+            ax.set_title(f"equal norm ({note})", fontsize="small")
+        place_legend(ax, fontsize="x-small")
     return fig
 
 
 __all__ = ["METRIC_LABELS", "TRAINING_PANELS", "plot_cost_effect", "plot_multiplier_curves", "plot_refusal",
-           "plot_training_curves"]
+           "plot_steerability", "plot_training_curves"]

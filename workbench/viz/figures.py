@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 
 from workbench.core import results
 from workbench.core.results import Result, ResultFormatError
-from workbench.viz.curves import plot_multiplier_curves
-from workbench.viz.layers import plot_layer_sweep
+from workbench.viz.curves import plot_multiplier_curves, plot_steerability
+from workbench.viz.layers import plot_coherence_reliability, plot_layer_sweep
 from workbench.viz.plots import PLOTS
 from workbench.viz.style import save_figure
 from workbench.viz.tables import MALFORMED, OnSkip, log_skip, result_files, why
@@ -47,6 +47,8 @@ def _eval_figures(result: Result) -> dict[str, Figure]:
             one = results.result(results.EVAL, metrics={measure: sub})
             out["_".join([name, *parts])] = plot_multiplier_curves(one, metric=measure, title=title,
                                                                    normalization=None)
+    if "steerability_pairs" in result.tables and not result.table("steerability_pairs").empty:
+        out["steerability"] = plot_steerability(result)  # per-pair slopes per vector (Tan et al. 2024)
     return out
 
 
@@ -54,10 +56,13 @@ def _sweep_figures(result: Result) -> dict[str, Figure]:
     """One layer-sweep figure, or one per behavior when the sweep holds several."""
     df = result.table()
     behaviors = list(dict.fromkeys(df["behavior"])) if "behavior" in df.columns else [None]
+    extra = {}
+    if {"coherence", "anti_steerable"} <= set(df.columns) and (df["coherence"].notna() & df["anti_steerable"].notna()).any():
+        extra["coherence"] = plot_coherence_reliability(result)  # predicted vs measured reliability (Braun et al. 2025)
     if len(behaviors) <= 1:
-        return {"layers": plot_layer_sweep(result)}
+        return {"layers": plot_layer_sweep(result)} | extra
     return {f"layers_{b}": plot_layer_sweep(results.from_dict({**result, "rows": results.records(df[df["behavior"] == b])}))
-            for b in behaviors}
+            for b in behaviors} | extra
 
 
 #: kinds drawn as several figures; every other kind in ``plots.PLOTS`` is one figure named by ``SUFFIX``
@@ -66,7 +71,11 @@ SPLIT: dict[str, Callable[[Result], dict[str, Figure]]] = {
 SUFFIX = {results.COSINE: "heatmap", results.COSINE_METHODS: "layers", results.LOGIT_LENS_TOKENS: "tokens",
           results.LOGIT_LENS_LAYERS: "layers", results.COMPOSITION: "bars", results.TRANSFER_LAYERS: "effect",
           results.TRANSFER_MODEL: "effect", results.BIPO_HISTORY: "training", results.REFUSAL: "rate",
-          results.MATCHED_COST: "cost_effect", results.TRANSFER_LORA: "retained"}
+          results.MATCHED_COST: "cost_effect", results.TRANSFER_LORA: "retained", results.ENTANGLEMENT: "matrix",
+          results.ACTIVATION_PATCHING: "components", results.ATTRIBUTION_PATCHING: "components",
+          results.DIRECT_LOGIT_ATTRIBUTION: "dla", results.ATTENTION_SHIFT: "attention",
+          results.MECHANISM_ROUTES: "routes",
+          results.PROMPTING: "cost_effect", results.CONDITIONAL: "gate"}
 
 
 def figures_for(result: Mapping[str, Any] | list[Any]) -> dict[str, Figure]:

@@ -2,7 +2,8 @@
 
 Where in the network does steering work, and what does a vector say? ``plot_layer_sweep`` draws the
 steering effect of vectors made at each layer (BiPO, Cao et al. 2024, arXiv 2406.00045, beside CAA,
-Rimsky et al. 2023, arXiv 2312.06681); ``plot_cosine_heatmap`` and ``plot_method_cosine`` compare
+Rimsky et al. 2023, arXiv 2312.06681), and ``plot_coherence_reliability`` its predicted against measured
+reliability (Braun et al. 2025, arXiv 2505.22637); ``plot_cosine_heatmap`` and ``plot_method_cosine`` compare
 vectors by cosine; ``plot_logit_lens_tokens`` shows the tokens a vector promotes and suppresses
 through the unembedding, and ``plot_logit_lens_layers`` the steered run read at each layer through
 the logit lens (nostalgebraist 2020). Each takes a result (``workbench.core.results``) and returns a
@@ -17,13 +18,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colors as matplotlib_colors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from workbench.core import results
 from workbench.core.results import ResultFormatError
-from workbench.viz.style import (COLUMN_WIDTH, MARKERS, OKABE_ITO, legend, main_and_lower, new_axes, paper_style,
+from workbench.viz.style import (COLUMN_WIDTH, MARKERS, OKABE_ITO, main_and_lower, new_axes, paper_style, place_legend,
                                  pretty_token, series_colors, subplots)
 from workbench.viz.tables import first, label_series, main_table, need, read_result
 
@@ -107,7 +109,7 @@ def plot_layer_sweep(result: Any, ax: Axes | None = None, show_cosine: bool = Tr
                             marker=MARKERS[i % len(MARKERS)], markersize=2.2, label=str(label))
         ax_eff.axhline(0, color="0.6", linewidth=0.6, zorder=0)
         ax_eff.set_ylabel("Δ held-out log-odds\nvs. m = 0")
-        legend(ax_eff, ncols=2 if len(effects) * n_series > 3 else 1)
+        place_legend(ax_eff, ncols=2 if len(effects) * n_series > 3 else 1)
         if ax_cos is not None:
             ax_cos.set_ylabel("cosine to ref.")
             ax_cos.axhline(0, color="0.6", linewidth=0.6, zorder=0)
@@ -115,6 +117,59 @@ def plot_layer_sweep(result: Any, ax: Axes | None = None, show_cosine: bool = Tr
         else:
             ax_eff.set_xlabel("layer")
         ax_eff.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+# --------------------------------------------------------------------------- predicted vs measured reliability
+def plot_coherence_reliability(result: Any, ax: Axes | None = None) -> Figure:
+    """Predicted against measured reliability of the vectors of layer sweeps, across behaviors and layers.
+
+    x: the coherence of the training pairs' activation differences at the layer (their mean cosine
+    to the mean difference; Braun et al. 2025, arXiv 2505.22637); y: the share of held-out pairs the
+    layer's vector steers the right way (one minus the anti-steerable share: pairs whose log-odds
+    slope in ``m`` is negative; Tan et al. 2024, arXiv 2407.12404). One colour per behavior (or
+    method), one point per layer, the deepest layers darkest; the title gives the Pearson and
+    Spearman correlations over all points.
+
+    Args:
+        result: a ``sweep`` result with ``coherence`` and ``anti_steerable`` columns
+            (``workbench.analysis.sweep.layer_sweep``), or ``{label: sweep}`` (e.g. one per behavior).
+        ax: draw into this axes.
+
+    Raises:
+        ResultFormatError: not a sweep result, or no coherence / anti_steerable column.
+    """
+    df = _sweep_table(result)
+    need(df, ["layer", "coherence", "anti_steerable"], "plot_coherence_reliability")
+    df = df[df["coherence"].notna() & df["anti_steerable"].notna()]
+    if df.empty:
+        raise ResultFormatError("plot_coherence_reliability: no layer has both coherence and anti_steerable")
+    keys = ("behavior",) if "behavior" in df.columns and df["behavior"].nunique() > 1 else ("method", "vector", "label")
+    df = df.assign(_series=label_series(df, keys),
+                   _reliability=1.0 - df["anti_steerable"].astype(float))
+    x, y = df["coherence"].to_numpy(float), df["_reliability"].to_numpy(float)
+    with paper_style():
+        fig, ax = new_axes(ax)
+        colors = series_colors(list(dict.fromkeys(df["_series"])))
+        n_series = df["_series"].nunique()
+        for i, (label, g) in enumerate(df.groupby("_series", sort=False)):
+            depth = g["layer"].to_numpy(float)
+            alpha = 0.35 + 0.65 * (depth - depth.min()) / max(1.0, float(np.ptp(depth)))
+            rgba = np.tile(np.array(matplotlib_colors.to_rgba(colors[label])), (len(g), 1))
+            rgba[:, 3] = alpha
+            ax.scatter(g["coherence"].astype(float), g["_reliability"], s=12, c=rgba, marker=MARKERS[i % len(MARKERS)],
+                       linewidths=0, label=str(label) if n_series > 1 else None)
+        title = f"{len(df)} layer vectors"
+        if len(df) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            pearson = float(np.corrcoef(x, y)[0, 1])
+            spearman = float(np.corrcoef(pd.Series(x).rank(), pd.Series(y).rank())[0, 1])
+            title += f"\nPearson r = {pearson:.2f}, Spearman ρ = {spearman:.2f}"
+        ax.set_title(title)
+        ax.set_xlabel("coherence of training differences\n(mean cosine to their mean)")
+        ax.set_ylabel("share of held-out pairs\nsteered the right way")
+        ax.set_ylim(min(-0.03, float(y.min()) - 0.03), 1.03)
+        if n_series > 1:
+            place_legend(ax)
     return fig
 
 
@@ -182,7 +237,7 @@ def plot_method_cosine(result: Any, ax: Axes | None = None) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("cosine (BiPO vs. CAA)" if df["_series"].nunique() == 1 else "cosine")
         if df["_series"].nunique() > 1:
-            legend(ax)
+            place_legend(ax)
     return fig
 
 
@@ -277,9 +332,9 @@ def plot_logit_lens_layers(result: Any, ax: Axes | None = None, title: str | Non
                 a.axvspan(layer.min() - 0.5, last_unsteered + 0.5, color="0.92", zorder=-1, linewidth=0)
         if title:
             a1.set_title(title)
-        legend(a1, ncols=2)
+        place_legend(a1, ncols=2)
     return fig
 
 
-__all__ = ["LENS_KL_COLUMNS", "plot_cosine_heatmap", "plot_layer_sweep", "plot_logit_lens_layers",
+__all__ = ["LENS_KL_COLUMNS", "plot_coherence_reliability", "plot_cosine_heatmap", "plot_layer_sweep", "plot_logit_lens_layers",
            "plot_logit_lens_tokens", "plot_method_cosine"]

@@ -20,7 +20,12 @@ from matplotlib.figure import Figure
 from workbench.core import results
 from workbench.core.results import ResultFormatError
 from workbench.viz.comparisons import plot_composition, plot_lora_transfer, plot_transfer
+from workbench.viz.conditional import plot_conditional
+from workbench.viz.comparisons import plot_entanglement
+from workbench.viz.mechanism import (plot_activation_patching, plot_attention_shift, plot_direct_logit_attribution,
+                                     plot_mechanism_routes)
 from workbench.viz.curves import plot_cost_effect, plot_multiplier_curves, plot_refusal, plot_training_curves
+from workbench.viz.prompting import plot_prompting
 from workbench.viz.layers import (plot_cosine_heatmap, plot_layer_sweep, plot_logit_lens_layers,
                                   plot_logit_lens_tokens, plot_method_cosine)
 
@@ -39,6 +44,14 @@ PLOTS: dict[str, Callable[..., Figure]] = {
     results.BIPO_HISTORY: plot_training_curves,
     results.REFUSAL: plot_refusal,
     results.MATCHED_COST: plot_cost_effect,
+    results.PROMPTING: plot_prompting,
+    results.CONDITIONAL: plot_conditional,
+    results.ENTANGLEMENT: plot_entanglement,
+    results.ACTIVATION_PATCHING: plot_activation_patching,
+    results.ATTRIBUTION_PATCHING: plot_activation_patching,
+    results.DIRECT_LOGIT_ATTRIBUTION: plot_direct_logit_attribution,
+    results.ATTENTION_SHIFT: plot_attention_shift,
+    results.MECHANISM_ROUTES: plot_mechanism_routes,
 }
 
 

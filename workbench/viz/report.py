@@ -48,6 +48,35 @@ def _interval(df: pd.DataFrame, digits: int = 2) -> pd.Series:
                     axis=1)
 
 
+def _pct(row: pd.Series, key: str) -> str:
+    """``"12% [5%, 20%]"`` of a share column and its interval (empty when the row lacks it)."""
+    if key not in row or pd.isna(row[key]):
+        return ""
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    return f"{row[key]:.0%}" + (f" [{lo:.0%}, {hi:.0%}]" if lo is not None and pd.notna(lo) else "")
+
+
+def steerability_table(df: pd.DataFrame) -> pd.DataFrame:
+    """An eval result's ``steerability`` table as report rows: one per vector, shares as percentages
+    with their 95 % intervals (older results without the intervals or the moved shares give what they have)."""
+    out = pd.DataFrame({"vector": df["vector"], "pairs": df["n"].astype(int),
+                        "mean slope [95 % CI]": _interval(df)})
+    out["anti-steerable [95 % CI]"] = [_pct(r, "anti_steerable") for _, r in df.iterrows()]
+    for side in ("plus", "minus"):
+        if f"moved_{side}" in df:
+            out[f"moved > 1 nat ({'m > 0' if side == 'plus' else 'm < 0'})"] = [
+                (f"{_pct(r, f'moved_{side}')} at m = {r[f'm_{side}']:+g}" if pd.notna(r.get(f"m_{side}")) else "")
+                for _, r in df.iterrows()]
+    return out
+
+
+def steerability_section(df: pd.DataFrame) -> str:
+    """The markdown paragraph of an eval result's per-example steerability (Tan et al. 2024)."""
+    return ("Per-example steerability (least-squares slope of each pair's log-odds in m; anti-steerable: slope "
+            "< 0; moved: log-odds shift beyond 1 nat in m's direction at the largest |m| of each sign):\n\n"
+            + markdown_table(steerability_table(df)))
+
+
 def _eval(result: Result) -> str:
     metrics = result.tables
     parts = []
@@ -61,6 +90,8 @@ def _eval(result: Result) -> str:
         wide.columns = [f"{v}: {cols[c]}" for c, v in wide.columns]
         parts.append(f"Held-out log p(matching) - log p(not matching), n = {int(df['n'].iloc[0])}:\n\n"
                      + markdown_table(wide, index=True))
+    if "steerability" in metrics and not result.table("steerability").empty:
+        parts.append(steerability_section(result.table("steerability")))
     measures = [k for k in ("perplexity", "top1_agreement", "kl_from_unsteered") if k in metrics]
     if "utility" in metrics:
         df = result.table("utility")
@@ -119,7 +150,23 @@ def _matched_cost(result: Result) -> str:
     return "\n\n".join(parts)
 
 
+def _entanglement(result: Result) -> str:
+    df = result.table()
+    mults = result.get("multipliers") or {}
+    wide = {}
+    for value in ("normalized", "effect"):
+        w = df.pivot(index="vector", columns="target", values=value)
+        w = w.reindex(index=list(result.get("vectors") or w.index), columns=list(result.get("targets") or w.columns))
+        w.index = [f"{v} (m = {mults[v]:+.3g})" if v in mults else v for v in w.index]
+        wide[value] = w
+    return ("Each vector's effect on every target divided by its on-target effect (rows: vectors; TruthfulQA MC1 in "
+            "accuracy points per on-target nat):\n\n" + markdown_table(wide["normalized"], digits=2, index=True)
+            + "\n\nThe effects themselves (Δ log-odds vs. m = 0; TruthfulQA MC1: Δ accuracy):\n\n"
+            + markdown_table(wide["effect"], digits=2, index=True))
+
+
 _SECTIONS: dict[str, Callable[[Result], str]] = {
+    R.ENTANGLEMENT: _entanglement,
     R.MATCHED_COST: _matched_cost,
     R.EVAL: _eval, R.SWEEP: lambda r: _rows(r, ("hook_name",)), R.COSINE: _cosine,
     R.COSINE_METHODS: _rows, R.LOGIT_LENS_TOKENS: _tokens, R.LOGIT_LENS_LAYERS: _lens_layers,
@@ -163,4 +210,4 @@ def report(results_dir: str | Path, kinds: Sequence[str] | None = None, *, on_sk
     return "\n\n".join(sections) + "\n"
 
 
-__all__ = ["markdown_table", "report"]
+__all__ = ["markdown_table", "report", "steerability_section", "steerability_table"]

@@ -115,11 +115,124 @@ def main_and_lower(ax: Axes | None, lower: bool, height: float, ratios: tuple[in
     return fig, main, None
 
 
-def legend(ax: Axes, **kw: Any) -> None:
-    """A legend of the labelled artists of ``ax`` (none when nothing is labelled)."""
+# --------------------------------------------------------------------------- legends off the data
+#: the corners (and edge middles) a legend may take inside the axes, in order of preference
+LEGEND_CORNERS = ("upper right", "upper left", "lower right", "lower left", "upper center", "lower center",
+                  "center right", "center left")
+_SAMPLES_PER_SEGMENT = 24  # points sampled along each drawn line segment
+
+
+def _to_axes(ax: Axes, transform: Any, xy: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` points of an artist's coordinates in axes fractions (0..1 inside the axes)."""
+    if len(xy) == 0:
+        return np.empty((0, 2))
+    return ax.transAxes.inverted().transform(transform.transform(np.asarray(xy, dtype=float)))
+
+
+def _line_samples(points: np.ndarray) -> np.ndarray:
+    """Points along a polyline (axes fractions): its vertices and ``_SAMPLES_PER_SEGMENT`` per segment."""
+    points = points[np.isfinite(points).all(1)]
+    if len(points) < 2:
+        return points
+    t = np.linspace(0, 1, _SAMPLES_PER_SEGMENT)[:, None, None]  # (s, 1, 1)
+    seg = points[:-1][None] * (1 - t) + points[1:][None] * t  # (s, n - 1, 2)
+    return np.concatenate([points, seg.reshape(-1, 2)])
+
+
+def data_footprint(ax: Axes) -> tuple[np.ndarray, list[Any]]:
+    """What a legend must not cover, in axes fractions: ``(points, filled paths)``.
+
+    Points: every line drawn in data coordinates sampled along its segments, every marker, scatter
+    offset and error bar; filled paths: interval bands (``fill_between``), bars and images. Reference
+    lines spanning the axes (``axhline``/``axvline``) are not data and are left out.
+    """
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.image import AxesImage
+    from matplotlib.path import Path as MplPath
+
+    pts: list[np.ndarray] = []
+    paths: list[Any] = []
+    for line in ax.get_lines():
+        if line.get_visible() and line.get_transform() == ax.transData:
+            xy = _to_axes(ax, ax.transData, np.column_stack(line.get_data(orig=False)).astype(float))
+            pts.append(_line_samples(xy) if line.get_linestyle() not in ("None", "", " ") else xy)
+    for coll in ax.collections:
+        if not coll.get_visible():
+            continue
+        if isinstance(coll, LineCollection):  # error bars
+            for seg in coll.get_segments():
+                pts.append(_line_samples(_to_axes(ax, coll.get_transform(), seg)))
+        elif isinstance(coll, PolyCollection):  # fill_between bands, violins
+            for path in coll.get_paths():
+                paths.append(MplPath(_to_axes(ax, coll.get_transform(), path.vertices)))
+        offsets = coll.get_offsets()
+        if len(offsets) and not isinstance(coll, (LineCollection, PolyCollection)):  # scatter markers
+            pts.append(_to_axes(ax, coll.get_offset_transform(), offsets))
+    for patch in ax.patches:  # bars
+        if patch.get_visible() and patch.get_transform() is not None:
+            verts = patch.get_path().vertices
+            paths.append(MplPath(_to_axes(ax, patch.get_transform(), verts)))
+    for image in ax.get_images():
+        if isinstance(image, AxesImage):
+            x0, x1, y0, y1 = image.get_extent()
+            corners = _to_axes(ax, ax.transData, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]))
+            paths.append(MplPath(corners))
+    points = np.concatenate(pts) if pts else np.empty((0, 2))
+    return points[np.isfinite(points).all(1)], paths
+
+
+def _covered(box: Any, points: np.ndarray, paths: list[Any], pad: float = 0.01) -> int:
+    """How many data points and filled-path grid samples fall inside ``box`` (axes fractions, padded)."""
+    x0, y0, x1, y1 = box.x0 - pad, box.y0 - pad, box.x1 + pad, box.y1 + pad
+    inside = int(((points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)).sum())
+    if paths:
+        gx, gy = np.meshgrid(np.linspace(x0, x1, 8), np.linspace(y0, y1, 6))
+        grid = np.column_stack([gx.ravel(), gy.ravel()])
+        inside += sum(int(p.contains_points(grid).sum()) for p in paths)
+    return inside
+
+
+def legend_box(ax: Axes) -> Any:
+    """The bounding box of ``ax``'s legend in axes fractions (after the figure's layout), or None."""
+    leg = ax.get_legend()
+    if leg is None:
+        return None
+    fig = ax.figure
+    renderer = fig._get_renderer()  # noqa: SLF001  (the renderer matplotlib's own layout uses)
+    return leg.get_window_extent(renderer).transformed(ax.transAxes.inverted())
+
+
+def place_legend(ax: Axes, **kw: Any) -> Any:
+    """A legend of the labelled artists of ``ax``, kept off the data; returns it (None when nothing is labelled).
+
+    The legend takes the first corner of ``LEGEND_CORNERS`` where it covers no data point, line
+    sample, interval band, bar or image (``data_footprint``); when every corner covers some, it goes
+    outside the axes on the right. An explicit ``loc`` (with ``bbox_to_anchor``, e.g. a legend above
+    the axes) is kept as given. The layout is computed first (``draw_without_rendering``), so the
+    legend's size is measured against the axes as the figure will be saved.
+    """
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(handles, labels, **{"loc": "best", "handlelength": 1.6, **kw})
+    if not handles:
+        return None
+    kw = {"handlelength": 1.6, **kw}
+    if kw.get("loc") not in (None, "best"):
+        return ax.legend(handles, labels, **kw)
+    kw.pop("loc", None)
+    fig = ax.figure
+    fig.draw_without_rendering()  # the layout and the autoscaled limits the saved figure will have
+    points, paths = data_footprint(ax)
+    for loc in LEGEND_CORNERS:
+        leg = ax.legend(handles, labels, loc=loc, **kw)
+        box = legend_box(ax)
+        if box is not None and _covered(box, points, paths) == 0:
+            return leg
+    leg = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
+    return leg
+
+
+def legend(ax: Axes, **kw: Any) -> None:
+    """A legend of the labelled artists of ``ax`` off the data (``place_legend``; none when nothing is labelled)."""
+    place_legend(ax, **kw)
 
 
 # --------------------------------------------------------------------------- saving
@@ -147,5 +260,6 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png", 
     return out
 
 
-__all__ = ["COLUMN_WIDTH", "MARKERS", "METHOD_COLORS", "OKABE_ITO", "PALETTE", "STYLE", "legend", "main_and_lower",
-           "method_color", "new_axes", "paper_style", "pretty_token", "save_figure", "series_colors", "subplots"]
+__all__ = ["COLUMN_WIDTH", "LEGEND_CORNERS", "MARKERS", "METHOD_COLORS", "OKABE_ITO", "PALETTE", "STYLE",
+           "data_footprint", "legend", "legend_box", "main_and_lower", "method_color", "new_axes", "paper_style",
+           "place_legend", "pretty_token", "save_figure", "series_colors", "subplots"]
