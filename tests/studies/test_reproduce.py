@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -79,6 +80,25 @@ def test_reproduce_tiny_writes_results_figures_and_reuses_work(tiny_model, tmp_p
     again = R.reproduce(out, TINY, model=tiny_model, figures_dir=figs, stages=("vectors", "eval", "compare"))
     assert again["results"] == [] and set(again["seconds"]) == {"load_model", *(f"vectors:{b}" for b in behaviors)}
     assert set(again["all_seconds"]) >= {"sweep", "compare:refusal", "refusal"}  # the first run's stages are kept
+    # the opt-in stages: the reviewer's questions and the mechanism, reading the compare results on disk
+    assert not set(R.OPT_IN_STAGES) & set(R.DEFAULT_STAGES) and set(R.DEFAULT_STAGES) | set(R.OPT_IN_STAGES) == set(R.STAGES)
+    extra = R.reproduce(out, TINY, model=tiny_model, figures_dir=figs, stages=(*R.OPT_IN_STAGES, "figures"))
+    written = {Path(p).stem for p in extra["results"]}
+    assert {*(f"prompting_{b}" for b in behaviors), "entanglement", "conditional_power-seeking",
+            "mechanism_power-seeking_bipo_attribution_patching", "mechanism_power-seeking_routes"} <= written
+    prompting = json.loads((out / "prompting_wealth-seeking.json").read_text())
+    methods = {r["method"] for r in prompting["rows"]}
+    assert {"instruction", "kshot", "bipo", "instruction+bipo"} <= methods  # the compare result's vectors joined
+    assert max(r["k"] for r in prompting["rows"]) <= TINY.n_train  # only the shots the training pairs allow
+    ent = json.loads((out / "entanglement.json").read_text())
+    assert {r["vector"] for r in ent["rows"]} == set(behaviors)
+    on = [r for r in ent["rows"] if r["vector"] == r["target"]]
+    assert on and all(r["normalized"] == pytest.approx(1.0) for r in on if r["on_target"])
+    assert json.loads((out / "conditional_power-seeking.json").read_text())["kind"] == "conditional"
+    routes = json.loads((out / "mechanism_power-seeking_routes.json").read_text())
+    assert routes["kind"] == "mechanism_routes" and routes["labels"] == ["bipo", "caa"]
+    assert "mechanism_power-seeking_routes__routes" in {p.stem for p in figs.glob("*.png")}
+    assert remaining_hooks(tiny_model) == 0
     # other data (a different number of pairs) means new vectors
     with pytest.raises(AssertionError, match="retrained"):
         R.study_vectors(tiny_model, "power-seeking", dataclasses.replace(TINY, n_train=3), out / "vectors")

@@ -2,6 +2,7 @@
 ``run_files``): checks before the model loads, the engine's answer-length rule, and runs that give exactly
 what the library functions they call give."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,29 @@ def test_compare_shows_progress_and_passes_all_points(tiny, tmp_path, monkeypatc
     compare_run(CompareRun(vector=[str(tmp_path / "v")], data=str(path), format="jsonl", budgets=[0.1],
                            all_points=all_points, out=str(tmp_path / "c.json")))
     assert seen["progress"] is True and seen["all_points"] is all_points
+
+
+def test_compare_with_prompting_adds_the_prompting_points(tiny, tmp_path):
+    """--prompting: the behavior's instruction and k shots (as many as its training pairs allow) beside the
+    vectors, in the same result and figure; refused before any model loads where it cannot run."""
+    v = SteeringVector(torch.randn(32), "blocks.1.hook_resid_post", method="caa", model_name="tiny-3x32")
+    v.save(tmp_path / "v")
+    res = compare_run(CompareRun(vector=[str(tmp_path / "v")], behavior="power-seeking", limit=2, budgets=[0.1],
+                                 texts=2, text_tokens=8, n_boot=10, prompting=True, out=str(tmp_path / "c.json")))
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["kind"] == "matched_cost" and saved["prompting"]["behavior"] == "power-seeking"
+    labels = {p["vector"] for p in saved["points"]}
+    assert {"caa", "prompt: instruction", "prompt: k-shot"} <= labels
+    ks = {r["k"] for r in saved["prompting_rows"] if r["method"] == "kshot"}
+    assert ks == {1, 2, 4, 8}  # 80 training pairs
+    assert res["sources"] == saved["sources"]
+    for kw, message in (({"cost": "perplexity"}, "--prompting compares with the KL cost"),
+                        ({"data": str(save_pairs_jsonl(PAIRS, tmp_path / "p.jsonl")), "format": "jsonl",
+                          "behavior": None}, "--prompting with --data needs --test-fraction")):
+        cfg = dict(vector=[str(tmp_path / "v")], behavior="power-seeking", budgets=[0.1], prompting=True,
+                   out=str(tmp_path / "d.json")) | kw
+        with pytest.raises(RunError, match=message):
+            compare_run(CompareRun(**cfg))
 
 
 @pytest.mark.parametrize("config, message", [

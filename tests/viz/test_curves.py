@@ -144,6 +144,20 @@ def test_cost_effect_lines_found_points_and_budgets():
         C.plot_cost_effect(pd.DataFrame({"a": [1]}))
 
 
+def test_cost_effect_series_sharing_a_colour_differ_by_marker():
+    """Vectors beside prompting points outnumber the palette: no two series look the same."""
+    labels = ["bipo", "reps", "caa", "pca"] + [f"prompt: instruction+{m}" for m in ("bipo", "reps", "caa", "pca")] + [
+        "prompt: instruction", "prompt: k-shot", "extra 1", "extra 2"]
+    points = [{"vector": lab, "direction": d, "multiplier": d * m, "cost": 0.1 * m * (i + 1), "effect": d * m * (i + 1)}
+              for i, lab in enumerate(labels) for d in (1, -1) for m in (1.0, 2.0)]
+    rows = [{"vector": lab, "direction": 1, "budget": 0.1, "reached": False, "multiplier": None, "cost": None,
+             "effect": None, "effect_ci_low": None, "effect_ci_high": None} for lab in labels]
+    fig = C.plot_cost_effect(R.result(R.MATCHED_COST, cost="kl", budgets=[0.1], rows=rows, points=points, slopes=[]))
+    looks = {(to_hex(ln.get_color()), ln.get_marker()) for ln in fig.axes[0].get_lines()
+             if ln.get_label().endswith("(m > 0)")}
+    assert len(looks) == len(labels)
+
+
 def _eval_with_steerability():
     from workbench.evaluate.preference import logodds_tables
     rng = np.random.default_rng(0)

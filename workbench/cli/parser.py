@@ -239,7 +239,8 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--behaviors", nargs="+", help="embedded behaviors (default: all)")
     p.add_argument("--layer", type=int, help="layer of the main vectors (default: 14)")
     p.add_argument("--stages", nargs="+", help="subset of: vectors eval compare sweep cosine logit_lens composition "
-                   "transfer lora_transfer refusal truthfulness figures (default: all)")
+                   "transfer lora_transfer refusal truthfulness prompting entanglement conditional mechanism figures "
+                   "(default: all but prompting, entanglement, conditional and mechanism)")
     p.add_argument("--truthfulqa", metavar="PATH",
                    help="TruthfulQA mc_task.json for the truthfulness stage (without it the stage is skipped)")
     p.add_argument("--force", action="store_true", help="recompute stages whose JSON already exists")
@@ -295,6 +296,9 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-tokens", type=int, default=64, help="tokens per passage in the cost search (default 64)")
     p.add_argument("--all-points", action="store_true", help="measure the effect at every multiplier the search "
                    "visited within budget (slower; default: the found multipliers, the slope's and a grid)")
+    p.add_argument("--prompting", action="store_true", help="also ask instead of steering: the behavior's instruction "
+                   "and k = 1, 2, 4, 8 shots from its training pairs, and each vector with the instruction; their "
+                   "points join the result and its cost-effect figure (KL cost only)")
     _add_model(p)
     _add_boot(p, "bootstrap resamples (default 1000)", "bootstrap seed (--seed is the old name)")
     _add_out(p, "JSON result file (written atomically)")

@@ -196,8 +196,9 @@ def _logodds(model: Model, prompts: Sequence[str], pairs: Sequence[PreferencePai
              cfg: PromptingConfig) -> Tensor:
     """``(n_conditions, n_pairs)`` log-odds of each pair's two answers after its prompt (the engine's rule)."""
     eot = end_of_turn(model)
+    bound = cfg.max_length if cfg.max_length is not None else model.cfg.n_ctx
     items = tokenize_items(model, list(prompts), [[p.matching + eot, p.not_matching + eot] for p in pairs],
-                           cfg.max_length)
+                           min(bound, model.cfg.n_ctx))  # k shots can outgrow a small model's context
     lp = answer_logprobs(model, items, conditions, batch_size=cfg.batch_size)
     lp = lp.view(len(conditions), len(pairs), 2)
     return lp[..., 0] - lp[..., 1]
@@ -215,6 +216,8 @@ class _Passages:
 
     def _items(self, context: str) -> Items:
         ctx = list(_tok(self.model)(context, add_special_tokens=False)["input_ids"]) if context else []
+        room = max(0, int(self.model.cfg.n_ctx) - max((len(r) for r in self.ids), default=0))
+        ctx = ctx[len(ctx) - room:] if len(ctx) > room else ctx  # cut from the left to fit the context window
         # the passage's first token (BOS, or its first word without one) stays the last of the prompt
         prompts = [r[:1] + ctx if self.bos else ctx + r[:1] for r in self.ids]
         return Items.from_ids(prompts, [[r[1:]] for r in self.ids])

@@ -41,16 +41,22 @@ from workbench.core.results import STUDY_SUMMARY, Result, result
 from workbench.data.behaviors import list_behaviors
 from workbench.studies.cells import SlurmOptions, aggregate, run_study
 from workbench.studies.config import ExecutionConfig, StudyConfig
-from workbench.studies.stages import (compare_stage, composition_stage, cosine_stage, eval_stage, logit_lens_stage,
-                                      lora_transfer_stage, refusal_stage, study_sweeps, sweep_stage, transfer_stage,
-                                      truthfulness_stage)
+from workbench.studies.stages import (compare_stage, composition_stage, conditional_stage, cosine_stage,
+                                      entanglement_stage, eval_stage, logit_lens_stage, lora_transfer_stage,
+                                      mechanism_stage, prompting_stage, refusal_stage, study_sweeps, sweep_stage,
+                                      transfer_stage, truthfulness_stage)
 from workbench.studies.vectors import cells_spec, study_extra_vectors, study_pairs, study_vectors
 from workbench.viz import plot_multiplier_curves, save_figure, write_figures
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("vectors", "eval", "compare", "sweep", "cosine", "logit_lens", "composition", "transfer",
-          "lora_transfer", "refusal", "truthfulness", "figures")
+          "lora_transfer", "refusal", "truthfulness", "prompting", "entanglement", "conditional", "mechanism",
+          "figures")
+#: run only when asked for (``stages=``, ``--stages``): the reviewer's questions and the mechanism of the first
+#: behavior's vectors, each reading the compare stage's results where they are on disk
+OPT_IN_STAGES = ("prompting", "entanglement", "conditional", "mechanism")
+DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPT_IN_STAGES)
 
 
 # --------------------------------------------------------------------------- the demo
@@ -90,7 +96,7 @@ def demo(out_dir: str | Path, config: StudyConfig, *, model: Model | None = None
 
 # --------------------------------------------------------------------------- the whole study
 def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: Model | None = None,
-              figures_dir: str | Path | None = None, stages: Sequence[str] = STAGES, force: bool = False,
+              figures_dir: str | Path | None = None, stages: Sequence[str] = DEFAULT_STAGES, force: bool = False,
               progress: bool = False, log: Callable[[str], None] | None = None,
               execution: ExecutionConfig | None = None, **options: Any) -> Result:
     """Run the study into ``out_dir`` (see the module docstring) and draw its figures.
@@ -106,7 +112,8 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
         config: what to run (default ``StudyConfig()``; ``StudyConfig.quick()`` for a smoke test).
         model: the model (default: the embedded SmolLM2-135M-Instruct, or ``cells_model``).
         figures_dir: where figures go (default ``<out_dir>/figures``).
-        stages: a subset of ``STAGES`` (vectors are always made or loaded).
+        stages: a subset of ``STAGES`` (vectors are always made or loaded); default ``DEFAULT_STAGES``, every
+            stage but the ``OPT_IN_STAGES`` (prompting, entanglement, conditional, mechanism).
         force: recompute stages whose JSON already exists.
         progress: show training progress bars.
         log: called with one line per finished stage (the CLI prints them).
@@ -205,6 +212,20 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
         save("refusal", timed("refusal", lambda: refusal_stage(model, vectors["refusal"], config)))
     if todo("truthfulness", "truthfulness"):
         save("truthfulness", timed("truthfulness", lambda: truthfulness_stage(model, config, runs, progress)))
+    compares = {b: json.loads((out / f"compare_{b}.json").read_text()) for b in behaviors
+                if (out / f"compare_{b}.json").is_file()}
+    for b in behaviors:
+        if todo("prompting", f"prompting_{b}"):
+            save(f"prompting_{b}", timed(f"prompting:{b}", lambda b=b: prompting_stage(
+                model, b, vectors[b], config, compares.get(b))))
+    if todo("entanglement", "entanglement"):
+        save("entanglement", timed("entanglement", lambda: entanglement_stage(model, vectors, config, compares)))
+    if todo("conditional", f"conditional_{first}"):
+        save(f"conditional_{first}", timed("conditional", lambda: conditional_stage(model, first, vectors[first],
+                                                                                      config)))
+    if todo("mechanism", f"mechanism_{first}_bipo_attribution_patching"):
+        for key, res in timed("mechanism", lambda: mechanism_stage(model, first, vectors[first], config)).items():
+            save(key, res)
     figures: list[str] = []
     if "figures" in stages:
         figures = [str(p) for p in timed("figures", lambda: write_figures(out, figures_dir))]
@@ -224,5 +245,5 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
 
 
 # re-exported for ``workbench.__init__`` (whose table names this module) until it names their modules
-__all__ = ["STAGES", "StudyConfig", "demo", "reproduce", "study_extra_vectors", "study_pairs", "study_sweeps",
+__all__ = ["DEFAULT_STAGES", "OPT_IN_STAGES", "STAGES", "StudyConfig", "demo", "reproduce", "study_extra_vectors", "study_pairs", "study_sweeps",
            "study_vectors"]

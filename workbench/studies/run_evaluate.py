@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from workbench.analysis.equal_cost import check_budgets, cost_effect_table, matched_cost
 from workbench.core.io import atomic_write_json
+from workbench.data.behaviors import load_behavior
+from workbench.data.instructions import behavior_instructions
 from workbench.data.pairs import as_ab_pairs, check_ab_pairs
 from workbench.data.refusal import JAILBREAK_TEMPLATES, HarmfulRequest, load_refusal_requests
 from workbench.evaluate.generation import load_refusal_prompts
+from workbench.evaluate.prompting import prompting_baseline, with_prompting_points
 from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS
 from workbench.evaluate.suite import METRICS, evaluate_vectors
 from workbench.evaluate.truthfulqa import load_truthfulqa
@@ -137,6 +141,7 @@ class CompareRun(ModelOptions, DataOptions):
     n_boot: int = 1000
     seed: int = 0  # bootstrap seed
     all_points: bool = False  # the effect at every visited multiplier within budget, not only the found ones
+    prompting: bool = False  # also ask instead of steering (workbench.evaluate.prompting): points beside the vectors
 
 
 def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
@@ -161,6 +166,10 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
     pairs = config.pairs("test")[0][: config.limit]
     if not pairs:
         raise RunError(f"{config.data or config.behavior}: no preference pairs")
+    if config.prompting and (config.cost != "kl" or equal_norm is not None):
+        raise RunError("--prompting compares with the KL cost of the vectors as given: not with --cost perplexity "
+                       "or --equal-norm")
+    shots = _prompting_inputs(config) if config.prompting else None
     texts = neutral_texts(config.neutral, config.texts)
     model = config.load_model()
     result = matched_cost(model, vectors, pairs, texts, cost=config.cost, budgets=budgets, equal_norm=equal_norm,
@@ -168,8 +177,31 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
                           seed=config.seed, utility_kw={"max_tokens": config.text_tokens},
                           all_points=config.all_points, progress=True)
     result["sources"] = sources
+    if shots is not None:
+        train, behavior = shots
+        log(f"prompting: {behavior}'s instruction and k shots from {len(train)} training pairs")
+        prompting = prompting_baseline(model, pairs, train, texts, behavior, vectors=vectors, matched=result,
+                                       ks=tuple(k for k in (1, 2, 4, 8) if k <= len(train)),
+                                       max_tokens=config.text_tokens, n_boot=config.n_boot, seed=config.seed)
+        result = with_prompting_points(result, prompting).with_info(
+            sources=sources, prompting_rows=prompting["rows"])
     atomic_write_json(result, out)
     return result
+
+
+def _prompting_inputs(config: CompareRun) -> tuple[list, str]:
+    """``--prompting``'s training pairs (the shots, disjoint from the held-out ones) and whose instructions."""
+    if config.behavior is not None:
+        train, behavior = load_behavior(config.behavior, "train"), config.behavior
+    elif config.test_fraction is None:
+        raise RunError("--prompting with --data needs --test-fraction F: the shots come from the train part")
+    else:
+        train, behavior = config.data_part("train")[0], Path(str(config.data)).resolve().parent.name
+    try:
+        behavior_instructions(behavior)
+    except ValueError as exc:
+        raise RunError(f"--prompting: {exc}") from None
+    return train, behavior
 
 
 def format_compare(result: Mapping[str, Any]) -> str:

@@ -217,7 +217,7 @@ class ReproduceRun(ModelOptions, ExecutorOptions):
     quick: bool = False  # smoke test sizes (StudyConfig.quick())
     behaviors: Sequence[str] | None = None  # None: all embedded behaviors
     layer: int | None = None  # layer of the main vectors (None: StudyConfig's)
-    stages: Sequence[str] | None = None  # None: every stage
+    stages: Sequence[str] | None = None  # None: every stage but the opt-in ones (reproduce.OPT_IN_STAGES)
     truthfulqa: str | None = None  # TruthfulQA mc_task.json for the truthfulness stage
     force: bool = False  # recompute stages whose JSON exists
     seeds: Sequence[int] | None = None  # BiPO seeds, made as cells
@@ -238,7 +238,7 @@ def reproduce_run(config: ReproduceRun, log: Log = silent) -> dict[str, Any]:
         study_config = dataclasses.replace(study_config, **changes)
     except (TypeError, ValueError) as exc:
         raise RunError(str(exc)) from None
-    stages = tuple(config.stages) if config.stages else study.STAGES
+    stages = tuple(config.stages) if config.stages else study.DEFAULT_STAGES
     bad = [s for s in stages if s not in study.STAGES]
     if bad:
         raise RunError(f"--stages: unknown stage(s) {bad}; valid: {' '.join(study.STAGES)}")

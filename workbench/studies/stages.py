@@ -13,7 +13,12 @@ calls one function of the layers below and returns results (``workbench.core.res
 * ``logit_lens_stage``: top tokens of each vector and the steered per-layer lens (``workbench.analysis.logit_lens``);
 * ``composition_stage``: two behaviors' vectors together (``workbench.analysis.composition``);
 * ``transfer_stage``: the vector moved across layers and onto a fine-tuned copy (``workbench.analysis.transfer``);
-* ``lora_transfer_stage``, ``refusal_stage``, ``truthfulness_stage``: the studies of this subpackage.
+* ``lora_transfer_stage``, ``refusal_stage``, ``truthfulness_stage``: the studies of this subpackage;
+* ``prompting_stage``: asking instead of steering, beside the matched-cost vectors (``workbench.evaluate.prompting``);
+* ``entanglement_stage``: each behavior's BiPO vector on every behavior (``workbench.analysis.entanglement``);
+* ``conditional_stage``: the vectors gated by a CAST condition (``workbench.analysis.conditional``);
+* ``mechanism_stage``: which components carry the vectors' effect (``workbench.analysis.patching``,
+  ``attribution``, ``attention_shift``, ``routes``).
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from workbench.analysis.attention_shift import attention_shifts
+from workbench.analysis.attribution import attribution_patching, steered_dla
 from workbench.analysis.composition import composition_table
+from workbench.analysis.conditional import conditional_steering
+from workbench.analysis.entanglement import matched_multipliers, measure_entanglement
 from workbench.analysis.equal_cost import matched_cost
 from workbench.analysis.logit_lens import steered_logit_lens, vector_logit_lens
+from workbench.analysis.patching import activation_patching
+from workbench.analysis.routes import compare_routes
 from workbench.analysis.similarity import cosine_table, method_cosines
 from workbench.analysis.sweep import SweepResult, layer_sweep, parse_layers
 from workbench.analysis.transfer import finetune_copy, layer_transfer, transfer_effect
@@ -34,6 +45,7 @@ from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
 from workbench.data.pairs import as_ab_pairs, is_ab_data
 from workbench.data.refusal import load_refusal_requests
+from workbench.evaluate.prompting import prompting_baseline
 from workbench.evaluate.suite import evaluate_vectors
 from workbench.studies.cells import StudySpec
 from workbench.studies.config import StudyConfig
@@ -211,6 +223,70 @@ def truthfulness_stage(model: Model, config: StudyConfig, runs_dir: Path,
                               progress=progress)
 
 
-__all__ = ["compare_stage", "composition_stage", "cosine_stage", "eval_stage", "logit_lens_stage",
-           "lora_transfer_stage", "refusal_stage", "study_sweeps", "sweep_stage", "transfer_stage",
-           "truthfulness_stage"]
+# --------------------------------------------------------------------------- the reviewer's questions
+def prompting_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector], config: StudyConfig,
+                    compare: dict[str, Any] | None = None) -> Result:
+    """The prompting baseline of one behavior: its instruction and k = 1, 2, 4, 8 shots from the training pairs
+    (the k the training pairs allow), and, given the behavior's ``compare_stage`` result, the vectors as it
+    found them and each with the instruction at its matched multipliers."""
+    train, test = study_pairs(behavior, config)
+    ks = tuple(k for k in (1, 2, 4, 8) if k <= len(train))
+    return prompting_baseline(model, test, train, _neutral(config, at_least_one=True, cap=config.compare_texts),
+                              behavior, vectors=vectors if compare is not None else None, matched=compare, ks=ks,
+                              max_tokens=min(config.compare_max_tokens, config.utility_max_tokens),
+                              batch_size=config.eval_batch_size, n_boot=config.n_boot, seed=config.seed)
+
+
+def entanglement_stage(model: Model, vectors: dict[str, dict[str, SteeringVector]], config: StudyConfig,
+                       compares: dict[str, dict[str, Any]] | None = None) -> Result:
+    """Each behavior's BiPO vector on every behavior's held-out pairs, at its matched-cost multiplier at the
+    study's second budget (its first when it has one) where ``compares`` has it, else at m = 1."""
+    vecs = {b: v["bipo"] for b, v in vectors.items() if "bipo" in v}
+    targets = {b: study_pairs(b, config)[1] for b in vectors}
+    budget = config.budgets[min(1, len(config.budgets) - 1)]
+    multipliers: dict[str, float] = {}
+    for b, found in (compares or {}).items():
+        if b in vecs:
+            try:
+                multipliers |= matched_multipliers({b: found}, "bipo", budget)
+            except ValueError as exc:  # the budget not reached: this vector at m = 1
+                logger.info("entanglement: %s; %s's vector at m = 1", exc, b)
+    return measure_entanglement(model, vecs, targets, multipliers=multipliers or None,
+                                batch_size=config.eval_batch_size, n_boot=config.n_boot,
+                                seed=config.seed).with_info(budget=budget if multipliers else None)
+
+
+def conditional_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector], config: StudyConfig) -> Result:
+    """The behavior's vectors gated by a CAST condition fitted on the embedded questions (``conditional_steering``)."""
+    return conditional_steering(model, vectors, topic=behavior, n_boot=config.n_boot, seed=config.seed)
+
+
+def mechanism_stage(model: Model, behavior: str, vectors: dict[str, SteeringVector], config: StudyConfig,
+                    pairs: int = 20) -> dict[str, Result]:
+    """Which components carry each vector's effect at m = 1 on the first ``pairs`` held-out pairs: exact patching
+    of every MLP, block and the direct path (heads: the gradient approximation, ``attribution_patching``, with
+    its agreement with the exact rows), the direct logit attribution, the attention shift of the top 5 heads,
+    and the routes of the vectors compared. Exact patching of every head as well is ``workbench mechanism``'s."""
+    _, test = study_pairs(behavior, config)
+    test = test[:pairs]
+    out: dict[str, Result] = {}
+    exact = {}
+    for name, v in vectors.items():
+        exact[name] = activation_patching(model, v, test, 1.0, components=("mlp", "block", "direct"),
+                                          n_boot=config.n_boot, seed=config.seed)
+        approx = attribution_patching(model, v, test, 1.0, exact=exact[name], n_boot=config.n_boot, seed=config.seed)
+        out[f"mechanism_{behavior}_{name}_activation_patching"] = exact[name]
+        out[f"mechanism_{behavior}_{name}_attribution_patching"] = approx
+        if v.hook_name.endswith(("hook_resid_post", "hook_resid_pre")):
+            out[f"mechanism_{behavior}_{name}_direct_logit_attribution"] = steered_dla(
+                model, v, test, 1.0, n_boot=config.n_boot, seed=config.seed)
+        out[f"mechanism_{behavior}_{name}_attention_shift"] = attention_shifts(
+            model, v, test, 1.0, heads=approx, top_k=5, n_boot=config.n_boot, seed=config.seed)
+    if len(exact) > 1:
+        out[f"mechanism_{behavior}_routes"] = compare_routes(exact)
+    return out
+
+
+__all__ = ["compare_stage", "composition_stage", "conditional_stage", "cosine_stage", "entanglement_stage",
+           "eval_stage", "logit_lens_stage", "lora_transfer_stage", "mechanism_stage", "prompting_stage",
+           "refusal_stage", "study_sweeps", "sweep_stage", "transfer_stage", "truthfulness_stage"]

@@ -307,12 +307,17 @@ def plot_cost_effect(result: Any, ax: Axes | None = None) -> Figure:
     need(pts, ("vector", "direction", "multiplier", "cost", "effect"), "plot_cost_effect")
     with paper_style():
         fig, ax = new_axes(ax)
-        colors = series_colors(list(dict.fromkeys(pts["vector"])))
-        for label in dict.fromkeys(pts["vector"]):
+        labels = list(dict.fromkeys(pts["vector"]))
+        colors = series_colors(labels)
+        # more series than colours (vectors beside prompting points): a series whose colour is taken gets a
+        # marker of its own (never "o", the found points' marker)
+        uses = [list(colors.values())[:i].count(colors[lab]) for i, lab in enumerate(labels)]
+        marks = {lab: "." if n == 0 else MARKERS[1 + (n - 1) % (len(MARKERS) - 1)] for lab, n in zip(labels, uses)}
+        for label in labels:
             for d, style in ((1, "-"), (-1, "--")):
                 sub = pts[(pts["vector"] == label) & ((pts["direction"] == d) | (pts["multiplier"] == 0))]
                 sub = sub.reindex(sub["multiplier"].abs().sort_values().index)
-                ax.plot(sub["cost"], sub["effect"], style, marker=".", color=colors[label],
+                ax.plot(sub["cost"], sub["effect"], style, marker=marks[label], color=colors[label],
                         label=f"{label} ({'m > 0' if d == 1 else 'm < 0'})")
                 found = rows[(rows["vector"] == label) & (rows["direction"] == d) & rows["reached"].astype(bool)]
                 if len(found):
