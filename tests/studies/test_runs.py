@@ -256,6 +256,11 @@ def test_compare_with_prompting_adds_the_prompting_points(tiny, tmp_path):
     ks = {r["k"] for r in saved["prompting_rows"] if r["method"] == "kshot"}
     assert ks == {1, 2, 4, 8}  # 80 training pairs
     assert res["sources"] == saved["sources"]
+    from workbench.studies.run_evaluate import format_compare
+
+    printed = format_compare(res)  # the command's table, and the prompting rows under it
+    assert "Asking instead of steering" in printed and "instruction+caa" in printed and "kshot" in printed
+    assert "Asking instead of steering" not in format_compare({k: v for k, v in saved.items() if k != "prompting_rows"})
     for kw, message in (({"cost": "perplexity"}, "--prompting compares with the KL cost"),
                         ({"data": str(save_pairs_jsonl(PAIRS, tmp_path / "p.jsonl")), "format": "jsonl",
                           "behavior": None}, "--prompting with --data needs --test-fraction")):

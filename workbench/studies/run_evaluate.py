@@ -31,7 +31,7 @@ from workbench.evaluate.truthfulqa import load_truthfulqa
 from workbench.studies.refusal import refusal_study, without_text
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
                                     check_run_multipliers, chosen_system_prompt, load_vectors, neutral_texts, silent)
-from workbench.viz.report import markdown_table
+from workbench.viz.report import markdown_table, prompting_section
 
 DEFAULT_METRICS = ("logodds,ab,utility",)  # eval's metrics when none are given: inapplicable ones are skipped
 
@@ -206,7 +206,7 @@ def _prompting_inputs(config: CompareRun) -> tuple[list, str]:
 
 def format_compare(result: Mapping[str, Any]) -> str:
     """A matched-cost result as a markdown table."""
-    return markdown_table(cost_effect_table(result))
+    return "\n\n".join(p for p in (markdown_table(cost_effect_table(result)), prompting_section(result)) if p)
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,7 @@ CAA, Rimsky et al. 2023 (arXiv 2312.06681).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pandas as pd
 from workbench.analysis.equal_cost import cost_effect_table, headline_table
 from workbench.core import results as R
 from workbench.core.results import Result
+from workbench.evaluate.prompting import prompting_table
 from workbench.viz.tables import MALFORMED, OnSkip, log_skip, result_files, why
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,20 @@ def _matched_cost(result: Result) -> str:
     parts = [head, markdown_table(cost_effect_table(result))]
     if result.get("slopes"):
         parts.append("Slope near m = 0 (effect / sqrt(KL)):\n\n" + markdown_table(result.table("slopes"), digits=5))
+    asked = prompting_section(result)
+    if asked:
+        parts.append(asked)
     return "\n\n".join(parts)
+
+
+def prompting_section(result: Mapping[str, Any]) -> str:
+    """The prompting rows of a ``compare --prompting`` result as a markdown table ("" without them)."""
+    rows = result.get("prompting_rows")
+    if not rows:
+        return ""
+    asked = R.result(R.PROMPTING, rows=rows, instructions=(result.get("prompting") or {}).get("instructions") or {})
+    return ("Asking instead of steering (an instruction, k shots, and instruction + vector; cost and effect on the "
+            "same passages and pairs):\n\n" + markdown_table(prompting_table(asked)))
 
 
 def _entanglement(result: Result) -> str:
@@ -210,4 +224,4 @@ def report(results_dir: str | Path, kinds: Sequence[str] | None = None, *, on_sk
     return "\n\n".join(sections) + "\n"
 
 
-__all__ = ["markdown_table", "report", "steerability_section", "steerability_table"]
+__all__ = ["markdown_table", "prompting_section", "report", "steerability_section", "steerability_table"]
