@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from workbench.analysis.attribution import steered_reads
 from workbench.analysis.logit_lens import _read_points
 from workbench.analysis.patching import PatchingConfig, check_inputs
 from workbench.core.backend import Model
@@ -33,7 +34,6 @@ from workbench.core.options import with_options
 from workbench.core.results import ACTIVATION_PATCHING, ATTENTION_SHIFT, ATTRIBUTION_PATCHING, Result, result
 from workbench.core.vector import SteeringVector
 from workbench.engine.conditions import entry
-from workbench.engine.steering import steer
 from workbench.evaluate.effects import effect_vs_zero
 
 REGIONS = ("first", "prompt", "answer")
@@ -88,19 +88,11 @@ def attention_shifts(model: Model, vector: SteeringVector, pairs: Sequence[Any],
     batch, cols, _, _ = _read_points(model, pairs, cfg.system_prompt, None)
     dev = model.cfg.device
     mass: dict[tuple[int, int], dict[str, list[np.ndarray]]] = {hh: {} for hh in heads}
-    for s in range(0, len(pairs), cfg.batch_size):
-        idx = torch.arange(s, min(s + cfg.batch_size, len(pairs)))
-        sub = batch.select(idx).to(dev)
-        rows, c = torch.arange(len(idx), device=dev), cols[idx].to(dev)
-        reads = []
-        for steered in (False, True):
-            out: dict[int, Tensor] = {}
-            hooks = [(f"blocks.{L}.attn.hook_pattern", partial(_take, key=L, out=out, rows=rows, cols=c))
-                     for L in layers]
-            with steer(model, [vector] if steered else [], [multiplier] if steered else []):
-                with model.hooks(fwd_hooks=hooks):
-                    model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=max(layers) + 1)
-            reads.append(out)
+    def hooks_for(rows: Tensor, c: Tensor, out: dict) -> list:
+        return [(f"blocks.{L}.attn.hook_pattern", partial(_take, key=L, out=out, rows=rows, cols=c)) for L in layers]
+
+    for _, sub, c, reads in steered_reads(model, vector, multiplier, batch, cols, cfg.batch_size, hooks_for,
+                                          stop_at_layer=max(layers) + 1):
         pos = torch.arange(sub.tokens.shape[1], device=dev)[None, :]  # (1, key_pos)
         plen = sub.prompt_lengths.to(dev)[:, None]
         region = {"first": pos == 0, "prompt": (pos > 0) & (pos < plen), "answer": (pos >= plen) & (pos <= c[:, None])}

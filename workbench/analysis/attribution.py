@@ -34,7 +34,7 @@ the change of the log-odds at that token (without a logit soft cap), i.e. the la
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -198,6 +198,26 @@ def _take(act: Tensor, hook: Any, *, key: str, out: dict[str, Tensor], rows: Ten
     out[key] = act[rows, cols].detach().float()
 
 
+def steered_reads(model: Model, vector: SteeringVector, multiplier: float, batch: Any, cols: Tensor, batch_size: int,
+                  hooks_for: Callable[[Tensor, Tensor, dict], list], **forward: Any) -> Iterator[tuple]:
+    """Per batch of ``batch_size`` rows of ``batch`` (``_read_points``'s): ``(idx, sub, cols, [unsteered, steered])``,
+    each of the last two the dict that the hooks ``hooks_for(rows, cols, out)`` filled in one forward pass of the
+    batch, unsteered and with ``multiplier * vector`` (``forward``: the pass's keywords, e.g. ``stop_at_layer``)."""
+    dev = model.cfg.device
+    for s in range(0, len(cols), batch_size):
+        idx = torch.arange(s, min(s + batch_size, len(cols)))
+        sub = batch.select(idx).to(dev)
+        rows, c = torch.arange(len(idx), device=dev), cols[idx].to(dev)
+        reads = []
+        for steered in (False, True):
+            out: dict = {}
+            with steer(model, [vector] if steered else [], [multiplier] if steered else []):
+                with model.hooks(fwd_hooks=hooks_for(rows, c, out)):  # after steer's hook: reads steered values
+                    model(sub.tokens, attention_mask=sub.attention_mask, **forward)
+            reads.append(out)
+        yield idx, sub, c, reads
+
+
 def _read_direction(model: Model, pos_t: Tensor, neg_t: Tensor) -> Tensor:
     """``(b, d_model)`` ``u = w * (W_U[:, p] - W_U[:, n])``, centred when the final norm centres."""
     w_u = model.W_U.detach().float()
@@ -243,20 +263,14 @@ def steered_dla(model: Model, vector: SteeringVector, pairs: Sequence[Any], mult
     if has_scale:
         names["scale"] = "ln_final.hook_scale"
     per: dict[str, list[Tensor]] = {}
-    for s in range(0, len(pairs), cfg.batch_size):
-        idx = torch.arange(s, min(s + cfg.batch_size, len(pairs)))
-        sub = batch.select(idx).to(dev)
-        rows, c = torch.arange(len(idx), device=dev), cols[idx].to(dev)
-        reads = []
-        for steered in (False, True):
-            out: dict[str, Tensor] = {}
-            hooks = [(name, partial(_take, key=k, out=out, rows=rows, cols=c)) for k, name in names.items()]
-            with steer(model, [vector] if steered else [], [multiplier] if steered else []):
-                with model.hooks(fwd_hooks=hooks):  # after steer's hook: reads steered values
-                    model(sub.tokens, attention_mask=sub.attention_mask)
-            if not has_scale:
+
+    def hooks_for(rows: Tensor, c: Tensor, out: dict) -> list:
+        return [(name, partial(_take, key=k, out=out, rows=rows, cols=c)) for k, name in names.items()]
+
+    for idx, _, _, reads in steered_reads(model, vector, multiplier, batch, cols, cfg.batch_size, hooks_for):
+        if not has_scale:
+            for out in reads:
                 out["scale"] = torch.ones(len(idx), 1, device=dev)
-            reads.append(out)
         u = _read_direction(model, pos_t[idx].to(dev), neg_t[idx].to(dev))  # (b, d_model)
         proj = lambda x, r: (x * u).sum(-1) / reads[r]["scale"].view(-1)  # noqa: E731  (b,)
         contrib = {"upstream": proj(reads[0]["x"], 1) - proj(reads[0]["x"], 0),
@@ -294,4 +308,4 @@ def steered_dla(model: Model, vector: SteeringVector, pairs: Sequence[Any], mult
                   n_pairs=len(pairs), total_logit_diff_change=float(total.mean()))
 
 
-__all__ = ["attribution_patching", "rank_agreement", "spearman", "steered_dla"]
+__all__ = ["attribution_patching", "rank_agreement", "spearman", "steered_dla", "steered_reads"]

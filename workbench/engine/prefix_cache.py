@@ -156,11 +156,12 @@ class PrefixCache:
         order = sorted(range(len(rows)), key=lambda j: p_len[j])
         best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
         for end in range(1, len(order) + 1):
-            for begin in range(end):
-                members = order[begin:end]
-                cost = best[begin] + GROUP_OVERHEAD_TOKENS + len(members) * (
-                    max(p_len[j] for j in members) + self.n_answers * max(a_len[j] for j in members))
-                if cost < best[end]:
+            longest_answer = 0  # over order[begin:end] as begin moves left; the longest prompt: order[end - 1]'s
+            for begin in range(end - 1, -1, -1):
+                longest_answer = max(longest_answer, a_len[order[begin]])
+                cost = best[begin] + GROUP_OVERHEAD_TOKENS + (end - begin) * (
+                    p_len[order[end - 1]] + self.n_answers * longest_answer)
+                if cost <= best[end]:  # on a tie the longer group (smallest begin), as an ascending scan keeps
                     best[end], cut[end] = cost, begin
         groups, end = [], len(order)
         while end > 0:
