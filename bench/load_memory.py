@@ -1,7 +1,8 @@
 """Benchmark: peak host memory of loading a local model directory, against the weights' size.
 
     python bench/load_memory.py [--hidden 1024] [--layers 8] [--dtype bf16] [--out bench/results/load_memory.json]
-    python bench/load_memory.py --families [llama qwen2 ... gemma-3-270m] [--hidden 512] [--layers 6]
+    python bench/load_memory.py --families [llama qwen2 ... gemma-3-270m] [--hidden 512] [--layers 6] [--vocab 8192]
+    python bench/load_memory.py --families --hidden 1536 --layers 12 --vocab 32000   # 0.4-0.9 B parameters
 
 Writes a random Llama directory (config.json, model.safetensors in fp32, tokenizer) into a temporary
 folder, then loads it with ``workbench.core.loading.load_model`` in a fresh subprocess, reading the
@@ -11,10 +12,13 @@ process's resident memory before and its high-water mark (``VmHWM``) after. The 
 
 ``--families`` measures the other families instead (``workbench.core.hf_dir``, streamed layer by
 layer through TransformerLens' converters): a random directory of each, written by transformers from
-its config in its public checkpoints' layout (tied embeddings, GQA, biases, head_dim ...), at
-``--hidden``/``--layers`` with an 8192-token vocabulary; and ``gemma-3-270m``, the real Gemma 3 270M
-directory (``workbench.core.gemma_gguf.gemma_dir``, converted on first use), when its package is
-installed. Results go to ``bench/results/load_memory_families.json`` by default. Weights (and
+its config in its public checkpoints' layout (tied embeddings, GQA, biases, head_dim, Mixtral's
+experts ...), at ``--hidden``/``--layers``/``--vocab`` (default 512 / 6 / 8192, 24-31 M parameters,
+where fixed costs dominate; ``--hidden 1536 --layers 12 --vocab 32000`` is 0.4-0.9 B), one family at a
+time (its directory deleted before the next); and ``gemma-3-270m``, the real Gemma 3 270M directory
+(``workbench.core.gemma_gguf.gemma_dir``, converted on first use), when its package is installed.
+Results go to ``bench/results/load_memory_families.json`` by default (at the default size), with the
+sizes, the checkpoint dtype and the machine's load average (``os.getloadavg``) before each load. Weights (and
 ``n_params``) count each storage once (tied embeddings share one). The tokenizer's own resident memory,
 measured alone in another fresh process, is recorded too (``tokenizer_rss``), with
 ``ratio_without_tokenizer`` = (peak - before - tokenizer) / weights: Gemma's 262k-token tokenizer is
@@ -88,7 +92,8 @@ def write_random_llama(path: Path, hidden: int, layers: int, vocab: int = 8192, 
     return path
 
 
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "pythia", "gemma2", "gemma3")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gpt2", "pythia", "phi3", "gemma", "gemma2", "gemma3",
+            "olmo", "olmo2")
 REAL_GEMMA = "gemma-3-270m"
 
 
@@ -106,6 +111,22 @@ def family_config(family: str, hidden: int, layers: int, vocab: int, max_pos: in
     if family == "qwen2":
         return tf.Qwen2Config(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 4),
                               tie_word_embeddings=True, rope_theta=1e6, **special)
+    if family == "qwen3":
+        return tf.Qwen3Config(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 4),
+                              head_dim=64, tie_word_embeddings=True, rope_theta=1e6, **special)
+    if family == "mixtral":  # 4 experts of 2 x hidden, 2 per token (Mixtral 8x7B: 8 of 3.5 x hidden)
+        return tf.MixtralConfig(**common, intermediate_size=2 * hidden, num_key_value_heads=max(1, heads // 4),
+                                num_local_experts=4, num_experts_per_tok=2, sliding_window=None, rope_theta=1e6,
+                                **special)
+    if family == "phi3":
+        return tf.Phi3Config(**common, intermediate_size=4 * hidden, num_key_value_heads=heads, sliding_window=None,
+                             tie_word_embeddings=False, **special)
+    if family == "gemma":
+        return tf.GemmaConfig(**common, intermediate_size=4 * hidden, num_key_value_heads=1, head_dim=64, **special)
+    if family in ("olmo", "olmo2"):
+        cls = tf.OlmoConfig if family == "olmo" else tf.Olmo2Config
+        return cls(**common, intermediate_size=4 * hidden, tie_word_embeddings=False, pad_token_id=0,
+                   bos_token_id=None, eos_token_id=2)
     if family == "mistral":
         return tf.MistralConfig(**common, intermediate_size=4 * hidden, num_key_value_heads=max(1, heads // 4),
                                 sliding_window=None, rope_theta=1e6, **special)
@@ -126,8 +147,10 @@ def family_config(family: str, hidden: int, layers: int, vocab: int, max_pos: in
     raise ValueError(f"family {family!r} (known: {', '.join(FAMILIES)}, {REAL_GEMMA})")
 
 
-def write_random_family(path: Path, family: str, hidden: int, layers: int, vocab: int = 8192) -> Path:
-    """A random directory of ``family`` (config.json, model.safetensors in fp32, tokenizer) written by transformers."""
+def write_random_family(path: Path, family: str, hidden: int, layers: int, vocab: int = 8192,
+                        dtype: str = "fp32") -> Path:
+    """A random directory of ``family`` (config.json, model.safetensors in ``dtype``, tokenizer) written by
+    transformers."""
     import torch
     import transformers as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -137,7 +160,7 @@ def write_random_family(path: Path, family: str, hidden: int, layers: int, vocab
     torch.manual_seed(0)
     model = (tf.Gemma3ForCausalLM._from_config(cfg) if family == "gemma3"
              else tf.AutoModelForCausalLM.from_config(cfg))
-    model.to(torch.float32).save_pretrained(path)
+    model.to(torch.bfloat16 if dtype == "bf16" else torch.float32).save_pretrained(path)
     del model
     tk = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(vocab)}, unk_token="t0"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -146,8 +169,12 @@ def write_random_family(path: Path, family: str, hidden: int, layers: int, vocab
     return path
 
 
-def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str]) -> dict:
-    """``{family: {dtype: figures}}`` for random directories of ``families`` (and the real Gemma 3 270M)."""
+def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str], vocab: int = 8192,
+                 checkpoint: str = "fp32") -> dict:
+    """``{family: {dtype: figures}}`` for random directories of ``families`` (and the real Gemma 3 270M),
+    written in ``checkpoint`` dtype."""
+    import os
+
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
@@ -161,18 +188,27 @@ def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str
                     print(f"{REAL_GEMMA}: skipped ({exc})")
                     continue
             else:
-                d = write_random_family(Path(tmp) / family, family, hidden, layers)
+                d = write_random_family(Path(tmp) / family, family, hidden, layers, vocab, checkpoint)
             mb = sum(f.stat().st_size for f in d.glob("*.safetensors")) / 2**20
             tok = tokenizer_memory(d)
             runs[family] = {}
+            ckpt = "fp32" if family == REAL_GEMMA else checkpoint
             for dt in dtypes:
-                r = measure(d, dt) | {"checkpoint_dtype": "fp32", "checkpoint_mb": round(mb, 1), "tokenizer_rss": tok}
+                if ckpt == "bf16" and dt == "fp32":
+                    continue  # a bf16 checkpoint is not loaded as fp32 (its weights would be 2x its bytes)
+                load = os.getloadavg()[0]
+                r = measure(d, dt) | {"checkpoint_dtype": ckpt, "checkpoint_mb": round(mb, 1), "tokenizer_rss": tok,
+                                      "load_average_1min": round(load, 2)}
                 r["ratio_without_tokenizer"] = (r["peak_after"] - r["rss_before"] - tok) / r["weights_bytes"]
                 runs[family][dt] = r
                 grown = (r["peak_after"] - r["rss_before"]) / 2**20
-                print(f"{family:>13} ({r['architecture']}, {mb:.0f} MB fp32 checkpoint) -> {dt}: weights "
+                print(f"{family:>13} ({r['architecture']}, {r['n_params'] / 1e6:.0f} M, {mb:.0f} MB {ckpt} "
+                      f"checkpoint) -> "
+                      f"{dt}: weights "
                       f"{r['weights_bytes'] / 2**20:.0f} MB, peak - before {grown:.0f} MB, ratio {r['ratio']:.2f} "
-                      f"(tokenizer {tok / 2**20:.0f} MB; without it {r['ratio_without_tokenizer']:.2f})", flush=True)
+                      f"(tokenizer {tok / 2**20:.0f} MB; without it {r['ratio_without_tokenizer']:.2f}; "
+                      f"load {load:.1f})",
+                      flush=True)
             if family != REAL_GEMMA:
                 shutil.rmtree(d)
     return runs
@@ -210,6 +246,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=None, help="default 1024 (Llama mode), 512 (--families)")
     ap.add_argument("--layers", type=int, default=None, help="default 8 (Llama mode), 6 (--families)")
+    ap.add_argument("--vocab", type=int, default=8192, help="vocabulary of the random families (--families)")
+    ap.add_argument("--checkpoint-dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="dtype the random families are written in (--families); bf16 skips fp32 loads")
     ap.add_argument("--dtype", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--families", nargs="*", default=None, metavar="FAMILY",
                     help=f"measure these families instead (none named: {' '.join(FAMILIES)} {REAL_GEMMA})")
@@ -224,9 +263,15 @@ def main() -> int:
             if f != REAL_GEMMA:
                 family_config(f, 64, 1, 16)  # an unknown name fails here, before anything is measured
         hidden, layers = args.hidden or 512, args.layers or 6
-        runs = run_families(families, hidden, layers, args.dtype)
+        import os
+
+        load = os.getloadavg()
+        runs = run_families(families, hidden, layers, args.dtype, args.vocab, args.checkpoint_dtype)
         atomic_write_json({"benchmark": "peak host memory of load_model(local directory), by family",
-                           "hidden": hidden, "layers": layers, "vocab": 8192,
+                           "hidden": hidden, "layers": layers, "vocab": args.vocab,
+                           "checkpoint_dtype": args.checkpoint_dtype, "cpu_count": os.cpu_count(),
+                           "load_average_start": [round(x, 2) for x in load],
+                           "load_average_end": [round(x, 2) for x in os.getloadavg()],
                            "note": f"{REAL_GEMMA} is the real model (its own sizes), the others random", "runs": runs},
                           args.out or ROOT / "bench" / "results" / "load_memory_families.json")
         return 0

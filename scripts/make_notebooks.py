@@ -301,20 +301,20 @@ print("steered:  ", out["steered"])'''),
 explorer.enable("bipo", "caa")
 display(explorer.on_curve().round(3))'''),
     ],
-    "08_mechanism": header("Inside the model: which heads and MLPs carry a steering vector's effect", """
+    "08_mechanism": header("How a steering vector works inside the model", """
 A steering vector added at layer 14 changes the answer's log-odds, but the vector's own direct path to the
 logits carries almost none of that change: the blocks after the hook do the work. Which ones? This notebook
 patches every attention head, MLP and block after the hook (exact activation patching: *necessity*, the
 steered run with one component restored to its unsteered value; *sufficiency*, the unsteered run with only
 that component steered), checks the one-pass gradient approximation (attribution patching) against it,
 attributes the steered change to components directly through the unembedding, shows how the top heads'
-attention moves, and compares BiPO's route with CAA's (`workbench.analysis`: `patching`, `attribution`,
-`attention_shift`, `routes`). Quick mode patches the MLPs and blocks of 2 pairs; the full run patches every
-head too, on 20 pairs (about 45 minutes per vector on a 2-core CPU).
+attention moves, compares BiPO's route with CAA's and follows BiPO's route over training (`workbench.analysis`:
+`patching`, `attribution`, `attention_shift`, `routes`). Quick mode patches the MLPs and blocks of 2 pairs; the
+full run patches every head too, on 20 pairs (the README gives the measured times).
 """) + [
         code('''
 vectors = wb.study_vectors(model, "power-seeking", CONFIG, RUNS)
-_, test = wb.study_pairs("power-seeking", CONFIG)
+train, test = wb.study_pairs("power-seeking", CONFIG)
 pairs = test[:2] if QUICK else test[:20]
 components = ("mlp", "block", "direct") if QUICK else ("head", "mlp", "block", "direct")
 print({name: v.hook_name for name, v in vectors.items()}, "|", len(pairs), "held-out pairs")'''),
@@ -322,7 +322,7 @@ print({name: v.hook_name for name, v in vectors.items()}, "|", len(pairs), "held
         code('''
 exact = {name: wb.activation_patching(model, v, pairs, 1.0, components=components) for name, v in vectors.items()}
 for name, res in exact.items():
-    print(f"{name}: total effect {res['total_effect']:+.2f} log-odds")
+    print(f"{name}: total effect {res['total_effect']:+.2f} log-odds; patched in {res['seconds']:.0f} s")
     display(res.table().query("direction == 'necessity'").nlargest(5, "share")
             [["component", "share", "share_ci_low", "share_ci_high"]].round(3))
 wb.plot(exact["bipo"])'''),
@@ -345,6 +345,17 @@ wb.plot(shift)'''),
 routes = wb.compare_routes(exact)
 display(routes.table("cosines").round(3))
 wb.plot(routes)'''),
+        md("## BiPO's route over training\nRetrained with a checkpoint directory, the trainer keeps each epoch's vector "
+           "(`wb.checkpoint_vectors`); attribution patching gives each one's route in one forward/backward pair."),
+        code('''
+layer = vectors["bipo"].layer
+checkpoints = RUNS / "power-seeking" / f"L{layer}" / "bipo-checkpoints"
+wb.train_bipo(model, train, CONFIG.bipo_config(layer), checkpoint_dir=checkpoints, resume=True, progress=False)
+by_epoch = wb.checkpoint_vectors(checkpoints)
+over_training = wb.route_patching(model, {k: (v, 1.0) for k, v in by_epoch.items()}, pairs, estimate="attribution",
+                                  components=components)
+display(over_training.table("cosines").round(3))
+wb.plot(over_training)'''),
     ],
 }
 

@@ -213,6 +213,9 @@ def family_config(family: str, vocab: int, hidden: int = 64, layers: int = 2, in
     if family == "mistral":
         return tf.MistralConfig(**common, intermediate_size=inter, num_key_value_heads=2, sliding_window=None,
                                 rope_theta=1e6)
+    if family == "mixtral":
+        return tf.MixtralConfig(**common, intermediate_size=inter, num_key_value_heads=2, num_local_experts=4,
+                                num_experts_per_tok=2, sliding_window=None, rope_theta=1e6)
     if family == "qwen2":
         return tf.Qwen2Config(**common, intermediate_size=inter, num_key_value_heads=2, tie_word_embeddings=True,
                               rope_theta=1e6)
@@ -240,7 +243,8 @@ def family_config(family: str, vocab: int, hidden: int = 64, layers: int = 2, in
     raise ValueError(f"family {family!r}")
 
 
-FAMILIES = ("gpt2", "pythia", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "olmo", "olmo2")
+FAMILIES = ("gpt2", "pythia", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "olmo",
+            "olmo2")
 _FAMILY_CLASSES = {"gemma3": "Gemma3ForCausalLM"}
 
 

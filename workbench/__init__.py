@@ -41,7 +41,7 @@ _EXPORTS = {
     "workbench.train.baselines": ["actadd", "caa", "pca"],
     "workbench.train.bipo": ["BiPOConfig", "train_bipo"],
     "workbench.train.reps": ["RePSConfig", "train_reps"],
-    "workbench.train.trainer": ["BiPOResult"],
+    "workbench.train.trainer": ["BiPOResult", "checkpoint_vectors"],
     "workbench.evaluate.effects": ["effect_vs_zero"],
     "workbench.evaluate.generation": ["steered_generations"],
     "workbench.evaluate.preference": ["ab_curve", "logodds_curve"],
@@ -126,7 +126,7 @@ if TYPE_CHECKING:  # the same names, for static tools (tests/test_package.py kee
     from workbench.train.baselines import actadd, caa, pca
     from workbench.train.bipo import BiPOConfig, train_bipo
     from workbench.train.reps import RePSConfig, train_reps
-    from workbench.train.trainer import BiPOResult
+    from workbench.train.trainer import BiPOResult, checkpoint_vectors
     from workbench.viz.comparisons import plot_composition, plot_lora_transfer, plot_transfer
     from workbench.viz.curves import plot_cost_effect, plot_multiplier_curves, plot_refusal, plot_training_curves
     from workbench.viz.figures import write_figures

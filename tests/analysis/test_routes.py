@@ -35,8 +35,27 @@ def test_a_route_equals_itself_and_a_scaled_copy(tiny_model):
     assert remaining_hooks(tiny_model) == 0
 
 
+def test_a_route_from_attribution_patching_sits_beside_an_exact_one(tiny_model):
+    v = _vector(tiny_model, 1)
+    approx = route_patching(tiny_model, {"a": (v, 1.0), "b": (v, 2.0)}, PAIRS, estimate="attribution", n_boot=10,
+                            components=("head", "mlp", "direct"))
+    assert set(approx.table().estimate) == {"attribution"}
+    one = approx["results"]["a"]
+    assert one["kind"] == "attribution_patching"
+    # the same rows as attribution_patching itself gives
+    direct = attribution_patching(tiny_model, v, PAIRS, 1.0, n_boot=10, components=("head", "mlp", "direct"))
+    assert np.allclose(approx.table().query("label == 'a'").effect.to_numpy(), direct.table().effect.to_numpy())
+    exact = activation_patching(tiny_model, v, PAIRS, 1.0, n_boot=10, components=("head", "mlp", "direct"))
+    mixed = compare_routes({"exact": exact, "attribution": direct})
+    assert dict(mixed.table().groupby("label").estimate.first()) == {"attribution": "attribution", "exact": "exact"}
+    assert np.isfinite(mixed.table("cosines").cosine).all()
+    with pytest.raises(ValueError, match="estimate='gradient'"):
+        route_patching(tiny_model, {"a": (v, 1.0)}, PAIRS, estimate="gradient")
+    assert remaining_hooks(tiny_model) == 0
+
+
 def test_compare_routes_and_matched_multipliers_refuse_the_wrong_kind(tiny_model):
-    with pytest.raises(ValueError, match="not 'activation_patching'"):
+    with pytest.raises(ValueError, match="not 'activation_patching' or 'attribution_patching'"):
         compare_routes({"x": result(MATCHED_COST, rows=[], points=[], slopes=[], cost="kl", budgets=[])})
     mc = result(MATCHED_COST, rows=[{"vector": "bipo", "direction": 1, "budget": 0.1, "multiplier": 0.9},
                                     {"vector": "caa", "direction": 1, "budget": 0.1, "multiplier": 1.4},

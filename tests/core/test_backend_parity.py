@@ -37,7 +37,8 @@ def _run(python: str, out: Path, *extra: str) -> dict:
     return json.loads((out / "parity.json").read_text())
 
 
-def _tl3_python() -> str:
+def tl3_python() -> str:
+    """The 3.x line's Python (``$WORKBENCH_TL3_PYTHON``); skips without one, fails under ``WORKBENCH_REQUIRE_PARITY=1``."""
     python = os.environ.get("WORKBENCH_TL3_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
     probe = ("import sys, workbench.core.backend as b; sys.exit(0 if b.LINE == 3 else 1)")
     ok = Path(python).is_file() and subprocess.run(
@@ -52,7 +53,7 @@ def _tl3_python() -> str:
 
 @pytest.fixture(scope="module")
 def both_lines(tmp_path_factory):
-    python3 = _tl3_python()
+    python3 = tl3_python()
     out3, out4 = tmp_path_factory.mktemp("tl3"), tmp_path_factory.mktemp("tl4")
     res3 = _run(python3, out3)
     res4 = _run(sys.executable, out4, "--vector", str(out3 / "bipo"))

@@ -40,6 +40,11 @@ def test_family_matches_transformers_and_trains(family, family_dirs):
     with torch.no_grad():
         ours, theirs = model(tokens).float(), hf(tokens).logits.float()
     assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-4
+    assert_trains_and_evaluates(model)
+
+
+def assert_trains_and_evaluates(model) -> None:
+    """One CAA vector, one BiPO epoch and a log-odds evaluation of both run on ``model`` (either line)."""
     vec = caa(model, PAIRS, layer=0)
     assert vec.vector.shape == (model.cfg.d_model,) and torch.isfinite(vec.vector).all()
     res = train_bipo(model, PAIRS, BiPOConfig(layer=0, lr=0.1, epochs=1, batch_size=2, warmup_steps=0,
@@ -83,6 +88,6 @@ def test_refusals_name_the_field_or_architecture(tmp_path):
 
 
 def test_every_family_is_listed_as_supported():
-    assert {"GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-            "Qwen3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM",
-            "OlmoForCausalLM", "Olmo2ForCausalLM"} <= set(supported_architectures())
+    assert {"GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
+            "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+            "Phi3ForCausalLM", "OlmoForCausalLM", "Olmo2ForCausalLM"} <= set(supported_architectures())

@@ -70,6 +70,9 @@ def test_reproduce_tiny_writes_results_figures_and_reuses_work(tiny_model, tmp_p
                      "vectors_power-seeking_L01_bipo_history__training"):
         assert expected in pngs
     assert summary["seconds"]["vectors:power-seeking"] > 0 and lines and remaining_hooks(tiny_model) == 0
+    # the prompt layout every stage used, recorded once
+    from workbench.core.prompts import prompt_format
+    assert summary["prompt_format"] == prompt_format(tiny_model) and summary["prompt_format"]["example"]
 
     # a second run reuses the vectors and skips finished stages
     def no_training(*a, **k):

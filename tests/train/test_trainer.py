@@ -13,7 +13,8 @@ from test_bipo import PAIRS, Interrupt, stop_after_first, tiny_config
 from workbench.core.vector import SteeringVector
 from workbench.train.bipo import BIPO, train_bipo
 from workbench.train.reps import RePSConfig
-from workbench.train.trainer import Objective, TrainConfig, TrainResult, batch_plan, lr_factor, train_preference_vector
+from workbench.train.trainer import (Objective, TrainConfig, TrainResult, batch_plan, checkpoint_vectors, lr_factor,
+                                     train_preference_vector)
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -78,6 +79,12 @@ def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert files == {"checkpoint.safetensors", "checkpoint.json", "vector.safetensors", "vector.json"}
     assert SteeringVector.load(tmp_path / "vectors" / "epoch_002").cosine(straight.vector) == pytest.approx(1.0)
+    by_epoch = checkpoint_vectors(tmp_path)  # each epoch's vector, in order, for routes over training
+    assert list(by_epoch) == ["epoch 1", "epoch 2"]
+    assert torch.equal(by_epoch["epoch 2"].vector, straight.vector.vector)
+    assert not torch.equal(by_epoch["epoch 1"].vector, by_epoch["epoch 2"].vector)
+    with pytest.raises(FileNotFoundError, match="no epoch vectors"):
+        checkpoint_vectors(tmp_path / "vectors")
 
 
 def test_checkpoint_guards(tiny_model, tmp_path):

@@ -206,3 +206,13 @@ def test_mechanism_routes_profiles_and_cosine_table():
     fig.draw_without_rendering()
     assert S._covered(S.legend_box(left), *S.data_footprint(left), pad=0.0) == 0
     assert list(figures_for(routes_result())) == ["routes"]
+
+
+def test_mechanism_routes_name_the_profiles_from_attribution_patching():
+    res = routes_result()
+    rows = [{**r, "estimate": "attribution" if r["label"] == "caa" else "exact"} for r in res["rows"]]
+    fig = plot(R.result(R.MECHANISM_ROUTES, rows=rows, cosines=res["cosines"], labels=["bipo", "caa"],
+                        multipliers={"bipo": 1.0, "caa": 2.0}))
+    labels = [ln.get_label() for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert labels == ["bipo (m = +1) attention", "bipo (m = +1) MLP", "caa (m = +2, attribution) attention",
+                      "caa (m = +2, attribution) MLP"]

@@ -7,6 +7,10 @@ direction (necessity, sufficiency). Two routes are compared by the cosine of the
 components both have (heads, MLPs and the direct path: blocks are left out, they sum their heads and MLP).
 The cosine of the effects equals that of the shares (a share is the effect over the vector's own total
 effect, one constant per vector), so routes of vectors of different strength compare directly.
+A profile may also come from attribution patching (``workbench.analysis.attribution``: the same rows,
+one forward/backward pair instead of one pass per component), for sweeps over many vectors such as a
+run's training checkpoints; the table's ``estimate`` column says which (``exact``, ``attribution``), and
+the attribution result's rank agreement with the exact one is what says whether it may stand in.
 Comparisons "at equal utility cost" (BiPO, Cao et al. 2024, arXiv 2406.00045, against CAA, Rimsky et al.
 2023, arXiv 2312.06681, and RePS, Wu et al. 2025, arXiv 2505.20809) take each vector's multiplier from a
 ``matched_cost`` result (``route_multipliers``).
@@ -25,26 +29,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.analysis.attribution import attribution_patching
 from workbench.analysis.patching import PatchingConfig, activation_patching
 from workbench.core.backend import Model
 from workbench.core.options import with_options
-from workbench.core.results import ACTIVATION_PATCHING, MATCHED_COST, MECHANISM_ROUTES, Result, result
+from workbench.core.results import ACTIVATION_PATCHING, ATTRIBUTION_PATCHING, MATCHED_COST, MECHANISM_ROUTES, Result, result
 from workbench.core.vector import SteeringVector
 
 #: the component types a route profile is made of (a block is the sum of its heads and MLP)
 PROFILE_TYPES = ("head", "mlp", "direct")
+#: the results a profile may come from, and what the table calls each
+_ESTIMATES = {ACTIVATION_PATCHING: "exact", ATTRIBUTION_PATCHING: "attribution"}
 
 
 def route_profiles(results: Mapping[str, Result]) -> pd.DataFrame:
-    """``{label: activation_patching result}`` -> one long table, a ``label`` column first."""
+    """``{label: activation_patching or attribution_patching result}`` -> one long table, ``label`` first.
+
+    The ``estimate`` column is ``exact`` (activation patching) or ``attribution``.
+    """
     if not results:
         raise ValueError("results={}: give at least one activation_patching result")
     frames = []
     for label, res in results.items():
-        if res.get("kind") != ACTIVATION_PATCHING:
-            raise ValueError(f"results[{label!r}] is a {res.get('kind')!r} result, not {ACTIVATION_PATCHING!r}")
+        if res.get("kind") not in _ESTIMATES:
+            raise ValueError(f"results[{label!r}] is a {res.get('kind')!r} result, not {ACTIVATION_PATCHING!r} "
+                             f"or {ATTRIBUTION_PATCHING!r}")
         t = res.table().copy()
         t.insert(0, "label", str(label))
+        t.insert(1, "estimate", _ESTIMATES[res["kind"]])
         t["multiplier"] = float(res["multiplier"])
         t["total_effect"] = float(res["total_effect"])
         frames.append(t)
@@ -79,7 +91,7 @@ def profile_cosines(profiles: pd.DataFrame, column: str = "effect") -> pd.DataFr
 
 
 def compare_routes(results: Mapping[str, Result], column: str = "effect") -> Result:
-    """The route comparison of ``activation_patching`` results of several vectors (module docstring).
+    """The route comparison of patching results (exact or attribution) of several vectors (module docstring).
 
     Returns:
         A ``mechanism_routes`` result: ``rows`` (``route_profiles``: every component of every label
@@ -93,12 +105,17 @@ def compare_routes(results: Mapping[str, Result], column: str = "effect") -> Res
 
 
 def route_patching(model: Model, vectors: Mapping[str, tuple[SteeringVector, float]], pairs: Sequence[Any],
-                   config: PatchingConfig | None = None, **options: Any) -> Result:
+                   config: PatchingConfig | None = None, estimate: str = "exact", **options: Any) -> Result:
     """``activation_patching`` of each ``{label: (vector, multiplier)}`` and their ``compare_routes``.
 
     Labels are free: methods (``"bipo"``, ``"caa"``), layers, or training checkpoints
-    (``"epoch 1"``, ...). The per-label patching results are kept under ``results`` ({label: result}).
+    (``"epoch 1"``, ...). ``estimate="attribution"`` takes each profile from ``attribution_patching``
+    instead (one forward/backward pair per vector). The per-label patching results are kept under
+    ``results`` ({label: result}).
     """
+    if estimate not in ("exact", "attribution"):
+        raise ValueError(f"estimate={estimate!r}: choose 'exact' or 'attribution'")
+    patch = activation_patching if estimate == "exact" else attribution_patching
     cfg = with_options(PatchingConfig, config, options, "route_patching")
     if not vectors:
         raise ValueError("vectors={}: give {label: (vector, multiplier)}")
@@ -106,7 +123,7 @@ def route_patching(model: Model, vectors: Mapping[str, tuple[SteeringVector, flo
     for label, spec in vectors.items():
         if not (isinstance(spec, tuple) and len(spec) == 2):
             raise ValueError(f"vectors[{label!r}] must be a (vector, multiplier) tuple")
-        runs[str(label)] = activation_patching(model, spec[0], pairs, float(spec[1]), cfg)
+        runs[str(label)] = patch(model, spec[0], pairs, float(spec[1]), cfg)
     return compare_routes(runs).with_info(results={k: dict(v) for k, v in runs.items()})
 
 

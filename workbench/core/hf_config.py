@@ -271,7 +271,8 @@ def llama_cfg_kwargs(hf_config: Any, model_name: str) -> dict[str, Any]:
 #: Llama is read by ``workbench.core.llama_dir``
 STREAMED_ARCHITECTURES = {
     "GPT2LMHeadModel": "convert_gpt2_weights", "GPTNeoXForCausalLM": "convert_neox_weights",
-    "MistralForCausalLM": "convert_mistral_weights", "Qwen2ForCausalLM": "convert_qwen2_weights",
+    "MistralForCausalLM": "convert_mistral_weights", "MixtralForCausalLM": "convert_mixtral_weights",
+    "Qwen2ForCausalLM": "convert_qwen2_weights",
     "Qwen3ForCausalLM": "convert_qwen3_weights", "Phi3ForCausalLM": "convert_phi3_weights",
     "GemmaForCausalLM": "convert_gemma_weights", "Gemma2ForCausalLM": "convert_gemma_weights",
     "Gemma3ForCausalLM": "convert_gemma_weights", "OlmoForCausalLM": "convert_olmo_weights",
@@ -359,7 +360,7 @@ def tl_config_dict(hf_config: Any, architecture: str, model_name: str, max_ctx: 
             if any(word in str(neutral).lower() for word in ("llama", "gemma", "olmo")):
                 raise ModelLoadError(f"the temporary directory {tmp} names a model family; set TMPDIR elsewhere")
             kw = lp.convert_hf_model_config(str(neutral))
-        for key in ("tokenizer_name", "trust_remote_code", "quantization_method"):
+        for key in ("tokenizer_name", "trust_remote_code", "quantization_method", "dtype"):
             kw.pop(key, None)
     kw["model_name"] = model_name
     kw["n_ctx"] = min(int(kw.get("n_ctx") or max_ctx), max_ctx)

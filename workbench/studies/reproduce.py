@@ -37,6 +37,7 @@ from workbench.core.backend import Model
 from workbench.core.io import atomic_write_json
 from workbench.core.loading import load_model
 from workbench.core.options import with_options
+from workbench.core.prompts import prompt_format
 from workbench.core.results import STUDY_SUMMARY, Result, result
 from workbench.data.behaviors import list_behaviors
 from workbench.studies.cells import SlurmOptions, aggregate, run_study
@@ -234,7 +235,9 @@ def reproduce(out_dir: str | Path, config: StudyConfig | None = None, *, model: 
     if previous.is_file():
         old = json.loads(previous.read_text())
         all_seconds = {**old.get("all_seconds", old.get("seconds", {})), **seconds}
-    summary = result(STUDY_SUMMARY, model=str(model.cfg.model_name), config=config.to_dict(),
+    # every stage's prompts are BiPO's chat layout with its system prompt: one record for all of them
+    summary = result(STUDY_SUMMARY, model=str(model.cfg.model_name), prompt_format=prompt_format(model),
+                     config=config.to_dict(),
                      behaviors=behaviors, seconds=seconds, all_seconds=all_seconds,
                      total_seconds=round(time.perf_counter() - t_start, 1), results=written, figures=figures,
                      vectors={b: {m: {"norm": v.norm, "hook_name": v.hook_name, **{k: v.metadata.get(k) for k in (

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.analysis.conditional import conditional_steering
-from workbench.core.io import atomic_write_json
 from workbench.data.behaviors import list_behaviors
-from workbench.studies.runs import Log, ModelOptions, RunError, check_at_least_one, check_out, load_vectors, silent
+from workbench.studies.runs import (Log, ModelOptions, RunError, check_at_least_one, check_out, load_vectors, silent,
+                                    write_result)
 from workbench.viz.report import markdown_table
 
 
@@ -62,8 +62,7 @@ def conditional_run(config: ConditionalRun, log: Log = silent) -> dict[str, Any]
     if cond_dir is not None:
         condition.save(cond_dir)
         res["condition"]["saved_to"] = str(config.save_condition)
-    atomic_write_json(dict(res), out)
-    return res
+    return write_result(res, out, model)
 
 
 def format_conditional(result: Mapping[str, Any]) -> str:

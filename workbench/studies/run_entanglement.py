@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench.analysis.entanglement import entanglement_matrix, matched_multipliers, measure_entanglement
-from workbench.core.io import atomic_write_json
 from workbench.core.results import ResultFormatError, load_result
 from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import list_behaviors, load_behavior
 from workbench.data.formats import load_truthfulqa
-from workbench.studies.runs import Log, ModelOptions, RunError, check_at_least_one, check_out, silent
+from workbench.studies.runs import Log, ModelOptions, RunError, check_at_least_one, check_out, silent, write_result
 from workbench.viz.figures import figures_for
 from workbench.viz.report import markdown_table
 from workbench.viz.style import save_figure
@@ -123,7 +122,7 @@ def entanglement_run(config: EntanglementRun, log: Log = silent) -> dict[str, An
                           batch_size=config.batch_size, n_boot=config.n_boot, seed=config.seed, truthfulqa=truthfulqa)
     result = result.with_info(sources={b: str(p) for b, p in dirs.items()}, compare=config.compare,
                               budget=config.budget if multipliers else None, method=config.method)
-    atomic_write_json(result, out)
+    result = write_result(result, out, model)
     log(f"wrote {config.out}")
     for suffix, fig in figures_for(result).items():
         for path in save_figure(fig, Path(out).with_suffix("").parent / "figures" / f"{Path(out).stem}__{suffix}"):

@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 
 from workbench.analysis.equal_cost import check_budgets, cost_effect_table, matched_cost
-from workbench.core.io import atomic_write_json
 from workbench.data.behaviors import load_behavior
 from workbench.data.instructions import behavior_instructions
 from workbench.data.pairs import as_ab_pairs, check_ab_pairs
@@ -30,7 +29,8 @@ from workbench.evaluate.suite import METRICS, evaluate_vectors
 from workbench.evaluate.truthfulqa import load_truthfulqa
 from workbench.studies.refusal import refusal_study, without_text
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
-                                    check_run_multipliers, chosen_system_prompt, load_vectors, neutral_texts, silent)
+                                    check_run_multipliers, chosen_system_prompt, load_vectors, neutral_texts, silent,
+                                    write_result)
 from workbench.viz.report import markdown_table, prompting_section
 
 DEFAULT_METRICS = ("logodds,ab,utility",)  # eval's metrics when none are given: inapplicable ones are skipped
@@ -118,7 +118,7 @@ def evaluate_run(config: EvalRun, log: Log = silent) -> dict[str, Any]:
         decodings=list(config.decodings), max_new_tokens=config.max_new_tokens, n_boot=config.n_boot,
         seed=config.seed, on_inapplicable="error" if explicit else "skip", strict_model_name=config.strict_model,
         ab_pairs=ab_pairs, sources=sources, data_info=data_info, progress=True)
-    atomic_write_json(result, out)
+    result = write_result(result, out, model, system_prompt)
     log(f"wrote {config.out}")
     return result
 
@@ -185,7 +185,7 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
                                        max_tokens=config.text_tokens, n_boot=config.n_boot, seed=config.seed)
         result = with_prompting_points(result, prompting).with_info(
             sources=sources, prompting_rows=prompting["rows"])
-    atomic_write_json(result, out)
+    result = write_result(result, out, model)
     return result
 
 
@@ -255,7 +255,7 @@ def refusal_run(config: RefusalRun, log: Log = silent) -> dict[str, Any]:
     result["data"] = info
     if config.no_text:
         result = without_text(result)
-    atomic_write_json(result, out)
+    result = write_result(result, out, model)
     return result
 
 

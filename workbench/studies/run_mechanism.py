@@ -25,10 +25,10 @@ from workbench.analysis.attention_shift import attention_shifts
 from workbench.analysis.attribution import attribution_patching, steered_dla
 from workbench.analysis.patching import PatchingConfig, activation_patching
 from workbench.analysis.routes import compare_routes
-from workbench.core.io import atomic_write_json
 from workbench.core.results import Result
 from workbench.data.behaviors import list_behaviors, load_behavior
-from workbench.studies.runs import Log, ModelOptions, RunError, check_at_least_one, check_out, load_vectors, silent
+from workbench.studies.runs import (Log, ModelOptions, RunError, check_at_least_one, check_out, load_vectors, silent,
+                                    write_result)
 from workbench.viz.figures import figures_for
 from workbench.viz.style import save_figure
 
@@ -104,8 +104,7 @@ def mechanism_run(config: MechanismRun, log: Log = silent) -> dict[str, Result]:
     def keep(label: str, res: Result) -> Result:
         res = res.with_info(data=info, source=sources[label]) if label in sources else res
         stem = f"{_slug(label)}_{res.kind}" if label in sources else res.kind
-        written[stem] = res
-        atomic_write_json(dict(res), out / f"{stem}.json")
+        res = written[stem] = write_result(res, out / f"{stem}.json", model, cfg.system_prompt)
         log(f"wrote {out / f'{stem}.json'}")
         return res
 

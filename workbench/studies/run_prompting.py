@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.core.io import atomic_write_json
 from workbench.core.results import MATCHED_COST, ResultFormatError, load_result
 from workbench.data.behaviors import load_behavior
 from workbench.data.instructions import behavior_instructions
 from workbench.evaluate.prompting import prompting_baseline, prompting_table, with_prompting_points
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
-                                    load_vectors, neutral_texts, silent)
+                                    load_vectors, neutral_texts, silent, write_result)
 from workbench.viz.report import markdown_table
 
 
@@ -120,10 +119,10 @@ def prompting_run(config: PromptingRun, log: Log = silent) -> dict[str, Any]:
                                 max_tokens=config.text_tokens, batch_size=config.batch_size, n_boot=config.n_boot,
                                 seed=config.seed, vectors=vectors, matched=matched)
     result = result.with_info(data=data_info, compare=config.compare)
-    atomic_write_json(result, out)
+    result = write_result(result, out, model)
     log(f"wrote {config.out}")
     if merged_out is not None and matched is not None:
-        atomic_write_json(with_prompting_points(matched, result), merged_out)
+        write_result(with_prompting_points(matched, result), merged_out, model)
         log(f"wrote {config.merged}")
     return result
 

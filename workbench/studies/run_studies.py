@@ -26,7 +26,7 @@ from workbench.evaluate.statistics import DEFAULT_MULTIPLIERS
 from workbench.studies.cells import SlurmOptions, StudySpec, aggregate, run_study
 from workbench.studies.config import ExecutionConfig, StudyConfig
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
-                                    check_run_multipliers, silent)
+                                    check_run_multipliers, silent, write_result)
 from workbench.train import BiPOConfig
 
 
@@ -107,7 +107,10 @@ def _sweep_cells(config: SweepRun, source: str, out_path: str, log: Log) -> dict
     log(f"sweep: {len(summary['ran'])} cell(s) run, {summary['complete_before']} of {summary['cells']} already "
         f"complete")
     result = aggregate(spec, root) | {"run": summary, "data_source": source, "seconds": time.perf_counter() - t0}
-    atomic_write_json(result, out_path)
+    if model is None:  # the cells loaded the model in their own processes: no prompt format known here
+        atomic_write_json(result, out_path)
+    else:
+        result = write_result(result, out_path, model)
     log(f"wrote {config.out}")
     return result
 
@@ -161,7 +164,7 @@ def sweep_run(config: SweepRun, log: Log = silent) -> tuple[dict[str, Any], Swee
                   seconds=time.perf_counter() - t0)
     if save_vectors:
         result["vectors"] = swept.save_vectors(save_vectors)
-    atomic_write_json(result, out)
+    result = write_result(result, out, model)
     log(f"wrote {config.out}" + (f" and {len(layers)} vectors under {config.save_vectors}"
                                  if config.save_vectors else ""))
     return result, swept
@@ -203,6 +206,7 @@ def demo_run(config: DemoRun, log: Log = silent) -> dict[str, Any]:
         f"{study_config.n_test or 'all'} test pairs, layer {study_config.layer} {study_config.hook}, BiPO "
         f"{bipo_config.epochs} epoch(s), lr {bipo_config.lr}")
     result = study.demo(out, study_config, model=model, progress=True)
+    result = write_result(result, out / "eval.json", model)  # study.demo wrote it without the prompt format
     log(f"\nwrote {out / 'eval.json'}, {out / 'logodds.png'} and vectors under {out / 'vectors'}; "
         f"total {time.perf_counter() - t_start:.0f} s")
     return result

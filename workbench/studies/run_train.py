@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench.core.backend import Model
 from workbench.core.artifacts import artifact_lock
-from workbench.core.prompts import prompts_and_answers
+from workbench.core.prompts import prompt_format, prompts_and_answers
 from workbench.core.vector import SteeringVector
 from workbench.engine.items import AnswerTooLongError, tokenize_items
 from workbench.studies.runs import (DataOptions, Log, ModelOptions, RunError, check_at_least_one, check_data, check_out,
@@ -187,8 +187,10 @@ def _train_run(config: TrainRun, out: Path, checkpoint_dir: Path | None,
             kwargs["max_length"] = config.max_length
         vector = getattr(baselines, config.method)(model, pairs, layer, hook=hook, position=config.position,
                                                    system_prompt=system_prompt, **kwargs)
+    # the chat layout of the pairs (ActAdd's two prompts are raw text); vector.json's free metadata holds it
+    formats = {} if config.method == "actadd" else {"prompt_format": prompt_format(model, system_prompt)}
     vector = dataclasses.replace(vector, metadata={**vector.metadata, "data": data_info,
-                                                   "seconds": time.perf_counter() - t0})
+                                                   "seconds": time.perf_counter() - t0, **formats})
     vector.save(out, extra={"history.json": history} if history is not None else None)  # one commit, with its history
     summary = f"; final loss {history['epochs'][-1]['loss']:.4f}" if history and history["epochs"] else ""
     log(f"wrote {config.out}: {vector.describe()}{summary}")

@@ -10,13 +10,15 @@ A run config mirrors its command's flags field for field (``test_fraction`` is `
 user error is a ``RunError`` worded with the flags, which the command line prints as it is. Every check
 that can fail without a model runs before the model loads. Status lines go to the ``log`` callable a run
 is given (the command line prints them on stderr; a line starting with ``"warning: "`` is a warning).
+Every result a run writes goes through ``write_result``, which records the model and the prompt format
+(``workbench.core.prompts.prompt_format``: chat template or plain prompt, end of turn, BOS) beside it.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from workbench.core import loading  # the module, not its function: load_model i
 from workbench.core.backend import Model
 from workbench.core.devices import ModelLoadError, resolve_device
 from workbench.core.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_N_LAYERS
-from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT
+from workbench.core.io import atomic_write_json
+from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompt_format
+from workbench.core.results import Result
 from workbench.core.vector import SteeringVector, full_hook_name
 from workbench.data.behaviors import load_behavior, load_neutral_text
 from workbench.data.formats import load_pairs
@@ -217,6 +221,28 @@ def chosen_system_prompt(system_prompt: str | None, no_system_prompt: bool) -> s
     return None if no_system_prompt else (system_prompt or DEFAULT_SYSTEM_PROMPT)
 
 
+def with_run_info(result: Mapping[str, Any], model: Model,
+                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """A copy of ``result`` with the run's ``prompt_format`` (and ``model``, its name, when absent).
+
+    ``system_prompt`` is the one the run's prompts were made with (BiPO's unless the command has
+    ``--system-prompt``/``--no-system-prompt``). A ``Result`` stays one (the keys go after ``schema_version``).
+    """
+    info: dict[str, Any] = {} if "model" in result else {"model": str(model.cfg.model_name)}
+    info["prompt_format"] = prompt_format(model, system_prompt)
+    if isinstance(result, Result):
+        return result.with_info(**info)
+    return {**result, **info}
+
+
+def write_result(result: Mapping[str, Any], path: str | Path, model: Model,
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """Write ``with_run_info(result, model, system_prompt)`` to ``path`` as JSON, atomically; returns it."""
+    result = with_run_info(result, model, system_prompt)
+    atomic_write_json(dict(result), path)
+    return result
+
+
 def vector_labels(vectors: Sequence[tuple[SteeringVector, str | Path]]) -> list[str]:
     """A label per (vector, path): its method, or ``method:dirname`` when several share a method."""
     methods = Counter(v.method for v, _ in vectors)
@@ -248,4 +274,5 @@ def neutral_texts(path: str | Path | None, limit: int | None) -> list[str]:
 
 
 __all__ = ["DataOptions", "Log", "ModelOptions", "RunError", "check_at_least_one", "check_data", "check_out",
-           "check_run_multipliers", "chosen_system_prompt", "load_vectors", "neutral_texts", "silent", "vector_labels"]
+           "check_run_multipliers", "chosen_system_prompt", "load_vectors", "neutral_texts", "silent", "vector_labels",
+           "with_run_info", "write_result"]

@@ -511,5 +511,23 @@ def _vector(model: Model, v: Tensor, config: TrainConfig, data_fp: str,
 
 
 
+def checkpoint_vectors(checkpoint_dir: str | Path) -> dict[str, SteeringVector]:
+    """``{"epoch 1": vector, ...}``: the vector after each epoch of a run trained with ``checkpoint_dir``.
+
+    The trainer writes each epoch's vector beside the checkpoint (``checkpoint_dir/vectors/epoch_NNN``,
+    a ``SteeringVector`` directory); this reads them back in epoch order, e.g. to follow a vector's
+    route over training (``workbench.analysis.routes.route_patching``).
+
+    Raises:
+        FileNotFoundError: ``checkpoint_dir`` holds no epoch vectors.
+    """
+    root = Path(checkpoint_dir) / "vectors"
+    paths = sorted(root.glob("epoch_*")) if root.is_dir() else []
+    if not paths:
+        raise FileNotFoundError(f"{checkpoint_dir}: no epoch vectors (expected {root}/epoch_001, ...): train with "
+                                "checkpoint_dir=... to write them")
+    return {f"epoch {int(p.name.split('_')[1])}": SteeringVector.load(p) for p in paths}
+
+
 __all__ = ["BiPOResult", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "NORM_FLAG_RATIO", "Objective", "Score", "TrainConfig", "TrainResult",
-           "answer_lengths", "batch_plan", "lr_factor", "norm_flag", "relayout_plan", "residual_norm", "train_preference_vector"]
+           "answer_lengths", "batch_plan", "checkpoint_vectors", "lr_factor", "norm_flag", "relayout_plan", "residual_norm", "train_preference_vector"]

@@ -358,6 +358,7 @@ def plot_mechanism_routes(result: Any, ax: Axes | None = None, direction: str = 
     labels = list(res.get("labels") or dict.fromkeys(df["label"]))
     wide = _cosine_table(res)
     mults = res.get("multipliers") or {}
+    estimates = (dict(zip(df["label"].astype(str), df["estimate"])) if "estimate" in df else {})
     with paper_style():
         if ax is not None:
             fig, left, right = ax.figure, ax, None
@@ -370,7 +371,9 @@ def plot_mechanism_routes(result: Any, ax: Axes | None = None, direction: str = 
         colours = series_colors(labels)
         for lab in labels:
             per = layer_shares(df[df["label"].astype(str) == str(lab)], direction, value)
-            name = f"{lab} (m = {float(mults[lab]):+g})" if lab in mults else str(lab)
+            notes = ([f"m = {float(mults[lab]):+g}"] if lab in mults else []) + \
+                (["attribution"] if estimates.get(str(lab)) == "attribution" else [])  # a gradient estimate
+            name = f"{lab} ({', '.join(notes)})" if notes else str(lab)
             x = per.index.to_numpy(float)
             left.plot(x, per["attn"].to_numpy(float), color=colours[lab], marker="o", markersize=2.2,
                       label=f"{name} attention")
