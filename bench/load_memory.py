@@ -51,9 +51,32 @@ model = m.load_model(sys.argv[1], dtype=sys.argv[2])
 peak = hwm()
 storages = {p.untyped_storage().data_ptr(): (p.untyped_storage().nbytes(), p.numel()) for p in model.parameters()}
 weights = sum(b for b, _ in storages.values())  # each storage once: tied embeddings share one
-print(json.dumps({"rss_before": before, "peak_after": peak, "weights_bytes": weights,
-                  "ratio": (peak - before) / weights, "n_params": sum(n for _, n in storages.values()),
-                  "architecture": model.cfg.original_architecture}))
+out = {"rss_before": before, "peak_after": peak, "weights_bytes": weights,
+       "ratio": (peak - before) / weights, "n_params": sum(n for _, n in storages.values()),
+       "architecture": model.cfg.original_architecture}
+if len(sys.argv) > 3 and sys.argv[3] == "steps":  # after the peak is read: the workbench's own steps on it
+    import time
+    from workbench.data.pairs import PreferencePair
+    from workbench.evaluate.suite import evaluate_vectors
+    from workbench.train.baselines import caa
+    from workbench.train.bipo import BiPOConfig, train_bipo
+    # words of the random directories' WordLevel vocabulary ("t0" ... "t<vocab>"; t0-t2 are special)
+    pairs = [PreferencePair("t10 t11 t12", "t20 t21", "t30 t33"), PreferencePair("t13 t14", "t22 t23", "t31 t32")]
+    layer, steps, t = model.cfg.n_layers // 2, {}, time.perf_counter()
+    try:
+        v_caa = caa(model, pairs, layer=layer)
+        steps["caa"] = bool(torch.isfinite(v_caa.vector).all())
+        v_bipo = train_bipo(model, pairs, BiPOConfig(layer=layer, lr=0.1, epochs=1, batch_size=2, warmup_steps=0,
+                                                     max_length=64), progress=False).vector
+        steps["bipo"] = bool(torch.isfinite(v_bipo.vector).all() and v_bipo.vector.abs().sum() > 0)
+        r = evaluate_vectors(model, {"caa": v_caa, "bipo": v_bipo}, pairs, multipliers=[-1.0, 0.0, 1.0],
+                             metrics=["logodds"], n_boot=20, progress=False)
+        steps["eval"] = r["kind"] == "eval"
+    except Exception as exc:  # recorded, not raised: the table says which step failed and why
+        steps["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    steps["seconds"] = round(time.perf_counter() - t, 1)
+    out["steps"] = steps
+print(json.dumps(out))
 """
 
 
@@ -170,7 +193,7 @@ def write_random_family(path: Path, family: str, hidden: int, layers: int, vocab
 
 
 def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str], vocab: int = 8192,
-                 checkpoint: str = "fp32") -> dict:
+                 checkpoint: str = "fp32", steps: bool = True) -> dict:
     """``{family: {dtype: figures}}`` for random directories of ``families`` (and the real Gemma 3 270M),
     written in ``checkpoint`` dtype."""
     import os
@@ -197,7 +220,7 @@ def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str
                 if ckpt == "bf16" and dt == "fp32":
                     continue  # a bf16 checkpoint is not loaded as fp32 (its weights would be 2x its bytes)
                 load = os.getloadavg()[0]
-                r = measure(d, dt) | {"checkpoint_dtype": ckpt, "checkpoint_mb": round(mb, 1), "tokenizer_rss": tok,
+                r = measure(d, dt, steps) | {"checkpoint_dtype": ckpt, "checkpoint_mb": round(mb, 1), "tokenizer_rss": tok,
                                       "load_average_1min": round(load, 2)}
                 r["ratio_without_tokenizer"] = (r["peak_after"] - r["rss_before"] - tok) / r["weights_bytes"]
                 runs[family][dt] = r
@@ -207,7 +230,7 @@ def run_families(families: list[str], hidden: int, layers: int, dtypes: list[str
                       f"{dt}: weights "
                       f"{r['weights_bytes'] / 2**20:.0f} MB, peak - before {grown:.0f} MB, ratio {r['ratio']:.2f} "
                       f"(tokenizer {tok / 2**20:.0f} MB; without it {r['ratio_without_tokenizer']:.2f}; "
-                      f"load {load:.1f})",
+                      f"load {load:.1f}){' steps ' + json.dumps(r['steps']) if 'steps' in r else ''}",
                       flush=True)
             if family != REAL_GEMMA:
                 shutil.rmtree(d)
@@ -233,10 +256,11 @@ def tokenizer_memory(directory: Path) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])["tokenizer_rss"]
 
 
-def measure(directory: Path, dtype: str) -> dict:
-    """Load ``directory`` in a fresh process; its peak memory figures (see the module docstring)."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(directory), dtype], capture_output=True, text=True,
-                         cwd=ROOT)
+def measure(directory: Path, dtype: str, steps: bool = False) -> dict:
+    """Load ``directory`` in a fresh process; its peak memory figures (see the module docstring), and with
+    ``steps`` then a CAA vector, one BiPO epoch and a log-odds evaluation on it (``steps``: which ran)."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(directory), dtype, "steps" if steps else "-"],
+                         capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         raise RuntimeError(f"loading {directory} as {dtype} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -254,6 +278,9 @@ def main() -> int:
                     help=f"measure these families instead (none named: {' '.join(FAMILIES)} {REAL_GEMMA})")
     ap.add_argument("--out", type=Path, default=None,
                     help="default bench/results/load_memory.json (load_memory_families.json with --families)")
+    ap.add_argument("--no-steps", action="store_true",
+                    help="--families: only load (by default each loaded model then trains CAA, one BiPO epoch and "
+                         "is evaluated, after its peak is read)")
     args = ap.parse_args()
     from workbench.core.io import atomic_write_json
 
@@ -266,7 +293,8 @@ def main() -> int:
         import os
 
         load = os.getloadavg()
-        runs = run_families(families, hidden, layers, args.dtype, args.vocab, args.checkpoint_dtype)
+        runs = run_families(families, hidden, layers, args.dtype, args.vocab, args.checkpoint_dtype,
+                            steps=not args.no_steps)
         atomic_write_json({"benchmark": "peak host memory of load_model(local directory), by family",
                            "hidden": hidden, "layers": layers, "vocab": args.vocab,
                            "checkpoint_dtype": args.checkpoint_dtype, "cpu_count": os.cpu_count(),
