@@ -76,8 +76,11 @@ def summarize() -> dict:
     out: dict = {"runs": {}}
     exact = {}
     for path in sorted(OUT.glob("*_activation_patching.json")):
+        ex = load_result(path)
+        if "bench" not in ex:  # another script's result in the same folder (bench/mechanism_routes.py)
+            continue
         method = path.name.split("_")[0]
-        ex = exact[method] = load_result(path)
+        exact[method] = ex
         ap = load_result(OUT / f"{method}_attribution_patching.json")
         rows = ex.table()
         top = {}
