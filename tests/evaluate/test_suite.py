@@ -286,6 +286,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert res["kind"] == "eval" and [v["label"] for v in res["vectors"]] == ["bipo", "caa"]
     assert {"logodds", "ab", "perplexity", "top1_agreement"} <= set(res["metrics"])
     assert res["demo"]["n_test"] == 4 and res["data"]["ab_n_pairs"] == 4
+    assert res["prompt_format"]["format"] == "chat_template" and res["prompt_format"]["family_hint"] == "chatml"
     vectors = out / "vectors" / "power-seeking" / "L14"  # reproduce.study_vectors' layout
     assert SteeringVector.load(vectors / "bipo").method == "bipo"
     assert (out / "logodds.png").stat().st_size > 1000

@@ -49,7 +49,7 @@ from workbench.core.backend import HookedTransformer, HookedTransformerConfig
 from workbench.core.devices import ModelLoadError, place_model
 from workbench.core.hf_config import (GEMMA_ARCHITECTURES, STREAMED_ARCHITECTURES, check_converter_fields,
                                       check_core_fields, supported_architectures, tl_config_dict)
-from workbench.core.prompts import has_chat_template
+from workbench.core.prompts import default_prepend_bos
 from workbench.core import weights
 from workbench.core.weights import (TensorReader, allocate_model, index_tensors, release_freed_memory,
                                     safetensors_files)
@@ -345,7 +345,7 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, n_devices: int, max
     files = safetensors_files(path)
     cfg_dict = tl_config_dict(hf_config, architecture, path.name, max_ctx)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    bos = not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None
+    bos = default_prepend_bos(tokenizer)
     cfg_dict.update(default_prepend_bos=bos, tokenizer_prepends_bos=bos)
     cfg = HookedTransformerConfig(**cfg_dict, device="cpu", dtype=dtype, init_weights=False)
     with torch.device("meta"):

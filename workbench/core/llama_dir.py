@@ -23,7 +23,7 @@ from workbench.core.devices import ModelLoadError, place_model
 from workbench.core.hf_config import llama_config_from_json, read_config_json
 from workbench.core.weights import ST_DTYPES, allocate_model, release_freed_memory, safetensors_files
 from workbench.core.io import read_safetensors_header
-from workbench.core.prompts import has_chat_template
+from workbench.core.prompts import default_prepend_bos
 
 _CHUNK_BYTES = 2 << 20  # most bytes of a checkpoint tensor read at a time
 
@@ -117,7 +117,7 @@ def load_llama_dir(path: Path, device: str, dtype: torch.dtype, n_devices: int, 
     raw = read_config_json(path)
     cfg_kwargs = llama_config_from_json(raw, path.name, max_ctx=max_ctx)  # every field checked before the tokenizer
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
+    if default_prepend_bos(tokenizer):
         cfg_kwargs.update(default_prepend_bos=True, tokenizer_prepends_bos=True)
     # the model is allocated once, in the target dtype and uninitialised; every weight is then read
     # from disk in row chunks, cast and copied in (no staging copy of a tensor, no transformers model)

@@ -37,7 +37,7 @@ from workbench.core.gemma_gguf import GEMMA_MODEL_NAME, gemma_dir
 from workbench.core.hf_config import LLAMA_ARCHITECTURE, config_architecture, read_config_json
 from workbench.core.hf_dir import load_hf_dir
 from workbench.core.llama_dir import load_llama_dir
-from workbench.core.prompts import has_chat_template
+from workbench.core.prompts import default_prepend_bos
 
 def load_local_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
                      n_devices: int = 1, max_ctx: int = 8192, **bridge_kwargs: Any) -> Model:
@@ -92,7 +92,7 @@ def _boot(name: str, label: str, tokenizer: Any, device: str, dtype: torch.dtype
     placement: dict[str, Any] = {"device": device}
     if n_devices > 1 or kwargs.get("device_map") is not None:
         placement = {"n_devices": n_devices if n_devices > 1 else None}
-    prepend_bos = tokenizer is not None and not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None
+    prepend_bos = tokenizer is not None and default_prepend_bos(tokenizer)
     kwargs.pop("max_ctx", None)
     return boot_bridge(name, model_name=label, prepend_bos=prepend_bos, tokenizer=tokenizer, dtype=dtype,
                        **placement, **kwargs)

@@ -89,6 +89,8 @@ def demo(out_dir: str | Path, config: StudyConfig, *, model: Model | None = None
                    "bipo_config": config.bipo_config().to_dict(), "config": config.to_dict(),
                    "seconds": {"vectors": round(t_vectors, 1), "eval": round(time.perf_counter() - t0, 1),
                                "total": round(time.perf_counter() - t_start, 1)}}
+    res.setdefault("model", str(model.cfg.model_name))
+    res["prompt_format"] = prompt_format(model)  # the layout of every prompt above (BiPO's system prompt)
     atomic_write_json(res, out / "eval.json")
     fig = plot_multiplier_curves(res, metric="logodds", title=f"{behavior}: held-out log-odds")
     save_figure(fig, out / "logodds", formats=("png",), dpi=150)

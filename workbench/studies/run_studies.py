@@ -206,7 +206,6 @@ def demo_run(config: DemoRun, log: Log = silent) -> dict[str, Any]:
         f"{study_config.n_test or 'all'} test pairs, layer {study_config.layer} {study_config.hook}, BiPO "
         f"{bipo_config.epochs} epoch(s), lr {bipo_config.lr}")
     result = study.demo(out, study_config, model=model, progress=True)
-    result = write_result(result, out / "eval.json", model)  # study.demo wrote it without the prompt format
     log(f"\nwrote {out / 'eval.json'}, {out / 'logodds.png'} and vectors under {out / 'vectors'}; "
         f"total {time.perf_counter() - t_start:.0f} s")
     return result
