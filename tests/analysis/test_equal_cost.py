@@ -220,3 +220,19 @@ def test_bad_pairs_are_one_clear_error(tiny_model):
         matched_cost(tiny_model, {"v": _vec()}, [("q", "a", "b")], TEXTS)
     with pytest.raises(ValueError, match=r"^ab_pairs is empty"):
         matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, ab_pairs=[])
+
+
+def test_search_steps_from_the_slope_point_by_the_power_law():
+    """From one known small point the first probe is where cost ~ m**2 reaches the budget, then the power law
+    through the last two points: a few probes for costs quadratic near 0 and steeper or flatter further out."""
+    from workbench.analysis.equal_cost import search_budget
+
+    laws = (lambda m: 0.02 * m ** 2 + 0.003 * m ** 4, lambda m: 0.004 * m ** 2.4, lambda m: 0.05 * m ** 2 / (1 + 0.1 * m))
+    for law in laws:
+        cost = lambda m: law(abs(m))  # noqa: E731
+        for budget in (0.05, 0.1, 0.2, 0.5):
+            cold = search_budget(cost, budget, 1)
+            warm = search_budget(cost, budget, -1, known={0.05: cost(0.05)})
+            for res in (cold, warm):
+                assert res["reached"] and res["converged"] and abs(cost(res["multiplier"]) - budget) <= 0.05 * budget
+            assert warm["multiplier"] < 0 and warm["steps"] <= 3 and cold["steps"] <= 4, (budget, cold, warm)

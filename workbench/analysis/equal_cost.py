@@ -9,9 +9,11 @@ behavior effect is measured there.
 * **Cost** (``workbench.evaluate.utility.utility_per_text`` on neutral text): ``"kl"``, the mean
   ``KL(p_unsteered || p_steered)`` per predicted token (budgets 0.05, 0.1, 0.2, 0.5 by default), or
   ``"perplexity"``, the perplexity ratio minus one (budgets +5 %, +10 %, +25 %).
-* **Search**: grow ``|m|`` geometrically from ``start`` until the cost passes the budget (or
-  ``max_multiplier`` is passed: *unreached*, with the largest cost seen), then bisect on ``|m|``
-  until the cost is within ``rel_tol * budget`` of it.
+* **Search**: from the cost at the slope's small ``m0`` (and whatever a smaller budget measured), step
+  ``|m|`` up to where the cost's power law reaches the budget (``m**2`` from one point, the local power
+  from two; from ``start`` when nothing is known) until the cost passes the budget (or ``max_multiplier``
+  is passed: *unreached*, with the largest cost seen), then narrow the bracket (log-log interpolation,
+  bisection when it stalls) until the cost is within ``rel_tol * budget`` of it.
 * **Effect** (``workbench.evaluate.preference.pair_logodds``, ``ab_pair_probs``): the held-out
   log-odds shift from ``m = 0`` per pair, mean with a paired bootstrap interval
   (``workbench.evaluate.effects.effect_vs_zero``, the rule of every analysis), at the found multipliers and at every multiplier the
@@ -104,7 +106,7 @@ class MatchedCostConfig:
     cost: Cost = "kl"  # kl: mean KL(unsteered || steered) per token; perplexity: ratio - 1
     budgets: tuple[float, ...] | None = None  # cost budgets (None: DEFAULT_BUDGETS[cost])
     equal_norm: str | float | None = None  # rescale every vector first to this vector's norm (a label) or norm
-    start: float = 0.25  # the bracket: |m| = start * growth**k up to max_multiplier
+    start: float = 0.25  # the first probe when no cost is known; then steps up at most x growth**8, to max_multiplier
     growth: float = 2.0
     max_multiplier: float = 64.0
     rel_tol: float = 0.05  # the search stops when |cost - budget| <= rel_tol * budget
@@ -183,16 +185,29 @@ def _search(budget: float, direction: int, *, start: float, growth: float, max_m
     """``search_budget`` as a generator: yields each multiplier to measure, is sent its cost, returns the answer."""
     lo, c_lo = 0.0, 0.0
     hi, c_hi = None, None
+    below: tuple[float, float] | None = None  # the point below the budget before lo (the local power of the cost)
     max_seen, steps = 0.0, 0
-    for a, c in sorted((known or {}).items()):  # what earlier searches measured
+    for a, c in sorted((known or {}).items()):  # what earlier searches (and the slope point) measured
         max_seen = max(max_seen, c)
         if abs(c - budget) <= rel_tol * budget:
             return {"reached": True, "multiplier": direction * a, "cost": c, "converged": True,
                     "max_cost_seen": max_seen, "steps": 0}
         if c < budget and hi is None:
+            below = (lo, c_lo) if lo > 0 else below
             lo, c_lo = a, c
         elif c > budget and hi is None:
             hi, c_hi = a, c
+
+    def step_up() -> float:
+        """The next bracket probe: from ``start``; above a measured point, where the cost's power law through
+        the last two points below the budget (from one point: cost ~ m**2, as near m = 0) reaches it, taking
+        at least a step of 5 % and at most ``growth**8``."""
+        if lo == 0 or c_lo <= 0:
+            return start if lo == 0 else lo * growth
+        power = 2.0
+        if below is not None and below[1] > 0 and c_lo > below[1]:
+            power = min(max(math.log(c_lo / below[1]) / math.log(lo / below[0]), 1.0), 4.0)
+        return lo * min(max((budget / c_lo) ** (1.0 / power), 1.05), growth ** 8)
 
     def done(m: float, c: float) -> dict[str, Any] | None:
         """The final answer when the cost at ``direction * m`` is within tolerance of the budget."""
@@ -201,12 +216,11 @@ def _search(budget: float, direction: int, *, start: float, growth: float, max_m
                     "max_cost_seen": max_seen, "steps": steps}
         return None
 
-    a = start if lo == 0 else lo * growth
     while hi is None:  # bracket
         if lo >= max_multiplier:
             return {"reached": False, "multiplier": None, "cost": None, "converged": False,
                     "max_cost_seen": max_seen, "steps": steps}
-        a = min(a, max_multiplier)
+        a = min(step_up(), max_multiplier)
         c = yield direction * a
         steps, max_seen = steps + 1, max(max_seen, c)
         if (answer := done(a, c)) is not None:
@@ -214,8 +228,8 @@ def _search(budget: float, direction: int, *, start: float, growth: float, max_m
         if c > budget:
             hi, c_hi = a, c
             break
+        below = (lo, c_lo) if lo > 0 else below
         lo, c_lo = a, c
-        a = a * growth
     bisect = False
     for _ in range(max_iter):  # narrow the bracket
         width = hi - lo
@@ -246,11 +260,13 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
                   known: Mapping[float, float] | None = None) -> dict[str, Any]:
     """Find ``m`` (sign ``direction``) with ``|cost(m) - budget| <= rel_tol * budget``; ``probe(m)`` is the cost.
 
-    Brackets by growing ``|m|`` from ``start`` by ``growth`` up to ``max_multiplier`` (starting from
-    the costs already ``known``, ``{|m|: cost}`` in this direction, e.g. from a smaller budget), then
-    narrows the bracket: each step interpolates in log-log (cost grows like a power of ``|m|``; from
-    ``m = 0``, like ``m**2``), clamped inside the bracket, and bisects instead whenever the previous
-    step kept less than half of it. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
+    Brackets by stepping ``|m|`` up to ``max_multiplier``: from ``start`` when nothing is known, else from
+    the costs already ``known`` (``{|m|: cost}`` in this direction, e.g. the slope point or a smaller
+    budget's probes) to where the power law through the last two points below the budget (``m**2``
+    from one) reaches it, at least 5 % and at most ``growth**8`` further (each step after a probe below
+    the budget the same way); then narrows the bracket: each step interpolates in log-log (cost grows like
+    a power of ``|m|``; from ``m = 0``, like ``m**2``), clamped inside the bracket, and bisects instead
+    whenever the previous step kept less than half of it. Returns ``reached, multiplier, cost, converged, max_cost_seen, steps``.
     ``matched_cost`` runs the same search for every vector and direction in lockstep (``_search``).
     """
     gen = _search(budget, direction, start=start, growth=growth, max_multiplier=max_multiplier, rel_tol=rel_tol,
@@ -263,28 +279,27 @@ def search_budget(probe: Any, budget: float, direction: int, *, start: float = 0
         return stop.value
 
 
-def _direction_search(seen: Mapping[float, Mapping[str, float]], visited: set[float], direction: int,
-                      budgets: Sequence[float], cost: str, stage: dict, search: Mapping[str, Any],
+def _direction_search(seen: Mapping[float, Mapping[str, float]], direction: int, budgets: Sequence[float],
+                      cost: str, stage: dict, search: Mapping[str, Any],
                       ) -> Generator[float, float, dict[float, dict[str, Any]]]:
-    """The searches of one vector and direction, budgets ascending, each from what the smaller ones measured
-    (``visited``: the multipliers the searches asked for; ``seen``: their costs)."""
+    """The searches of one vector and direction, budgets ascending, each starting from every cost measured so
+    far in this direction (``seen``, ``{m: costs}``: the slope point and what the smaller budgets visited)."""
     found = {}
     for b in budgets:
         stage["budget"] = b
-        known = {abs(m): seen[m][cost] for m in visited if m * direction > 0}
+        known = {abs(m): c[cost] for m, c in list(seen.items()) if m * direction > 0}
         gen = _search(b, direction, known=known, **search)
         try:
             m = next(gen)
             while True:
-                visited.add(m)
                 m = gen.send((yield m))
         except StopIteration as stop:
             found[b] = stop.value
     return found
 
 
-def _lockstep(probe: _CostProbe, tasks: Mapping[tuple[str, int], Generator], extra: Sequence[tuple[str, float]],
-              bar: Any, stages: Mapping[tuple[str, int], dict]) -> dict[tuple[str, int], Any]:
+def _lockstep(probe: _CostProbe, tasks: Mapping[tuple[str, int], Generator], bar: Any,
+              stages: Mapping[tuple[str, int], dict]) -> dict[tuple[str, int], Any]:
     """Run the searches side by side: each round, every search's next multiplier in one engine pass."""
     out: dict[tuple[str, int], Any] = {}
 
@@ -302,10 +317,8 @@ def _lockstep(probe: _CostProbe, tasks: Mapping[tuple[str, int], Generator], ext
     pending: dict[tuple[str, int], float] = {}
     for key in tasks:
         advance(key, None)
-    extra = list(extra)
-    while pending or extra:
-        probe.measure([(key[0], m) for key, m in pending.items()] + extra)
-        extra = []
+    while pending:
+        probe.measure([(key[0], m) for key, m in pending.items()])
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str("; ".join(f"{label} {'+' if d > 0 else '-'} budget {stages[(label, d)]['budget']:g}"
@@ -409,14 +422,14 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
         for layer, labels in sorted(groups.items()):
             group = {label: used[label] for label in labels}
             probe = _CostProbe(model, group, texts, cost, cfg.utility_kw)
-            visited: dict[str, set[float]] = {label: set() for label in labels}
             stages = {(label, d): {"budget": budgets[0]} for label in labels for d in (1, -1)}
-            tasks = {(label, d): _direction_search(probe.seen[label], visited[label], d, budgets, cost,
-                                                   stages[(label, d)], search)
-                     for label in labels for d in (1, -1)}
             bar.set_description(f"matched cost: search at layer {layer}")
-            slope_points = [(label, d * slope_multiplier) for label in labels for d in (1, -1)]
-            for (label, d), answers in _lockstep(probe, tasks, slope_points, bar, stages).items():
+            # the slope points first: the searches start where cost ~ m**2 from there reaches the budget
+            probe.measure([(label, d * slope_multiplier) for label in labels for d in (1, -1)])
+            bar.update(1)
+            tasks = {(label, d): _direction_search(probe.seen[label], d, budgets, cost, stages[(label, d)], search)
+                     for label in labels for d in (1, -1)}
+            for (label, d), answers in _lockstep(probe, tasks, bar, stages).items():
                 for b, s in answers.items():
                     found[(label, d, b)] = s
             within = {label: [m for m, s in probe.seen[label].items() if s[cost] <= cutoff * (1 + rel_tol)]
@@ -479,7 +492,7 @@ def matched_cost(model: Model, vectors: Mapping[str, SteeringVector], pairs: Seq
                 rows.append(row)
     return result(MATCHED_COST, cost=cost, budgets=budgets,
                   search={"start": start, "growth": growth, "max_multiplier": max_multiplier, "rel_tol": rel_tol,
-                          "max_iter": max_iter, "slope_multiplier": slope_multiplier,
+                          "max_iter": max_iter, "slope_multiplier": slope_multiplier, "bracket": "power law",
                           "effect_points": "all" if cfg.all_points else "found+grid",
                           "effect_grid": list(cfg.effect_grid)},
                   equal_norm=norm_info, norms={k: v.norm for k, v in used.items()},

@@ -43,7 +43,7 @@ def _describe(res: Mapping[str, Any]) -> str:
         parts.append(" @ ".join(str(p) for p in (vec.get("method"), vec.get("layer") is not None and f"L{vec['layer']}")
                                 if p))
     if res.get("multiplier") is not None:
-        parts.append(f"m = {float(res['multiplier']):+g}")
+        parts.append(f"m = {float(res['multiplier']):+.3g}")
     if res.get("n_pairs"):
         parts.append(f"{res['n_pairs']} pairs")
     return ", ".join(parts)
@@ -371,7 +371,7 @@ def plot_mechanism_routes(result: Any, ax: Axes | None = None, direction: str = 
         colours = series_colors(labels)
         for lab in labels:
             per = layer_shares(df[df["label"].astype(str) == str(lab)], direction, value)
-            notes = ([f"m = {float(mults[lab]):+g}"] if lab in mults else []) + \
+            notes = ([f"m = {float(mults[lab]):+.3g}"] if lab in mults else []) + \
                 (["attribution"] if estimates.get(str(lab)) == "attribution" else [])  # a gradient estimate
             name = f"{lab} ({', '.join(notes)})" if notes else str(lab)
             x = per.index.to_numpy(float)
