@@ -23,6 +23,7 @@ def _vector(model, hook, seed=1, scale=3.0):
                           hook)
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_attribution_equals_exact_patching_where_the_model_is_linear():
     # to first order every model is linear in the patched activations: with a tiny multiplier the
     # exact patched effects are the gradient ones up to O(m^2)

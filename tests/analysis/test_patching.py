@@ -26,6 +26,7 @@ def _rows(res, direction, comp):
     return t[(t.direction == direction) & (t.component == comp)].iloc[0]
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_unpatched_rows_equal_the_evaluation_and_no_hooks_remain(tiny_model):
     v = _vector(tiny_model, "blocks.0.hook_resid_post")
     res = activation_patching(tiny_model, v, PAIRS, multiplier=2.0, n_boot=50, batch_size=2)
@@ -41,6 +42,7 @@ def test_unpatched_rows_equal_the_evaluation_and_no_hooks_remain(tiny_model):
     assert remaining_hooks(tiny_model) == 0
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_no_vector_gives_zero_effect_everywhere(tiny_model):
     v = SteeringVector(torch.zeros(tiny_model.cfg.d_model), "blocks.1.hook_resid_pre")
     res = activation_patching(tiny_model, v, PAIRS, multiplier=1.0, n_boot=20)
@@ -49,6 +51,7 @@ def test_no_vector_gives_zero_effect_everywhere(tiny_model):
     assert remaining_hooks(tiny_model) == 0
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_one_layer_with_attention_zeroed_carries_everything_through_the_mlp():
     model = make_tiny_model(n_layers=1, seed=3)
     with torch.no_grad():
@@ -72,6 +75,7 @@ def test_one_layer_with_attention_zeroed_carries_everything_through_the_mlp():
     assert remaining_hooks(model) == 0
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_bad_options_are_one_line_errors(tiny_model):
     v = _vector(tiny_model, "blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match="components="):
@@ -80,3 +84,17 @@ def test_bad_options_are_one_line_errors(tiny_model):
         activation_patching(tiny_model, v, PAIRS, multiplier=0.0)
     with pytest.raises(TypeError, match="vector is a"):
         activation_patching(tiny_model, torch.zeros(32), PAIRS)
+
+
+@pytest.mark.tl4
+def test_the_bridge_refuses_patching_in_one_line_and_runs_the_full_pass_analyses(tiny_model):
+    """On a TransformerBridge, activation and attribution patching (blocks run from a cached residual) say so
+    and name what runs there; the analyses of full forward passes run (their tests run on the bridge)."""
+    from workbench.analysis.attribution import attribution_patching
+
+    v = _vector(tiny_model, "blocks.0.hook_resid_post")
+    for analysis in (activation_patching, attribution_patching):
+        with pytest.raises(NotImplementedError, match="start_at_layer") as err:
+            analysis(tiny_model, v, PAIRS, 1.0)
+        assert "\n" not in str(err.value) and "steered_dla and attention_shifts run on the bridge" in str(err.value)
+    assert remaining_hooks(tiny_model) == 0

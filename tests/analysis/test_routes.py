@@ -22,6 +22,7 @@ def _vector(model, seed, hook="blocks.0.hook_resid_post"):
     return SteeringVector(torch.randn(model.cfg.d_model, generator=g) * 3.0, hook)
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_a_route_equals_itself_and_a_scaled_copy(tiny_model):
     v = _vector(tiny_model, 1)
     res = route_patching(tiny_model, {"a": (v, 1.0), "b": (v, 1.0), "c": (_vector(tiny_model, 7), 1.0)}, PAIRS,
@@ -35,6 +36,7 @@ def test_a_route_equals_itself_and_a_scaled_copy(tiny_model):
     assert remaining_hooks(tiny_model) == 0
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_a_route_from_attribution_patching_sits_beside_an_exact_one(tiny_model):
     v = _vector(tiny_model, 1)
     approx = route_patching(tiny_model, {"a": (v, 1.0), "b": (v, 2.0)}, PAIRS, estimate="attribution", n_boot=10,
@@ -66,6 +68,7 @@ def test_compare_routes_and_matched_multipliers_refuse_the_wrong_kind(tiny_model
         route_multipliers(mc, 0.5)
 
 
+@pytest.mark.tl3  # runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_attention_shift_of_the_top_heads(tiny_model):
     v = _vector(tiny_model, 1)
     patching = activation_patching(tiny_model, v, PAIRS, 2.0, n_boot=10, components=("head",))
@@ -84,6 +87,18 @@ def test_attention_shift_of_the_top_heads(tiny_model):
         assert np.allclose(rows.groupby("component")[run].sum(), 1.0, atol=1e-5)
     assert np.allclose(rows.groupby("component").delta.sum(), 0.0, atol=1e-5)
     assert (res.table("heads").tv_distance > 0).all()
+
+
+def test_attention_shifts_of_given_heads(tiny_model):
+    """Full forward passes with hooks: on either TransformerLens line (the TL4 job runs it on the bridge)."""
+    v = _vector(tiny_model, 1)
+    res = attention_shifts(tiny_model, v, PAIRS, 2.0, heads=[(1, 0), (2, 3), (2, 1)], n_boot=10)
+    rows = res.table()
+    assert len(rows) == 3 * 3 and set(rows.region) == {"first", "prompt", "answer"}
+    for run in ("attn_unsteered", "attn_steered"):  # attention sums to one over the three regions
+        assert np.allclose(rows.groupby("component")[run].sum(), 1.0, atol=1e-5)
+    assert np.allclose(rows.groupby("component").delta.sum(), 0.0, atol=1e-5)
+    assert (res.table("heads").tv_distance > 0).all() and list(res.table("heads")["rank"]) == [1, 2, 3]
     zero = attention_shifts(tiny_model, SteeringVector(torch.zeros(32), "blocks.0.hook_resid_post"), PAIRS, 1.0,
                            heads=[(1, 0)], n_boot=10)
     assert np.allclose(zero.table().delta, 0.0) and np.allclose(zero.table("heads").tv_distance, 0.0)

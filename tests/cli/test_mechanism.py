@@ -47,6 +47,7 @@ def test_bad_options_are_refused_before_the_model_loads(monkeypatch, capsys):
     assert "--vector" in capsys.readouterr().err
 
 
+@pytest.mark.tl3  # patching runs blocks from a cached residual (start_at_layer): HookedTransformer only
 def test_every_analysis_of_two_vectors_on_a_tiny_model(monkeypatch, tmp_path, capsys):
     model = make_tiny_model(n_layers=2)
     monkeypatch.setattr(ModelOptions, "load_model", lambda self: model)

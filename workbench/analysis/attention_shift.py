@@ -73,7 +73,7 @@ def attention_shifts(model: Model, vector: SteeringVector, pairs: Sequence[Any],
         head: ``tv_distance`` (mean, with interval) and ``rank`` (its order in ``heads``).
     """
     cfg = with_options(PatchingConfig, config, options, "attention_shifts")
-    pairs, _ = check_inputs(model, vector, pairs, multiplier, cfg)
+    pairs, _ = check_inputs(model, vector, pairs, multiplier, cfg, starts_at_layer=False)
     start = entry(model, vector.hook_name)[0]
     if heads is None:
         heads = [(L, h) for L in range(start, model.cfg.n_layers) for h in range(model.cfg.n_heads)]

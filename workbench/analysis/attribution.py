@@ -248,7 +248,7 @@ def steered_dla(model: Model, vector: SteeringVector, pairs: Sequence[Any], mult
         all rows: the logit lens's final ``delta_logodds``), ``multiplier``, ``vector``.
     """
     cfg = with_options(PatchingConfig, config, options, "steered_dla")
-    pairs, _ = check_inputs(model, vector, pairs, multiplier, cfg)
+    pairs, _ = check_inputs(model, vector, pairs, multiplier, cfg, starts_at_layer=False)
     start, direct = entry(model, vector.hook_name)
     if not direct:
         raise ValueError(f"vector hook {vector.hook_name!r}: direct logit attribution needs a vector on the "
@@ -276,7 +276,8 @@ def steered_dla(model: Model, vector: SteeringVector, pairs: Sequence[Any], mult
         contrib = {"upstream": proj(reads[0]["x"], 1) - proj(reads[0]["x"], 0),
                    "vector": proj(reads[1]["x"] - reads[0]["x"], 1)}
         for L in range(start, n_layers):
-            W_O, b_O = model.blocks[L].attn.W_O.detach().float(), model.blocks[L].attn.b_O.detach().float()
+            W_O, b_O = model.blocks[L].attn.W_O.detach().float(), model.blocks[L].attn.b_O
+            b_O = torch.zeros(model.cfg.d_model, device=dev) if b_O is None else b_O.detach().float()  # bridge: no bias
             outs = [torch.einsum("bhd,hdm->bhm", r[f"z{L}"], W_O) for r in reads]  # (b, heads, d_model)
             for h in range(model.cfg.n_heads):
                 contrib[f"L{L}H{h}"] = proj(outs[1][:, h], 1) - proj(outs[0][:, h], 0)

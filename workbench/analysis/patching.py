@@ -233,11 +233,16 @@ def patched_logodds(model: Model, runner: Model, prep: Prepared, comp: Component
 
 
 def check_inputs(model: Model, vector: SteeringVector, pairs: Sequence[Any], multiplier: float,
-                 cfg: PatchingConfig) -> tuple[list[Any], Any]:
-    """Check once at the edge; the tokenised items (the engine's truncation rule)."""
-    if is_bridge(model):
-        raise NotImplementedError("activation patching needs start_at_layer, which a TransformerBridge lacks: "
-                                  "load the model as a HookedTransformer")
+                 cfg: PatchingConfig, *, starts_at_layer: bool = True) -> tuple[list[Any], Any]:
+    """Check once at the edge; the tokenised items (the engine's truncation rule). ``starts_at_layer``: the
+    analysis runs blocks from a cached residual (activation and attribution patching), which a
+    TransformerBridge cannot (its ``start_at_layer`` runs every block); full forward passes with hooks
+    (direct logit attribution, attention shifts) run on either line."""
+    if starts_at_layer and is_bridge(model):
+        raise NotImplementedError("activation and attribution patching run blocks from a cached residual "
+                                  "(start_at_layer), which a TransformerBridge cannot: load the model as a "
+                                  "HookedTransformer (TransformerLens 3.x); steered_dla and attention_shifts "
+                                  "run on the bridge")
     check_positions(model)
     if not isinstance(vector, SteeringVector):
         raise TypeError(f"vector is a {type(vector).__name__}, not a workbench.SteeringVector")
