@@ -146,8 +146,9 @@ reaches the budget and measures the held-out log-odds shift there (with a bootst
 `workbench reproduce` does)."""),
         code('''
 four = {**vectors["power-seeking"], **wb.study_extra_vectors(model, "power-seeking", CONFIG, RUNS)}
-texts = wb.load_neutral_text()[: CONFIG.utility_texts]
-matched = wb.matched_cost(model, four, test, texts, budgets=CONFIG.budgets, n_boot=CONFIG.n_boot)
+texts = wb.load_neutral_text()[: 1 if QUICK else CONFIG.compare_texts]  # as `workbench compare`: 16 passages, 64 tokens
+matched = wb.matched_cost(model, four, test, texts, budgets=CONFIG.budgets, n_boot=CONFIG.n_boot,
+                          utility_kw={"max_tokens": CONFIG.compare_max_tokens})
 table = matched.table()
 display(table[["vector", "direction", "budget", "multiplier", "cost", "effect", "effect_ci_low", "effect_ci_high",
                "monotone"]].round(3))
