@@ -64,17 +64,17 @@ def test_inline_debug_and_local_agree_cell_for_cell(model_dir, tmp_path):
 
 
 def test_killed_local_study_resumes_only_missing_cells(model_dir, tmp_path, monkeypatch):
-    spec = spec_for(model_dir)
+    spec = spec_for(model_dir, seeds=(0,))  # 2 jobs (one per behavior) of 3 cells: each job a fresh process
     monkeypatch.setenv("WORKBENCH_CELLS_KILL_AFTER", "1")  # each job SIGKILLs itself after its first cell
-    with pytest.raises(RuntimeError, match="4 of 4 job"):
+    with pytest.raises(RuntimeError, match="2 of 2 job"):
         run_study(spec, tmp_path, executor="local")
     done = [c for c in spec.cells() if is_complete(spec, c, tmp_path)]
-    assert len(done) == 4  # one cell per killed job
-    with pytest.raises(ValueError, match="8 cell"):
+    assert len(done) == 2  # one cell per killed job
+    with pytest.raises(ValueError, match="4 cell"):
         aggregate(spec, tmp_path)
     monkeypatch.delenv("WORKBENCH_CELLS_KILL_AFTER")
     again = run_study(spec, tmp_path, executor="local")
-    assert again["complete_before"] == 4 and len(again["ran"]) == 8
+    assert again["complete_before"] == 2 and len(again["ran"]) == 4
     assert sorted(again["ran"]) == sorted(c.name for c in spec.cells() if c not in done)
     assert run_study(spec, tmp_path, executor="local")["ran"] == []  # nothing left
     assert len(aggregate(spec, tmp_path)["rows"]) == 6
