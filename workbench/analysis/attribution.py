@@ -263,6 +263,10 @@ def steered_dla(model: Model, vector: SteeringVector, pairs: Sequence[Any], mult
     if has_scale:
         names["scale"] = "ln_final.hook_scale"
     per: dict[str, list[Tensor]] = {}
+    # each block's attention output weights in fp32, once for all batches (the bridge's attention has no b_O)
+    attn_out = {L: (model.blocks[L].attn.W_O.detach().float(),
+                    torch.zeros(model.cfg.d_model, device=dev) if model.blocks[L].attn.b_O is None
+                    else model.blocks[L].attn.b_O.detach().float()) for L in range(start, n_layers)}
 
     def hooks_for(rows: Tensor, c: Tensor, out: dict) -> list:
         return [(name, partial(_take, key=k, out=out, rows=rows, cols=c)) for k, name in names.items()]
@@ -276,8 +280,7 @@ def steered_dla(model: Model, vector: SteeringVector, pairs: Sequence[Any], mult
         contrib = {"upstream": proj(reads[0]["x"], 1) - proj(reads[0]["x"], 0),
                    "vector": proj(reads[1]["x"] - reads[0]["x"], 1)}
         for L in range(start, n_layers):
-            W_O, b_O = model.blocks[L].attn.W_O.detach().float(), model.blocks[L].attn.b_O
-            b_O = torch.zeros(model.cfg.d_model, device=dev) if b_O is None else b_O.detach().float()  # bridge: no bias
+            W_O, b_O = attn_out[L]
             outs = [torch.einsum("bhd,hdm->bhm", r[f"z{L}"], W_O) for r in reads]  # (b, heads, d_model)
             for h in range(model.cfg.n_heads):
                 contrib[f"L{L}H{h}"] = proj(outs[1][:, h], 1) - proj(outs[0][:, h], 0)
