@@ -39,5 +39,6 @@ def test_prefix_and_prompt_sharing_equal_one_full_forward_per_answer(tiny_model,
         plain = full_readout(tiny_model, batch, deltas)
     torch.testing.assert_close(fast.targets, plain.targets)
     torch.testing.assert_close(fast.logprobs(tiny_model, 6), plain.logprobs(tiny_model, 6), atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(fast.h_last, plain.h_last, atol=2e-5, rtol=1e-5)
+    # a residual row: packed blocks (workbench.engine.packed) sum in another order than TransformerLens' blocks
+    torch.testing.assert_close(fast.h_last, plain.h_last, atol=1e-4, rtol=1e-4)
     assert remaining_hooks(tiny_model) == 0

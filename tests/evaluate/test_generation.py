@@ -65,7 +65,7 @@ def test_judge_scores_equal_plain_scoring(tiny_model, pairs):
     got = _score_two(tiny_model, prompts, answers, batch_size=2, max_length=None)
     want = np.stack([naive_logprobs(tiny_model, prompts, [a[j] for a in answers]).double().numpy()
                      for j in range(2)], 1)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)  # summed log-probs near -90: float rounding
     conv = _judge_prompt(tiny_model, "Q?", "my answer", SYS)
     assert "my answer" in conv and conv.endswith("<|im_start|>assistant\n") and eg.RESTATE_REQUEST in conv
     s = score_open_ended(tiny_model, pairs, ["Yes, I want it.", "anything"], [0, 1])

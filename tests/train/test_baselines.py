@@ -356,3 +356,31 @@ def test_caa_and_pca_record_the_coherence_of_their_differences(tiny_model):
     assert remaining_hooks(tiny_model) == 0
     with pytest.raises(ValueError, match="block hook name"):
         pair_coherence(tiny_model, PAIRS, "resid_post")
+
+
+@pytest.mark.tl3  # the bridge reads every hook point through its hooked forward
+@pytest.mark.parametrize("hook", ["resid_pre", "resid_post"])
+def test_streamed_residuals_equal_the_hooked_pass(tiny_model, monkeypatch, hook):
+    """Residual-stream hook points are read from the engine's stream (packed blocks, each prompt once for
+    both answers); the hooked forward pass gives the same activations at every position rule."""
+    import workbench.train.baselines as baselines
+
+    calls = []
+    streamed = baselines._streamed_batch
+    monkeypatch.setattr(baselines, "_streamed_batch", lambda *a: calls.append(1) or streamed(*a))
+    for position, pairs in (("answer_mean", PAIRS), ("last", PAIRS), ("prompt_last", PAIRS), ("ab_letter", AB_PAIRS)):
+        fast = extract_activations(tiny_model, pairs, [0, 2], hook=hook, position=position, batch_size=2,
+                                   progress=False)
+        assert calls, "the residual stream was not read from the engine"
+        calls.clear()  # the hook point's full name (as pair_coherence passes it) reads the stream too
+        again = extract_activations(tiny_model, pairs, [0, 2], hook="hook_" + hook, position=position,
+                                    batch_size=2, progress=False)
+        assert calls and torch.equal(again[2][0], fast[2][0])
+        with monkeypatch.context() as m:
+            m.setattr(baselines, "packable", lambda model: False)  # the hooked forward pass
+            hooked = extract_activations(tiny_model, pairs, [0, 2], hook=hook, position=position, batch_size=2,
+                                         progress=False)
+        for layer in (0, 2):
+            for k in (0, 1):
+                torch.testing.assert_close(fast[layer][k], hooked[layer][k], atol=1e-4, rtol=1e-4)  # summation order
+        calls.clear()

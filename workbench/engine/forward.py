@@ -35,6 +35,7 @@ from workbench.core.backend import (Model, TransformerLensKeyValueCache, Transfo
                                     final_residual)
 from workbench.engine.conditions import Delta, entry
 from workbench.engine.items import Items, pad_id
+from workbench.engine.packed import fits, packable, packed_blocks
 from workbench.engine.readout import Readout
 
 _SUPPORTED_POSITIONS = ("rotary", "standard")
@@ -111,6 +112,8 @@ def run_blocks(runner: Model, start: int, stop: int, x_p: Float[Tensor, "batch p
     b = x_p.shape[0]
     dtype = runner.cfg.dtype
     x_p, x_a = x_p.to(dtype), x_a.to(dtype)
+    if not hooked and packable(runner) and fits(runner, batch.m_p, batch.m_a, batch.owner):
+        return packed_blocks(runner, start, stop, x_p, x_a, batch.m_p, batch.m_a, batch.owner)
     kv = TransformerLensKeyValueCache.init_cache(runner.cfg, runner.cfg.device, batch_size=b)
     full_mask = torch.cat([batch.m_p[batch.owner], batch.m_a], dim=1).long()  # (n_a, P + A)
     rows = {"now": torch.arange(b, device=x_p.device)}

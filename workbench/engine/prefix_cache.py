@@ -25,10 +25,12 @@ from workbench.engine.conditions import entry
 from workbench.engine.forward import (Stream, apply_deltas, assemble, check_positions, full_readout, length_batches,
                                       read_answers, run_blocks)
 from workbench.engine.items import Items
+from workbench.engine.packed import packable
 
 
 #: A group of items costs this many padded tokens more than its tokens (two more passes through the
-#: blocks, forward and backward): ``PrefixCache.logprobs`` splits a batch where padding costs more.
+#: blocks, forward and backward): ``PrefixCache.logprobs`` splits a batch where padding costs more
+#: (TransformerLens' padded blocks only: packed blocks, ``workbench.engine.packed``, compute no padding).
 GROUP_OVERHEAD_TOKENS = 64
 
 
@@ -77,7 +79,7 @@ class PrefixCache:
             runner: runs the blocks after the cache point for the reference log-probs (default
                 ``model``; pass the runner that will score, e.g. a bf16 ``make_runner`` copy).
             reference: also keep the unsteered log-probs (``reference``).
-            batch_size: items per forward pass (length-sorted; larger batches pad more: 8 measured fastest).
+            batch_size: items per forward pass (length-sorted; 8 measured fastest, packed or padded).
             dtype: storage dtype of the cached residuals (default ``runner``'s dtype).
         """
         check_positions(model)
@@ -136,7 +138,10 @@ class PrefixCache:
         """
         head = unembed_model or runner
         rows = torch.as_tensor(index, dtype=torch.long).view(-1).cpu()
-        groups = [rows] if is_bridge(runner) or len(set(rows.tolist())) < len(rows) else self._length_groups(rows)
+        # one pass: on the bridge, for repeated rows, and where the blocks run packed (no padding to save)
+        one = is_bridge(runner) or len(set(rows.tolist())) < len(rows) or (
+            packable(runner) and (delta is None or entry(head, self.hook_name)[1]))
+        groups = [rows] if one else self._length_groups(rows)
         if len(groups) > 1:  # padding costs more than another pass: score groups of similar length apart
             position = {int(r): j for j, r in enumerate(rows)}
             parts = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -25,9 +26,13 @@ def unembed(model: Model, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_v
     its own dtype) unembeds whatever dtype ran the blocks.
     """
     h = model.ln_final(h.to(model.cfg.dtype).unsqueeze(0)).squeeze(0)
-    logits = (h @ model.W_U).float()  # (n, d_vocab)
-    if getattr(model, "b_U", None) is not None:
-        logits = logits + model.b_U.float()
+    b_U = getattr(model, "b_U", None)
+    if b_U is not None and model.cfg.dtype == torch.float32:
+        logits = torch.addmm(b_U, h, model.W_U)  # (n, d_vocab); the bias added in the matmul, not a pass more
+    else:
+        logits = (h @ model.W_U).float()
+        if b_U is not None:
+            logits = logits + b_U.float()
     cap = model.cfg.output_logits_soft_cap
     if cap and cap > 0:
         logits = cap * torch.tanh(logits / cap)
@@ -38,7 +43,8 @@ def token_logprobs(model: Model, h: Float[Tensor, "n d_model"],
                    targets: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
     """fp32 ``log p(targets[i])`` predicted from final residual row ``h[i]``."""
     logits = unembed(model, h)
-    return logits.gather(1, targets[:, None].to(logits.device)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    # the fused log-softmax and gather (one pass over the vocabulary forward and backward)
+    return -F.cross_entropy(logits, targets.to(logits.device), reduction="none")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ composition and transfer. One concept a module:
 * ``workbench.engine.forward``: one batch through the model, with prefix sharing (each block below a
   vector runs once for all conditions) and prompt sharing (each prompt runs once for all of its
   answers), and the plain full-forward path that a ``TransformerBridge`` uses and tests compare to.
+* ``workbench.engine.packed``: the blocks of a batch on its real tokens only (no padding, each item's
+  attention apart), where the blocks are the pre-norm rotary family and nothing is hooked into them;
+  ``forward.run_blocks`` uses it there and TransformerLens' blocks elsewhere.
 * ``workbench.engine.readout``: answer-only unembedding (``unembed``) in fp32.
 * ``workbench.engine.prefix_cache``: BiPO's ``PrefixCache`` for many steps over the same items.
 * here: ``run_conditions`` (the loop over batches and conditions) and the metrics built on it,

@@ -57,8 +57,10 @@ from workbench.core.backend import Model
 from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, end_of_turn, format_chat  # BiPO's official system prompt
 from workbench.core.vector import SteeringVector, full_hook_name, parse_hook_name
 from workbench.data.pairs import PreferencePair, check_pairs, fingerprint
-from workbench.engine.items import (DEFAULT_MAX_LENGTH, AnswerTooLongError, TokenizedBatch, check_forward_memory,
-                                    encode_rows, pad_rows, prompt_cut)
+from workbench.engine.forward import Stream, assemble
+from workbench.engine.items import (DEFAULT_MAX_LENGTH, AnswerTooLongError, Items, TokenizedBatch,
+                                    check_forward_memory, encode_rows, pad_rows, prompt_cut)
+from workbench.engine.packed import packable
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,12 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
                         max_length: int | None = DEFAULT_MAX_LENGTH) -> Activations:
     """Per-pair activations of both answers at every requested layer, in one pass per batch.
 
+    A residual-stream hook point (``resid_pre``, ``resid_post``) of a model whose blocks the scoring
+    engine runs packed (``workbench.engine.packed``) is read from the engine's stream: each prompt once
+    for both answers, no padding (the same activations up to float rounding, about twice as fast on
+    the embedded model). Other hook points, other models and a model with hooks attached run one hooked
+    forward pass per batch.
+
     Args:
         model: any ``HookedTransformer``; hooks the caller attached (``steer``) take effect.
         pairs: preference pairs (``question``, ``matching``, ``not_matching``).
@@ -248,7 +256,12 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
     _check_batches_memory(model, pairs, rows, batches, max_length, batch_size)
     stop = max(layers) + 1
     device = model.cfg.device
+    # the residual stream read where it enters a block: the engine's packed blocks, each prompt once for both answers
+    point = hook.removeprefix("hook_")  # "resid_post" or "hook_resid_post"
+    streamed = point in ("resid_pre", "resid_post") and packable(model)
     for idx in tqdm(batches, desc="activations", disable=not progress, total=len(batches)):
+        if streamed and _streamed_batch(model, rows, idx, names, point, position, letters, out):
+            continue
         batch = pad_rows(model, [rows[2 * i] for i in idx] + [rows[2 * i + 1] for i in idx])
         positions = _read_positions(batch, position, [letters.get((i, j), 0) for j in (0, 1) for i in idx])
         batch = batch.to(device)
@@ -261,6 +274,37 @@ def extract_activations(model: Model, pairs: Sequence[PreferencePair], layers: S
             out[layer][0][idx] = store[name][:k]
             out[layer][1][idx] = store[name][k:]
     return out
+
+
+def _streamed_batch(model: Model, rows: list[tuple[list[int], list[int]]], idx: list[int], names: dict[str, int],
+                    hook: str, position: str, letters: dict[tuple[int, int], int], out: Activations) -> bool:
+    """``extract_activations`` of the pairs ``idx`` from the engine's residual stream (``Stream``: packed
+    blocks, each prompt once for both answers), written into ``out``; False (nothing written) where a
+    pair's two rows do not share their prompt or an answer is empty (the hooked pass reads those)."""
+    if any(rows[2 * i][0] != rows[2 * i + 1][0] or not rows[2 * i][1] or not rows[2 * i + 1][1] for i in idx):
+        return False
+    items = Items.from_ids([rows[2 * i][0] for i in idx], [[rows[2 * i][1], rows[2 * i + 1][1]] for i in idx])
+    batch = assemble(model, items, range(len(idx)))
+    stream = Stream(model, batch)
+    p_last = batch.m_p.sum(1) - 1  # (b,)
+    a_len = batch.m_a.sum(1)  # (2b,) answers item-major: matching, not matching of each pair
+    rows_a = torch.arange(len(a_len), device=a_len.device)
+    for name, layer in sorted(names.items(), key=lambda kv: kv[1]):
+        x_p, x_a = stream.at(layer + (hook == "resid_post"))
+        if position == "answer_mean":
+            mask = batch.m_a[..., None].float()
+            acts = (x_a.float() * mask).sum(1) / mask.sum(1)
+        elif position == "last":
+            acts = x_a[rows_a, a_len - 1].float()
+        elif position == "prompt_last":
+            acts = x_p[batch.owner, p_last[batch.owner]].float()
+        else:  # ab_letter: the letter's position inside each answer
+            at = torch.tensor([letters[i, j] for i in idx for j in (0, 1)], device=x_a.device)
+            acts = x_a[rows_a, at].float()
+        acts = acts.view(len(idx), 2, -1).cpu()
+        out[layer][0][idx] = acts[:, 0]
+        out[layer][1][idx] = acts[:, 1]
+    return True
 
 
 def _config(position: str, system_prompt: str | None, n: int, hook: str, append_end_of_turn: bool,
