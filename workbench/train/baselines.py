@@ -280,8 +280,9 @@ def _streamed_batch(model: Model, rows: list[tuple[list[int], list[int]]], idx: 
                     hook: str, position: str, letters: dict[tuple[int, int], int], out: Activations) -> bool:
     """``extract_activations`` of the pairs ``idx`` from the engine's residual stream (``Stream``: packed
     blocks, each prompt once for both answers), written into ``out``; False (nothing written) where a
-    pair's two rows do not share their prompt or an answer is empty (the hooked pass reads those)."""
-    if any(rows[2 * i][0] != rows[2 * i + 1][0] or not rows[2 * i][1] or not rows[2 * i + 1][1] for i in idx):
+    pair's two rows do not share their prompt, or a prompt or an answer is empty (the hooked pass reads those)."""
+    if any(rows[2 * i][0] != rows[2 * i + 1][0] or not (rows[2 * i][0] and rows[2 * i][1] and rows[2 * i + 1][1])
+           for i in idx):
         return False
     items = Items.from_ids([rows[2 * i][0] for i in idx], [[rows[2 * i][1], rows[2 * i + 1][1]] for i in idx])
     batch = assemble(model, items, range(len(idx)))
@@ -289,7 +290,7 @@ def _streamed_batch(model: Model, rows: list[tuple[list[int], list[int]]], idx: 
     p_last = batch.m_p.sum(1) - 1  # (b,)
     a_len = batch.m_a.sum(1)  # (2b,) answers item-major: matching, not matching of each pair
     rows_a = torch.arange(len(a_len), device=a_len.device)
-    for name, layer in sorted(names.items(), key=lambda kv: kv[1]):
+    for layer in sorted(set(names.values())):  # going up: each block runs once
         x_p, x_a = stream.at(layer + (hook == "resid_post"))
         if position == "answer_mean":
             mask = batch.m_a[..., None].float()
