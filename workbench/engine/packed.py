@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+# blocks that normalise each sublayer's output (OLMo 2/3); both TransformerLens lines define the set here
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from workbench.core.backend import Model, is_bridge
 
 _OFF_FLAGS = ("use_attn_in", "use_split_qkv_input", "use_normalization_before_and_after", "attn_only",
               "parallel_attn_mlp", "use_local_attn", "use_attention_sinks", "use_logn_attn",
               "use_dynamic_ntk_rope", "use_qk_norm", "load_in_4bit", "ungroup_grouped_query_attention")
-# architectures whose blocks normalise after attention/MLP (TransformerLens' POST_NORM_ARCHITECTURES)
-_POST_NORM = ("Olmo2ForCausalLM", "Olmo3ForCausalLM", "OlmoeForCausalLM")
 
 
 def packable(runner: Model) -> bool:
@@ -52,7 +52,7 @@ def packable(runner: Model) -> bool:
     cfg = runner.cfg
     if is_bridge(runner) or cfg.positional_embedding_type != "rotary" or (cfg.n_devices or 1) != 1:
         return False
-    if any(getattr(cfg, flag, False) for flag in _OFF_FLAGS) or cfg.original_architecture in _POST_NORM:
+    if any(getattr(cfg, flag, False) for flag in _OFF_FLAGS) or cfg.original_architecture in POST_NORM_ARCHITECTURES:
         return False
     if (cfg.attn_scores_soft_cap or 0) > 0 or getattr(cfg, "clip_qkv", None) is not None:
         return False
