@@ -53,6 +53,7 @@ from workbench.core.io import atomic_write_json
 from workbench.core.loading import load_model
 from workbench.engine.conditions import entry
 from workbench.engine.items import tokenize_completions
+from workbench.engine.packed import MIN_SHARED_ROWS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
 RESULTS = Path(__file__).resolve().parent / "results" / "bipo_speed.json"
@@ -104,18 +105,37 @@ def token_lengths(model, pairs, config: BiPOConfig) -> tuple[torch.Tensor, torch
     return torch.tensor(p), torch.tensor(a)
 
 
+def shared_span(model, pairs, config: BiPOConfig) -> int:
+    """The prompt tokens every pair starts with (the chat template's system prompt), as the trainer tokenizes them."""
+    prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
+    ids = [tokenize_completions(model, [p], [a[0]], max_length=config.max_length) for p, a in zip(prompts, answers)]
+    ids = [b.tokens[0, : int(b.prompt_lengths[0])] for b in ids]
+    span = min(len(t) for t in ids)
+    for t in ids[1:]:
+        same = (t[:span] == ids[0][:span]).to(torch.uint8)
+        span = span if bool(same.all()) else int(same.argmin())
+    return span
+
+
+def _shared(b: int, p: torch.Tensor, span: int) -> int:
+    """The prompt positions a packed batch of ``b`` items computes once (``workbench.engine.packed.shared_prefix``)."""
+    s = min(span, int(p.min()) - 1)
+    return s if b > 1 and (b - 1) * s >= MIN_SHARED_ROWS else 0
+
+
 def trainer_flops(model, start_layer: int, p_len: torch.Tensor, a_len: torch.Tensor, plan: list[torch.Tensor],
-                  ) -> float:
+                  span: int = 0) -> float:
     """Model FLOPs of the fast path's steps (forward + activation backward = 2x forward).
 
-    The blocks run packed (``workbench.engine.packed``): the weights see each batch's real tokens only,
-    and attention runs per item over ``N`` slots, ``N`` = the batch's longest prompt + both answers.
+    The blocks run packed (``workbench.engine.packed``): the weights see each batch's real tokens only, the
+    ``span`` prompt tokens every item shares once per batch, and attention runs per item over ``N`` slots,
+    ``N`` = the batch's longest prompt + both answers (counted without the shared span's saving).
     """
     n_run = model.cfg.n_layers - start_layer
     total = 0.0
     for idx in plan:
         p, a = p_len[idx], a_len[idx]
-        tokens = int(p.sum() + a.sum())
+        tokens = int(p.sum() + a.sum()) - (len(idx) - 1) * _shared(len(idx), p, span)
         slots = int((p + a.sum(1)).max())
         fwd = n_run * (tokens * 2 * block_params(model) + 4 * model.cfg.n_heads * model.cfg.d_head * len(idx) * slots ** 2)
         fwd += unembed_flops(model, int(a.sum()))
@@ -123,61 +143,17 @@ def trainer_flops(model, start_layer: int, p_len: torch.Tensor, a_len: torch.Ten
     return total
 
 
-def setup_flops(model, p_len: torch.Tensor, a_len: torch.Tensor) -> float:
-    """Model FLOPs of the setup pass: every prompt once and both its answers through every block, unembedded."""
+def setup_flops(model, p_len: torch.Tensor, a_len: torch.Tensor, span: int = 0, batch_size: int = 8) -> float:
+    """Model FLOPs of the setup pass: every prompt once and both its answers through every block, unembedded;
+    the shared ``span`` once per length-sorted batch of ``batch_size`` (``PrefixCache.build``'s)."""
     n = model.cfg.n_layers
-    return sum(flops_block_tokens(model, int(p), int(p), n) + flops_block_tokens(model, int(a.sum()), int(p + a.max()), n)
-               + unembed_flops(model, int(a.sum())) for p, a in zip(p_len, a_len))
-
-
-def official_flops(model, lengths: list[int], layer: int) -> float:
-    """Model FLOPs of one official-style step on a padded batch of sequences of ``lengths``."""
-    n, t = len(lengths), max(lengths)
-    full = flops_block_tokens(model, n * t, t, model.cfg.n_layers) + unembed_flops(model, n * t)
-    backward = flops_block_tokens(model, n * t, t, model.cfg.n_layers - layer - 1) + unembed_flops(model, n * t)
-    return 2 * full + backward  # steered forward + reference forward + backward from the hook on
-
-
-def official_epoch(model, runner, pairs, config: BiPOConfig, lengths: torch.Tensor) -> dict:
-    """The official-style loop: full steered and reference forwards, full-vocab log_softmax."""
-    prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
-    site_hook = config.hook_name
-    gen = torch.Generator().manual_seed(config.seed)
-    v = torch.zeros(model.cfg.d_model, requires_grad=True)
-    opt = torch.optim.AdamW([v], lr=config.lr, weight_decay=config.weight_decay)
-    plan = batch_plan(len(pairs), config, gen, lengths)
-    total = len(plan) * config.epochs
-    losses, flops = [], 0.0
-
-    def logps(tokens, am, ans_mask, hooks):
-        with runner.hooks(fwd_hooks=hooks):
-            logits = runner(tokens, attention_mask=am)  # (2b, T, V)
-        lp = logits.float().log_softmax(-1)[:, :-1].gather(2, tokens[:, 1:, None]).squeeze(2)  # (2b, T-1)
-        return (lp * ans_mask[:, 1:]).sum(1)
-
-    t0 = time.perf_counter()
-    for step, idx in enumerate(plan):
-        opt.param_groups[0]["lr"] = config.lr * lr_factor(step, total, config.warmup_steps)
-        d = draw_directions(config, len(idx), gen)
-        ps = [prompts[i] for i in idx.tolist()]
-        batch = tokenize_completions(model, ps + ps, [answers[i][0] for i in idx.tolist()] +
-                                     [answers[i][1] for i in idx.tolist()], max_length=config.max_length)
-        tokens, am, mask = batch.tokens, batch.attention_mask, batch.answer_mask.float()
-        delta = (d[0] * v) if config.direction == "batch" else (d.repeat(2)[:, None, None] * v)
-        add = lambda act, hook: act + delta.to(act.dtype)  # noqa: E731
-        lp = logps(tokens, am, mask, [(site_hook, add)])
-        with torch.no_grad():
-            ref = logps(tokens, am, mask, [])
-        b = len(idx)
-        loss_vec, _ = bipo_loss(lp[:b], lp[b:], ref[:b], ref[b:], d, config.beta)
-        loss = loss_vec.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        flops += official_flops(model, batch.lengths.tolist(), config.layer)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "losses": losses, "vector": v.detach(), "flops": flops}
+    total = sum(flops_block_tokens(model, int(p), int(p), n) + flops_block_tokens(model, int(a.sum()), int(p + a.max()), n)
+                + unembed_flops(model, int(a.sum())) for p, a in zip(p_len, a_len))
+    order = torch.argsort(p_len + a_len.amax(1), stable=True)  # Items.lengths: prompt + longest answer
+    for s in range(0, len(order), batch_size):
+        p = p_len[order[s: s + batch_size]]
+        total -= flops_block_tokens(model, (len(p) - 1) * _shared(len(p), p, span), int(p.max()), n)
+    return total
 
 
 def run(model, pairs, precision: str, layer: int, batching: str = "random") -> dict:
@@ -193,7 +169,8 @@ def run(model, pairs, precision: str, layer: int, batching: str = "random") -> d
     lengths = p_len + a_len.amax(1)
     plan = batch_plan(len(pairs), config, torch.Generator().manual_seed(config.seed), lengths)
     start = entry(model, config.hook_name)[0]
-    fast_flops = trainer_flops(model, start, p_len, a_len, plan)
+    span = shared_span(model, pairs, config)
+    fast_flops = trainer_flops(model, start, p_len, a_len, plan, span)
     step_seconds = res.epochs[-1]["seconds"]
     runner = copy.deepcopy(model).to(torch.bfloat16) if precision == "bf16" else model
     if precision == "bf16":
@@ -218,8 +195,9 @@ def run(model, pairs, precision: str, layer: int, batching: str = "random") -> d
         "max_abs_loss_difference": max(abs(a - b) for a, b in zip(fast_losses, off["losses"])),
         "vector_cosine": float(torch.nn.functional.cosine_similarity(res.vector.vector, off["vector"], dim=0)),
         "workbench_model_gflop": fast_flops / 1e9, "official_model_gflop": off["flops"] / 1e9,
-        "workbench_setup_model_gflop": setup_flops(model, p_len, a_len) / 1e9,
-        "workbench_setup_gflops_per_s": setup_flops(model, p_len, a_len) / res.setup_seconds / 1e9,
+        "workbench_setup_model_gflop": setup_flops(model, p_len, a_len, span) / 1e9,
+        "workbench_setup_gflops_per_s": setup_flops(model, p_len, a_len, span) / res.setup_seconds / 1e9,
+        "shared_prompt_tokens": span,
         "workbench_gflops_per_s": fast_flops / step_seconds / 1e9,
         "official_gflops_per_s": off["flops"] / off["seconds"] / 1e9,
         "matmul_gflops_per_s": peak, "workbench_share_of_matmul_peak": fast_flops / step_seconds / 1e9 / peak["peak"],

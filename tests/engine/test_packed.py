@@ -108,3 +108,65 @@ def test_packable_refuses_blocks_it_does_not_compute(tiny_model, monkeypatch):
     batch = assemble(model, items, [0, 1])
     r_p, r_a = run_blocks(model, 0, model.cfg.n_layers, *Stream(model, batch).at(0), batch)
     assert torch.isfinite(read_answers(r_p, r_a, batch).logprobs(model, 4)).all()
+
+
+SYSTEM = "You are a kind and honest helper who answers well . "
+
+
+def _shared_batch(model):
+    items = tokenize_items(model, [SYSTEM + p for p in PROMPTS], ANSWERS)
+    return assemble(model, items, [0, 1, 2, 3])
+
+
+@pytest.mark.tl3
+@pytest.mark.parametrize("variant", ["grouped-query", "laid out"])
+def test_shared_prompt_prefix_runs_once_with_equal_values_and_gradient(tiny_model, variant):
+    """A prefix every item holds (a system prompt, the same delta) is computed once: the same residuals at every
+    real position, the same log-probs and the same gradient in a delta added to every item as TransformerLens'
+    blocks and as packing without sharing."""
+    from workbench.engine.packed import shared_prefix
+    from workbench.engine.runners import make_runner
+
+    model = tiny_model if variant == "grouped-query" else make_runner(tiny_model, 0)
+    batch = _shared_batch(model)
+    x_p, x_a = Stream(model, batch).at(1)
+    n_shared = len(tokenize_items(model, [SYSTEM], [["x"]]).prompts[0])  # BOS + the system prompt's tokens
+    assert shared_prefix(x_p, batch.m_p) >= n_shared - 1  # the Stream shared it too: rows equal bit for bit
+    results = {}
+    for path in ("transformerlens", "unshared", "shared"):
+        delta = torch.zeros(model.cfg.d_model, requires_grad=True)
+        with torch.no_grad():
+            delta += 0.3 * torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+        args = (model, 1, model.cfg.n_layers, x_p + delta, x_a + delta)
+        if path == "transformerlens":
+            with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: act)]):
+                r_p, r_a = run_blocks(*args, batch)
+        else:
+            r_p, r_a = packed_blocks(*args, batch.m_p, batch.m_a, batch.owner, share=path == "shared")
+        lp = read_answers(r_p, r_a, batch).logprobs(model, len(batch.owner))
+        lp.sum().backward()
+        results[path] = (lp.detach(), delta.grad, r_p[batch.m_p].detach(), r_a[batch.m_a].detach())
+    for path in ("unshared", "shared"):
+        for got, want in zip(results[path], results["transformerlens"]):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert results["shared"][1].norm() > 0
+
+
+@pytest.mark.tl3
+def test_shared_prefix_needs_equal_rows(tiny_model):
+    """Different deltas per item (BiPO's per-pair directions) or short spans share nothing; a mismatch at one
+    position ends the span there."""
+    from workbench.engine.packed import MIN_SHARED_ROWS, shared_prefix
+
+    batch = _shared_batch(tiny_model)
+    x_p, _ = Stream(tiny_model, batch).at(1)
+    span = shared_prefix(x_p, batch.m_p)
+    assert span * 3 >= MIN_SHARED_ROWS
+    signs = torch.tensor([1.0, -1.0, 1.0, 1.0])[:, None, None]
+    assert shared_prefix(x_p + signs * torch.ones(tiny_model.cfg.d_model), batch.m_p) == 0
+    cut = x_p.clone()
+    cut[2, span - 2] += 1e-3
+    assert shared_prefix(cut, batch.m_p) == (span - 2 if (span - 2) * 3 >= MIN_SHARED_ROWS else 0)
+    assert shared_prefix(x_p[:1], batch.m_p[:1]) == 0  # one item: nothing to share
+    plain = assemble(tiny_model, tokenize_items(tiny_model, PROMPTS, ANSWERS), [0, 1, 2, 3])
+    assert shared_prefix(Stream(tiny_model, plain).at(1)[0], plain.m_p) == 0  # only BOS in common

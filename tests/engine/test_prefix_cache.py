@@ -57,3 +57,36 @@ def test_score_is_logprobs_of_every_item_and_needs_equal_answer_counts(tiny_mode
     ragged = tokenize_items(tiny_model, prompts[:2], [answers[0], answers[1] + ["maybe"]])
     with pytest.raises(ValueError, match="same number of answers"):
         PrefixCache.build(tiny_model, ragged, v.hook_name)
+
+
+def test_shared_system_prompt_is_one_residual_and_computed_once_per_step(tiny_model, monkeypatch):
+    """The system prompt every item shares holds the same residual in every item (setup batches built apart),
+    so a step with one delta computes it once: log-probs as the independent forward, gradient as without sharing."""
+    import workbench.engine.packed as packed
+
+    v = vec(1, "resid_post", 5)
+    prompts, answers = prompts_and_answers(tiny_model, PAIRS, SYS)
+    items = tokenize_items(tiny_model, prompts, answers)
+    runner = make_runner(tiny_model, entry(tiny_model, v.hook_name)[0])
+    cache = PrefixCache.build(tiny_model, items, v.hook_name, runner=runner, batch_size=2)
+    span = 0  # the tokens every prompt starts with: the template up to the question
+    while all(len(t) > span and t[span] == items.prompts[0][span] for t in items.prompts):
+        span += 1
+    rows = [cache.prompt_resid[int(o): int(o) + span] for o in cache.prompt_offsets[:-1]]
+    assert span > 4 and all(torch.equal(r, rows[0]) for r in rows)
+    spans = []
+    real = packed.shared_prefix
+    monkeypatch.setattr(packed, "shared_prefix", lambda x_p, m_p: spans.append(real(x_p, m_p)) or spans[-1])
+    grads = []
+    for share in (True, False):
+        monkeypatch.setattr(packed, "MIN_SHARED_ROWS", 1 if share else 10**9)
+        x = v.vector.clone().requires_grad_(True)
+        lp = cache.logprobs(runner, torch.tensor([4, 0, 2]), -1.5 * x, unembed_model=tiny_model)
+        lp.sum().backward()
+        grads.append(x.grad)
+        with steer(tiny_model, v, -1.5):
+            want = naive_logprobs(tiny_model, [p for i in (4, 0, 2) for p in [prompts[i]] * 2],
+                                  [a for i in (4, 0, 2) for a in answers[i]])
+        np.testing.assert_allclose(lp.detach().double().flatten(), want, atol=2e-5)
+    assert spans[0] >= span and spans[1] == 0  # computed once, then not
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

@@ -106,7 +106,12 @@ def _delta_hooks(runner: Model, hooked: Sequence[Delta], rows: dict[str, Tensor]
 def run_blocks(runner: Model, start: int, stop: int, x_p: Float[Tensor, "batch prompt_pos d_model"],
                x_a: Float[Tensor, "n_answers answer_pos d_model"], batch: Batch,
                hooked: Sequence[Delta] = ()) -> tuple[Tensor, Tensor]:
-    """Blocks ``start..stop-1`` on the prompts, then on their answers against the prompts' key/value cache."""
+    """Blocks ``start..stop-1`` on the prompts, then on their answers against the prompts' key/value cache.
+
+    Where the blocks run packed (``workbench.engine.packed``), leading prompt positions equal bit for bit in
+    every item run once; a gradient in ``x_p`` then reaches the first item's rows of them (the sum over
+    items, what one delta for every item receives, is the same).
+    """
     if start >= stop:
         return x_p, x_a
     b = x_p.shape[0]

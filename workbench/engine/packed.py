@@ -15,7 +15,10 @@ blocks on the real tokens only:
   ``torch.nn.functional.scaled_dot_product_attention``: a prompt token sees the prompt up to itself,
   an answer token the whole prompt and its own answer up to itself, at the positions
   ``run_blocks`` gives it (prompt ``0..p-1``, answer ``p..``), rotated with the attention's own
-  rotary tables; grouped-query heads are not repeated (``enable_gqa``).
+  rotary tables; grouped-query heads are not repeated (``enable_gqa``);
+* the leading prompt positions that hold the same residual in every item (a chat template's system
+  prompt under the same delta: ``shared_prefix``) run once, and every item attends to them: on BiPO's
+  power-seeking pairs the 18-token system prompt is 16 % of a batch's tokens.
 
 The result equals ``run_blocks``' at every real position up to float rounding (a different order of
 the same sums; ``tests/engine/test_packed.py``). No weight is copied in ``make_runner``'s laid-out copy
@@ -102,33 +105,66 @@ def fits(runner: Model, m_p: Tensor, m_a: Tensor, owner: Tensor) -> bool:
     return longest <= runner.blocks[0].attn.rotary_cos.shape[0]
 
 
+#: a shared prefix is computed once only where it saves at least this many token rows of a batch
+#: (below it the extra attention call per block costs more than the rows it saves)
+MIN_SHARED_ROWS = 16
+
+
+def shared_prefix(x_p: Float[Tensor, "batch prompt_pos d_model"], m_p: Tensor) -> int:
+    """How many leading prompt positions hold the same residual, bit for bit, in every item of the batch.
+
+    Capped one short of the shortest prompt (every item keeps a prompt token of its own); 0 where the
+    rows it would save (``(batch - 1) * span``) are fewer than ``MIN_SHARED_ROWS``. Same residuals at
+    the same positions give the same residuals in every later block (causal attention), so such a
+    span (a chat template's system prompt; the same delta added to every item) is computed once.
+    """
+    b = x_p.shape[0]
+    cap = int(m_p.sum(1).min()) - 1
+    if b < 2 or (b - 1) * cap < MIN_SHARED_ROWS:
+        return 0
+    same = (x_p[1:, :cap] == x_p[:1, :cap]).all(-1).all(0)  # (cap,)
+    span = cap if bool(same.all()) else int(same.to(torch.uint8).argmin())
+    return span if (b - 1) * span >= MIN_SHARED_ROWS else 0
+
+
 def packed_blocks(runner: Model, start: int, stop: int, x_p: Float[Tensor, "batch prompt_pos d_model"],
                   x_a: Float[Tensor, "n_answers answer_pos d_model"], m_p: Tensor, m_a: Tensor,
-                  owner: Tensor) -> tuple[Tensor, Tensor]:
+                  owner: Tensor, *, share: bool = True) -> tuple[Tensor, Tensor]:
     """Blocks ``start..stop-1`` of ``runner`` on the real tokens of a batch; same shapes as ``run_blocks``.
 
     ``m_p`` ``(b, P)`` / ``m_a`` ``(n_a, A)`` mark real prompt / answer tokens (right padding), ``owner``
     ``(n_a,)`` each answer's item. Returns the residuals after block ``stop - 1``, zero at padded positions.
     Differentiable in ``x_p`` and ``x_a``.
+
+    ``share``: the leading prompt positions that every item holds bit for bit (``shared_prefix``) run
+    once, as the first item's, and every item's answers and later prompt tokens attend to them. The
+    outputs are the same; the gradient of those positions then reaches the first item's rows of
+    ``x_p`` only (their sum over items, what a delta added to every item receives, is unchanged). Pass
+    ``share=False`` where each item's own gradient of them is wanted.
     """
     dev, dtype = x_p.device, runner.cfg.dtype
     b, n_a, d = x_p.shape[0], x_a.shape[0], x_p.shape[-1]
-    p_len, a_len = m_p.sum(1), m_a.sum(1)  # (b,), (n_a,)
-    # token order: item by item, its prompt then its answers (answers are item-major in a Batch)
+    S = shared_prefix(x_p, m_p) if share else 0
+    own_p = m_p.clone()
+    own_p[:, :S] = False  # each item's own prompt tokens (after the shared span)
+    p_len, a_len = own_p.sum(1), m_a.sum(1)  # (b,), (n_a,)
+    # token order: the shared span, then item by item its own prompt tokens and its answers (item-major)
     item_of_prompt_tok = torch.repeat_interleave(torch.arange(b, device=dev), p_len)
     item_of_answer_tok = torch.repeat_interleave(owner, a_len)
     seg_p = torch.zeros_like(item_of_prompt_tok)  # segment 0: the prompt; answer j of the batch: j + 1
     seg_a = torch.repeat_interleave(torch.arange(1, n_a + 1, device=dev), a_len)
-    pos_p = m_p.long().cumsum(1)[m_p] - 1  # prompt token positions 0..p-1
-    pos_a = (m_a.long().cumsum(1) - 1 + p_len[owner][:, None])[m_a]  # answer positions p..
+    pos_p = (m_p.long().cumsum(1) - 1)[own_p]  # prompt token positions S..p-1
+    pos_a = (m_a.long().cumsum(1) - 1 + m_p.sum(1)[owner][:, None])[m_a]  # answer positions p..
     item = torch.cat([item_of_prompt_tok, item_of_answer_tok])
     order = torch.argsort(item * 2 + (torch.arange(len(item), device=dev) >= len(item_of_prompt_tok)).long(),
                           stable=True)  # item-major, prompt before answers
     seg, pos = torch.cat([seg_p, seg_a])[order], torch.cat([pos_p, pos_a])[order]
     item = item[order]
-    x = torch.cat([x_p[m_p], x_a[m_a]])[order].to(dtype)  # (T, d)
+    x = torch.cat([x_p[0, :S], x_p[own_p], x_a[m_a]]).to(dtype)  # (S + T, d)
+    x = torch.cat([x[:S], x[S:][order]])
+    pos_all = torch.cat([torch.arange(S, device=dev), pos])
 
-    # per-item attention layout: (b, N) slots, N = the longest item, gathered from the flat tokens
+    # per-item attention layout: (b, N) slots, N = the longest item's own tokens, gathered from the flat tokens
     n_tok = torch.bincount(item, minlength=b)  # (b,)
     first = torch.cumsum(n_tok, 0) - n_tok
     N = int(n_tok.max())
@@ -145,29 +181,45 @@ def packed_blocks(runner: Model, start: int, stop: int, x_p: Float[Tensor, "batc
     allowed = ((s[:, None, :] == 0) | (s[:, None, :] == s[:, :, None])) & (q_pos[:, None, :] <= q_pos[:, :, None])
     allowed &= valid[:, None, :]
     allowed[:, :, 0] |= ~valid  # padded query slots see slot 0 (their output is dropped)
-    mask = allowed[:, None]  # (b, 1, N, N)
+    # every own token comes after the shared span and sees all of it
+    mask = torch.cat([allowed.new_ones(b, N, S), allowed], dim=2)[:, None]  # (b, 1, N, S + N)
 
-    h = x[None]  # (1, T, d)
+    def attend(q: Tensor, k: Tensor, v: Tensor, attn: torch.nn.Module) -> Tensor:
+        """Attention output ``(S + T, heads * d_head)`` of the shared span and every item's own tokens."""
+        gqa = k.shape[1] != q.shape[1]
+        scale = 1.0 / attn.attn_scale
+        qs, ks, vs = slots(q[S:]), slots(k[S:]), slots(v[S:])  # (b, heads, N, d_head)
+        if S:
+            k_s, v_s = k[:S].transpose(0, 1)[None], v[:S].transpose(0, 1)[None]  # (1, heads, S, d_head)
+            ks = torch.cat([k_s.expand(b, -1, -1, -1), ks], dim=2)
+            vs = torch.cat([v_s.expand(b, -1, -1, -1), vs], dim=2)
+        z = F.scaled_dot_product_attention(qs, ks, vs.to(qs.dtype), attn_mask=mask, scale=scale,
+                                           enable_gqa=gqa)  # (b, H, N, d_head)
+        z = z.transpose(1, 2).reshape(b * N, -1).index_select(0, scatter)  # (T, H * d_head)
+        if not S:
+            return z
+        z_s = F.scaled_dot_product_attention(q[:S].transpose(0, 1)[None], k_s, v_s.to(q.dtype), is_causal=True,
+                                             scale=scale, enable_gqa=gqa)  # (1, H, S, d_head)
+        return torch.cat([z_s[0].transpose(0, 1).reshape(S, -1), z])
+
+    h = x[None]  # (1, S + T, d)
     for block in runner.blocks[start:stop]:
         attn = block.attn
         normed = block.ln1(h)
-        q, k, v = attn.calculate_qkv_matrices(normed, normed, normed)  # (1, T, heads, d_head)
-        q, k = _rotate(attn, q[0], pos), _rotate(attn, k[0], pos)
-        v = v[0]
-        qs, ks, vs = slots(q), slots(k), slots(v)  # (b, heads, N, d_head)
-        z = F.scaled_dot_product_attention(qs, ks, vs.to(qs.dtype), attn_mask=mask, scale=1.0 / attn.attn_scale,
-                                           enable_gqa=ks.shape[1] != qs.shape[1])  # (b, H, N, d_head)
-        z = z.transpose(1, 2).reshape(b * N, -1).index_select(0, scatter)  # (T, H * d_head)
-        h = h + _out_projection(attn, z)[None]
+        q, k, v = attn.calculate_qkv_matrices(normed, normed, normed)  # (1, S + T, heads, d_head)
+        q, k = _rotate(attn, q[0], pos_all), _rotate(attn, k[0], pos_all)
+        h = h + _out_projection(attn, attend(q, k, v[0], attn))[None]
         h = h + _mlp(block.mlp, block.ln2(h))
 
-    out = h[0][torch.argsort(order)]  # back to prompt tokens, then answer tokens
+    out = h[0, S:][torch.argsort(order)]  # back to own prompt tokens, then answer tokens
     n_prompt_tok = len(item_of_prompt_tok)
     r_p = x_p.new_zeros(b, x_p.shape[1], d, dtype=out.dtype)
     r_a = x_a.new_zeros(n_a, x_a.shape[1], d, dtype=out.dtype)
-    r_p[m_p] = out[:n_prompt_tok]
+    if S:
+        r_p[:, :S] = h[0, :S]
+    r_p[own_p] = out[:n_prompt_tok]
     r_a[m_a] = out[n_prompt_tok:]
     return r_p, r_a
 
 
-__all__ = ["fits", "packable", "packed_blocks"]
+__all__ = ["MIN_SHARED_ROWS", "fits", "packable", "packed_blocks", "shared_prefix"]

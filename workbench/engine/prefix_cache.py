@@ -4,7 +4,9 @@ BiPO (Cao et al. 2024, arXiv 2406.00045) and RePS (Wu et al. 2025, arXiv 2505.20
 items at every optimisation step with a changing vector at one hook. Nothing below that hook depends
 on the vector, so ``PrefixCache.build`` runs the unsteered model once over every item and keeps the
 residual stream where the vector enters (and the unsteered reference log-probs); each step then runs
-only the blocks above it (``logprobs``, differentiable in the delta). Memory: ``(n_prompt_tokens +
+only the blocks above it (``logprobs``, differentiable in the delta). The prompt tokens every item
+starts with (the system prompt) are cached as the same residual in every item, so that a step computes
+them once per batch (``workbench.engine.packed.shared_prefix``). Memory: ``(n_prompt_tokens +
 n_answer_tokens) * d_model`` values on the model's device, plus ``n_items * k`` fp32 reference log-probs.
 On a ``TransformerBridge`` only the reference is kept and every step runs the full forward.
 """
@@ -32,6 +34,15 @@ from workbench.engine.packed import packable
 #: blocks, forward and backward): ``PrefixCache.logprobs`` splits a batch where padding costs more
 #: (TransformerLens' padded blocks only: packed blocks, ``workbench.engine.packed``, compute no padding).
 GROUP_OVERHEAD_TOKENS = 64
+
+
+def _common_prefix(prompts: Sequence[Tensor]) -> int:
+    """The number of leading tokens every prompt has in common."""
+    span = min((len(t) for t in prompts), default=0)
+    for t in prompts[1:]:
+        same = (t[:span] == prompts[0][:span]).to(torch.uint8)
+        span = span if bool(same.all()) else int(same.argmin())
+    return span
 
 
 @dataclass
@@ -113,6 +124,12 @@ class PrefixCache:
                 p_res[i] = x_p[j, : len(items.prompts[i])].to(dtype)
             for j, a in enumerate(batch.answer_idx.tolist()):
                 a_res[a] = x_a[j, : int(a_len[a])].to(dtype)
+        # the prompt tokens every item shares (a chat template's system prompt) hold item 0's residuals in every
+        # item: batches built apart differ in the last bits there, and equal rows are what lets a training
+        # batch compute them once (``workbench.engine.packed.shared_prefix``)
+        span = _common_prefix(items.prompts)
+        for i in range(1, n):
+            p_res[i][:span] = p_res[0][:span]
         offsets = lambda seqs: torch.tensor([0, *(len(t) for t in seqs)]).cumsum(0)  # noqa: E731
         return cls(hook_name, start, items, torch.cat(p_res), offsets(items.prompts), torch.cat(a_res),
                    offsets(items.answers), ref, k)
