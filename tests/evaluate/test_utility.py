@@ -77,3 +77,24 @@ def test_kl_beyond_bound_lists_the_rows_past_it():
     got = kl_beyond_bound(rows)
     assert [(r["multiplier"], r["kl"]) for r in got[:1]] == [(4.0, 2.5)] and got[1]["multiplier"] == 8.0
     assert kl_beyond_bound(rows, bound=3.0)[0]["multiplier"] == 8.0 and kl_beyond_bound([]) == []
+
+
+def test_chunk_statistics_equal_the_definitions_bit_for_bit(tiny_model):
+    """The in-place KL of a chunk is ``kl_unsteered_to_steered``'s, bit for bit; the unsteered rows score KL 0
+    and agree everywhere."""
+    from workbench.engine.readout import unembed
+    from workbench.evaluate.utility import _chunk_stats, _reference_chunk, kl_unsteered_to_steered
+
+    g = torch.Generator().manual_seed(0)
+    h_ref = torch.randn(7, tiny_model.cfg.d_model, generator=g)
+    h = h_ref + 0.5 * torch.randn(7, tiny_model.cfg.d_model, generator=g)
+    targets = torch.randint(0, tiny_model.cfg.d_vocab, (7,), generator=g)
+    ref = _reference_chunk(tiny_model, h_ref)
+    lp = unembed(tiny_model, h).log_softmax(-1)
+    stats = _chunk_stats(tiny_model, h, targets, ref)
+    assert torch.equal(stats[:, 2], kl_unsteered_to_steered(ref[0], lp).double())
+    assert torch.equal(stats[:, 0], -lp.gather(1, targets[:, None]).squeeze(1).double())
+    assert torch.equal(stats[:, 1], (lp.argmax(-1) == ref[0].argmax(-1)).double())
+    assert stats[:, 2].min() > 0
+    own = _chunk_stats(tiny_model, None, targets, ref)
+    assert torch.equal(own[:, 1:], torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(7, 2))

@@ -59,6 +59,30 @@ def kl_unsteered_to_steered(unsteered: Float[Tensor, "n d_vocab"],
     return (unsteered.exp() * (unsteered - steered)).sum(-1).clamp_min(0)
 
 
+def _reference_chunk(model: Model, h: Tensor) -> tuple[Tensor, Tensor]:
+    """The unsteered log-probs ``(n, d_vocab)`` fp32 of final residuals ``h`` and their top-1 tokens."""
+    lp = unembed(model, h).log_softmax(-1)
+    return lp, lp.argmax(-1)
+
+
+def _chunk_stats(model: Model, h: Tensor | None, targets: Tensor, ref: tuple[Tensor, Tensor]) -> Tensor:
+    """``(n, 3)`` float64 on the CPU: NLL of ``targets``, top-1 agreement with the unsteered model and
+    ``kl_unsteered_to_steered`` at the rows ``h`` (``None``: the unsteered rows ``ref`` themselves: KL 0).
+
+    The KL is ``kl_unsteered_to_steered``'s bit for bit (``-((lp - ref) * p).sum()``: the same products
+    and sum), computed in place in the steered log-probs instead of three full-vocabulary temporaries.
+    """
+    ref_lp, ref_top = ref
+    lp = ref_lp if h is None else unembed(model, h).log_softmax(-1)  # (n, d_vocab)
+    nll = -lp.gather(1, targets[:, None].to(lp.device)).squeeze(1)
+    agree = lp.argmax(-1) == ref_top
+    if h is None:
+        kl = torch.zeros_like(nll)
+    else:  # lp is this call's own: overwritten
+        kl = lp.sub_(ref_lp).mul_(ref_lp.exp()).sum(-1).neg_().clamp_min(0)
+    return torch.stack([nll.double(), agree.double(), kl.double()], 1).cpu()
+
+
 def _tokenize_texts(model: Model, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     tok = model.tokenizer
     bos = tok.bos_token_id if model.cfg.default_prepend_bos else None
@@ -125,17 +149,17 @@ def _utility_per_text(model: Model, specs: Mapping[str, list[SteeringVector]], t
     n_pred = torch.tensor([len(r) - 1 for r in ids])
     for idx, _, readouts in run_conditions(model, items, conds, batch_size=batch_size, precision=precision,
                                            runner=runner, progress=progress, desc="utility"):
-        for c, (label, _) in enumerate(keys):
-            r, ref_r = readouts[c], readouts[ref_of[label]]
-            stats = torch.zeros(len(r.targets), 3, dtype=torch.float64)
-            for s in range(0, len(r.targets), chunk):
-                sl = slice(s, s + chunk)
-                lp = unembed(model, r.h[sl]).log_softmax(-1)  # (chunk, d_vocab) fp32, steered
-                ref = lp if ref_r is r else unembed(model, ref_r.h[sl]).log_softmax(-1)  # unsteered
-                stats[sl, 0] = -lp.gather(1, r.targets[sl, None].to(lp.device)).squeeze(1).double().cpu()
-                stats[sl, 1] = (lp.argmax(-1) == ref.argmax(-1)).double().cpu()
-                stats[sl, 2] = kl_unsteered_to_steered(ref, lp).double().cpu()
-            acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats)
+        n_rows = len(readouts[0].targets)
+        stats = torch.zeros(len(conds), n_rows, 3, dtype=torch.float64)
+        for s in range(0, n_rows, chunk):  # each label's unsteered chunk once for all of its conditions
+            sl = slice(s, s + chunk)
+            refs = {id(readouts[c]): readouts[c] for c in ref_of.values()}  # equal conditions: one readout
+            refs = {k: _reference_chunk(model, r.h[sl]) for k, r in refs.items()}
+            for c, (label, _) in enumerate(keys):
+                r, ref_r = readouts[c], readouts[ref_of[label]]
+                stats[c, sl] = _chunk_stats(model, None if ref_r is r else r.h[sl], r.targets[sl], refs[id(ref_r)])
+        for c, r in enumerate(readouts):
+            acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats[c])
     frames = []
     for label in specs:
         for m in mults:
@@ -193,21 +217,15 @@ def utility_passes(model: Model, reference: NeutralReference, wanted: Sequence[t
                                            precision=precision, runner=runner):
         key = tuple(idx.tolist())
         if first:
-            ref_r, refs = readouts[0], []
-            for s in range(0, len(ref_r.targets), chunk):
-                lp = unembed(model, ref_r.h[s: s + chunk]).log_softmax(-1)
-                refs.append((lp, lp.argmax(-1)))
-            reference.chunks[key] = refs
+            ref_r = readouts[0]
+            reference.chunks[key] = [_reference_chunk(model, ref_r.h[s: s + chunk])
+                                     for s in range(0, len(ref_r.targets), chunk)]
         refs = reference.chunks[key]
         for c, r in enumerate(readouts):
             stats = torch.zeros(len(r.targets), 3, dtype=torch.float64)
             for k, s in enumerate(range(0, len(r.targets), chunk)):
                 sl = slice(s, s + chunk)
-                ref, ref_top = refs[k]
-                lp = ref if first and c == 0 else unembed(model, r.h[sl]).log_softmax(-1)  # (chunk, d_vocab)
-                stats[sl, 0] = -lp.gather(1, r.targets[sl, None].to(lp.device)).squeeze(1).double().cpu()
-                stats[sl, 1] = (lp.argmax(-1) == ref_top).double().cpu()
-                stats[sl, 2] = kl_unsteered_to_steered(ref, lp).double().cpu()
+                stats[sl] = _chunk_stats(model, None if first and c == 0 else r.h[sl], r.targets[sl], refs[k])
             acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats)
     reference.n_passes += 1
     if first:
