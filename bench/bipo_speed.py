@@ -156,6 +156,56 @@ def setup_flops(model, p_len: torch.Tensor, a_len: torch.Tensor, span: int = 0, 
     return total
 
 
+def official_flops(model, lengths: list[int], layer: int) -> float:
+    """Model FLOPs of one official-style step on a padded batch of sequences of ``lengths``."""
+    n, t = len(lengths), max(lengths)
+    full = flops_block_tokens(model, n * t, t, model.cfg.n_layers) + unembed_flops(model, n * t)
+    backward = flops_block_tokens(model, n * t, t, model.cfg.n_layers - layer - 1) + unembed_flops(model, n * t)
+    return 2 * full + backward  # steered forward + reference forward + backward from the hook on
+
+
+def official_epoch(model, runner, pairs, config: BiPOConfig, lengths: torch.Tensor) -> dict:
+    """The official-style loop: full steered and reference forwards, full-vocab log_softmax."""
+    prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
+    site_hook = config.hook_name
+    gen = torch.Generator().manual_seed(config.seed)
+    v = torch.zeros(model.cfg.d_model, requires_grad=True)
+    opt = torch.optim.AdamW([v], lr=config.lr, weight_decay=config.weight_decay)
+    plan = batch_plan(len(pairs), config, gen, lengths)
+    total = len(plan) * config.epochs
+    losses, flops = [], 0.0
+
+    def logps(tokens, am, ans_mask, hooks):
+        with runner.hooks(fwd_hooks=hooks):
+            logits = runner(tokens, attention_mask=am)  # (2b, T, V)
+        lp = logits.float().log_softmax(-1)[:, :-1].gather(2, tokens[:, 1:, None]).squeeze(2)  # (2b, T-1)
+        return (lp * ans_mask[:, 1:]).sum(1)
+
+    t0 = time.perf_counter()
+    for step, idx in enumerate(plan):
+        opt.param_groups[0]["lr"] = config.lr * lr_factor(step, total, config.warmup_steps)
+        d = draw_directions(config, len(idx), gen)
+        ps = [prompts[i] for i in idx.tolist()]
+        batch = tokenize_completions(model, ps + ps, [answers[i][0] for i in idx.tolist()] +
+                                     [answers[i][1] for i in idx.tolist()], max_length=config.max_length)
+        tokens, am, mask = batch.tokens, batch.attention_mask, batch.answer_mask.float()
+        delta = (d[0] * v) if config.direction == "batch" else (d.repeat(2)[:, None, None] * v)
+        add = lambda act, hook: act + delta.to(act.dtype)  # noqa: E731
+        lp = logps(tokens, am, mask, [(site_hook, add)])
+        with torch.no_grad():
+            ref = logps(tokens, am, mask, [])
+        b = len(idx)
+        loss_vec, _ = bipo_loss(lp[:b], lp[b:], ref[:b], ref[b:], d, config.beta)
+        loss = loss_vec.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        flops += official_flops(model, batch.lengths.tolist(), config.layer)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "losses": losses, "vector": v.detach(), "flops": flops}
+
+
 def run(model, pairs, precision: str, layer: int, batching: str = "random") -> dict:
     config = BiPOConfig(layer=layer, epochs=1, precision=precision, warmup_steps=0, seed=0, batching=batching)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
