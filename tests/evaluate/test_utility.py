@@ -98,3 +98,28 @@ def test_chunk_statistics_equal_the_definitions_bit_for_bit(tiny_model):
     assert stats[:, 2].min() > 0
     own = _chunk_stats(tiny_model, None, targets, ref)
     assert torch.equal(own[:, 1:], torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(7, 2))
+
+
+def test_utility_passes_equal_utility_per_text_and_run_the_prefix_once(tiny_model, vec, monkeypatch):
+    """A comparison's cost probes: every pass gives ``utility_per_text``'s numbers bit for bit, and only the first
+    runs the blocks below the vector (the later ones reuse each batch's residual stream)."""
+    import workbench.engine.forward as forward
+    from workbench.evaluate.utility import NeutralReference, utility_passes
+
+    embeds = []
+    real = forward._embed
+    monkeypatch.setattr(forward, "_embed", lambda model, batch: embeds.append(1) or real(model, batch))
+    ref = NeutralReference(tiny_model, TEXTS, 16)
+    first = utility_passes(tiny_model, ref, [(vec, 2.0)], batch_size=2)
+    n_first = len(embeds)
+    second = utility_passes(tiny_model, ref, [(vec, -1.0), (vec, 2.0)], batch_size=2)
+    assert n_first == 2 and len(embeds) == n_first  # two batches of passages, embedded (and run up) once
+    assert torch.equal(second[1], first[0])
+    df = utility_per_text(tiny_model, vec, TEXTS, [-1.0, 2.0], max_tokens=16, batch_size=2, progress=False)
+    for m, got in ((-1.0, second[0]), (2.0, first[0])):
+        want = df[df.multiplier == m].sort_values("text")[["nll_sum", "agree_sum", "kl_sum"]].to_numpy()
+        assert torch.equal(got, torch.tensor(want))
+    assert torch.equal(ref.base, torch.tensor(
+        utility_per_text(tiny_model, vec, TEXTS, [0.0], max_tokens=16, batch_size=2, progress=False)
+        .sort_values("text")[["nll_sum", "agree_sum", "kl_sum"]].to_numpy()))
+    assert (second[:, :, 2] > 0).all()

@@ -63,6 +63,7 @@ from workbench.engine.runners import Precision, precision_runner
 def run_conditions(model: Model, items: Items, conditions: Sequence[Condition], *,
                    batch_size: int = 16, precision: Precision = "fp32", runner: Model | None = None,
                    progress: bool = False, desc: str = "scoring",
+                   streams: dict[tuple[int, ...], Stream] | None = None,
                    ) -> Iterator[tuple[Tensor, Tensor, list[Readout]]]:
     """For each batch: ``(item indices, answer indices, one Readout per condition)``.
 
@@ -70,6 +71,9 @@ def run_conditions(model: Model, items: Items, conditions: Sequence[Condition], 
     the blocks where the conditions start and after; ``model`` runs the shared prefix and unembeds.
     Conditions that are equal (e.g. every label's multiplier 0) are run once. Every vector is
     checked against ``model`` once (``IncompatibleVectorError``); nothing below checks again.
+    ``streams``: the unsteered residual streams of earlier calls on the same items and batch size, by
+    batch (filled here), for a caller that scores the same items many times (a comparison's cost
+    probes): the blocks below the vectors then run once for all calls.
     """
     check_positions(model)
     for v in {id(v): v for cond in conditions for v, _ in cond}.values():  # each vector once, not per condition
@@ -87,6 +91,8 @@ def run_conditions(model: Model, items: Items, conditions: Sequence[Condition], 
     for idx in tqdm(length_batches(items, batch_size), desc=desc, disable=not progress, leave=False):
         batch = assemble(model, items, idx)
         stream = None if bridge else Stream(model, batch)
+        if stream is not None and streams is not None:
+            stream = streams.setdefault(tuple(batch.idx.tolist()), stream)
         out: dict[int, Readout] = {}
         seen: dict[tuple, Readout] = {}
         for c in order:

@@ -177,8 +177,10 @@ class NeutralReference:
     steered ones, exactly as ``_utility_per_text`` runs it) and reads it on every later pass, which
     then runs only the steered conditions: per engine batch and chunk of positions, the unsteered
     log-probs (fp32) and top-1 tokens, and per passage the unsteered ``nll_sum``/``agree_sum``/``kl_sum``.
-    Memory: ``n_predicted_tokens * d_vocab`` fp32 values (16 passages of 64 tokens on a 49k vocabulary:
-    about 200 MB).
+    Later passes also reuse each batch's unsteered residual stream where the vectors enter (``streams``),
+    so the blocks below them run once per comparison. Memory: ``n_predicted_tokens * d_vocab`` fp32
+    values (16 passages of 64 tokens on a 49k vocabulary: about 200 MB), plus ``n_tokens * d_model`` per
+    cached layer.
     """
 
     def __init__(self, model: Model, texts: Sequence[str], max_tokens: int = 128) -> None:
@@ -187,6 +189,7 @@ class NeutralReference:
         self.n_pred = torch.tensor([len(r) - 1 for r in self.ids])
         self.chunks: dict[tuple[int, ...], list[tuple[Tensor, Tensor]]] = {}  # batch -> [(log-probs, top-1)]
         self.base: Tensor | None = None  # (n_texts, 3) nll, agree, kl of the unsteered model
+        self.streams: dict = {}  # batch -> its unsteered residual stream (the blocks below the vectors, once)
         self.n_passes = 0  # engine passes over the passages so far
 
     @property
@@ -214,7 +217,7 @@ def utility_passes(model: Model, reference: NeutralReference, wanted: Sequence[t
     n = len(reference.ids)
     acc = torch.zeros(len(conds), n, 3, dtype=torch.float64)
     for idx, _, readouts in run_conditions(model, reference.items, conds, batch_size=batch_size,
-                                           precision=precision, runner=runner):
+                                           precision=precision, runner=runner, streams=reference.streams):
         key = tuple(idx.tolist())
         if first:
             ref_r = readouts[0]
