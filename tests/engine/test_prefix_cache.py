@@ -59,6 +59,7 @@ def test_score_is_logprobs_of_every_item_and_needs_equal_answer_counts(tiny_mode
         PrefixCache.build(tiny_model, ragged, v.hook_name)
 
 
+@pytest.mark.tl3  # packed blocks: HookedTransformer only
 def test_shared_system_prompt_is_one_residual_and_computed_once_per_step(tiny_model, monkeypatch):
     """The system prompt every item shares holds the same residual in every item (setup batches built apart),
     so a step with one delta computes it once: log-probs as the independent forward, gradient as without sharing."""
