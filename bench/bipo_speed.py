@@ -53,7 +53,7 @@ from workbench.core.io import atomic_write_json
 from workbench.core.loading import load_model
 from workbench.engine.conditions import entry
 from workbench.engine.items import tokenize_completions
-from workbench.engine.packed import MIN_SHARED_ROWS
+from workbench.engine.packed import MIN_SHARED_ROWS, common_prefix
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bipo" / "power-seeking" / "train.csv"
 RESULTS = Path(__file__).resolve().parent / "results" / "bipo_speed.json"
@@ -109,12 +109,7 @@ def shared_span(model, pairs, config: BiPOConfig) -> int:
     """The prompt tokens every pair starts with (the chat template's system prompt), as the trainer tokenizes them."""
     prompts, answers = prompts_and_answers(model, pairs, config.system_prompt)
     ids = [tokenize_completions(model, [p], [a[0]], max_length=config.max_length) for p, a in zip(prompts, answers)]
-    ids = [b.tokens[0, : int(b.prompt_lengths[0])] for b in ids]
-    span = min(len(t) for t in ids)
-    for t in ids[1:]:
-        same = (t[:span] == ids[0][:span]).to(torch.uint8)
-        span = span if bool(same.all()) else int(same.argmin())
-    return span
+    return common_prefix([b.tokens[0, : int(b.prompt_lengths[0])] for b in ids])
 
 
 def _shared(b: int, p: torch.Tensor, span: int) -> int:

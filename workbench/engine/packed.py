@@ -36,6 +36,8 @@ blocks keep that path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -110,6 +112,18 @@ def fits(runner: Model, m_p: Tensor, m_a: Tensor, owner: Tensor) -> bool:
 MIN_SHARED_ROWS = 16
 
 
+def common_prefix(seqs: Sequence[Tensor]) -> int:
+    """How many leading positions (dim 0) every sequence holds equal to the first's, bit for bit: token ids
+    ``(len,)`` or residuals ``(len, d_model)``."""
+    span = min((len(t) for t in seqs), default=0)
+    for t in seqs[1:]:
+        if span == 0:
+            break
+        same = (t[:span] == seqs[0][:span]).reshape(span, -1).all(1).to(torch.uint8)
+        span = span if bool(same.all()) else int(same.argmin())
+    return span
+
+
 def shared_prefix(x_p: Float[Tensor, "batch prompt_pos d_model"], m_p: Tensor) -> int:
     """How many leading prompt positions hold the same residual, bit for bit, in every item of the batch.
 
@@ -122,8 +136,7 @@ def shared_prefix(x_p: Float[Tensor, "batch prompt_pos d_model"], m_p: Tensor) -
     cap = int(m_p.sum(1).min()) - 1
     if b < 2 or (b - 1) * cap < MIN_SHARED_ROWS:
         return 0
-    same = (x_p[1:, :cap] == x_p[:1, :cap]).all(-1).all(0)  # (cap,)
-    span = cap if bool(same.all()) else int(same.to(torch.uint8).argmin())
+    span = common_prefix(x_p[:, :cap])
     return span if (b - 1) * span >= MIN_SHARED_ROWS else 0
 
 
@@ -222,4 +235,4 @@ def packed_blocks(runner: Model, start: int, stop: int, x_p: Float[Tensor, "batc
     return r_p, r_a
 
 
-__all__ = ["MIN_SHARED_ROWS", "fits", "packable", "packed_blocks", "shared_prefix"]
+__all__ = ["MIN_SHARED_ROWS", "common_prefix", "fits", "packable", "packed_blocks", "shared_prefix"]

@@ -27,22 +27,13 @@ from workbench.engine.conditions import entry
 from workbench.engine.forward import (Stream, apply_deltas, assemble, check_positions, full_readout, length_batches,
                                       read_answers, run_blocks)
 from workbench.engine.items import Items
-from workbench.engine.packed import packable
+from workbench.engine.packed import common_prefix, packable
 
 
 #: A group of items costs this many padded tokens more than its tokens (two more passes through the
 #: blocks, forward and backward): ``PrefixCache.logprobs`` splits a batch where padding costs more
 #: (TransformerLens' padded blocks only: packed blocks, ``workbench.engine.packed``, compute no padding).
 GROUP_OVERHEAD_TOKENS = 64
-
-
-def _common_prefix(prompts: Sequence[Tensor]) -> int:
-    """The number of leading tokens every prompt has in common."""
-    span = min((len(t) for t in prompts), default=0)
-    for t in prompts[1:]:
-        same = (t[:span] == prompts[0][:span]).to(torch.uint8)
-        span = span if bool(same.all()) else int(same.argmin())
-    return span
 
 
 @dataclass
@@ -127,7 +118,7 @@ class PrefixCache:
         # the prompt tokens every item shares (a chat template's system prompt) hold item 0's residuals in every
         # item: batches built apart differ in the last bits there, and equal rows are what lets a training
         # batch compute them once (``workbench.engine.packed.shared_prefix``)
-        span = _common_prefix(items.prompts)
+        span = common_prefix(items.prompts)
         for i in range(1, n):
             p_res[i][:span] = p_res[0][:span]
         offsets = lambda seqs: torch.tensor([0, *(len(t) for t in seqs)]).cumsum(0)  # noqa: E731
