@@ -224,6 +224,7 @@ def run(model, pairs, precision: str, layer: int, batching: str = "random") -> d
     del runner
     rss_off = rss_mb()
     fast_losses = [h["loss"] for h in res.history]
+    run_flops = setup_flops(model, p_len, a_len, span) + 5 * fast_flops  # a 5-epoch run: the setup once
     return res.vector, {
         "precision": precision, "batching": batching, "pairs": len(pairs), "steps": len(plan), "layer": layer,
         "workbench_epoch_seconds": fast_seconds, "workbench_step_loop_seconds": step_seconds,
@@ -246,6 +247,11 @@ def run(model, pairs, precision: str, layer: int, batching: str = "random") -> d
         "workbench_gflops_per_s": fast_flops / step_seconds / 1e9,
         "official_gflops_per_s": off["flops"] / off["seconds"] / 1e9,
         "matmul_gflops_per_s": peak, "workbench_share_of_matmul_peak": fast_flops / step_seconds / 1e9 / peak["peak"],
+        "official_share_of_matmul_peak": off["flops"] / off["seconds"] / 1e9 / peak["peak"],
+        # the bounds of a 5-epoch run: its FLOP ratio (the ratio at equal FLOP rates) and the ratio if the setup
+        # and the step loops ran at the matmul peak against this run's official time
+        "flop_ratio_5_epochs": 5 * off["flops"] / run_flops,
+        "ratio_5_epochs_at_matmul_peak": 5 * off["seconds"] / (run_flops / 1e9 / peak["peak"]),
         "peak_rss_mb_after_workbench": rss_fast, "peak_rss_mb_after_official": rss_off,
     }
 
@@ -282,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(max diff {r['max_abs_loss_difference']:.2e}, cosine {r['vector_cosine']:.5f}); "
               f"{r['workbench_gflops_per_s']:.1f} GFLOP/s = {100 * r['workbench_share_of_matmul_peak']:.0f}% of "
               f"matmul peak {r['matmul_gflops_per_s']['peak']:.1f}; official {r['official_gflops_per_s']:.1f} "
-              f"GFLOP/s; peak RSS {r['peak_rss_mb_after_workbench']:.0f} / {r['peak_rss_mb_after_official']:.0f} MB")
+              f"GFLOP/s; 5 epochs: FLOP ratio {r['flop_ratio_5_epochs']:.2f}, ratio at the matmul peak "
+              f"{r['ratio_5_epochs_at_matmul_peak']:.2f}; peak RSS {r['peak_rss_mb_after_workbench']:.0f} / {r['peak_rss_mb_after_official']:.0f} MB")
     if len(vectors) == 2:  # the accuracy of bf16 training: same data, seed and steps as fp32
         from workbench.evaluate.preference import pair_logodds
 

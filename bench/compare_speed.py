@@ -117,6 +117,81 @@ def _side(tag: str, tree: Path, args: argparse.Namespace, env: dict[str, str]) -
     return result
 
 
+def _items_flops(model, items, batch_size: int, first: int, stop: int, shared: bool) -> float:
+    """Model FLOPs of one condition over ``items`` through blocks ``first..stop-1`` as the engine batches them
+    (``length_batches``), counted as ``bipo_speed`` counts them: the weights on each batch's real tokens, the
+    prompt tokens every item of a batch starts with once (``shared``: ``packed.shared_prefix``), attention per
+    item over ``N`` slots (``N``: the batch's longest prompt + answers)."""
+    import torch
+    from bipo_speed import _shared, block_params
+
+    from workbench.engine.forward import length_batches
+    from workbench.engine.packed import common_prefix
+
+    total = 0.0
+    for idx in length_batches(items, batch_size):
+        prompts = [items.prompts[i] for i in idx]
+        p = torch.tensor([len(t) for t in prompts])
+        a = torch.tensor([sum(len(items.answers[j]) for j in range(int(items.answer_offsets[i]),
+                                                                    int(items.answer_offsets[i + 1]))) for i in idx])
+        span = _shared(len(idx), p, common_prefix(prompts)) if shared else 0
+        tokens = int(p.sum() + a.sum()) - (len(idx) - 1) * span
+        slots = int((p + a).max()) - span
+        total += (stop - first) * (tokens * 2 * block_params(model)
+                                   + 4 * model.cfg.n_heads * model.cfg.d_head * len(idx) * slots * (slots + span))
+    return total
+
+
+def condition_flops(model, vector_dir: Path, behavior: str, n_pairs: int, n_texts: int, text_tokens: int) -> dict:
+    """Model FLOPs of the new side's engine conditions (multiply-add = 2 FLOPs): one effect condition (the held-out
+    pairs through the blocks after the vector, their answer tokens unembedded), one cost condition (the neutral
+    passages through the same blocks, every predicted position unembedded for the KL), and the blocks below the
+    vector, which run once per comparison for each (the effect pass and the cost probes' residual streams)."""
+    from bipo_speed import unembed_flops
+
+    from workbench.core.prompts import DEFAULT_SYSTEM_PROMPT, prompts_and_answers
+    from workbench.core.vector import SteeringVector
+    from workbench.data.behaviors import load_behavior, load_neutral_text
+    from workbench.engine.conditions import condition_deltas, start_layer
+    from workbench.engine.items import tokenize_items
+    from workbench.evaluate.utility import NeutralReference
+
+    start = start_layer(model, condition_deltas(((SteeringVector.load(vector_dir), 1.0),)))
+    n = model.cfg.n_layers
+    pairs = load_behavior(behavior, "test")[:n_pairs]
+    prompts, answers = prompts_and_answers(model, pairs, DEFAULT_SYSTEM_PROMPT, append_end_of_turn=True)
+    effect_items = tokenize_items(model, prompts, answers, 256)  # preference_logprobs' items and batch size
+    cost_items = NeutralReference(model, load_neutral_text()[:n_texts], text_tokens).items  # utility_passes'
+    effect_unembed = unembed_flops(model, int(effect_items.answer_lengths().sum()))
+    cost_unembed = unembed_flops(model, int(cost_items.answer_lengths().sum()))
+    effect = _items_flops(model, effect_items, 16, start, n, True) + effect_unembed
+    cost = _items_flops(model, cost_items, 8, start, n, True) + cost_unembed
+    below = _items_flops(model, effect_items, 16, 0, start, True) + _items_flops(model, cost_items, 8, 0, start, True)
+    return {"start_layer": start, "effect_condition_gflop": effect / 1e9, "effect_unembed_gflop": effect_unembed / 1e9,
+            "cost_condition_gflop": cost / 1e9, "cost_unembed_gflop": cost_unembed / 1e9,
+            "below_vectors_gflop": below / 1e9, "effect_tokens": sum(len(t) for t in effect_items.prompts)
+            + int(effect_items.answer_lengths().sum()), "cost_tokens": sum(len(t) for t in cost_items.prompts)
+            + int(cost_items.answer_lengths().sum())}
+
+
+def unembed_rate(model, rows: tuple[int, ...] = (256, 640), reps: int = 8) -> float:
+    """The best GFLOP/s of the unembedding's matmul ``(rows, d_model) @ (d_model, d_vocab)``, its output written
+    into a buffer reused across calls (no fresh pages to fault in: the most it can do)."""
+    import torch
+
+    d, v = model.cfg.d_model, model.cfg.d_vocab
+    w = torch.randn(d, v)
+    best = 0.0
+    for n in rows:
+        h, out = torch.randn(n, d), torch.empty(n, v)
+        torch.mm(h, w, out=out)
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch.mm(h, w, out=out)
+            best = max(best, 2 * n * d * v / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def _rel(a, b) -> float | None:
     if a is None or b is None:
         return None if a is None and b is None else math.inf
@@ -218,6 +293,28 @@ def main(argv: list[str] | None = None) -> int:
     first_old = next(r for r in runs if r["side"] == "old")
     first_new = next(r for r in runs if r["side"] == "new")
     check = _compare(first_old, first_new, args.rel_tol)
+    from workbench.core.loading import load_model
+
+    work = first_new.get("work") or {}
+    model = load_model()
+    flops = condition_flops(model, args.vector[0], args.behavior, args.pairs, args.texts, args.text_tokens)
+    # the conditions the new side ran: every effect condition (m = 0 included), every cost probe and the
+    # unsteered reference pass over the passages
+    flops["new_total_gflop"] = (work.get("effect_conditions", 0) * flops["effect_condition_gflop"]
+                                + (work.get("cost_probes", 0) + 1) * flops["cost_condition_gflop"]
+                                + flops["below_vectors_gflop"])
+    peak = max(p["peak"] for p in peaks)
+    flops["new_gflops_per_s"] = flops["new_total_gflop"] / statistics.median(new_s)
+    flops["new_share_of_matmul_peak"] = flops["new_gflops_per_s"] / peak
+    # the most the same work allows: the new side's conditions at the matmul peak, against the old side's time
+    flops["speedup_at_matmul_peak"] = statistics.median(old_s) / (flops["new_total_gflop"] / peak)
+    # and with the unembedding's matmuls at their own best rate (the rest at the peak, nothing else timed)
+    flops["unembed_gflops_per_s"] = unembed_rate(model)
+    unembed = (work.get("effect_conditions", 0) * flops["effect_unembed_gflop"]
+               + (work.get("cost_probes", 0) + 1) * flops["cost_unembed_gflop"])
+    flops["new_unembed_gflop"] = unembed
+    flops["speedup_at_matmul_rates"] = statistics.median(old_s) / (
+        (flops["new_total_gflop"] - unembed) / peak + unembed / flops["unembed_gflops_per_s"])
     rounds_agree = all(_compare(first_old, r, 0.0)["multipliers_identical"] for r in runs if r["side"] == "old") and \
         all(_compare(first_new, r, 0.0)["multipliers_identical"] for r in runs if r["side"] == "new")
     out = {
@@ -233,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_per_round": [o / n for o, n in zip(old_s, new_s)],
         "speedup_of_medians": statistics.median(old_s) / statistics.median(new_s),
         "matmul_gflops_per_s": peaks, "matmul_peak_gflops_per_s": max(p["peak"] for p in peaks),
-        "work_new": first_new.get("work"), "repeated_rounds_identical": rounds_agree,
+        "work_new": first_new.get("work"), "flops_new": flops, "repeated_rounds_identical": rounds_agree,
         "check": check,
         "runs": [{k: v for k, v in r.items() if k not in ("rows", "points", "slopes")} for r in runs],
     }
@@ -242,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['speedup_of_medians']:.2f}x (per round {', '.join(f'{x:.2f}' for x in out['speedup_per_round'])}); "
           f"matmul peak {out['matmul_peak_gflops_per_s']:.1f} GFLOP/s; load {load_start[0]:.2f} -> "
           f"{out['load_average_end'][0]:.2f}")
+    print(f"new side: {flops['new_total_gflop'] / 1e3:.2f} TFLOP of conditions ({work.get('effect_conditions')} effect x "
+          f"{flops['effect_condition_gflop']:.0f} GFLOP, {work.get('cost_probes', 0) + 1} cost x "
+          f"{flops['cost_condition_gflop']:.0f} GFLOP, {flops['below_vectors_gflop']:.0f} GFLOP below the vectors) at "
+          f"{flops['new_gflops_per_s']:.0f} GFLOP/s ({100 * flops['new_share_of_matmul_peak']:.0f} % of the matmul "
+          f"peak); at the peak the speed-up would be {flops['speedup_at_matmul_peak']:.2f}x, with the unembedding "
+          f"({unembed / 1e3:.2f} TFLOP) at its best matmul rate ({flops['unembed_gflops_per_s']:.0f} GFLOP/s) "
+          f"{flops['speedup_at_matmul_rates']:.2f}x")
     print(f"found multipliers: max relative difference {check['max_relative_multiplier_difference']:.3g} "
           f"(rel_tol {args.rel_tol}); effects at {check['n_equal_multipliers']} equal multipliers: max |diff| "
           f"{check['max_abs_effect_difference']:.3g} (CI {check['max_abs_ci_difference']:.3g}); points "

@@ -98,6 +98,11 @@ def test_chunk_statistics_equal_the_definitions_bit_for_bit(tiny_model):
     assert stats[:, 2].min() > 0
     own = _chunk_stats(tiny_model, None, targets, ref)
     assert torch.equal(own[:, 1:], torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(7, 2))
+    from workbench.engine.readout import Scratch
+
+    scratch = Scratch()  # the log-probs and exp(ref) in reused buffers: the same numbers, twice over
+    assert torch.equal(_chunk_stats(tiny_model, h, targets, ref, scratch), stats)
+    assert torch.equal(_chunk_stats(tiny_model, h, targets, ref, scratch), stats)
 
 
 def test_utility_passes_equal_utility_per_text_and_run_the_prefix_once(tiny_model, vec, monkeypatch):

@@ -28,6 +28,7 @@ from workbench.engine.forward import (Stream, apply_deltas, assemble, check_posi
                                       read_answers, run_blocks)
 from workbench.engine.items import Items
 from workbench.engine.packed import common_prefix, packable
+from workbench.engine.readout import Scratch
 
 
 #: A group of items costs this many padded tokens more than its tokens (two more passes through the
@@ -97,10 +98,11 @@ class PrefixCache:
         a_res: list[Tensor | None] = [None] * items.n_answers
         ref = torch.empty(n, k, device=dev) if reference else None
         a_len = items.answer_lengths()
+        scratch = Scratch()  # one logits buffer for every batch
         if is_bridge(model):  # nothing to cache but the reference: every step runs the full forward
             for idx in length_batches(items, batch_size) if ref is not None else ():
                 batch = assemble(model, items, idx)
-                ref[batch.idx.to(dev)] = full_readout(runner, batch, []).logprobs(model, len(batch.owner)).view(-1, k)
+                ref[batch.idx.to(dev)] = full_readout(runner, batch, []).logprobs(model, len(batch.owner), scratch).view(-1, k)
             empty = torch.empty(0, model.cfg.d_model, dtype=dtype, device=dev)
             return cls(hook_name, start, items, empty, torch.zeros(n + 1, dtype=torch.long), empty,
                        torch.zeros(items.n_answers + 1, dtype=torch.long), ref, k)
@@ -109,7 +111,7 @@ class PrefixCache:
             x_p, x_a = Stream(model, batch).at(start)
             if ref is not None:
                 r_p, r_a = run_blocks(runner, start, model.cfg.n_layers, x_p, x_a, batch)
-                lp = read_answers(r_p, r_a, batch).logprobs(model, len(batch.owner)).view(-1, k)
+                lp = read_answers(r_p, r_a, batch).logprobs(model, len(batch.owner), scratch).view(-1, k)
                 ref[batch.idx.to(dev)] = lp.to(dev)
             for j, i in enumerate(batch.idx.tolist()):
                 p_res[i] = x_p[j, : len(items.prompts[i])].to(dtype)

@@ -55,7 +55,7 @@ from workbench.engine.conditions import Condition, condition_deltas, start_layer
 from workbench.engine.forward import (Stream, apply_deltas, assemble, check_positions, full_readout, length_batches,
                                       read_answers)
 from workbench.engine.items import Items, tokenize_items
-from workbench.engine.readout import Readout
+from workbench.engine.readout import Readout, Scratch
 from workbench.engine.runners import Precision, precision_runner
 
 
@@ -109,10 +109,11 @@ def answer_logprobs(model: Model, items: Items, conditions: Sequence[Condition],
                     progress: bool = False) -> Float[Tensor, "n_conditions n_answers"]:
     """Summed fp32 log-prob of every answer under each condition (on the CPU)."""
     out = torch.empty(len(conditions), items.n_answers, dtype=torch.float32)
+    scratch = Scratch()  # one logits buffer for every batch and condition
     for _, a_idx, readouts in run_conditions(model, items, conditions, batch_size=batch_size, precision=precision,
                                              runner=runner, progress=progress):
         for c, r in enumerate(readouts):
-            out[c, a_idx] = r.logprobs(model, len(a_idx)).cpu()
+            out[c, a_idx] = r.logprobs(model, len(a_idx), scratch).cpu()
     return out
 
 

@@ -38,7 +38,7 @@ from workbench.core.vector import SteeringVector
 from workbench.data.behaviors import load_neutral_text
 from workbench.engine.conditions import VectorSpec, label_vectors, sweep_conditions
 from workbench.engine.items import Items
-from workbench.engine.readout import unembed
+from workbench.engine.readout import Scratch, log_softmax_, unembed
 from workbench.engine.runners import Precision
 from workbench.engine.scoring import run_conditions
 from workbench.evaluate.preference import curve_result
@@ -65,21 +65,24 @@ def _reference_chunk(model: Model, h: Tensor) -> tuple[Tensor, Tensor]:
     return lp, lp.argmax(-1)
 
 
-def _chunk_stats(model: Model, h: Tensor | None, targets: Tensor, ref: tuple[Tensor, Tensor]) -> Tensor:
+def _chunk_stats(model: Model, h: Tensor | None, targets: Tensor, ref: tuple[Tensor, Tensor],
+                 scratch: Scratch | None = None) -> Tensor:
     """``(n, 3)`` float64 on the CPU: NLL of ``targets``, top-1 agreement with the unsteered model and
     ``kl_unsteered_to_steered`` at the rows ``h`` (``None``: the unsteered rows ``ref`` themselves: KL 0).
 
     The KL is ``kl_unsteered_to_steered``'s bit for bit (``-((lp - ref) * p).sum()``: the same products
-    and sum), computed in place in the steered log-probs instead of three full-vocabulary temporaries.
+    and sum), computed in place in the steered log-probs instead of three full-vocabulary temporaries;
+    ``scratch``: those log-probs and ``exp(ref)`` live in its two buffers (``workbench.engine.readout.Scratch``).
     """
     ref_lp, ref_top = ref
-    lp = ref_lp if h is None else unembed(model, h).log_softmax(-1)  # (n, d_vocab)
+    lp = ref_lp if h is None else log_softmax_(unembed(model, h, scratch))  # (n, d_vocab)
     nll = -lp.gather(1, targets[:, None].to(lp.device)).squeeze(1)
     agree = lp.argmax(-1) == ref_top
     if h is None:
         kl = torch.zeros_like(nll)
     else:  # lp is this call's own: overwritten
-        kl = lp.sub_(ref_lp).mul_(ref_lp.exp()).sum(-1).neg_().clamp_min(0)
+        p = ref_lp.exp() if scratch is None else torch.exp(ref_lp, out=scratch.rows(*ref_lp.shape, ref_lp, slot=1))
+        kl = lp.sub_(ref_lp).mul_(p).sum(-1).neg_().clamp_min(0)
     return torch.stack([nll.double(), agree.double(), kl.double()], 1).cpu()
 
 
@@ -147,6 +150,7 @@ def _utility_per_text(model: Model, specs: Mapping[str, list[SteeringVector]], t
     n = len(ids)
     acc = torch.zeros(len(conds), n, 3, dtype=torch.float64)  # nll, agree, kl
     n_pred = torch.tensor([len(r) - 1 for r in ids])
+    scratch = Scratch()
     for idx, _, readouts in run_conditions(model, items, conds, batch_size=batch_size, precision=precision,
                                            runner=runner, progress=progress, desc="utility"):
         n_rows = len(readouts[0].targets)
@@ -157,7 +161,8 @@ def _utility_per_text(model: Model, specs: Mapping[str, list[SteeringVector]], t
             refs = {k: _reference_chunk(model, r.h[sl]) for k, r in refs.items()}
             for c, (label, _) in enumerate(keys):
                 r, ref_r = readouts[c], readouts[ref_of[label]]
-                stats[c, sl] = _chunk_stats(model, None if ref_r is r else r.h[sl], r.targets[sl], refs[id(ref_r)])
+                stats[c, sl] = _chunk_stats(model, None if ref_r is r else r.h[sl], r.targets[sl], refs[id(ref_r)],
+                                            scratch)
         for c, r in enumerate(readouts):
             acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats[c])
     frames = []
@@ -216,6 +221,7 @@ def utility_passes(model: Model, reference: NeutralReference, wanted: Sequence[t
         conds = [()] + conds
     n = len(reference.ids)
     acc = torch.zeros(len(conds), n, 3, dtype=torch.float64)
+    scratch = Scratch()
     for idx, _, readouts in run_conditions(model, reference.items, conds, batch_size=batch_size,
                                            precision=precision, runner=runner, streams=reference.streams):
         key = tuple(idx.tolist())
@@ -228,7 +234,8 @@ def utility_passes(model: Model, reference: NeutralReference, wanted: Sequence[t
             stats = torch.zeros(len(r.targets), 3, dtype=torch.float64)
             for k, s in enumerate(range(0, len(r.targets), chunk)):
                 sl = slice(s, s + chunk)
-                stats[sl] = _chunk_stats(model, None if first and c == 0 else r.h[sl], r.targets[sl], refs[k])
+                stats[sl] = _chunk_stats(model, None if first and c == 0 else r.h[sl], r.targets[sl], refs[k],
+                                         scratch)
             acc[c, idx] = torch.zeros(len(idx), 3, dtype=torch.float64).index_add(0, r.answer.cpu(), stats)
     reference.n_passes += 1
     if first:
