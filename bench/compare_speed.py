@@ -78,8 +78,9 @@ def worker(args: argparse.Namespace) -> int:
     texts = load_neutral_text()[: args.texts]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
+    grid = {} if args.effect_grid is None else {"effect_grid": tuple(args.effect_grid)}  # the new side only
     res = matched_cost(model, vectors, pairs, texts, cost="kl", budgets=args.budgets, max_multiplier=64.0,
-                       rel_tol=args.rel_tol, n_boot=1000, seed=0, utility_kw={"max_tokens": args.text_tokens})
+                       rel_tol=args.rel_tol, n_boot=1000, seed=0, utility_kw={"max_tokens": args.text_tokens}, **grid)
     seconds = time.perf_counter() - t0
 
     def records(x):
@@ -106,6 +107,8 @@ def _side(tag: str, tree: Path, args: argparse.Namespace, env: dict[str, str]) -
            "--pairs", str(args.pairs), "--texts", str(args.texts), "--text-tokens", str(args.text_tokens),
            "--threads", str(args.threads), "--behavior", args.behavior, "--rel-tol", str(args.rel_tol),
            "--budgets", *map(str, args.budgets), "--vector", *map(str, args.vector)]
+    if tag.startswith("new") and args.effect_grid is not None:
+        cmd += ["--effect-grid", *map(str, args.effect_grid)]
     print(f"[{tag}] running ({tree}) ...", flush=True)
     proc = subprocess.run(cmd, cwd=tree, env=env | {"PYTHONPATH": str(tree)}, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", choices=("old", "new"), default="old", help="which side runs first in each round")
     ap.add_argument("--worktree", type=Path, default=None, help="where to check the old commit out (default: a "
                     "temporary directory); removed afterwards")
+    ap.add_argument("--effect-grid", type=float, nargs="*", default=None,
+                    help="the new side's MatchedCostConfig.effect_grid (no values: no grid; default: its default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
@@ -323,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"vectors": [str(v.relative_to(ROOT)) if ROOT in v.parents else str(v) for v in args.vector],
                    "behavior": args.behavior, "pairs": args.pairs, "budgets": args.budgets, "cost": "kl",
                    "rel_tol": args.rel_tol, "texts": args.texts, "text_tokens": args.text_tokens, "n_boot": 1000,
-                   "repeats": args.repeats, "first": args.first},
+                   "repeats": args.repeats, "first": args.first,
+                   "effect_grid_new": "default" if args.effect_grid is None else args.effect_grid},
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "total_seconds": time.perf_counter() - t_start,
         "seconds": {"old": old_s, "new": new_s},

@@ -236,3 +236,22 @@ def test_search_steps_from_the_slope_point_by_the_power_law():
             for res in (cold, warm):
                 assert res["reached"] and res["converged"] and abs(cost(res["multiplier"]) - budget) <= 0.05 * budget
             assert warm["multiplier"] < 0 and warm["steps"] <= 3 and cold["steps"] <= 4, (budget, cold, warm)
+
+
+def test_no_effect_grid_measures_only_the_found_and_slope_points(tiny_model):
+    """``effect_grid=()``: the same searches and found effects as the default, the points only m = 0, the slope
+    points and the found multipliers, and fewer cost probes and effect conditions (the grid's)."""
+    kw = dict(budgets=[0.05, 0.1], n_boot=20, max_multiplier=8)
+    full = matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, **kw)
+    bare = matched_cost(tiny_model, {"v": _vec()}, PAIRS, TEXTS, effect_grid=(), **kw)
+    cols = ["direction", "budget", "multiplier", "cost", "effect", "effect_ci_low", "effect_ci_high"]
+    rows = [{k: r[k] for k in cols} for r in bare["rows"]]
+    assert rows == [{k: r[k] for k in cols} for r in full["rows"]]
+    found = {r["multiplier"] for r in rows if r["multiplier"] is not None}
+    assert found, "the budgets are reached on the tiny model"
+    want = {0.0, 0.05, -0.05} | found
+    assert {p["multiplier"] for p in bare["points"]} == want
+    assert {p["multiplier"] for p in full["points"]} > want  # the default grid adds its points
+    assert bare["search"]["effect_grid"] == []
+    assert bare["work"]["cost_probes"] < full["work"]["cost_probes"]
+    assert bare["work"]["effect_conditions"] < full["work"]["effect_conditions"]

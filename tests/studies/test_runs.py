@@ -240,6 +240,11 @@ def test_compare_shows_progress_and_passes_all_points(tiny, tmp_path, monkeypatc
     compare_run(CompareRun(vector=[str(tmp_path / "v")], data=str(path), format="jsonl", budgets=[0.1],
                            all_points=all_points, out=str(tmp_path / "c.json")))
     assert seen["progress"] is True and seen["all_points"] is all_points
+    assert "effect_grid" not in seen  # matched_cost's default grid
+    seen.clear()
+    compare_run(CompareRun(vector=[str(tmp_path / "v")], data=str(path), format="jsonl", budgets=[0.1],
+                           effect_grid=[] if all_points else [0.25, 0.5], out=str(tmp_path / "c.json")))
+    assert seen["effect_grid"] == (() if all_points else (0.25, 0.5))
 
 
 def test_compare_with_prompting_adds_the_prompting_points(tiny, tmp_path):

@@ -296,6 +296,10 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-tokens", type=int, default=64, help="tokens per passage in the cost search (default 64)")
     p.add_argument("--all-points", action="store_true", help="measure the effect at every multiplier the search "
                    "visited within budget (slower; default: the found multipliers, the slope's and a grid)")
+    p.add_argument("--effect-grid", nargs="*", type=float, metavar="FRACTION",
+                   help="the grid: the effect also at these fractions of the largest multiplier within budget "
+                   "(default 0.5; no values: no grid, the best-within-budget column from the found multipliers and "
+                   "the slope's only, about a quarter faster)")
     p.add_argument("--prompting", action="store_true", help="also ask instead of steering: the behavior's instruction "
                    "and k = 1, 2, 4, 8 shots from its training pairs, and each vector with the instruction; their "
                    "points join the result and its cost-effect figure (KL cost only)")

@@ -141,6 +141,7 @@ class CompareRun(ModelOptions, DataOptions):
     n_boot: int = 1000
     seed: int = 0  # bootstrap seed
     all_points: bool = False  # the effect at every visited multiplier within budget, not only the found ones
+    effect_grid: Sequence[float] | None = None  # fractions of the largest multiplier within budget (None: 0.5; []: none)
     prompting: bool = False  # also ask instead of steering (workbench.evaluate.prompting): points beside the vectors
 
 
@@ -151,6 +152,12 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
     except ValueError as exc:
         raise RunError(f"--{'cost' if 'cost=' in str(exc) else 'budgets'}: {exc}") from None
     check_at_least_one(config, "limit", "texts", "text_tokens", "n_boot")
+    grid = {}
+    if config.effect_grid is not None:
+        bad = [g for g in config.effect_grid if not 0 < g < 1]
+        if bad:
+            raise RunError(f"--effect-grid: fractions between 0 and 1 (exclusive), got {bad[0]:g}")
+        grid = {"effect_grid": tuple(config.effect_grid)}
     config.check_model()
     config.check_source()
     out = check_out("--out", config.out, kind="file")
@@ -175,7 +182,7 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
     result = matched_cost(model, vectors, pairs, texts, cost=config.cost, budgets=budgets, equal_norm=equal_norm,
                           max_multiplier=config.max_multiplier, rel_tol=config.rel_tol, n_boot=config.n_boot,
                           seed=config.seed, utility_kw={"max_tokens": config.text_tokens},
-                          all_points=config.all_points, progress=True)
+                          all_points=config.all_points, progress=True, **grid)
     result["sources"] = sources
     if shots is not None:
         train, behavior = shots
