@@ -165,7 +165,7 @@ CASES: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
      ["--n-boot must be >= 1, got 0"]),
     ("compare --effect-grid 1.5", {},
      ["compare", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--effect-grid", "1.5", "--out", "{tmp}/r.json"],
-     2, ["--effect-grid: fractions between 0 and 1 (exclusive), got 1.5"]),
+     2, ["--effect-grid: effect_grid=(1.5,): fractions between 0 and 1"]),
     ("compare --n-boot -5", {},
      ["compare", "--vector", "{tmp}/v", "--behavior", "power-seeking", "--n-boot", "-5", "--out", "{tmp}/r.json"], 2,
      ["--n-boot must be >= 1, got -5"]),

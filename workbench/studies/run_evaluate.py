@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.analysis.equal_cost import check_budgets, cost_effect_table, matched_cost
+from workbench.analysis.equal_cost import MatchedCostConfig, check_budgets, cost_effect_table, matched_cost
 from workbench.data.behaviors import load_behavior
 from workbench.data.instructions import behavior_instructions
 from workbench.data.pairs import as_ab_pairs, check_ab_pairs
@@ -152,12 +152,11 @@ def compare_run(config: CompareRun, log: Log = silent) -> dict[str, Any]:
     except ValueError as exc:
         raise RunError(f"--{'cost' if 'cost=' in str(exc) else 'budgets'}: {exc}") from None
     check_at_least_one(config, "limit", "texts", "text_tokens", "n_boot")
-    grid = {}
-    if config.effect_grid is not None:
-        bad = [g for g in config.effect_grid if not 0 < g < 1]
-        if bad:
-            raise RunError(f"--effect-grid: fractions between 0 and 1 (exclusive), got {bad[0]:g}")
-        grid = {"effect_grid": tuple(config.effect_grid)}
+    grid = {} if config.effect_grid is None else {"effect_grid": tuple(config.effect_grid)}
+    try:
+        MatchedCostConfig(**grid)  # its own check of the fractions, before the model loads
+    except ValueError as exc:
+        raise RunError(f"--effect-grid: {exc}") from None
     config.check_model()
     config.check_source()
     out = check_out("--out", config.out, kind="file")
